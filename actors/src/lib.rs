@@ -1,0 +1,10 @@
+//! keelson's actors: the supervision runtime, and every component built on it.
+//!
+//! - [`runtime`]: supervisors, stable references, crash containment, the registry.
+//! - [`admin`]: each member's HTTP door for observing the tree and killing actors.
+//! - [`process`]: an OS child process as a supervised actor (`keelson up`'s members).
+//! - [`member`]: the tree of one `keelson server` process.
+
+pub mod runtime;
+
+pub use runtime::*;

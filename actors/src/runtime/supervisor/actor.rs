@@ -1,0 +1,319 @@
+//! The supervisor actor: carries out what `state.rs` decides.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{AsyncContext, Running};
+use keelson_config::SupervisorConfig;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::messages::{ChildExited, StartChild, StopChild};
+use super::state::{Command, State};
+use super::Error;
+use crate::runtime::incarnation::{exit, ChildContext, OnExit, RunningChild};
+use crate::runtime::registry::Entry;
+use crate::runtime::spec::SUPERVISOR_SHUTDOWN;
+use crate::runtime::{
+    Actor, ActorPath, ChildSpec, Ctx, ExitReason, Handler, Ref, Registry, Restart, Strategy,
+};
+
+/// What a supervisor is made of; cloned into every incarnation of it.
+#[derive(Clone, Debug)]
+pub struct SupervisorSpec {
+    pub strategy: Strategy,
+    pub config: SupervisorConfig,
+    pub children: Vec<ChildSpec>,
+}
+
+impl SupervisorSpec {
+    pub fn new(strategy: Strategy, config: SupervisorConfig) -> Self {
+        Self {
+            strategy,
+            config,
+            children: Vec::new(),
+        }
+    }
+
+    pub fn child(mut self, spec: ChildSpec) -> Self {
+        self.children.push(spec);
+        self
+    }
+}
+
+impl ChildSpec {
+    /// A child that is itself a supervisor of `spec`'s children.
+    pub fn supervisor(
+        name: &str,
+        restart: Restart,
+        spec: SupervisorSpec,
+    ) -> (ChildSpec, Ref<Supervisor>) {
+        let (child, reference) =
+            ChildSpec::new(name, restart, move |cx| Supervisor::new(cx, spec.clone()));
+        (child.with_shutdown(SUPERVISOR_SHUTDOWN), reference)
+    }
+}
+
+pub struct Supervisor {
+    path: ActorPath,
+    registry: Registry,
+    spec: SupervisorSpec,
+    children: Vec<ChildSpec>,
+    entries: Vec<Arc<Entry>>,
+    running: Vec<Option<RunningChild>>,
+    state: State,
+    rng: fastrand::Rng,
+}
+
+impl Supervisor {
+    pub fn new(cx: &ChildContext, spec: SupervisorSpec) -> Self {
+        let cfg = spec.config;
+        Self {
+            path: cx.path.clone(),
+            registry: cx.registry.clone(),
+            state: State::new(cx.path.clone(), spec.strategy, cfg.intensity, cfg.backoff),
+            rng: fastrand::Rng::with_seed(cfg.seed ^ cx.incarnation),
+            spec,
+            children: Vec::new(),
+            entries: Vec::new(),
+            running: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, spec: ChildSpec) -> Vec<Command> {
+        let path = self.path.child(&spec.name);
+        let window = self.spec.config.intensity.period;
+        self.entries.push(self.registry.entry(
+            &path,
+            spec.starter.kind(),
+            spec.restart.as_str(),
+            window,
+        ));
+        let (_, cmds) = self.state.add_child(&spec.name, spec.restart);
+        self.children.push(spec);
+        self.running.push(None);
+        cmds
+    }
+
+    fn exec(&mut self, cmds: Vec<Command>, ctx: &mut Ctx<Self>) {
+        for cmd in cmds {
+            match cmd {
+                Command::Start(i) => self.start_child(i, ctx),
+                Command::Stop(i, inc) => {
+                    if let Some(r) = self.running[i].as_ref().filter(|r| r.incarnation == inc) {
+                        r.shutdown();
+                    }
+                    ctx.run_later(self.children[i].shutdown, move |sup, ctx| {
+                        let cmds = sup.state.on_stop_timeout(i, inc);
+                        sup.exec(cmds, ctx);
+                    });
+                }
+                Command::Abort(i, inc) => {
+                    if let Some(r) = self.running[i].as_ref().filter(|r| r.incarnation == inc) {
+                        tracing::warn!(child = %self.entries[i].path(), "did not stop within {:?}; aborting", self.children[i].shutdown);
+                        r.abort();
+                    }
+                }
+                Command::RestartAfter(delay, generation, targets) => {
+                    for &t in &targets {
+                        self.entries[t].restarting(delay);
+                    }
+                    let delay = self.jitter(delay);
+                    ctx.run_later(delay, move |sup, ctx| {
+                        let cmds = sup.state.on_restart_timer(generation);
+                        sup.exec(cmds, ctx);
+                    });
+                }
+                Command::Forget(i) => {
+                    self.running[i] = None;
+                    self.registry.remove_subtree(self.entries[i].path());
+                }
+                Command::Exit(reason) => {
+                    if let ExitReason::Escalated { .. } = reason {
+                        tracing::error!(%reason, "restart intensity exceeded; giving up");
+                        self.registry
+                            .entry(&self.path, "Supervisor", "", Duration::ZERO)
+                            .escalated(&reason);
+                    }
+                    exit(ctx, reason);
+                }
+            }
+        }
+    }
+
+    fn start_child(&mut self, i: usize, ctx: &mut Ctx<Self>) {
+        let entry = self.entries[i].clone();
+        let cx = ChildContext {
+            path: entry.path().clone(),
+            incarnation: entry.next_incarnation(),
+            registry: self.registry.clone(),
+        };
+        let addr = ctx.address();
+        let on_exit: OnExit = Box::new(move |incarnation, reason| {
+            addr.do_send(ChildExited {
+                idx: i,
+                incarnation,
+                reason,
+            })
+        });
+        let running = self.children[i].starter.start(&cx, entry, on_exit);
+        self.state.started(i, running.incarnation, Instant::now());
+        self.running[i] = Some(running);
+    }
+
+    fn jitter(&mut self, delay: Duration) -> Duration {
+        let j = self.spec.config.backoff.jitter;
+        if delay.is_zero() || j == 0.0 {
+            return delay;
+        }
+        delay.mul_f64(1.0 + j * (2.0 * self.rng.f64() - 1.0))
+    }
+}
+
+impl Actor for Supervisor {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        let i = self.spec.config.intensity;
+        let info = format!(
+            "{} {}/{:?}",
+            self.spec.strategy.as_str(),
+            i.max_restarts,
+            i.period
+        );
+        self.registry
+            .entry(&self.path, "Supervisor", "", Duration::ZERO)
+            .set_info(info);
+        let mut cmds = Vec::new();
+        for spec in self.spec.children.clone() {
+            cmds.extend(self.add(spec));
+        }
+        self.exec(cmds, ctx);
+    }
+
+    fn stopping(&mut self, ctx: &mut Ctx<Self>) -> Running {
+        if !self.state.is_exited() {
+            let cmds = self.state.on_shutdown();
+            self.exec(cmds, ctx);
+        }
+        if self.state.is_exited() {
+            Running::Stop
+        } else {
+            Running::Continue
+        }
+    }
+}
+
+/// A supervisor that dies abnormally takes its children with it (as an Erlang link
+/// would): its replacement starts fresh ones.
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        for r in self.running.iter().flatten() {
+            r.abort();
+        }
+    }
+}
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Ctx<Self>) {
+        if self.running[msg.idx]
+            .as_ref()
+            .is_some_and(|r| r.incarnation == msg.incarnation)
+        {
+            self.running[msg.idx] = None;
+        }
+        if msg.reason.is_abnormal() {
+            tracing::warn!(child = %self.entries[msg.idx].path(), incarnation = msg.incarnation, reason = %msg.reason, "child exited");
+        }
+        let cmds =
+            self.state
+                .on_child_exited(msg.idx, msg.incarnation, &msg.reason, Instant::now());
+        self.exec(cmds, ctx);
+    }
+}
+
+impl Handler<StartChild> for Supervisor {
+    type Result = Result<u64, Error>;
+
+    fn handle(&mut self, StartChild(spec): StartChild, ctx: &mut Ctx<Self>) -> Self::Result {
+        if self.state.is_exited() {
+            return Err(Error::ShuttingDown);
+        }
+        if self.state.find(&spec.name).is_some() {
+            return Err(Error::DuplicateChild(spec.name));
+        }
+        let cmds = self.add(spec);
+        if cmds.is_empty() {
+            return Err(Error::ShuttingDown);
+        }
+        self.exec(cmds, ctx);
+        Ok(self
+            .running
+            .last()
+            .and_then(|r| r.as_ref())
+            .map(|r| r.incarnation)
+            .unwrap_or(0))
+    }
+}
+
+impl Handler<StopChild> for Supervisor {
+    type Result = Result<(), Error>;
+
+    fn handle(&mut self, msg: StopChild, ctx: &mut Ctx<Self>) -> Self::Result {
+        let idx = self
+            .state
+            .find(&msg.name)
+            .ok_or(Error::NoSuchChild(msg.name))?;
+        let cmds = self.state.remove_child(idx);
+        self.exec(cmds, ctx);
+        Ok(())
+    }
+}
+
+/// The top of a member's tree. Its exit is the process's: see [`Root::exited`].
+pub struct Root {
+    pub path: ActorPath,
+    pub reference: Ref<Supervisor>,
+    child: RunningChild,
+    exit: oneshot::Receiver<ExitReason>,
+}
+
+/// Starts the root supervisor of `registry`'s member on the current arbiter.
+pub fn start_root(registry: &Registry, spec: SupervisorSpec) -> Root {
+    let path = ActorPath::root(registry.member());
+    let entry = registry.entry(&path, "Supervisor", "root", spec.config.intensity.period);
+    let (root_spec, reference) = ChildSpec::new(registry.member(), Restart::Temporary, move |cx| {
+        Supervisor::new(cx, spec.clone())
+    });
+    let cx = ChildContext {
+        path: path.clone(),
+        incarnation: entry.next_incarnation(),
+        registry: registry.clone(),
+    };
+    let (tx, exit) = oneshot::channel();
+    let on_exit: OnExit = Box::new(move |_, reason| {
+        let _receiver_gone_means_nobody_waits = tx.send(reason);
+    });
+    let child = root_spec.starter.start(&cx, entry, on_exit);
+    Root {
+        path,
+        reference,
+        child,
+        exit,
+    }
+}
+
+impl Root {
+    /// Begins the ordered shutdown of the whole tree.
+    pub fn shutdown(&self) {
+        self.child.shutdown();
+    }
+
+    /// Resolves when the root has exited: `Shutdown` after [`Root::shutdown`], an
+    /// abnormal reason when the tree gave up (the process should exit non-zero).
+    pub async fn exited(&mut self) -> ExitReason {
+        (&mut self.exit)
+            .await
+            .unwrap_or_else(|_| ExitReason::failed("root exit notice lost"))
+    }
+}

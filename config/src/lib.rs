@@ -1,0 +1,297 @@
+//! Typed configuration for every keelson component.
+//!
+//! `cmd` parses flags (and, later, files) once, calls [`MemberConfig::validate`],
+//! and hands each supervisor its slice at construction. No actor reads the
+//! environment or a file on its own: tests build these structs in code, e.g.
+//! `SupervisorConfig { intensity: Intensity::new(3, secs(1)), ..Default::default() }`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong with a configuration; each variant names the offending setting.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Restart intensity: at most `max_restarts` restarts within `period`; one more and
+/// the supervisor stops its children and itself, and its parent decides (escalation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intensity {
+    pub max_restarts: u32,
+    #[serde(with = "millis")]
+    pub period: Duration,
+}
+
+impl Intensity {
+    pub const fn new(max_restarts: u32, period: Duration) -> Self {
+        Self {
+            max_restarts,
+            period,
+        }
+    }
+}
+
+impl Default for Intensity {
+    /// Erlang/OTP's default is 1 in 5 s; keelson's components restart cheaply and are
+    /// killed on purpose by chaos tests, so the default tolerates a burst of ten.
+    fn default() -> Self {
+        Self::new(10, Duration::from_secs(10))
+    }
+}
+
+impl std::str::FromStr for Intensity {
+    type Err = Error;
+
+    /// Parses `N/DURATION`, e.g. `10/10s` or `3/500ms`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (n, period) = s.split_once('/').ok_or_else(|| {
+            invalid(
+                "intensity",
+                format!("{s:?} is not N/DURATION (e.g. 10/10s)"),
+            )
+        })?;
+        let max_restarts = n
+            .trim()
+            .parse()
+            .map_err(|_| invalid("intensity", format!("{n:?} is not a count")))?;
+        let period = parse_duration(period.trim()).map_err(|p| invalid("intensity", p))?;
+        Ok(Self {
+            max_restarts,
+            period,
+        })
+    }
+}
+
+/// Exponential back-off between restarts of the same child. The first restart after a
+/// quiet spell is immediate (a single crash should cost nothing); each further restart
+/// inside the intensity window doubles the delay from `initial` up to `max`, and the
+/// delay is spread by ±`jitter` (a fraction) so siblings do not restart in lock step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    #[serde(with = "millis")]
+    pub initial: Duration,
+    #[serde(with = "millis")]
+    pub max: Duration,
+    pub jitter: f64,
+}
+
+impl Backoff {
+    /// No delay at all: restarts as fast as the runtime can (benchmarks, storm tests).
+    pub const fn none() -> Self {
+        Self {
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+            jitter: 0.0,
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(5),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// How a supervisor runs its children.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct SupervisorConfig {
+    pub intensity: Intensity,
+    pub backoff: Backoff,
+    /// Seed of the jitter source, so a run can be replayed.
+    pub seed: u64,
+}
+
+impl SupervisorConfig {
+    pub fn validate(self) -> Result<Self> {
+        if self.intensity.period.is_zero() {
+            return Err(invalid("intensity.period", "must be longer than zero"));
+        }
+        if !(0.0..=1.0).contains(&self.backoff.jitter) {
+            return Err(invalid(
+                "backoff.jitter",
+                "must be a fraction between 0 and 1",
+            ));
+        }
+        if self.backoff.initial > self.backoff.max {
+            return Err(invalid("backoff.initial", "must not exceed backoff.max"));
+        }
+        Ok(self)
+    }
+}
+
+/// The member's observation and chaos door (HTTP on loopback, bearer token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminConfig {
+    /// Where to listen; port 0 lets the OS pick, and the chosen address is written
+    /// to `<data>/admin.json` for `keelson tree` and friends to find.
+    pub listen: SocketAddr,
+    /// The admin token; requests that change anything must carry it.
+    pub token: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: String::new(),
+        }
+    }
+}
+
+/// One keelson process (a server member, an agent, or the `up` launcher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberConfig {
+    /// The member's name: the first segment of every actor path in it.
+    pub name: String,
+    /// This member's own folder (`<cluster data>/<name>`).
+    pub data_dir: PathBuf,
+    pub admin: AdminConfig,
+    /// The root supervisor's policy; past its intensity the process exits non-zero.
+    pub root: SupervisorConfig,
+}
+
+impl MemberConfig {
+    pub fn validate(self) -> Result<Self> {
+        validate_name(&self.name)?;
+        if self.admin.token.len() < 16 {
+            return Err(invalid("admin.token", "must be at least 16 characters"));
+        }
+        let root = self.root.validate()?;
+        Ok(Self { root, ..self })
+    }
+}
+
+/// A member or actor name: lower-case letters, digits and '-', as Kubernetes names are.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            format!("{name:?} must be 1-63 of [a-z0-9-], not starting or ending with '-'"),
+        ))
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m`, `1h` (an integer and a unit).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 2s, 1m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intensity_parses_and_rejects() {
+        assert_eq!(
+            "3/500ms".parse::<Intensity>().unwrap(),
+            Intensity::new(3, Duration::from_millis(500))
+        );
+        assert_eq!("10/10s".parse::<Intensity>().unwrap(), Intensity::default());
+        assert!("10".parse::<Intensity>().is_err());
+        assert!("x/1s".parse::<Intensity>().is_err());
+        assert!("1/1y".parse::<Intensity>().is_err());
+    }
+
+    #[test]
+    fn supervisor_config_is_checked() {
+        let bad = SupervisorConfig {
+            intensity: Intensity::new(1, Duration::ZERO),
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = SupervisorConfig {
+            backoff: Backoff {
+                jitter: 1.5,
+                ..Backoff::default()
+            },
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        assert!(SupervisorConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        assert!(validate_name("server-1").is_ok());
+        for bad in ["", "-a", "a-", "A", "a/b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn member_config_needs_a_real_token() {
+        let cfg = MemberConfig {
+            name: "server-1".into(),
+            data_dir: "/tmp/x".into(),
+            admin: AdminConfig::default(),
+            root: SupervisorConfig::default(),
+        };
+        assert_eq!(
+            cfg.clone().validate().unwrap_err(),
+            invalid("admin.token", "must be at least 16 characters")
+        );
+        let ok = MemberConfig {
+            admin: AdminConfig {
+                token: "0123456789abcdef".into(),
+                ..cfg.admin.clone()
+            },
+            ..cfg
+        };
+        assert!(ok.validate().is_ok());
+    }
+}
