@@ -15,19 +15,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("{field}: {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
+    Invalid { field: &'static str, problem: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> Error {
-    Error::Invalid {
-        field,
-        problem: problem.into(),
-    }
+    Error::Invalid { field, problem: problem.into() }
 }
 
 /// Restart intensity: at most `max_restarts` restarts within `period`; one more and
@@ -41,10 +35,7 @@ pub struct Intensity {
 
 impl Intensity {
     pub const fn new(max_restarts: u32, period: Duration) -> Self {
-        Self {
-            max_restarts,
-            period,
-        }
+        Self { max_restarts, period }
     }
 }
 
@@ -61,21 +52,11 @@ impl std::str::FromStr for Intensity {
 
     /// Parses `N/DURATION`, e.g. `10/10s` or `3/500ms`.
     fn from_str(s: &str) -> Result<Self> {
-        let (n, period) = s.split_once('/').ok_or_else(|| {
-            invalid(
-                "intensity",
-                format!("{s:?} is not N/DURATION (e.g. 10/10s)"),
-            )
-        })?;
-        let max_restarts = n
-            .trim()
-            .parse()
-            .map_err(|_| invalid("intensity", format!("{n:?} is not a count")))?;
+        let (n, period) =
+            s.split_once('/').ok_or_else(|| invalid("intensity", format!("{s:?} is not N/DURATION (e.g. 10/10s)")))?;
+        let max_restarts = n.trim().parse().map_err(|_| invalid("intensity", format!("{n:?} is not a count")))?;
         let period = parse_duration(period.trim()).map_err(|p| invalid("intensity", p))?;
-        Ok(Self {
-            max_restarts,
-            period,
-        })
+        Ok(Self { max_restarts, period })
     }
 }
 
@@ -95,21 +76,13 @@ pub struct Backoff {
 impl Backoff {
     /// No delay at all: restarts as fast as the runtime can (benchmarks, storm tests).
     pub const fn none() -> Self {
-        Self {
-            initial: Duration::ZERO,
-            max: Duration::ZERO,
-            jitter: 0.0,
-        }
+        Self { initial: Duration::ZERO, max: Duration::ZERO, jitter: 0.0 }
     }
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(10),
-            max: Duration::from_secs(5),
-            jitter: 0.2,
-        }
+        Self { initial: Duration::from_millis(10), max: Duration::from_secs(5), jitter: 0.2 }
     }
 }
 
@@ -128,10 +101,7 @@ impl SupervisorConfig {
             return Err(invalid("intensity.period", "must be longer than zero"));
         }
         if !(0.0..=1.0).contains(&self.backoff.jitter) {
-            return Err(invalid(
-                "backoff.jitter",
-                "must be a fraction between 0 and 1",
-            ));
+            return Err(invalid("backoff.jitter", "must be a fraction between 0 and 1"));
         }
         if self.backoff.initial > self.backoff.max {
             return Err(invalid("backoff.initial", "must not exceed backoff.max"));
@@ -152,10 +122,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token: String::new(),
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: String::new() }
     }
 }
 
@@ -186,18 +153,13 @@ impl MemberConfig {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(invalid(
-            "name",
-            format!("{name:?} must be 1-63 of [a-z0-9-], not starting or ending with '-'"),
-        ))
+        Err(invalid("name", format!("{name:?} must be 1-63 of [a-z0-9-], not starting or ending with '-'")))
     }
 }
 
@@ -205,9 +167,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 250ms, 2s, 1m"))?;
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 2s, 1m"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -237,10 +197,7 @@ mod tests {
 
     #[test]
     fn intensity_parses_and_rejects() {
-        assert_eq!(
-            "3/500ms".parse::<Intensity>().unwrap(),
-            Intensity::new(3, Duration::from_millis(500))
-        );
+        assert_eq!("3/500ms".parse::<Intensity>().unwrap(), Intensity::new(3, Duration::from_millis(500)));
         assert_eq!("10/10s".parse::<Intensity>().unwrap(), Intensity::default());
         assert!("10".parse::<Intensity>().is_err());
         assert!("x/1s".parse::<Intensity>().is_err());
@@ -249,18 +206,9 @@ mod tests {
 
     #[test]
     fn supervisor_config_is_checked() {
-        let bad = SupervisorConfig {
-            intensity: Intensity::new(1, Duration::ZERO),
-            ..Default::default()
-        };
+        let bad = SupervisorConfig { intensity: Intensity::new(1, Duration::ZERO), ..Default::default() };
         assert!(bad.validate().is_err());
-        let bad = SupervisorConfig {
-            backoff: Backoff {
-                jitter: 1.5,
-                ..Backoff::default()
-            },
-            ..Default::default()
-        };
+        let bad = SupervisorConfig { backoff: Backoff { jitter: 1.5, ..Backoff::default() }, ..Default::default() };
         assert!(bad.validate().is_err());
         assert!(SupervisorConfig::default().validate().is_ok());
     }
@@ -281,17 +229,8 @@ mod tests {
             admin: AdminConfig::default(),
             root: SupervisorConfig::default(),
         };
-        assert_eq!(
-            cfg.clone().validate().unwrap_err(),
-            invalid("admin.token", "must be at least 16 characters")
-        );
-        let ok = MemberConfig {
-            admin: AdminConfig {
-                token: "0123456789abcdef".into(),
-                ..cfg.admin.clone()
-            },
-            ..cfg
-        };
+        assert_eq!(cfg.clone().validate().unwrap_err(), invalid("admin.token", "must be at least 16 characters"));
+        let ok = MemberConfig { admin: AdminConfig { token: "0123456789abcdef".into(), ..cfg.admin.clone() }, ..cfg };
         assert!(ok.validate().is_ok());
     }
 }

@@ -42,10 +42,7 @@ pub enum ExitReason {
     /// The actor gave up on its own with a reason (a child process died, a port is gone).
     Failed { message: String },
     /// A supervisor exceeded its restart intensity because of `child`.
-    Escalated {
-        child: ActorPath,
-        cause: Box<ExitReason>,
-    },
+    Escalated { child: ActorPath, cause: Box<ExitReason> },
 }
 
 impl ExitReason {
@@ -55,9 +52,7 @@ impl ExitReason {
     }
 
     pub fn failed(message: impl Into<String>) -> Self {
-        Self::Failed {
-            message: message.into(),
-        }
+        Self::Failed { message: message.into() }
     }
 }
 
@@ -67,15 +62,7 @@ impl std::fmt::Display for ExitReason {
             Self::Normal => f.write_str("normal"),
             Self::Shutdown { forced: false } => f.write_str("shutdown"),
             Self::Shutdown { forced: true } => f.write_str("shutdown (forced after timeout)"),
-            Self::Killed { mode } => write!(
-                f,
-                "killed ({})",
-                if *mode == KillMode::Panic {
-                    "panic"
-                } else {
-                    "stop"
-                }
-            ),
+            Self::Killed { mode } => write!(f, "killed ({})", if *mode == KillMode::Panic { "panic" } else { "stop" }),
             Self::Panic { message } => write!(f, "panic: {message}"),
             Self::Failed { message } => write!(f, "failed: {message}"),
             Self::Escalated { child, cause } => {

@@ -81,6 +81,15 @@ impl<A: Actor> Incarnation<A> {
     }
 }
 
+impl<A: Actor> Incarnation<A> {
+    /// actix's context polls a dropped actor once more to run `stopping`/`stopped`.
+    /// When the task is unwinding from a panic, or was aborted, the actor's own code
+    /// must not run again: a second panic while unwinding would abort the process.
+    fn dying(&self) -> bool {
+        std::thread::panicking() || self.guard.signal.bits().aborted()
+    }
+}
+
 impl<A: Actor> std::ops::Deref for Incarnation<A> {
     type Target = A;
     fn deref(&self) -> &A {
@@ -104,11 +113,17 @@ impl<A: Actor> actix::Actor for Incarnation<A> {
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        if self.dying() {
+            return Running::Stop;
+        }
         let _span = self.span.clone().entered();
         self.actor.stopping(ctx)
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
+        if self.dying() {
+            return;
+        }
         let _span = self.span.clone().entered();
         self.actor.stopped(ctx);
     }
@@ -145,12 +160,10 @@ impl<A: Actor> StreamHandler<Control> for Incarnation<A> {
 /// Ends the current incarnation with `reason` (e.g. a supervisor escalating, or an
 /// actor whose child process died). Takes effect after the current handler returns.
 pub fn exit<A: Actor>(ctx: &mut Ctx<A>, reason: ExitReason) {
-    ctx.spawn(
-        actix::fut::ready(()).map(move |(), inc: &mut Incarnation<A>, ctx: &mut Ctx<A>| {
-            inc.guard.said = Some(reason);
-            ctx.stop();
-        }),
-    );
+    ctx.spawn(actix::fut::ready(()).map(move |(), inc: &mut Incarnation<A>, ctx: &mut Ctx<A>| {
+        inc.guard.said = Some(reason);
+        ctx.stop();
+    }));
 }
 
 /// Reports the end of an incarnation to the registry, the reference slot and the parent.
@@ -167,13 +180,7 @@ pub(crate) struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         let panic = std::thread::panicking().then(super::panic::take_last_panic);
-        let reason = self.entry.exited(
-            self.incarnation,
-            &self.signal,
-            &self.counters,
-            panic,
-            self.said.take(),
-        );
+        let reason = self.entry.exited(self.incarnation, &self.signal, &self.counters, panic, self.said.take());
         if let Some(clear) = self.clear_slot.take() {
             clear(self.incarnation);
         }
@@ -222,11 +229,7 @@ pub(crate) fn launch<A: Actor>(
     slot.publish(cx.incarnation, ctx.address(), counters.clone());
     entry.running(
         cx.incarnation,
-        Live {
-            signal: signal.clone(),
-            counters: counters.clone(),
-            started_at: tokio::time::Instant::now(),
-        },
+        Live { signal: signal.clone(), counters: counters.clone(), started_at: tokio::time::Instant::now() },
     );
     let span = tracing::info_span!("actor", path = %cx.path, incarnation = cx.incarnation);
     let guard = ExitGuard {
@@ -238,18 +241,9 @@ pub(crate) fn launch<A: Actor>(
         clear_slot: Some(slot.clear()),
         on_exit: Some(on_exit),
     };
-    let fut = ctx.into_future(Incarnation {
-        actor,
-        span,
-        counters,
-        guard,
-    });
+    let fut = ctx.into_future(Incarnation { actor, span, counters, guard });
     actix::spawn(async move {
         let _aborted_or_done = Abortable::new(fut, registration).await;
     });
-    RunningChild {
-        incarnation: cx.incarnation,
-        signal,
-        abort,
-    }
+    RunningChild { incarnation: cx.incarnation, signal, abort }
 }

@@ -28,10 +28,7 @@ pub fn install_panic_hook(echo: bool) {
                     None => "panic with a non-string payload".to_string(),
                 },
             };
-            let location = info
-                .location()
-                .map(|l| format!("{}:{}", l.file(), l.line()))
-                .unwrap_or_default();
+            let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
             tracing::error!(%location, "panic: {message}");
             LAST_PANIC.with(|p| *p.borrow_mut() = Some(message));
             if echo {

@@ -28,11 +28,7 @@ impl ActorPath {
 
     /// The member this path belongs to (its first segment).
     pub fn member(&self) -> &str {
-        self.0
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default()
+        self.0.trim_start_matches('/').split('/').next().unwrap_or_default()
     }
 
     /// The last segment.

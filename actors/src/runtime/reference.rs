@@ -44,9 +44,7 @@ pub struct Ref<A: Actor> {
 
 impl<A: Actor> Clone for Ref<A> {
     fn clone(&self) -> Self {
-        Self {
-            slot: self.slot.clone(),
-        }
+        Self { slot: self.slot.clone() }
     }
 }
 
@@ -59,12 +57,7 @@ impl<A: Actor> Default for Ref<A> {
 impl<A: Actor> Ref<A> {
     /// A reference that reaches nothing until the runtime launches an incarnation into it.
     pub fn new() -> Self {
-        Self {
-            slot: Arc::new(Slot {
-                path: RwLock::new(None),
-                current: RwLock::new(None),
-            }),
-        }
+        Self { slot: Arc::new(Slot { path: RwLock::new(None), current: RwLock::new(None) }) }
     }
 
     pub(crate) fn set_path(&self, path: &ActorPath) {
@@ -72,32 +65,19 @@ impl<A: Actor> Ref<A> {
     }
 
     fn path_string(&self) -> String {
-        self.slot
-            .path
-            .read()
-            .unwrap()
-            .as_ref()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "<never started>".into())
+        self.slot.path.read().unwrap().as_ref().map(|p| p.to_string()).unwrap_or_else(|| "<never started>".into())
     }
 
     /// The incarnation currently reachable, if any.
     pub fn incarnation(&self) -> Option<u64> {
-        self.slot
-            .current
-            .read()
-            .unwrap()
-            .as_ref()
-            .map(|c| c.incarnation)
+        self.slot.current.read().unwrap().as_ref().map(|c| c.incarnation)
     }
 
     fn current(&self) -> Result<(actix::Addr<Incarnation<A>>, Arc<Counters>), SendError> {
         let cur = self.slot.current.read().unwrap();
         match cur.as_ref() {
             Some(c) if c.addr.connected() => Ok((c.addr.clone(), c.counters.clone())),
-            _ => Err(SendError::NotRunning {
-                path: self.path_string(),
-            }),
+            _ => Err(SendError::NotRunning { path: self.path_string() }),
         }
     }
 
@@ -110,12 +90,8 @@ impl<A: Actor> Ref<A> {
         actix::Context<Incarnation<A>>: ToEnvelope<Incarnation<A>, M>,
     {
         let (addr, counters) = self.current()?;
-        counters
-            .sent
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        addr.send(msg).await.map_err(|_| SendError::Stopped {
-            path: self.path_string(),
-        })
+        counters.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        addr.send(msg).await.map_err(|_| SendError::Stopped { path: self.path_string() })
     }
 
     /// Queues `msg` without waiting for a reply. Errors only if no incarnation runs;
@@ -129,26 +105,15 @@ impl<A: Actor> Ref<A> {
         actix::Context<Incarnation<A>>: ToEnvelope<Incarnation<A>, M>,
     {
         let (addr, counters) = self.current()?;
-        counters
-            .sent
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counters.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         addr.do_send(msg);
         Ok(())
     }
 }
 
 impl<A: Actor> Publish<A> for Ref<A> {
-    fn publish(
-        &self,
-        incarnation: u64,
-        addr: actix::Addr<Incarnation<A>>,
-        counters: Arc<Counters>,
-    ) {
-        *self.slot.current.write().unwrap() = Some(Current {
-            incarnation,
-            addr,
-            counters,
-        });
+    fn publish(&self, incarnation: u64, addr: actix::Addr<Incarnation<A>>, counters: Arc<Counters>) {
+        *self.slot.current.write().unwrap() = Some(Current { incarnation, addr, counters });
     }
 
     fn clear(&self) -> Box<dyn FnOnce(u64)> {

@@ -32,8 +32,7 @@ pub struct Counters {
 impl Counters {
     pub(crate) fn record(&self, took: Duration) {
         self.handled.fetch_add(1, Ordering::Relaxed);
-        self.handler_nanos
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.handler_nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
     fn backlog(&self) -> u64 {
         let handled = self.handled.load(Ordering::Relaxed);
@@ -109,13 +108,8 @@ struct Events {
 impl Events {
     fn emit(&self, path: &ActorPath, incarnation: u64, kind: EventKind) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let _no_subscriber_is_fine = self.tx.send(Event {
-            seq,
-            at_ms: now_ms(),
-            path: path.clone(),
-            incarnation,
-            event: kind,
-        });
+        let _no_subscriber_is_fine =
+            self.tx.send(Event { seq, at_ms: now_ms(), path: path.clone(), incarnation, event: kind });
     }
 }
 
@@ -146,12 +140,12 @@ impl Entry {
         }
         prune(&mut st.recent_starts, now, self.window);
         drop(st);
-        self.events
-            .emit(&self.path, incarnation, EventKind::Started);
+        self.events.emit(&self.path, incarnation, EventKind::Started);
     }
 
-    /// Records the end of `incarnation` and decides its reason: a pending kill wins,
-    /// then a panic, then what the actor said, then a requested shutdown.
+    /// Records the end of `incarnation` and decides its reason: an accepted kill wins
+    /// (so kills are counted exactly, whatever the actor did while dying), then a
+    /// panic, then what the actor said, then a requested shutdown.
     pub(crate) fn exited(
         &self,
         incarnation: u64,
@@ -163,21 +157,15 @@ impl Entry {
         let mut st = self.state.lock().unwrap();
         let bits = signal.bits();
         let reason = if bits.killed_by_panic() {
-            ExitReason::Killed {
-                mode: KillMode::Panic,
-            }
+            ExitReason::Killed { mode: KillMode::Panic }
+        } else if bits.killed_by_stop() {
+            ExitReason::Killed { mode: KillMode::Stop }
         } else if let Some(message) = panic {
             ExitReason::Panic { message }
-        } else if bits.killed_by_stop() {
-            ExitReason::Killed {
-                mode: KillMode::Stop,
-            }
         } else if let Some(said) = said {
             said
         } else if bits.shutdown() || bits.aborted() {
-            ExitReason::Shutdown {
-                forced: bits.aborted(),
-            }
+            ExitReason::Shutdown { forced: bits.aborted() }
         } else {
             ExitReason::Normal
         };
@@ -191,25 +179,11 @@ impl Entry {
         }
         if st.incarnation == incarnation {
             st.live = None;
-            st.state = if reason.is_abnormal() {
-                ActorState::Failed
-            } else {
-                ActorState::Stopped
-            };
-            st.last_exit = Some(LastExit {
-                incarnation,
-                reason: reason.clone(),
-                at_ms: now_ms(),
-            });
+            st.state = if reason.is_abnormal() { ActorState::Failed } else { ActorState::Stopped };
+            st.last_exit = Some(LastExit { incarnation, reason: reason.clone(), at_ms: now_ms() });
         }
         drop(st);
-        self.events.emit(
-            &self.path,
-            incarnation,
-            EventKind::Exited {
-                reason: reason.clone(),
-            },
-        );
+        self.events.emit(&self.path, incarnation, EventKind::Exited { reason: reason.clone() });
         reason
     }
 
@@ -220,24 +194,12 @@ impl Entry {
         }
         let incarnation = st.incarnation;
         drop(st);
-        self.events.emit(
-            &self.path,
-            incarnation,
-            EventKind::Restarting {
-                delay_ms: delay.as_millis() as u64,
-            },
-        );
+        self.events.emit(&self.path, incarnation, EventKind::Restarting { delay_ms: delay.as_millis() as u64 });
     }
 
     pub(crate) fn escalated(&self, reason: &ExitReason) {
         let incarnation = self.state.lock().unwrap().incarnation;
-        self.events.emit(
-            &self.path,
-            incarnation,
-            EventKind::Escalated {
-                reason: reason.clone(),
-            },
-        );
+        self.events.emit(&self.path, incarnation, EventKind::Escalated { reason: reason.clone() });
     }
 
     /// A line of detail for the tree (a supervisor's strategy and intensity, say).
@@ -247,10 +209,7 @@ impl Entry {
 
     fn kill(&self, mode: KillMode) -> Result<u64, KillError> {
         let st = self.state.lock().unwrap();
-        let live = st
-            .live
-            .as_ref()
-            .ok_or_else(|| KillError::NotRunning(self.path.clone()))?;
+        let live = st.live.as_ref().ok_or_else(|| KillError::NotRunning(self.path.clone()))?;
         let control = match mode {
             KillMode::Panic => Control::KillPanic,
             KillMode::Stop => Control::KillStop,
@@ -269,11 +228,7 @@ impl Entry {
             .as_ref()
             .map(|l| {
                 let c = &l.counters;
-                (
-                    c.handled.load(Ordering::Relaxed),
-                    c.handler_nanos.load(Ordering::Relaxed),
-                    c.backlog(),
-                )
+                (c.handled.load(Ordering::Relaxed), c.handler_nanos.load(Ordering::Relaxed), c.backlog())
             })
             .unwrap_or_default();
         let since = now.checked_sub(self.window);
@@ -284,18 +239,11 @@ impl Entry {
             state: st.state,
             incarnation: st.incarnation,
             restarts: st.incarnation.saturating_sub(1),
-            restarts_in_window: st
-                .recent_starts
-                .iter()
-                .filter(|t| since.is_none_or(|s| **t >= s))
-                .count() as u64,
+            restarts_in_window: st.recent_starts.iter().filter(|t| since.is_none_or(|s| **t >= s)).count() as u64,
             kills: st.kills,
             crashes: st.crashes,
             last_exit: st.last_exit.clone(),
-            uptime_ms: st
-                .live
-                .as_ref()
-                .map(|l| now.duration_since(l.started_at).as_millis() as u64),
+            uptime_ms: st.live.as_ref().map(|l| now.duration_since(l.started_at).as_millis() as u64),
             handled: st.handled_before + handled_now,
             backlog,
             handler_us: (st.handler_nanos_before + nanos_now) / 1_000,
@@ -305,19 +253,13 @@ impl Entry {
 }
 
 fn prune(starts: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-    while starts
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > window)
-    {
+    while starts.front().is_some_and(|t| now.duration_since(*t) > window) {
         starts.pop_front();
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// One actor as `keelson tree` shows it.
@@ -395,10 +337,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 member: member.to_string(),
                 entries: RwLock::new(BTreeMap::new()),
-                events: Events {
-                    tx,
-                    seq: Arc::new(AtomicU64::new(0)),
-                },
+                events: Events { tx, seq: Arc::new(AtomicU64::new(0)) },
             }),
         }
     }
@@ -448,11 +387,7 @@ impl Registry {
     /// Forgets a path and everything below it (a dynamic child that was removed).
     pub(crate) fn remove_subtree(&self, path: &ActorPath) {
         let mut entries = self.inner.entries.write().unwrap();
-        let gone: Vec<ActorPath> = entries
-            .keys()
-            .filter(|p| p.is_within(path))
-            .cloned()
-            .collect();
+        let gone: Vec<ActorPath> = entries.keys().filter(|p| p.is_within(path)).cloned().collect();
         for p in gone {
             entries.remove(&p);
             self.inner.events.emit(&p, 0, EventKind::Removed);
@@ -462,31 +397,18 @@ impl Registry {
     /// Kills the running incarnation at `path`; returns which incarnation was hit.
     pub fn kill(&self, path: &ActorPath, mode: KillMode) -> Result<u64, KillError> {
         let entry = self.inner.entries.read().unwrap().get(path).cloned();
-        entry
-            .ok_or_else(|| KillError::NoSuchActor(path.clone()))?
-            .kill(mode)
+        entry.ok_or_else(|| KillError::NoSuchActor(path.clone()))?.kill(mode)
     }
 
     /// Paths matching a glob (`*` within a segment, `**` across), sorted.
     pub fn paths_matching(&self, pattern: &str) -> Vec<ActorPath> {
         let entries = self.inner.entries.read().unwrap();
-        entries
-            .keys()
-            .filter(|p| glob_match(pattern, p.as_str()))
-            .cloned()
-            .collect()
+        entries.keys().filter(|p| glob_match(pattern, p.as_str())).cloned().collect()
     }
 
     pub fn snapshot(&self) -> TreeSnapshot {
         let now = Instant::now();
-        let entries: Vec<Arc<Entry>> = self
-            .inner
-            .entries
-            .read()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect();
+        let entries: Vec<Arc<Entry>> = self.inner.entries.read().unwrap().values().cloned().collect();
         TreeSnapshot {
             member: self.inner.member.clone(),
             pid: std::process::id(),

@@ -59,12 +59,7 @@ impl Strategy {
 /// children of many actor types.
 pub(crate) trait Starter: Send + Sync {
     fn kind(&self) -> &'static str;
-    fn start(
-        &self,
-        cx: &ChildContext,
-        entry: Arc<super::registry::Entry>,
-        on_exit: OnExit,
-    ) -> RunningChild;
+    fn start(&self, cx: &ChildContext, entry: Arc<super::registry::Entry>, on_exit: OnExit) -> RunningChild;
 }
 
 struct ActorStarter<A: Actor, F> {
@@ -81,12 +76,7 @@ where
         short_type_name::<A>()
     }
 
-    fn start(
-        &self,
-        cx: &ChildContext,
-        entry: Arc<super::registry::Entry>,
-        on_exit: OnExit,
-    ) -> RunningChild {
+    fn start(&self, cx: &ChildContext, entry: Arc<super::registry::Entry>, on_exit: OnExit) -> RunningChild {
         self.reference.set_path(&cx.path);
         let actor = (self.factory)(cx);
         launch(cx, entry, actor, &self.reference, on_exit)
@@ -123,16 +113,8 @@ impl ChildSpec {
         F: Fn(&ChildContext) -> A + Send + Sync + 'static,
     {
         let reference = Ref::new();
-        let starter = ActorStarter {
-            factory,
-            reference: reference.clone(),
-        };
-        let spec = Self {
-            name: name.to_string(),
-            restart,
-            shutdown: WORKER_SHUTDOWN,
-            starter: Arc::new(starter),
-        };
+        let starter = ActorStarter { factory, reference: reference.clone() };
+        let spec = Self { name: name.to_string(), restart, shutdown: WORKER_SHUTDOWN, starter: Arc::new(starter) };
         (spec, reference)
     }
 

@@ -14,9 +14,7 @@ use super::Error;
 use crate::runtime::incarnation::{exit, ChildContext, OnExit, RunningChild};
 use crate::runtime::registry::Entry;
 use crate::runtime::spec::SUPERVISOR_SHUTDOWN;
-use crate::runtime::{
-    Actor, ActorPath, ChildSpec, Ctx, ExitReason, Handler, Ref, Registry, Restart, Strategy,
-};
+use crate::runtime::{Actor, ActorPath, ChildSpec, Ctx, ExitReason, Handler, Ref, Registry, Restart, Strategy};
 
 /// What a supervisor is made of; cloned into every incarnation of it.
 #[derive(Clone, Debug)]
@@ -28,11 +26,7 @@ pub struct SupervisorSpec {
 
 impl SupervisorSpec {
     pub fn new(strategy: Strategy, config: SupervisorConfig) -> Self {
-        Self {
-            strategy,
-            config,
-            children: Vec::new(),
-        }
+        Self { strategy, config, children: Vec::new() }
     }
 
     pub fn child(mut self, spec: ChildSpec) -> Self {
@@ -43,13 +37,8 @@ impl SupervisorSpec {
 
 impl ChildSpec {
     /// A child that is itself a supervisor of `spec`'s children.
-    pub fn supervisor(
-        name: &str,
-        restart: Restart,
-        spec: SupervisorSpec,
-    ) -> (ChildSpec, Ref<Supervisor>) {
-        let (child, reference) =
-            ChildSpec::new(name, restart, move |cx| Supervisor::new(cx, spec.clone()));
+    pub fn supervisor(name: &str, restart: Restart, spec: SupervisorSpec) -> (ChildSpec, Ref<Supervisor>) {
+        let (child, reference) = ChildSpec::new(name, restart, move |cx| Supervisor::new(cx, spec.clone()));
         (child.with_shutdown(SUPERVISOR_SHUTDOWN), reference)
     }
 }
@@ -83,12 +72,7 @@ impl Supervisor {
     fn add(&mut self, spec: ChildSpec) -> Vec<Command> {
         let path = self.path.child(&spec.name);
         let window = self.spec.config.intensity.period;
-        self.entries.push(self.registry.entry(
-            &path,
-            spec.starter.kind(),
-            spec.restart.as_str(),
-            window,
-        ));
+        self.entries.push(self.registry.entry(&path, spec.starter.kind(), spec.restart.as_str(), window));
         let (_, cmds) = self.state.add_child(&spec.name, spec.restart);
         self.children.push(spec);
         self.running.push(None);
@@ -131,9 +115,7 @@ impl Supervisor {
                 Command::Exit(reason) => {
                     if let ExitReason::Escalated { .. } = reason {
                         tracing::error!(%reason, "restart intensity exceeded; giving up");
-                        self.registry
-                            .entry(&self.path, "Supervisor", "", Duration::ZERO)
-                            .escalated(&reason);
+                        self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).escalated(&reason);
                     }
                     exit(ctx, reason);
                 }
@@ -149,13 +131,8 @@ impl Supervisor {
             registry: self.registry.clone(),
         };
         let addr = ctx.address();
-        let on_exit: OnExit = Box::new(move |incarnation, reason| {
-            addr.do_send(ChildExited {
-                idx: i,
-                incarnation,
-                reason,
-            })
-        });
+        let on_exit: OnExit =
+            Box::new(move |incarnation, reason| addr.do_send(ChildExited { idx: i, incarnation, reason }));
         let running = self.children[i].starter.start(&cx, entry, on_exit);
         self.state.started(i, running.incarnation, Instant::now());
         self.running[i] = Some(running);
@@ -173,15 +150,8 @@ impl Supervisor {
 impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let i = self.spec.config.intensity;
-        let info = format!(
-            "{} {}/{:?}",
-            self.spec.strategy.as_str(),
-            i.max_restarts,
-            i.period
-        );
-        self.registry
-            .entry(&self.path, "Supervisor", "", Duration::ZERO)
-            .set_info(info);
+        let info = format!("{} {}/{:?}", self.spec.strategy.as_str(), i.max_restarts, i.period);
+        self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).set_info(info);
         let mut cmds = Vec::new();
         for spec in self.spec.children.clone() {
             cmds.extend(self.add(spec));
@@ -216,18 +186,13 @@ impl Handler<ChildExited> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ChildExited, ctx: &mut Ctx<Self>) {
-        if self.running[msg.idx]
-            .as_ref()
-            .is_some_and(|r| r.incarnation == msg.incarnation)
-        {
+        if self.running[msg.idx].as_ref().is_some_and(|r| r.incarnation == msg.incarnation) {
             self.running[msg.idx] = None;
         }
         if msg.reason.is_abnormal() {
             tracing::warn!(child = %self.entries[msg.idx].path(), incarnation = msg.incarnation, reason = %msg.reason, "child exited");
         }
-        let cmds =
-            self.state
-                .on_child_exited(msg.idx, msg.incarnation, &msg.reason, Instant::now());
+        let cmds = self.state.on_child_exited(msg.idx, msg.incarnation, &msg.reason, Instant::now());
         self.exec(cmds, ctx);
     }
 }
@@ -247,12 +212,7 @@ impl Handler<StartChild> for Supervisor {
             return Err(Error::ShuttingDown);
         }
         self.exec(cmds, ctx);
-        Ok(self
-            .running
-            .last()
-            .and_then(|r| r.as_ref())
-            .map(|r| r.incarnation)
-            .unwrap_or(0))
+        Ok(self.running.last().and_then(|r| r.as_ref()).map(|r| r.incarnation).unwrap_or(0))
     }
 }
 
@@ -260,10 +220,7 @@ impl Handler<StopChild> for Supervisor {
     type Result = Result<(), Error>;
 
     fn handle(&mut self, msg: StopChild, ctx: &mut Ctx<Self>) -> Self::Result {
-        let idx = self
-            .state
-            .find(&msg.name)
-            .ok_or(Error::NoSuchChild(msg.name))?;
+        let idx = self.state.find(&msg.name).ok_or(Error::NoSuchChild(msg.name))?;
         let cmds = self.state.remove_child(idx);
         self.exec(cmds, ctx);
         Ok(())
@@ -282,25 +239,15 @@ pub struct Root {
 pub fn start_root(registry: &Registry, spec: SupervisorSpec) -> Root {
     let path = ActorPath::root(registry.member());
     let entry = registry.entry(&path, "Supervisor", "root", spec.config.intensity.period);
-    let (root_spec, reference) = ChildSpec::new(registry.member(), Restart::Temporary, move |cx| {
-        Supervisor::new(cx, spec.clone())
-    });
-    let cx = ChildContext {
-        path: path.clone(),
-        incarnation: entry.next_incarnation(),
-        registry: registry.clone(),
-    };
+    let (root_spec, reference) =
+        ChildSpec::new(registry.member(), Restart::Temporary, move |cx| Supervisor::new(cx, spec.clone()));
+    let cx = ChildContext { path: path.clone(), incarnation: entry.next_incarnation(), registry: registry.clone() };
     let (tx, exit) = oneshot::channel();
     let on_exit: OnExit = Box::new(move |_, reason| {
         let _receiver_gone_means_nobody_waits = tx.send(reason);
     });
     let child = root_spec.starter.start(&cx, entry, on_exit);
-    Root {
-        path,
-        reference,
-        child,
-        exit,
-    }
+    Root { path, reference, child, exit }
 }
 
 impl Root {
@@ -312,8 +259,6 @@ impl Root {
     /// Resolves when the root has exited: `Shutdown` after [`Root::shutdown`], an
     /// abnormal reason when the tree gave up (the process should exit non-zero).
     pub async fn exited(&mut self) -> ExitReason {
-        (&mut self.exit)
-            .await
-            .unwrap_or_else(|_| ExitReason::failed("root exit notice lost"))
+        (&mut self.exit).await.unwrap_or_else(|_| ExitReason::failed("root exit notice lost"))
     }
 }

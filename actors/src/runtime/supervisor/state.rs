@@ -91,12 +91,7 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(
-        path: ActorPath,
-        strategy: Strategy,
-        intensity: Intensity,
-        backoff: Backoff,
-    ) -> Self {
+    pub(crate) fn new(path: ActorPath, strategy: Strategy, intensity: Intensity, backoff: Backoff) -> Self {
         Self {
             path,
             strategy,
@@ -130,9 +125,7 @@ impl State {
     }
 
     pub(crate) fn find(&self, name: &str) -> Option<usize> {
-        self.children
-            .iter()
-            .position(|c| c.name == name && c.status != Status::Removed)
+        self.children.iter().position(|c| c.name == name && c.status != Status::Removed)
     }
 
     #[cfg(test)]
@@ -172,10 +165,7 @@ impl State {
     pub(crate) fn on_shutdown(&mut self) -> Vec<Command> {
         match self.mode {
             Mode::Exited => vec![],
-            Mode::Draining {
-                after: After::Exit(_),
-                ..
-            } => vec![],
+            Mode::Draining { after: After::Exit(_), .. } => vec![],
             _ => {
                 let queue = self.running_in_start_order();
                 self.drain(queue, After::Exit(ExitReason::Shutdown { forced: false }))
@@ -206,16 +196,10 @@ impl State {
         match &mut self.mode {
             Mode::Exited => vec![],
             Mode::Draining { current, .. } if *current == Some(idx) => self.advance(),
-            Mode::Draining {
-                after: After::Exit(_),
-                ..
-            } => vec![],
-            Mode::Draining {
-                after: After::Restart { .. },
-                ..
+            Mode::Draining { after: After::Exit(_), .. } => vec![],
+            Mode::Draining { after: After::Restart { .. }, .. } | Mode::Waiting { .. } | Mode::Running => {
+                self.on_failure(idx, reason, now)
             }
-            | Mode::Waiting { .. }
-            | Mode::Running => self.on_failure(idx, reason, now),
         }
     }
 
@@ -230,11 +214,7 @@ impl State {
     /// The back-off timer of `generation` fired: start the children it was for.
     pub(crate) fn on_restart_timer(&mut self, generation: u64) -> Vec<Command> {
         match std::mem::replace(&mut self.mode, Mode::Running) {
-            Mode::Waiting {
-                generation: g,
-                targets,
-                ..
-            } if g == generation => self.start_all(&targets),
+            Mode::Waiting { generation: g, targets, .. } if g == generation => self.start_all(&targets),
             other => {
                 self.mode = other;
                 vec![]
@@ -253,11 +233,7 @@ impl State {
             return vec![];
         }
         self.window.push_back(now);
-        while self
-            .window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.intensity.period)
-        {
+        while self.window.front().is_some_and(|t| now.duration_since(*t) > self.intensity.period) {
             self.window.pop_front();
         }
         if self.window.len() > self.intensity.max_restarts as usize {
@@ -269,40 +245,20 @@ impl State {
             Strategy::OneForAll => (0..self.children.len()).collect(),
             Strategy::RestForOne => (idx..self.children.len()).collect(),
         };
-        let group: Vec<usize> = group
-            .into_iter()
-            .filter(|&j| self.children[j].status != Status::Removed)
-            .collect();
+        let group: Vec<usize> = group.into_iter().filter(|&j| self.children[j].status != Status::Removed).collect();
         // Temporary siblings are stopped with the group but never restarted.
-        let mut targets: Vec<usize> = group
-            .iter()
-            .copied()
-            .filter(|&j| j == idx || self.children[j].restart != Restart::Temporary)
-            .collect();
-        let mut to_stop: Vec<usize> = group
-            .into_iter()
-            .filter(|&j| j != idx && matches!(self.children[j].status, Status::Running(_)))
-            .collect();
+        let mut targets: Vec<usize> =
+            group.iter().copied().filter(|&j| j == idx || self.children[j].restart != Restart::Temporary).collect();
+        let mut to_stop: Vec<usize> =
+            group.into_iter().filter(|&j| j != idx && matches!(self.children[j].status, Status::Running(_))).collect();
         // A failure while a restart is under way (draining or waiting) joins it.
         let (mut queue, current) = match std::mem::replace(&mut self.mode, Mode::Running) {
-            Mode::Draining {
-                queue,
-                current,
-                after:
-                    After::Restart {
-                        targets: t,
-                        delay: d,
-                    },
-            } => {
+            Mode::Draining { queue, current, after: After::Restart { targets: t, delay: d } } => {
                 targets.extend(t);
                 delay = delay.max(d);
                 (queue, current)
             }
-            Mode::Waiting {
-                targets: t,
-                delay: d,
-                ..
-            } => {
+            Mode::Waiting { targets: t, delay: d, .. } => {
                 targets.extend(t);
                 delay = delay.max(d);
                 (Vec::new(), None)
@@ -313,24 +269,16 @@ impl State {
         targets.dedup();
         to_stop.retain(|j| !queue.contains(j) && current != Some(*j));
         queue.splice(0..0, to_stop);
-        self.mode = Mode::Draining {
-            queue,
-            current,
-            after: After::Restart { targets, delay },
-        };
+        self.mode = Mode::Draining { queue, current, after: After::Restart { targets, delay } };
         match self.mode {
-            Mode::Draining {
-                current: Some(_), ..
-            } => vec![],
+            Mode::Draining { current: Some(_), .. } => vec![],
             _ => self.advance(),
         }
     }
 
     fn escalate(&mut self, idx: usize, reason: &ExitReason) -> Vec<Command> {
-        let cause = ExitReason::Escalated {
-            child: self.path.child(&self.children[idx].name),
-            cause: Box::new(reason.clone()),
-        };
+        let cause =
+            ExitReason::Escalated { child: self.path.child(&self.children[idx].name), cause: Box::new(reason.clone()) };
         let queue = self.running_in_start_order();
         self.mode = Mode::Running;
         self.drain(queue, After::Exit(cause))
@@ -350,37 +298,23 @@ impl State {
             return Duration::ZERO;
         }
         let factor = 2u32.saturating_pow(n - 1);
-        self.backoff
-            .initial
-            .saturating_mul(factor)
-            .min(self.backoff.max)
+        self.backoff.initial.saturating_mul(factor).min(self.backoff.max)
     }
 
     fn running_in_start_order(&self) -> Vec<usize> {
         (0..self.children.len())
-            .filter(|&j| {
-                matches!(
-                    self.children[j].status,
-                    Status::Running(_) | Status::Stopping(_)
-                )
-            })
+            .filter(|&j| matches!(self.children[j].status, Status::Running(_) | Status::Stopping(_)))
             .collect()
     }
 
     fn drain(&mut self, queue: Vec<usize>, after: After) -> Vec<Command> {
-        self.mode = Mode::Draining {
-            queue,
-            current: None,
-            after,
-        };
+        self.mode = Mode::Draining { queue, current: None, after };
         self.advance()
     }
 
     fn advance_if_current(&mut self, idx: usize) -> Vec<Command> {
         match self.mode {
-            Mode::Draining {
-                current: Some(c), ..
-            } if c == idx => self.advance(),
+            Mode::Draining { current: Some(c), .. } if c == idx => self.advance(),
             _ => vec![],
         }
     }
@@ -406,9 +340,7 @@ impl State {
                 _ => continue,
             }
         }
-        let Mode::Draining { after, .. } = std::mem::replace(&mut self.mode, Mode::Running) else {
-            unreachable!()
-        };
+        let Mode::Draining { after, .. } = std::mem::replace(&mut self.mode, Mode::Running) else { unreachable!() };
         match after {
             After::Exit(reason) => {
                 self.mode = Mode::Exited;
@@ -419,11 +351,7 @@ impl State {
                 self.timer_generation += 1;
                 let generation = self.timer_generation;
                 let cmd = Command::RestartAfter(delay, generation, targets.clone());
-                self.mode = Mode::Waiting {
-                    generation,
-                    targets,
-                    delay,
-                };
+                self.mode = Mode::Waiting { generation, targets, delay };
                 vec![cmd]
             }
         }

@@ -10,9 +10,7 @@ use crate::runtime::{ActorPath, ExitReason, KillMode, Restart, Strategy};
 
 use Command::*;
 
-const CRASH: ExitReason = ExitReason::Killed {
-    mode: KillMode::Panic,
-};
+const CRASH: ExitReason = ExitReason::Killed { mode: KillMode::Panic };
 const NORMAL: ExitReason = ExitReason::Normal;
 const SHUTDOWN: ExitReason = ExitReason::Shutdown { forced: false };
 
@@ -29,12 +27,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(
-        strategy: Strategy,
-        restarts: &[Restart],
-        intensity: Intensity,
-        backoff: Backoff,
-    ) -> Self {
+    fn new(strategy: Strategy, restarts: &[Restart], intensity: Intensity, backoff: Backoff) -> Self {
         let mut h = Self {
             state: State::new(ActorPath::root("m"), strategy, intensity, backoff),
             now: Instant::now(),
@@ -50,12 +43,7 @@ impl Harness {
     }
 
     fn simple(strategy: Strategy, n: usize) -> Self {
-        Self::new(
-            strategy,
-            &vec![Restart::Permanent; n],
-            Intensity::new(100, ms(1000)),
-            Backoff::none(),
-        )
+        Self::new(strategy, &vec![Restart::Permanent; n], Intensity::new(100, ms(1000)), Backoff::none())
     }
 
     /// Plays the actor's part for Start commands; returns every command.
@@ -121,45 +109,18 @@ fn rest_for_one_restarts_the_failed_child_and_those_started_after_it() {
 #[test]
 fn restart_types_decide_who_comes_back() {
     let types = [Restart::Permanent, Restart::Transient, Restart::Temporary];
-    let mut h = Harness::new(
-        Strategy::OneForOne,
-        &types,
-        Intensity::new(100, ms(1000)),
-        Backoff::none(),
-    );
-    assert_eq!(
-        h.exit(0, &NORMAL),
-        vec![Start(0)],
-        "permanent comes back even after a normal exit"
-    );
-    assert_eq!(
-        h.exit(1, &NORMAL),
-        vec![],
-        "transient stays down after a normal exit"
-    );
-    let mut h = Harness::new(
-        Strategy::OneForOne,
-        &types,
-        Intensity::new(100, ms(1000)),
-        Backoff::none(),
-    );
-    assert_eq!(
-        h.exit(1, &CRASH),
-        vec![Start(1)],
-        "transient comes back after a crash"
-    );
+    let mut h = Harness::new(Strategy::OneForOne, &types, Intensity::new(100, ms(1000)), Backoff::none());
+    assert_eq!(h.exit(0, &NORMAL), vec![Start(0)], "permanent comes back even after a normal exit");
+    assert_eq!(h.exit(1, &NORMAL), vec![], "transient stays down after a normal exit");
+    let mut h = Harness::new(Strategy::OneForOne, &types, Intensity::new(100, ms(1000)), Backoff::none());
+    assert_eq!(h.exit(1, &CRASH), vec![Start(1)], "transient comes back after a crash");
     assert_eq!(h.exit(2, &CRASH), vec![], "temporary never comes back");
 }
 
 #[test]
 fn temporary_siblings_are_stopped_but_not_restarted_by_one_for_all() {
     let types = [Restart::Permanent, Restart::Temporary, Restart::Permanent];
-    let mut h = Harness::new(
-        Strategy::OneForAll,
-        &types,
-        Intensity::new(100, ms(1000)),
-        Backoff::none(),
-    );
+    let mut h = Harness::new(Strategy::OneForAll, &types, Intensity::new(100, ms(1000)), Backoff::none());
     let cmds = h.exit(0, &CRASH);
     let (order, end) = h.confirm_stops(cmds);
     assert_eq!(order, vec![2, 1]);
@@ -168,23 +129,15 @@ fn temporary_siblings_are_stopped_but_not_restarted_by_one_for_all() {
 
 #[test]
 fn exceeding_the_intensity_stops_everyone_and_escalates() {
-    let mut h = Harness::new(
-        Strategy::OneForOne,
-        &[Restart::Permanent; 3],
-        Intensity::new(2, ms(1000)),
-        Backoff::none(),
-    );
+    let mut h =
+        Harness::new(Strategy::OneForOne, &[Restart::Permanent; 3], Intensity::new(2, ms(1000)), Backoff::none());
     assert_eq!(h.exit(1, &CRASH), vec![Start(1)]);
     h.advance(ms(10));
     assert_eq!(h.exit(1, &CRASH), vec![Start(1)]);
     h.advance(ms(10));
     let cmds = h.exit(1, &CRASH);
     let (order, end) = h.confirm_stops(cmds);
-    assert_eq!(
-        order,
-        vec![2, 0],
-        "the survivors are stopped, last started first"
-    );
+    assert_eq!(order, vec![2, 0], "the survivors are stopped, last started first");
     match &end[..] {
         [Exit(ExitReason::Escalated { child, cause })] => {
             assert_eq!(child.as_str(), "/m/c1");
@@ -197,12 +150,7 @@ fn exceeding_the_intensity_stops_everyone_and_escalates() {
 
 #[test]
 fn restarts_older_than_the_period_do_not_count() {
-    let mut h = Harness::new(
-        Strategy::OneForOne,
-        &[Restart::Permanent],
-        Intensity::new(2, ms(1000)),
-        Backoff::none(),
-    );
+    let mut h = Harness::new(Strategy::OneForOne, &[Restart::Permanent], Intensity::new(2, ms(1000)), Backoff::none());
     for _ in 0..10 {
         assert_eq!(h.exit(0, &CRASH), vec![Start(0)]);
         h.advance(ms(600));
@@ -212,17 +160,8 @@ fn restarts_older_than_the_period_do_not_count() {
 
 #[test]
 fn back_off_doubles_while_a_child_keeps_crashing_and_resets_after_a_stable_run() {
-    let backoff = Backoff {
-        initial: ms(10),
-        max: ms(50),
-        jitter: 0.0,
-    };
-    let mut h = Harness::new(
-        Strategy::OneForOne,
-        &[Restart::Permanent],
-        Intensity::new(100, ms(1000)),
-        backoff,
-    );
+    let backoff = Backoff { initial: ms(10), max: ms(50), jitter: 0.0 };
+    let mut h = Harness::new(Strategy::OneForOne, &[Restart::Permanent], Intensity::new(100, ms(1000)), backoff);
     let mut delays = Vec::new();
     for _ in 0..6 {
         match &h.exit(0, &CRASH)[..] {
@@ -239,35 +178,18 @@ fn back_off_doubles_while_a_child_keeps_crashing_and_resets_after_a_stable_run()
     }
     assert_eq!(delays, vec![0, 10, 20, 40, 50, 50]);
     h.advance(ms(2000));
-    assert_eq!(
-        h.exit(0, &CRASH),
-        vec![Start(0)],
-        "a stable run resets the back-off"
-    );
+    assert_eq!(h.exit(0, &CRASH), vec![Start(0)], "a stable run resets the back-off");
 }
 
 #[test]
 fn a_stale_timer_or_notice_changes_nothing() {
-    let backoff = Backoff {
-        initial: ms(10),
-        max: ms(50),
-        jitter: 0.0,
-    };
-    let mut h = Harness::new(
-        Strategy::OneForOne,
-        &[Restart::Permanent],
-        Intensity::new(100, ms(1000)),
-        backoff,
-    );
+    let backoff = Backoff { initial: ms(10), max: ms(50), jitter: 0.0 };
+    let mut h = Harness::new(Strategy::OneForOne, &[Restart::Permanent], Intensity::new(100, ms(1000)), backoff);
     h.exit(0, &CRASH);
     let old = h.incarnations[0];
     let cmds = h.exit(0, &CRASH);
     assert!(matches!(cmds[..], [RestartAfter(..)]));
-    assert_eq!(
-        h.state.on_child_exited(0, old, &CRASH, h.now),
-        vec![],
-        "old incarnation"
-    );
+    assert_eq!(h.state.on_child_exited(0, old, &CRASH, h.now), vec![], "old incarnation");
     assert_eq!(h.state.on_restart_timer(999), vec![], "unknown timer");
 }
 
@@ -275,14 +197,10 @@ fn a_stale_timer_or_notice_changes_nothing() {
 fn ordered_shutdown_goes_last_first_and_aborts_a_child_that_ignores_it() {
     let mut h = Harness::simple(Strategy::OneForOne, 3);
     let cmds = h.state.on_shutdown();
-    let Stop(2, inc2) = cmds[0] else {
-        panic!("{cmds:?}")
-    };
+    let Stop(2, inc2) = cmds[0] else { panic!("{cmds:?}") };
     // Child 2 ignores the stop: the timeout turns into an abort of that incarnation.
     assert_eq!(h.state.on_stop_timeout(2, inc2), vec![Abort(2, inc2)]);
-    let cmds = h
-        .state
-        .on_child_exited(2, inc2, &ExitReason::Shutdown { forced: true }, h.now);
+    let cmds = h.state.on_child_exited(2, inc2, &ExitReason::Shutdown { forced: true }, h.now);
     let (order, end) = h.confirm_stops(cmds);
     assert_eq!(order, vec![1, 0]);
     assert_eq!(end, vec![Exit(SHUTDOWN)]);
@@ -302,9 +220,7 @@ fn a_crash_during_shutdown_is_not_restarted() {
 fn a_second_failure_while_restarting_joins_the_restart() {
     let mut h = Harness::simple(Strategy::RestForOne, 4);
     let cmds = h.exit(2, &CRASH);
-    let Stop(3, inc3) = cmds[0] else {
-        panic!("{cmds:?}")
-    };
+    let Stop(3, inc3) = cmds[0] else { panic!("{cmds:?}") };
     // Child 0 crashes while child 3 is being stopped: it waits for that stop, then
     // stops child 1 too, and restarts everything from 0 in order.
     assert_eq!(h.exit(0, &CRASH), vec![]);
@@ -319,13 +235,8 @@ fn a_second_failure_while_restarting_joins_the_restart() {
 fn removed_children_are_forgotten_and_not_restarted() {
     let mut h = Harness::simple(Strategy::OneForOne, 2);
     let cmds = h.state.remove_child(1);
-    let Stop(1, inc) = cmds[0] else {
-        panic!("{cmds:?}")
-    };
-    assert_eq!(
-        h.state.on_child_exited(1, inc, &SHUTDOWN, h.now),
-        vec![Forget(1)]
-    );
+    let Stop(1, inc) = cmds[0] else { panic!("{cmds:?}") };
+    assert_eq!(h.state.on_child_exited(1, inc, &SHUTDOWN, h.now), vec![Forget(1)]);
     assert_eq!(h.state.find("c1"), None);
     let (idx, cmds) = h.state.add_child("c1", Restart::Permanent);
     assert_eq!((idx, cmds), (2, vec![Start(2)]));
