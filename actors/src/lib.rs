@@ -5,6 +5,9 @@
 //! - [`process`]: an OS child process as a supervised actor (`keelson up`'s members).
 //! - [`member`]: the tree of one `keelson server` process.
 
+pub mod admin;
+pub mod member;
+pub mod process;
 pub mod runtime;
 
 pub use runtime::*;

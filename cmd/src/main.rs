@@ -1,1 +1,85 @@
-fn main() {}
+//! `keelson`: the one binary. See `keelson --help`.
+
+mod bench;
+mod cli;
+mod client;
+mod datadir;
+mod member;
+mod observe;
+mod render;
+mod up;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use keelson_config::{AdminConfig, Backoff, MemberConfig, SupervisorConfig};
+use tracing_subscriber::EnvFilter;
+
+use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat};
+use datadir::DataDir;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Up(_) | Command::Server(_));
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("keelson: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let data_dir = cli.data_dir;
+    match cli.command {
+        Command::Up(args) => up::run(args, &data_dir, cli.log_format.as_str()),
+        Command::Server(args) => server(args, &data_dir),
+        Command::Tree { watch, interval, json } => {
+            let data = DataDir::existing(&data_dir)?;
+            block_on(observe::tree(&data, json, watch.then_some(interval)))
+        }
+        Command::Events { member } => block_on(observe::events(&DataDir::existing(&data_dir)?, member)),
+        Command::Chaos(ChaosCommand::Kill(k)) => {
+            let data = DataDir::existing(&data_dir)?;
+            match (k.path, k.random) {
+                (Some(path), _) => block_on(observe::kill(&data, &path, k.mode)),
+                (None, Some(n)) => block_on(observe::kill_random(&data, n, k.every, &k.pattern, k.mode, k.seed)),
+                (None, None) => unreachable!("clap requires a path or --random"),
+            }
+        }
+        Command::Bench(BenchCommand::Actors(args)) => bench::actors(args).map(|()| 0),
+    }
+}
+
+fn block_on(fut: impl std::future::Future<Output = Result<()>>) -> Result<i32> {
+    actix_rt::System::new().block_on(fut).map(|()| 0)
+}
+
+fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
+    keelson_config::validate_name(&args.name)?;
+    let data = DataDir::open(data_dir)?;
+    let cfg = MemberConfig {
+        name: args.name.clone(),
+        data_dir: data.member_dir(&args.name)?,
+        admin: AdminConfig { listen: args.admin_listen, token: data.token()? },
+        root: SupervisorConfig {
+            intensity: args.root_intensity,
+            backoff: Backoff::default(),
+            seed: std::process::id() as u64,
+        },
+    }
+    .validate()?;
+    member::run(cfg, &data, keelson_actors::member::server_tree, None)
+}

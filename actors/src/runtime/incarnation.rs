@@ -85,8 +85,9 @@ impl<A: Actor> Incarnation<A> {
     /// actix's context polls a dropped actor once more to run `stopping`/`stopped`.
     /// When the task is unwinding from a panic, or was aborted, the actor's own code
     /// must not run again: a second panic while unwinding would abort the process.
+    /// The same holds when the runtime itself is being torn down (no timers left).
     fn dying(&self) -> bool {
-        std::thread::panicking() || self.guard.signal.bits().aborted()
+        std::thread::panicking() || self.guard.signal.bits().aborted() || tokio::runtime::Handle::try_current().is_err()
     }
 }
 
@@ -149,7 +150,7 @@ impl<A: Actor> StreamHandler<Control> for Incarnation<A> {
     fn handle(&mut self, control: Control, ctx: &mut Self::Context) {
         match control {
             Control::Shutdown | Control::KillStop => ctx.stop(),
-            Control::KillPanic => panic!("killed through the chaos door"),
+            Control::KillPanic => std::panic::panic_any(super::panic::CHAOS_PANIC),
         }
     }
 
@@ -231,7 +232,7 @@ pub(crate) fn launch<A: Actor>(
         cx.incarnation,
         Live { signal: signal.clone(), counters: counters.clone(), started_at: tokio::time::Instant::now() },
     );
-    let span = tracing::info_span!("actor", path = %cx.path, incarnation = cx.incarnation);
+    let span = tracing::info_span!(parent: None, "actor", path = %cx.path, incarnation = cx.incarnation);
     let guard = ExitGuard {
         entry,
         incarnation: cx.incarnation,

@@ -15,6 +15,9 @@ thread_local! {
 
 static INSTALL: Once = Once::new();
 
+/// The message of a panic injected through the chaos door: expected, so not echoed.
+pub(crate) const CHAOS_PANIC: &str = "killed through the chaos door";
+
 /// Installs the hook once per process. With `echo`, the previous hook still runs
 /// (prints to stderr); without, panics are reported through `tracing` only.
 pub fn install_panic_hook(echo: bool) {
@@ -29,9 +32,14 @@ pub fn install_panic_hook(echo: bool) {
                 },
             };
             let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-            tracing::error!(%location, "panic: {message}");
+            let chaos = message == CHAOS_PANIC;
+            if chaos {
+                tracing::info!(%location, "{message}");
+            } else {
+                tracing::error!(%location, "panic: {message}");
+            }
             LAST_PANIC.with(|p| *p.borrow_mut() = Some(message));
-            if echo {
+            if echo && !chaos {
                 previous(info);
             }
         }));

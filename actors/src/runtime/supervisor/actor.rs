@@ -153,7 +153,7 @@ impl Actor for Supervisor {
         let info = format!("{} {}/{:?}", self.spec.strategy.as_str(), i.max_restarts, i.period);
         self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).set_info(info);
         let mut cmds = Vec::new();
-        for spec in self.spec.children.clone() {
+        for spec in std::mem::take(&mut self.spec.children) {
             cmds.extend(self.add(spec));
         }
         self.exec(cmds, ctx);
@@ -189,7 +189,9 @@ impl Handler<ChildExited> for Supervisor {
         if self.running[msg.idx].as_ref().is_some_and(|r| r.incarnation == msg.incarnation) {
             self.running[msg.idx] = None;
         }
-        if msg.reason.is_abnormal() {
+        if let ExitReason::Killed { .. } = msg.reason {
+            tracing::info!(child = %self.entries[msg.idx].path(), incarnation = msg.incarnation, reason = %msg.reason, "child exited");
+        } else if msg.reason.is_abnormal() {
             tracing::warn!(child = %self.entries[msg.idx].path(), incarnation = msg.incarnation, reason = %msg.reason, "child exited");
         }
         let cmds = self.state.on_child_exited(msg.idx, msg.incarnation, &msg.reason, Instant::now());

@@ -1,0 +1,149 @@
+//! The command line: one binary, one subcommand per job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keelson_actors::runtime::KillMode;
+use keelson_config::Intensity;
+
+use crate::up::parse_intensity;
+
+#[derive(Parser)]
+#[command(
+    name = "keelson",
+    version,
+    about = "A Kubernetes-style orchestrator built as a tree of supervised actors",
+    long_about = "A Kubernetes-style orchestrator built as a tree of supervised actors.\n\n\
+Start a local cluster with `keelson up` (leave it running), then, from another terminal in\n\
+the same folder: `keelson tree` shows every member's supervision tree, `keelson events`\n\
+follows restarts as they happen, and `keelson chaos kill /server-1/admin` kills an actor\n\
+to watch it come back."
+)]
+pub struct Cli {
+    /// Log format (logs go to stderr; filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// The cluster's data folder; commands find a running cluster through it.
+    #[arg(long, global = true, env = "KEELSON_DATA_DIR", default_value = "keelson-data")]
+    pub data_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a local cluster: its members as supervised child processes (Ctrl-C stops it).
+    Up(UpArgs),
+    /// Run one control-plane member (what `up` runs for each server).
+    Server(ServerArgs),
+    /// Print every running member's supervision tree.
+    Tree {
+        /// Redraw every --interval.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Print the trees as JSON instead.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+    },
+    /// Follow lifecycle events (started, exited with reason, restarting, gave up).
+    Events {
+        /// Only this member (e.g. server-2, or up for the launcher).
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// Break things on purpose.
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
+    /// Measure; prints figures (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// How many server members to run.
+    #[arg(long, default_value_t = 3)]
+    pub servers: u32,
+    /// Do not restart a member process that dies.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Member restarts tolerated (N/DURATION) before the launcher gives up.
+    #[arg(long, default_value = "10/60s", value_parser = parse_intensity)]
+    pub intensity: Intensity,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// This member's name: the first segment of its actor paths.
+    #[arg(long)]
+    pub name: String,
+    /// Where the admin door listens (port 0: any free port, written to the data folder).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
+    /// Restarts the root supervisor tolerates (N/DURATION) before the process exits non-zero.
+    #[arg(long, default_value = "10/10s", value_parser = parse_intensity)]
+    pub root_intensity: Intensity,
+}
+
+#[derive(Subcommand)]
+pub enum ChaosCommand {
+    /// Kill one actor by path, or --random N of them.
+    Kill(KillArgs),
+}
+
+#[derive(Args)]
+pub struct KillArgs {
+    /// The actor's path, e.g. /server-1/admin.
+    #[arg(required_unless_present = "random", conflicts_with = "random")]
+    pub path: Option<String>,
+    /// panic: crash it inside its own task; stop: make it stop (both count as kills).
+    #[arg(long, default_value = "panic", value_parser = parse_mode)]
+    pub mode: KillMode,
+    /// Kill this many actors chosen at random (roots excepted), printing each path.
+    #[arg(long)]
+    pub random: Option<u32>,
+    /// Pause between random kills.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub every: Duration,
+    /// Only paths matching this glob (`*` within a segment, `**` across).
+    #[arg(long = "match", default_value = "/**")]
+    pub pattern: String,
+    /// Seed for the random choice (same seed and tree: same paths).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The supervision runtime: message throughput, restart latency, memory per actor.
+    Actors(crate::bench::ActorBenchArgs),
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    keelson_config::parse_duration(s)
+}
+
+fn parse_mode(s: &str) -> Result<KillMode, String> {
+    s.parse()
+}

@@ -1,0 +1,114 @@
+//! `keelson up`: a whole local cluster from one command.
+//!
+//! The launcher is itself a supervision tree (`/up`): its admin door, and one
+//! `ChildProcess` actor per member, each re-executing this binary as
+//! `keelson server`. A member that dies is restarted with back-off (unless
+//! `--no-restart`); Ctrl-C stops the members in reverse order and exits.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::FutureExt;
+use keelson_actors::member::{launcher_tree, MemberProcess};
+use keelson_actors::process::ProcessSpec;
+use keelson_actors::runtime::{EventKind, Registry, Restart};
+use keelson_config::{AdminConfig, Backoff, Intensity, MemberConfig, SupervisorConfig};
+
+use crate::cli::UpArgs;
+use crate::client::DoorClient;
+use crate::datadir::{DataDir, DoorFile};
+use crate::member::{self, OnReady};
+
+pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result<i32> {
+    if args.servers == 0 {
+        bail!("--servers must be at least 1");
+    }
+    let data = DataDir::open(data_dir)?;
+    if let Ok(door) = data.door("up") {
+        if door.alive() && door.pid != std::process::id() {
+            bail!(
+                "a cluster is already running from {} (launcher pid {}); stop it first",
+                data.root().display(),
+                door.pid
+            );
+        }
+    }
+    let token = data.token()?;
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let mut members = Vec::new();
+    for i in 1..=args.servers {
+        let name = format!("server-{i}");
+        data.remove_door(&name);
+        let log = data.member_dir(&name)?.join("keelson.log");
+        let args = ["server", "--name", &name, "--log-format", log_format].map(String::from).to_vec();
+        let args = [args, vec!["--data-dir".into(), data.root().display().to_string()]].concat();
+        members.push(MemberProcess { name, spec: ProcessSpec { program: exe.clone(), args, log } });
+    }
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    let cfg = MemberConfig {
+        name: "up".into(),
+        data_dir: data.member_dir("up")?,
+        admin: AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: token.clone() },
+        root: SupervisorConfig {
+            intensity: args.intensity,
+            backoff: Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(10), jitter: 0.2 },
+            seed: std::process::id() as u64,
+        },
+    }
+    .validate()?;
+    println!("keelson: starting {} server(s) in {}", args.servers, data.root().display());
+    let restart = if args.no_restart { Restart::Temporary } else { Restart::Permanent };
+    let root = data.root().to_path_buf();
+    let on_ready: OnReady = Box::new(move |door, registry| report(root, door, names, token, registry).boxed_local());
+    member::run(cfg, &data, move |cfg, l| launcher_tree(cfg, l, members, restart), Some(on_ready))
+}
+
+/// Prints each member as it starts serving, then `keelson: ready`, then member
+/// restarts as they happen.
+async fn report(root: std::path::PathBuf, launcher: DoorFile, names: Vec<String>, token: String, registry: Registry) {
+    let mut events = registry.subscribe();
+    let data = match DataDir::open(&root) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("keelson: {e:#}"),
+    };
+    let client = DoorClient::new(token);
+    for name in &names {
+        loop {
+            match data.door(name) {
+                Ok(door) if door.alive() && client.healthy(&door).await => {
+                    say(&format!("keelson: {name} serving (pid {}, admin {})", door.pid, door.url));
+                    break;
+                }
+                _ => actix_rt::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    say(&format!("keelson: admin door {} (token in {})", launcher.url, data.token_path().display()));
+    say("keelson: ready");
+    while let Ok(e) = events.recv().await {
+        let member = e.path.name();
+        if !e.path.as_str().starts_with("/up/server-") {
+            continue;
+        }
+        match e.event {
+            EventKind::Exited { reason } if reason.is_abnormal() => say(&format!("keelson: {member} exited: {reason}")),
+            EventKind::Started if e.incarnation > 1 => {
+                say(&format!("keelson: {member} restarted (incarnation {})", e.incarnation))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Parses `N/DURATION` for clap.
+pub fn parse_intensity(s: &str) -> Result<Intensity, String> {
+    s.parse().map_err(|e: keelson_config::Error| e.to_string())
+}
