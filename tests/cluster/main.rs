@@ -1,1 +1,17 @@
+//! Cluster tests: real `keelson` processes, driven through the command line as a
+//! user would. They run one at a time (a lock below), each in its own data folder,
+//! with every port chosen by the OS on 127.0.0.1, and stop what they start.
+//!
+//! What these check:
+//! - `keelson up` comes up and prints `keelson: ready`; `keelson tree` shows every
+//!   member's tree; `keelson chaos kill PATH` restarts that actor, and the tree then
+//!   shows one restart for it; a killed member process is restarted by the launcher;
+//!   random kills print the paths they killed; Ctrl-C stops everything it started;
+//! - the chaos door refuses a request without the admin token (401) and kills nothing;
+//! - a second `up` on the same data folder refuses to start;
+//! - a member whose root exceeds its restart intensity exits non-zero with the reason.
 
+mod support;
+
+mod launcher;
+mod member;

@@ -42,6 +42,8 @@ impl Actor for AdminDoor {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         match self.serve() {
             Ok(server) => {
+                let addr = self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(%addr, "admin door serving");
                 self.server = Some(server.handle());
                 // The server future is owned by this context: when the incarnation
                 // ends for any reason, dropping it stops the accept loop and workers.

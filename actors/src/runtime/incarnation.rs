@@ -21,8 +21,8 @@ use actix::{ActorContext, ActorFutureExt, AsyncContext, Running, StreamHandler};
 use futures_util::future::{AbortHandle, Abortable};
 use tracing::Span;
 
-use super::registry::{Counters, Entry, Live};
-use super::signal::{Control, Signal};
+use super::registry::{Entry, Live, Vitals};
+use super::signal::{Control, SignalStream};
 use super::{ActorPath, ExitReason, Registry};
 
 /// The actix context of a keelson actor.
@@ -67,7 +67,6 @@ pub(crate) type OnExit = Box<dyn FnOnce(u64, ExitReason) + Send>;
 pub struct Incarnation<A: Actor> {
     actor: A,
     span: Span,
-    counters: Arc<Counters>,
     guard: ExitGuard,
 }
 
@@ -87,7 +86,9 @@ impl<A: Actor> Incarnation<A> {
     /// must not run again: a second panic while unwinding would abort the process.
     /// The same holds when the runtime itself is being torn down (no timers left).
     fn dying(&self) -> bool {
-        std::thread::panicking() || self.guard.signal.bits().aborted() || tokio::runtime::Handle::try_current().is_err()
+        std::thread::panicking()
+            || self.guard.vitals.signal.bits().aborted()
+            || tokio::runtime::Handle::try_current().is_err()
     }
 }
 
@@ -109,7 +110,7 @@ impl<A: Actor> actix::Actor for Incarnation<A> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        ctx.add_stream(self.guard.signal.stream());
+        ctx.add_stream(SignalStream::new(self.guard.vitals.clone()));
         self.actor.started(ctx);
     }
 
@@ -141,7 +142,7 @@ where
         let _span = self.span.enter();
         let began = Instant::now();
         let result = self.actor.handle(msg, ctx);
-        self.counters.record(began.elapsed());
+        self.guard.vitals.counters.record(began.elapsed());
         result
     }
 }
@@ -171,8 +172,7 @@ pub fn exit<A: Actor>(ctx: &mut Ctx<A>, reason: ExitReason) {
 pub(crate) struct ExitGuard {
     entry: Arc<Entry>,
     incarnation: u64,
-    signal: Arc<Signal>,
-    counters: Arc<Counters>,
+    vitals: Arc<Vitals>,
     said: Option<ExitReason>,
     clear_slot: Option<Box<dyn FnOnce(u64)>>,
     on_exit: Option<OnExit>,
@@ -181,7 +181,7 @@ pub(crate) struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         let panic = std::thread::panicking().then(super::panic::take_last_panic);
-        let reason = self.entry.exited(self.incarnation, &self.signal, &self.counters, panic, self.said.take());
+        let reason = self.entry.exited(self.incarnation, &self.vitals, panic, self.said.take());
         if let Some(clear) = self.clear_slot.take() {
             clear(self.incarnation);
         }
@@ -194,24 +194,24 @@ impl Drop for ExitGuard {
 /// Handles on a launched incarnation, kept by its supervisor.
 pub(crate) struct RunningChild {
     pub(crate) incarnation: u64,
-    pub(crate) signal: Arc<Signal>,
+    pub(crate) vitals: Arc<Vitals>,
     pub(crate) abort: AbortHandle,
 }
 
 impl RunningChild {
     pub(crate) fn shutdown(&self) {
-        self.signal.raise(Control::Shutdown);
+        self.vitals.signal.raise(Control::Shutdown);
     }
 
     pub(crate) fn abort(&self) {
-        self.signal.mark_aborted();
+        self.vitals.signal.mark_aborted();
         self.abort.abort();
     }
 }
 
 /// Where a new incarnation's address goes so references reach it.
 pub(crate) trait Publish<A: Actor> {
-    fn publish(&self, incarnation: u64, addr: actix::Addr<Incarnation<A>>, counters: Arc<Counters>);
+    fn publish(&self, incarnation: u64, addr: actix::Addr<Incarnation<A>>, vitals: Arc<Vitals>);
     fn clear(&self) -> Box<dyn FnOnce(u64)>;
 }
 
@@ -223,28 +223,23 @@ pub(crate) fn launch<A: Actor>(
     slot: &dyn Publish<A>,
     on_exit: OnExit,
 ) -> RunningChild {
-    let signal = Arc::new(Signal::default());
-    let counters = Arc::new(Counters::default());
+    let vitals = Arc::new(Vitals::default());
     let (abort, registration) = AbortHandle::new_pair();
     let ctx: Ctx<A> = actix::Context::new();
-    slot.publish(cx.incarnation, ctx.address(), counters.clone());
-    entry.running(
-        cx.incarnation,
-        Live { signal: signal.clone(), counters: counters.clone(), started_at: tokio::time::Instant::now() },
-    );
+    slot.publish(cx.incarnation, ctx.address(), vitals.clone());
+    entry.running(cx.incarnation, Live { vitals: vitals.clone(), started_at: tokio::time::Instant::now() });
     let span = tracing::info_span!(parent: None, "actor", path = %cx.path, incarnation = cx.incarnation);
     let guard = ExitGuard {
         entry,
         incarnation: cx.incarnation,
-        signal: signal.clone(),
-        counters: counters.clone(),
+        vitals: vitals.clone(),
         said: None,
         clear_slot: Some(slot.clear()),
         on_exit: Some(on_exit),
     };
-    let fut = ctx.into_future(Incarnation { actor, span, counters, guard });
-    actix::spawn(async move {
-        let _aborted_or_done = Abortable::new(fut, registration).await;
-    });
-    RunningChild { incarnation: cx.incarnation, signal, abort }
+    let fut = ctx.into_future(Incarnation { actor, span, guard });
+    // Spawned as a plain combinator, not inside an `async` block: the block would keep
+    // room for both the captured context and the future it awaits (2x the task size).
+    actix::spawn(futures_util::FutureExt::map(Abortable::new(fut, registration), |_aborted_or_done| ()));
+    RunningChild { incarnation: cx.incarnation, vitals, abort }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use actix::dev::ToEnvelope;
 
 use super::incarnation::{Incarnation, Publish};
-use super::registry::Counters;
+use super::registry::Vitals;
 use super::{Actor, ActorPath, Handler};
 
 /// Why a message did not get a reply.
@@ -29,7 +29,7 @@ pub enum SendError {
 struct Current<A: Actor> {
     incarnation: u64,
     addr: actix::Addr<Incarnation<A>>,
-    counters: Arc<Counters>,
+    vitals: Arc<Vitals>,
 }
 
 pub(crate) struct Slot<A: Actor> {
@@ -73,10 +73,10 @@ impl<A: Actor> Ref<A> {
         self.slot.current.read().unwrap().as_ref().map(|c| c.incarnation)
     }
 
-    fn current(&self) -> Result<(actix::Addr<Incarnation<A>>, Arc<Counters>), SendError> {
+    fn current(&self) -> Result<(actix::Addr<Incarnation<A>>, Arc<Vitals>), SendError> {
         let cur = self.slot.current.read().unwrap();
         match cur.as_ref() {
-            Some(c) if c.addr.connected() => Ok((c.addr.clone(), c.counters.clone())),
+            Some(c) if c.addr.connected() => Ok((c.addr.clone(), c.vitals.clone())),
             _ => Err(SendError::NotRunning { path: self.path_string() }),
         }
     }
@@ -89,8 +89,8 @@ impl<A: Actor> Ref<A> {
         M::Result: Send,
         actix::Context<Incarnation<A>>: ToEnvelope<Incarnation<A>, M>,
     {
-        let (addr, counters) = self.current()?;
-        counters.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (addr, vitals) = self.current()?;
+        vitals.counters.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         addr.send(msg).await.map_err(|_| SendError::Stopped { path: self.path_string() })
     }
 
@@ -104,16 +104,16 @@ impl<A: Actor> Ref<A> {
         M::Result: Send,
         actix::Context<Incarnation<A>>: ToEnvelope<Incarnation<A>, M>,
     {
-        let (addr, counters) = self.current()?;
-        counters.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (addr, vitals) = self.current()?;
+        vitals.counters.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         addr.do_send(msg);
         Ok(())
     }
 }
 
 impl<A: Actor> Publish<A> for Ref<A> {
-    fn publish(&self, incarnation: u64, addr: actix::Addr<Incarnation<A>>, counters: Arc<Counters>) {
-        *self.slot.current.write().unwrap() = Some(Current { incarnation, addr, counters });
+    fn publish(&self, incarnation: u64, addr: actix::Addr<Incarnation<A>>, vitals: Arc<Vitals>) {
+        *self.slot.current.write().unwrap() = Some(Current { incarnation, addr, vitals });
     }
 
     fn clear(&self) -> Box<dyn FnOnce(u64)> {

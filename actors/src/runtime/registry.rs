@@ -29,6 +29,14 @@ pub struct Counters {
     pub(crate) handler_nanos: AtomicU64,
 }
 
+/// What one incarnation shares with its references, its supervisor and the
+/// registry, in one allocation: its kill switch and its counters.
+#[derive(Default)]
+pub(crate) struct Vitals {
+    pub(crate) signal: Signal,
+    pub(crate) counters: Counters,
+}
+
 impl Counters {
     pub(crate) fn record(&self, took: Duration) {
         self.handled.fetch_add(1, Ordering::Relaxed);
@@ -63,8 +71,7 @@ pub enum KillError {
 
 /// The parts of a running incarnation that the registry can act on.
 pub(crate) struct Live {
-    pub(crate) signal: Arc<Signal>,
-    pub(crate) counters: Arc<Counters>,
+    pub(crate) vitals: Arc<Vitals>,
     pub(crate) started_at: Instant,
 }
 
@@ -83,9 +90,21 @@ struct EntryState {
     handler_nanos_before: u64,
     kills: u64,
     crashes: u64,
+    /// What most idle actors never need, allocated on first use (memory per actor).
+    cold: Option<Box<Cold>>,
+}
+
+#[derive(Default)]
+struct Cold {
     recent_starts: VecDeque<Instant>,
     last_exit: Option<LastExit>,
     info: Option<String>,
+}
+
+impl EntryState {
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
 }
 
 /// One actor path's record.
@@ -136,9 +155,10 @@ impl Entry {
         st.state = ActorState::Running;
         st.live = Some(live);
         if incarnation > 1 {
-            st.recent_starts.push_back(now);
+            let cold = st.cold();
+            cold.recent_starts.push_back(now);
+            prune(&mut cold.recent_starts, now, self.window);
         }
-        prune(&mut st.recent_starts, now, self.window);
         drop(st);
         self.events.emit(&self.path, incarnation, EventKind::Started);
     }
@@ -149,13 +169,13 @@ impl Entry {
     pub(crate) fn exited(
         &self,
         incarnation: u64,
-        signal: &Signal,
-        counters: &Counters,
+        vitals: &Vitals,
         panic: Option<String>,
         said: Option<ExitReason>,
     ) -> ExitReason {
         let mut st = self.state.lock().unwrap();
-        let bits = signal.bits();
+        let bits = vitals.signal.bits();
+        let counters = &vitals.counters;
         let reason = if bits.killed_by_panic() {
             ExitReason::Killed { mode: KillMode::Panic }
         } else if bits.killed_by_stop() {
@@ -180,7 +200,7 @@ impl Entry {
         if st.incarnation == incarnation {
             st.live = None;
             st.state = if reason.is_abnormal() { ActorState::Failed } else { ActorState::Stopped };
-            st.last_exit = Some(LastExit { incarnation, reason: reason.clone(), at_ms: now_ms() });
+            st.cold().last_exit = Some(LastExit { incarnation, reason: reason.clone(), at_ms: now_ms() });
         }
         drop(st);
         self.events.emit(&self.path, incarnation, EventKind::Exited { reason: reason.clone() });
@@ -204,7 +224,7 @@ impl Entry {
 
     /// A line of detail for the tree (a supervisor's strategy and intensity, say).
     pub(crate) fn set_info(&self, info: String) {
-        self.state.lock().unwrap().info = Some(info);
+        self.state.lock().unwrap().cold().info = Some(info);
     }
 
     fn kill(&self, mode: KillMode) -> Result<u64, KillError> {
@@ -214,7 +234,7 @@ impl Entry {
             KillMode::Panic => Control::KillPanic,
             KillMode::Stop => Control::KillStop,
         };
-        if live.signal.raise(control) {
+        if live.vitals.signal.raise(control) {
             Ok(st.incarnation)
         } else {
             Err(KillError::AlreadyDying(self.path.clone()))
@@ -227,10 +247,11 @@ impl Entry {
             .live
             .as_ref()
             .map(|l| {
-                let c = &l.counters;
+                let c = &l.vitals.counters;
                 (c.handled.load(Ordering::Relaxed), c.handler_nanos.load(Ordering::Relaxed), c.backlog())
             })
             .unwrap_or_default();
+        let cold = st.cold.as_deref();
         let since = now.checked_sub(self.window);
         ActorInfo {
             path: self.path.clone(),
@@ -239,15 +260,16 @@ impl Entry {
             state: st.state,
             incarnation: st.incarnation,
             restarts: st.incarnation.saturating_sub(1),
-            restarts_in_window: st.recent_starts.iter().filter(|t| since.is_none_or(|s| **t >= s)).count() as u64,
+            restarts_in_window: cold
+                .map_or(0, |c| c.recent_starts.iter().filter(|t| since.is_none_or(|s| **t >= s)).count() as u64),
             kills: st.kills,
             crashes: st.crashes,
-            last_exit: st.last_exit.clone(),
+            last_exit: cold.and_then(|c| c.last_exit.clone()),
             uptime_ms: st.live.as_ref().map(|l| now.duration_since(l.started_at).as_millis() as u64),
             handled: st.handled_before + handled_now,
             backlog,
             handler_us: (st.handler_nanos_before + nanos_now) / 1_000,
-            info: st.info.clone(),
+            info: cold.and_then(|c| c.info.clone()),
         }
     }
 }
@@ -374,9 +396,7 @@ impl Registry {
                         handler_nanos_before: 0,
                         kills: 0,
                         crashes: 0,
-                        recent_starts: VecDeque::new(),
-                        last_exit: None,
-                        info: None,
+                        cold: None,
                     }),
                     events: self.inner.events.clone(),
                 })

@@ -13,6 +13,8 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_util::task::AtomicWaker;
 
+use super::registry::Vitals;
+
 /// One request to the running incarnation, in increasing precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
@@ -59,10 +61,6 @@ impl Signal {
     pub(crate) fn bits(&self) -> Bits {
         Bits(self.raised.load(Ordering::Acquire))
     }
-
-    pub(crate) fn stream(self: &std::sync::Arc<Self>) -> SignalStream {
-        SignalStream(self.clone())
-    }
 }
 
 /// A snapshot of what was raised, read once when the incarnation ends.
@@ -85,12 +83,20 @@ impl Bits {
 }
 
 /// Yields each newly raised control once, highest precedence first; never ends.
-pub(crate) struct SignalStream(std::sync::Arc<Signal>);
+pub(crate) struct SignalStream(std::sync::Arc<Vitals>);
 
 impl SignalStream {
+    pub(crate) fn new(vitals: std::sync::Arc<Vitals>) -> Self {
+        Self(vitals)
+    }
+
+    fn signal(&self) -> &Signal {
+        &self.0.signal
+    }
+
     fn take_new(&self) -> Option<Control> {
-        let raised = self.0.raised.load(Ordering::Acquire) & !ABORTED;
-        let seen = self.0.seen.fetch_or(raised, Ordering::AcqRel);
+        let raised = self.signal().raised.load(Ordering::Acquire) & !ABORTED;
+        let seen = self.signal().seen.fetch_or(raised, Ordering::AcqRel);
         let new = raised & !seen;
         if new & KILL_PANIC != 0 {
             Some(Control::KillPanic)
@@ -111,7 +117,7 @@ impl Stream for SignalStream {
         if let Some(c) = self.take_new() {
             return Poll::Ready(Some(c));
         }
-        self.0.waker.register(cx.waker());
+        self.signal().waker.register(cx.waker());
         match self.take_new() {
             Some(c) => Poll::Ready(Some(c)),
             None => Poll::Pending,
@@ -126,11 +132,12 @@ mod tests {
 
     #[test]
     fn a_second_kill_is_refused_and_precedence_holds() {
-        let s = Arc::new(Signal::default());
+        let v = Arc::new(Vitals::default());
+        let s = &v.signal;
         assert!(s.raise(Control::Shutdown));
         assert!(s.raise(Control::KillStop));
         assert!(!s.raise(Control::KillPanic));
-        let stream = s.stream();
+        let stream = SignalStream::new(v.clone());
         assert_eq!(stream.take_new(), Some(Control::KillPanic));
         assert_eq!(stream.take_new(), None);
         let b = s.bits();

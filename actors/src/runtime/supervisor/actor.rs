@@ -21,16 +21,17 @@ use crate::runtime::{Actor, ActorPath, ChildSpec, Ctx, ExitReason, Handler, Ref,
 pub struct SupervisorSpec {
     pub strategy: Strategy,
     pub config: SupervisorConfig,
-    pub children: Vec<ChildSpec>,
+    /// Shared by every incarnation of the supervisor (restarts copy no specs).
+    pub children: Arc<Vec<ChildSpec>>,
 }
 
 impl SupervisorSpec {
     pub fn new(strategy: Strategy, config: SupervisorConfig) -> Self {
-        Self { strategy, config, children: Vec::new() }
+        Self { strategy, config, children: Arc::new(Vec::new()) }
     }
 
     pub fn child(mut self, spec: ChildSpec) -> Self {
-        self.children.push(spec);
+        Arc::make_mut(&mut self.children).push(spec);
         self
     }
 }
@@ -47,7 +48,8 @@ pub struct Supervisor {
     path: ActorPath,
     registry: Registry,
     spec: SupervisorSpec,
-    children: Vec<ChildSpec>,
+    /// Children added at run time (`StartChild`), after `spec.children`.
+    dynamic: Vec<ChildSpec>,
     entries: Vec<Arc<Entry>>,
     running: Vec<Option<RunningChild>>,
     state: State,
@@ -60,23 +62,38 @@ impl Supervisor {
         Self {
             path: cx.path.clone(),
             registry: cx.registry.clone(),
-            state: State::new(cx.path.clone(), spec.strategy, cfg.intensity, cfg.backoff),
+            state: State::new(spec.strategy, cfg.intensity, cfg.backoff),
             rng: fastrand::Rng::with_seed(cfg.seed ^ cx.incarnation),
             spec,
-            children: Vec::new(),
+            dynamic: Vec::new(),
             entries: Vec::new(),
             running: Vec::new(),
         }
     }
 
-    fn add(&mut self, spec: ChildSpec) -> Vec<Command> {
+    fn child(&self, i: usize) -> &ChildSpec {
+        let fixed = self.spec.children.len();
+        if i < fixed {
+            &self.spec.children[i]
+        } else {
+            &self.dynamic[i - fixed]
+        }
+    }
+
+    /// Registers the child at index `entries.len()` (its spec already stored).
+    fn add(&mut self, i: usize) -> Vec<Command> {
+        let spec = self.child(i);
         let path = self.path.child(&spec.name);
+        let (kind, restart) = (spec.starter.kind(), spec.restart);
         let window = self.spec.config.intensity.period;
-        self.entries.push(self.registry.entry(&path, spec.starter.kind(), spec.restart.as_str(), window));
-        let (_, cmds) = self.state.add_child(&spec.name, spec.restart);
-        self.children.push(spec);
+        self.entries.push(self.registry.entry(&path, kind, restart.as_str(), window));
         self.running.push(None);
-        cmds
+        self.state.add_child(restart).1
+    }
+
+    /// The index of the live child called `name`.
+    fn find(&self, name: &str) -> Option<usize> {
+        (0..self.entries.len()).find(|&i| self.child(i).name == name && !self.state.is_removed(i))
     }
 
     fn exec(&mut self, cmds: Vec<Command>, ctx: &mut Ctx<Self>) {
@@ -87,14 +104,14 @@ impl Supervisor {
                     if let Some(r) = self.running[i].as_ref().filter(|r| r.incarnation == inc) {
                         r.shutdown();
                     }
-                    ctx.run_later(self.children[i].shutdown, move |sup, ctx| {
+                    ctx.run_later(self.child(i).shutdown, move |sup, ctx| {
                         let cmds = sup.state.on_stop_timeout(i, inc);
                         sup.exec(cmds, ctx);
                     });
                 }
                 Command::Abort(i, inc) => {
                     if let Some(r) = self.running[i].as_ref().filter(|r| r.incarnation == inc) {
-                        tracing::warn!(child = %self.entries[i].path(), "did not stop within {:?}; aborting", self.children[i].shutdown);
+                        tracing::warn!(child = %self.entries[i].path(), "did not stop within {:?}; aborting", self.child(i).shutdown);
                         r.abort();
                     }
                 }
@@ -112,11 +129,12 @@ impl Supervisor {
                     self.running[i] = None;
                     self.registry.remove_subtree(self.entries[i].path());
                 }
-                Command::Exit(reason) => {
-                    if let ExitReason::Escalated { .. } = reason {
-                        tracing::error!(%reason, "restart intensity exceeded; giving up");
-                        self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).escalated(&reason);
-                    }
+                Command::Exit(reason) => exit(ctx, reason),
+                Command::Escalate(i, cause) => {
+                    let reason =
+                        ExitReason::Escalated { child: self.entries[i].path().clone(), cause: Box::new(cause) };
+                    tracing::error!(%reason, "restart intensity exceeded; giving up");
+                    self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).escalated(&reason);
                     exit(ctx, reason);
                 }
             }
@@ -133,7 +151,7 @@ impl Supervisor {
         let addr = ctx.address();
         let on_exit: OnExit =
             Box::new(move |incarnation, reason| addr.do_send(ChildExited { idx: i, incarnation, reason }));
-        let running = self.children[i].starter.start(&cx, entry, on_exit);
+        let running = self.child(i).starter.start(&cx, entry, on_exit);
         self.state.started(i, running.incarnation, Instant::now());
         self.running[i] = Some(running);
     }
@@ -153,8 +171,8 @@ impl Actor for Supervisor {
         let info = format!("{} {}/{:?}", self.spec.strategy.as_str(), i.max_restarts, i.period);
         self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).set_info(info);
         let mut cmds = Vec::new();
-        for spec in std::mem::take(&mut self.spec.children) {
-            cmds.extend(self.add(spec));
+        for i in 0..self.spec.children.len() {
+            cmds.extend(self.add(i));
         }
         self.exec(cmds, ctx);
     }
@@ -206,10 +224,11 @@ impl Handler<StartChild> for Supervisor {
         if self.state.is_exited() {
             return Err(Error::ShuttingDown);
         }
-        if self.state.find(&spec.name).is_some() {
+        if self.find(&spec.name).is_some() {
             return Err(Error::DuplicateChild(spec.name));
         }
-        let cmds = self.add(spec);
+        self.dynamic.push(spec);
+        let cmds = self.add(self.entries.len());
         if cmds.is_empty() {
             return Err(Error::ShuttingDown);
         }
@@ -222,7 +241,7 @@ impl Handler<StopChild> for Supervisor {
     type Result = Result<(), Error>;
 
     fn handle(&mut self, msg: StopChild, ctx: &mut Ctx<Self>) -> Self::Result {
-        let idx = self.state.find(&msg.name).ok_or(Error::NoSuchChild(msg.name))?;
+        let idx = self.find(&msg.name).ok_or(Error::NoSuchChild(msg.name))?;
         let cmds = self.state.remove_child(idx);
         self.exec(cmds, ctx);
         Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use keelson_config::{Backoff, Intensity};
 use tokio::time::Instant;
 
-use crate::runtime::{ActorPath, ExitReason, Restart, Strategy};
+use crate::runtime::{ExitReason, Restart, Strategy};
 
 /// What the actor must do next.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +25,10 @@ pub(crate) enum Command {
     RestartAfter(Duration, u64, Vec<usize>),
     /// Forget child `idx` (a removed dynamic child).
     Forget(usize),
-    /// Stop the supervisor itself with this reason (shutdown done, or escalation).
+    /// Stop the supervisor itself with this reason (ordered shutdown done).
     Exit(ExitReason),
+    /// Stop the supervisor itself: child `.0` exceeded the intensity with cause `.1`.
+    Escalate(usize, ExitReason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,7 +43,6 @@ enum Status {
 
 #[derive(Debug)]
 struct Child {
-    name: String,
     restart: Restart,
     status: Status,
     /// Restarts in a row without a stable run (drives the back-off).
@@ -58,6 +59,7 @@ enum After {
         delay: Duration,
     },
     Exit(ExitReason),
+    Escalate(usize, ExitReason),
 }
 
 #[derive(Debug, PartialEq)]
@@ -79,7 +81,6 @@ enum Mode {
 }
 
 pub(crate) struct State {
-    path: ActorPath,
     strategy: Strategy,
     intensity: Intensity,
     backoff: Backoff,
@@ -91,9 +92,8 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(path: ActorPath, strategy: Strategy, intensity: Intensity, backoff: Backoff) -> Self {
+    pub(crate) fn new(strategy: Strategy, intensity: Intensity, backoff: Backoff) -> Self {
         Self {
-            path,
             strategy,
             intensity,
             backoff,
@@ -106,9 +106,8 @@ impl State {
 
     /// Adds a child (at start, or a dynamic one later); returns its index and the
     /// command to launch it, unless the supervisor is on its way out.
-    pub(crate) fn add_child(&mut self, name: &str, restart: Restart) -> (usize, Vec<Command>) {
+    pub(crate) fn add_child(&mut self, restart: Restart) -> (usize, Vec<Command>) {
         self.children.push(Child {
-            name: name.to_string(),
             restart,
             status: Status::Stopped,
             consecutive: 0,
@@ -124,8 +123,8 @@ impl State {
         }
     }
 
-    pub(crate) fn find(&self, name: &str) -> Option<usize> {
-        self.children.iter().position(|c| c.name == name && c.status != Status::Removed)
+    pub(crate) fn is_removed(&self, idx: usize) -> bool {
+        self.children[idx].status == Status::Removed
     }
 
     #[cfg(test)]
@@ -165,7 +164,7 @@ impl State {
     pub(crate) fn on_shutdown(&mut self) -> Vec<Command> {
         match self.mode {
             Mode::Exited => vec![],
-            Mode::Draining { after: After::Exit(_), .. } => vec![],
+            Mode::Draining { after: After::Exit(_) | After::Escalate(..), .. } => vec![],
             _ => {
                 let queue = self.running_in_start_order();
                 self.drain(queue, After::Exit(ExitReason::Shutdown { forced: false }))
@@ -196,7 +195,7 @@ impl State {
         match &mut self.mode {
             Mode::Exited => vec![],
             Mode::Draining { current, .. } if *current == Some(idx) => self.advance(),
-            Mode::Draining { after: After::Exit(_), .. } => vec![],
+            Mode::Draining { after: After::Exit(_) | After::Escalate(..), .. } => vec![],
             Mode::Draining { after: After::Restart { .. }, .. } | Mode::Waiting { .. } | Mode::Running => {
                 self.on_failure(idx, reason, now)
             }
@@ -277,11 +276,9 @@ impl State {
     }
 
     fn escalate(&mut self, idx: usize, reason: &ExitReason) -> Vec<Command> {
-        let cause =
-            ExitReason::Escalated { child: self.path.child(&self.children[idx].name), cause: Box::new(reason.clone()) };
         let queue = self.running_in_start_order();
         self.mode = Mode::Running;
-        self.drain(queue, After::Exit(cause))
+        self.drain(queue, After::Escalate(idx, reason.clone()))
     }
 
     /// Delay before restarting `idx`: none after a stable run, then doubling.
@@ -345,6 +342,10 @@ impl State {
             After::Exit(reason) => {
                 self.mode = Mode::Exited;
                 vec![Command::Exit(reason)]
+            }
+            After::Escalate(idx, cause) => {
+                self.mode = Mode::Exited;
+                vec![Command::Escalate(idx, cause)]
             }
             After::Restart { targets, delay } if delay.is_zero() => self.start_all(&targets),
             After::Restart { targets, delay } => {

@@ -1,0 +1,194 @@
+//! Starting, driving and stopping `keelson` processes from tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Cluster tests run one at a time: they are heavy, and each owns its processes.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn keelson() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelson"));
+    cmd.env_remove("KEELSON_DATA_DIR").env("RUST_LOG", "info");
+    cmd
+}
+
+/// A fresh data folder, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("keelson-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.0.join("data")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `keelson ARGS --data-dir DATA` to completion.
+pub fn run(data: &Path, args: &[&str]) -> Output {
+    let out = keelson().args(args).arg("--data-dir").arg(data).output().expect("keelson runs");
+    if !out.status.success() {
+        eprintln!("keelson {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+pub fn run_ok(data: &Path, args: &[&str]) -> String {
+    let out = run(data, args);
+    assert!(out.status.success(), "keelson {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every member's tree, from `keelson tree --json`.
+pub fn trees(data: &Path) -> Vec<Value> {
+    serde_json::from_str(&run_ok(data, &["tree", "--json"])).expect("tree --json is JSON")
+}
+
+pub fn actor(data: &Path, path: &str) -> Option<Value> {
+    trees(data)
+        .into_iter()
+        .flat_map(|t| t["actors"].as_array().cloned().unwrap_or_default())
+        .find(|a| a["path"] == path)
+}
+
+pub fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("never happened within {limit:?}: {what}");
+}
+
+/// A long-running `keelson` process (up, server), killed if the test fails.
+pub struct Running {
+    pub child: Child,
+    pub stdout: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    pub fn start(data: &Path, args: &[&str], log: &Path) -> Self {
+        let err = std::fs::File::create(log).unwrap();
+        let mut child = keelson()
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("keelson starts");
+        let out = child.stdout.take().unwrap();
+        let (tx, stdout) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, stdout, seen: Vec::new() }
+    }
+
+    /// Waits for a line of standard output that contains `text`.
+    pub fn wait_for_line(&mut self, text: &str, limit: Duration) -> String {
+        let began = Instant::now();
+        while began.elapsed() < limit {
+            if let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line.clone());
+                if line.contains(text) {
+                    return line;
+                }
+            }
+        }
+        panic!("no line with {text:?} within {limit:?}; saw {:?}", self.seen);
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait(&mut self, limit: Duration) -> i32 {
+        let began = Instant::now();
+        while began.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process {} did not exit within {limit:?}", self.child.id());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            let began = Instant::now();
+            while began.elapsed() < Duration::from_secs(20) {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether a process with this pid exists.
+pub fn alive(pid: u32) -> bool {
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// A bare HTTP/1.1 POST (to check what the door answers a client without the CLI).
+pub fn http_post(url: &str, path: &str, body: &str, bearer: Option<&str>) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+pub fn door(data: &Path, member: &str) -> Value {
+    try_door(data, member).unwrap_or_else(|| panic!("no door file for {member}"))
+}
+
+/// The member's door file, if it is there right now (a restarting member removes it).
+pub fn try_door(data: &Path, member: &str) -> Option<Value> {
+    let bytes = std::fs::read(data.join(member).join("admin.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
