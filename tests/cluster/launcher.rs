@@ -22,6 +22,10 @@ fn up_tree_chaos_and_a_clean_stop() {
         assert!(printed.contains(needle), "`keelson tree` lacks {needle:?}:\n{printed}");
     }
 
+    // `keelson events` follows lifecycle events live.
+    let mut events = Running::start(&data, &["events", "--member", "server-1"], &scratch.0.join("events.log"));
+    std::thread::sleep(Duration::from_millis(500));
+
     // Kill an actor inside a member: it comes back, and the tree counts one restart.
     let out = run_ok(&data, &["chaos", "kill", "/server-1/admin"]);
     assert_eq!(out.trim(), "killed /server-1/admin (incarnation 1)");
@@ -29,6 +33,10 @@ fn up_tree_chaos_and_a_clean_stop() {
         actor(&data, "/server-1/admin")
             .is_some_and(|a| a["state"] == "running" && a["restarts"] == 1 && a["kills"] == 1)
     });
+
+    events.wait_for_line("/server-1/admin  #1  exited: killed (panic)", START);
+    events.wait_for_line("/server-1/admin  #2  started", START);
+    drop(events);
 
     // Kill a member process (through its actor in the launcher): a new process replaces it.
     let old_pid = door(&data, "server-2")["pid"].as_u64().unwrap() as u32;

@@ -4,7 +4,8 @@
 //!
 //! What these check:
 //! - `keelson up` comes up and prints `keelson: ready`; `keelson tree` shows every
-//!   member's tree; `keelson chaos kill PATH` restarts that actor, and the tree then
+//!   member's tree; `keelson events` follows a kill and the restart live;
+//!   `keelson chaos kill PATH` restarts that actor, and the tree then
 //!   shows one restart for it; a killed member process is restarted by the launcher;
 //!   random kills print the paths they killed; Ctrl-C stops everything it started;
 //! - the chaos door refuses a request without the admin token (401) and kills nothing;
