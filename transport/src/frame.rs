@@ -55,6 +55,8 @@ pub enum Kind {
     Failure {
         code: u16,
     },
+    /// Opens a raw bidirectional stream: after this frame, bytes flow both ways.
+    Open,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,10 +13,49 @@
 //! ```
 //!
 //! Decoding never trusts the peer: an unknown version, a length past the limit, a
-//! truncated frame or a malformed body is a typed [`Error`], never a panic or an
-//! unbounded allocation. Next (issue P2): QUIC connections per peer, with mutual TLS
-//! and fault injection in the socket layer.
+//! truncated frame or a malformed body is a typed error, never a panic or an
+//! unbounded allocation.
+//!
+//! - [`tls`]: the cluster CA and members' identities (mutual TLS 1.3, ring only);
+//! - [`faults`]: loss, delay, duplication, reordering and partitions in the socket layer;
+//! - [`endpoint`]: one QUIC endpoint per process: request/response, one-way, streamed
+//!   replies and raw bidirectional streams, with reconnection and per-peer counters.
 
-mod frame;
+mod endpoint;
+pub mod faults;
+pub mod frame;
+pub mod tls;
 
-pub use frame::{decode, encode, Address, Envelope, Error, Kind, Result, DEFAULT_MAX_FRAME, HEADER_LEN, WIRE_VERSION};
+use std::time::Duration;
+
+pub use endpoint::{Inbound, PeerStats, Reply, Transport, TransportConfig, TransportRuntime};
+pub use frame::{Address, Envelope, Kind};
+pub use quinn::{RecvStream, SendStream};
+
+/// What a transport caller can run into. Retryable faults (`Unreachable`, `Timeout`,
+/// `Closed`) are apart from answers (`Remote`) and misconfiguration (`Refused`, `Config`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{peer} unreachable: {reason}")]
+    Unreachable { peer: String, reason: String },
+    #[error("no reply from {peer} within {after:?}")]
+    Timeout { peer: String, after: Duration },
+    #[error("{peer} refused: {reason}")]
+    Refused { peer: String, reason: String },
+    #[error("remote failure {code}: {message}")]
+    Remote { code: u16, message: String },
+    #[error("stream closed: {0}")]
+    Closed(String),
+    #[error("unknown peer {0:?}")]
+    UnknownPeer(String),
+    #[error(transparent)]
+    Frame(#[from] frame::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("socket: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,749 @@
+//! One QUIC endpoint per process, and the message patterns on top of it.
+//!
+//! quinn runs on a runtime of its own (two worker threads): actix arbiters are single
+//! threads, and a stalled arbiter must not stall the network (DEPENDENCIES.md traps 4
+//! and 10). Every operation is spawned onto that runtime and awaited through its join
+//! handle, so callers may await from any executor.
+//!
+//! Patterns, each on its own QUIC stream (one lost packet stalls only its stream):
+//! - request/response: a bidirectional stream, one request frame, one reply frame
+//!   (`Response` or `Failure`), bounded by the caller's deadline;
+//! - streamed replies: the same, with `StreamItem`s ended by `StreamEnd`;
+//! - one-way: a unidirectional stream with one frame;
+//! - open: a bidirectional stream whose first frame says where it goes, then raw
+//!   bytes both ways with QUIC's flow control (exec, port-forward).
+//!
+//! A caller always gets a reply or a typed [`Error`]: unreachable (no connection could
+//! be made in time), timeout (no reply before the deadline), refused (the peer is not
+//! who it must be), remote (the peer answered with a failure), closed (the stream ended
+//! without a reply).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::faults::{FaultSocket, FaultTable};
+use crate::frame::{self, Address, Envelope, Kind};
+use crate::tls::{certifies, Credentials, Identity, Role};
+use crate::{Error, Result};
+
+/// How the endpoint behaves; `Default` holds the documented defaults.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub listen: SocketAddr,
+    pub max_frame: usize,
+    /// Seed of the fault injector's drop pattern.
+    pub fault_seed: u64,
+    /// A QUIC connection with no traffic for this long is closed (peers send
+    /// keep-alives every `keep_alive`, so only a dead or cut-off peer gets there).
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+    /// Back-off between failed dials to the same peer: initial, doubling to max.
+    pub redial_initial: Duration,
+    pub redial_max: Duration,
+    /// Messages waiting for the application before the endpoint stops reading.
+    pub inbox: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            fault_seed: 0,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(1),
+            redial_initial: Duration::from_millis(50),
+            redial_max: Duration::from_secs(2),
+            inbox: 1024,
+        }
+    }
+}
+
+/// Counters of one peer, as the tree and `/metrics` show them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerStats {
+    pub peer: String,
+    pub addr: String,
+    pub connected: bool,
+    pub requests: u64,
+    pub one_way: u64,
+    pub received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub errors: u64,
+    pub dials: u64,
+    pub lost_packets: u64,
+    pub sent_packets: u64,
+    pub injected_drops: u64,
+    pub injected_delays: u64,
+    pub injected_duplicates: u64,
+    pub rtt_us: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    one_way: AtomicU64,
+    received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    errors: AtomicU64,
+    dials: AtomicU64,
+    /// Packet counters of connections already closed, so totals survive reconnects.
+    lost_before: AtomicU64,
+    sent_before: AtomicU64,
+}
+
+struct Peer {
+    identity: Identity,
+    addr: RwLock<SocketAddr>,
+    conn: Mutex<Option<Connection>>,
+    dial: tokio::sync::Mutex<()>,
+    failures: AtomicU32,
+    counters: Counters,
+}
+
+struct Inner {
+    me: Identity,
+    endpoint: Endpoint,
+    client: quinn::ClientConfig,
+    runtime: tokio::runtime::Handle,
+    faults: Arc<FaultTable>,
+    peers: RwLock<HashMap<String, Arc<Peer>>>,
+    cfg: TransportConfig,
+    inbox: mpsc::Sender<Inbound>,
+}
+
+/// A handle on the process's endpoint; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+/// Owns the transport's runtime; dropping it stops the endpoint.
+pub struct TransportRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for TransportRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Dropping a runtime inside async code panics (DEPENDENCIES.md trap 9).
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A message that arrived for this process.
+pub struct Inbound {
+    pub from: Identity,
+    pub envelope: Envelope,
+    pub reply: Reply,
+}
+
+/// How to answer an inbound message.
+pub enum Reply {
+    /// One-way: nothing to answer.
+    None,
+    /// A request: answer once, or stream items, through this stream.
+    Stream { send: SendStream, max_frame: usize, me: Address, to: Address, correlation: u64 },
+    /// An opened raw stream: read and write bytes.
+    Open { send: SendStream, recv: RecvStream },
+}
+
+impl Reply {
+    async fn frame(&mut self, kind: Kind, payload: Vec<u8>) -> Result<()> {
+        let Reply::Stream { send, max_frame, me, to, correlation } = self else {
+            return Err(Error::Closed("this message takes no reply".into()));
+        };
+        let env = Envelope { to: to.clone(), from: me.clone(), correlation: *correlation, kind, payload };
+        let bytes = frame::encode(&env, *max_frame)?;
+        send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))
+    }
+
+    fn finish(&mut self) {
+        if let Reply::Stream { send, .. } = self {
+            let _already_finished_or_reset = send.finish();
+        }
+    }
+
+    /// Answers a request.
+    pub async fn respond(mut self, payload: Vec<u8>) -> Result<()> {
+        self.frame(Kind::Response, payload).await?;
+        self.finish();
+        Ok(())
+    }
+
+    /// Answers a request with a failure the caller sees as [`Error::Remote`].
+    pub async fn fail(mut self, code: u16, message: &str) -> Result<()> {
+        self.frame(Kind::Failure { code }, message.as_bytes().to_vec()).await?;
+        self.finish();
+        Ok(())
+    }
+
+    /// Sends the `seq`-th item of a streamed reply.
+    pub async fn item(&mut self, seq: u64, payload: Vec<u8>) -> Result<()> {
+        self.frame(Kind::StreamItem { seq }, payload).await
+    }
+
+    /// Ends a streamed reply.
+    pub async fn end(mut self) -> Result<()> {
+        self.frame(Kind::StreamEnd, Vec::new()).await?;
+        self.finish();
+        Ok(())
+    }
+}
+
+/// Reads one frame from `recv`; `None` when the stream ended cleanly before it.
+async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<(Envelope, usize)>> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    match recv.read(&mut header[..1]).await.map_err(|e| Error::Closed(e.to_string()))? {
+        None => return Ok(None),
+        Some(0) => return Err(Error::Closed("empty read".into())),
+        Some(_) => {}
+    }
+    recv.read_exact(&mut header[1..]).await.map_err(|e| Error::Closed(e.to_string()))?;
+    let len = match frame::decode(&header, max) {
+        Err(frame::Error::Incomplete { needed }) => needed,
+        Err(e) => return Err(e.into()),
+        Ok(_) => 0,
+    };
+    let mut buf = header.to_vec();
+    buf.resize(frame::HEADER_LEN + len, 0);
+    recv.read_exact(&mut buf[frame::HEADER_LEN..]).await.map_err(|e| Error::Closed(e.to_string()))?;
+    let (env, used) = frame::decode(&buf, max)?;
+    Ok(Some((env, used)))
+}
+
+/// The quinn runtime bound to our own tokio runtime, whoever polls quinn's futures.
+#[derive(Debug)]
+struct BoundRuntime(tokio::runtime::Handle);
+
+impl quinn::Runtime for BoundRuntime {
+    fn new_timer(&self, t: std::time::Instant) -> std::pin::Pin<Box<dyn quinn::AsyncTimer>> {
+        let _ctx = self.0.enter();
+        quinn::TokioRuntime.new_timer(t)
+    }
+
+    fn spawn(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        self.0.spawn(future);
+    }
+
+    fn wrap_udp_socket(&self, sock: std::net::UdpSocket) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        let _ctx = self.0.enter();
+        quinn::TokioRuntime.wrap_udp_socket(sock)
+    }
+}
+
+impl Transport {
+    /// Binds the endpoint on its own runtime; inbound messages arrive on the receiver.
+    pub fn start(
+        creds: &Credentials,
+        cfg: TransportConfig,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>, TransportRuntime)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("keelson-quic")
+            .enable_all()
+            .build()
+            .map_err(Error::Io)?;
+        // Owned from here on, so an error below shuts it down without blocking.
+        let owned = TransportRuntime { runtime: Some(runtime) };
+        let handle = owned.runtime.as_ref().expect("just built").handle().clone();
+        let (t, rx) = Self::start_on(handle, creds, cfg)?;
+        Ok((t, rx, owned))
+    }
+
+    /// Binds the endpoint on an existing multi-threaded runtime.
+    pub fn start_on(
+        runtime: tokio::runtime::Handle,
+        creds: &Credentials,
+        cfg: TransportConfig,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>)> {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                cfg.idle_timeout.try_into().map_err(|_| Error::Config("idle_timeout too long".into()))?,
+            ))
+            .keep_alive_interval(Some(cfg.keep_alive))
+            .max_concurrent_bidi_streams(4096u32.into())
+            .max_concurrent_uni_streams(4096u32.into());
+        let transport = Arc::new(transport);
+        let server_tls = quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config()?)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+        server.transport_config(transport.clone());
+        let client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config()?)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+        client.transport_config(transport);
+
+        let std_socket = std::net::UdpSocket::bind(cfg.listen).map_err(Error::Io)?;
+        let bound = Arc::new(BoundRuntime(runtime.clone()));
+        let inner_socket = quinn::Runtime::wrap_udp_socket(&*bound, std_socket).map_err(Error::Io)?;
+        let faults = Arc::new(FaultTable::new(cfg.fault_seed));
+        let socket = Arc::new(FaultSocket::new(inner_socket, faults.clone(), runtime.clone()));
+        let endpoint =
+            Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, bound)
+                .map_err(Error::Io)?;
+        let (inbox, rx) = mpsc::channel(cfg.inbox);
+        let inner = Arc::new(Inner {
+            me: creds.identity.clone(),
+            endpoint,
+            client,
+            runtime: runtime.clone(),
+            faults,
+            peers: RwLock::default(),
+            cfg,
+            inbox,
+        });
+        runtime.spawn(accept_loop(inner.clone()));
+        Ok((Self { inner }, rx))
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.inner.me
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.endpoint.local_addr().expect("a bound endpoint has an address")
+    }
+
+    pub fn faults(&self) -> &Arc<FaultTable> {
+        &self.inner.faults
+    }
+
+    /// Adds (or moves) a peer this process may talk to.
+    pub fn add_peer(&self, identity: Identity, addr: SocketAddr) {
+        let mut peers = self.inner.peers.write().unwrap();
+        match peers.get(&identity.name) {
+            Some(p) if p.identity == identity => {
+                let moved = std::mem::replace(&mut *p.addr.write().unwrap(), addr) != addr;
+                if moved {
+                    // The cached connection goes to the old address: dial anew.
+                    if let Some(old) = p.conn.lock().unwrap().take() {
+                        old.close(0u32.into(), b"peer moved");
+                    }
+                }
+            }
+            _ => {
+                let peer = Peer {
+                    identity: identity.clone(),
+                    addr: RwLock::new(addr),
+                    conn: Mutex::new(None),
+                    dial: tokio::sync::Mutex::new(()),
+                    failures: AtomicU32::new(0),
+                    counters: Counters::default(),
+                };
+                peers.insert(identity.name.clone(), Arc::new(peer));
+            }
+        }
+    }
+
+    /// The address a peer was added with.
+    pub fn peer_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.inner.peers.read().unwrap().get(name).map(|p| *p.addr.read().unwrap())
+    }
+
+    fn peer(&self, name: &str) -> Result<Arc<Peer>> {
+        self.inner.peers.read().unwrap().get(name).cloned().ok_or_else(|| Error::UnknownPeer(name.to_string()))
+    }
+
+    fn next_correlation() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn envelope(&self, peer: &str, to_path: &str, from_path: &str, kind: Kind, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            to: Address { member: peer.to_string(), path: to_path.to_string() },
+            from: Address { member: self.inner.me.name.clone(), path: from_path.to_string() },
+            correlation: Self::next_correlation(),
+            kind,
+            payload,
+        }
+    }
+
+    /// Sends a request to actor `to_path` on `peer` and waits for its reply, at most `deadline`.
+    pub async fn request(
+        &self,
+        peer: &str,
+        to_path: &str,
+        from_path: &str,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Vec<u8>> {
+        let p = self.peer(peer)?;
+        let deadline_ms = deadline.as_millis().min(u32::MAX as u128) as u32;
+        let env = self.envelope(peer, to_path, from_path, Kind::Request { deadline_ms }, payload);
+        let inner = self.inner.clone();
+        let until = Instant::now() + deadline;
+        let task = async move {
+            let outcome = tokio::time::timeout_at(until, exchange(&inner, &p, env, until)).await;
+            let result =
+                outcome.unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }));
+            if result.is_err() {
+                p.counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        };
+        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+    }
+
+    /// Sends a one-way message; `Ok` means it was handed to QUIC on a live connection.
+    pub async fn tell(
+        &self,
+        peer: &str,
+        to_path: &str,
+        from_path: &str,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<()> {
+        let p = self.peer(peer)?;
+        let env = self.envelope(peer, to_path, from_path, Kind::OneWay, payload);
+        let inner = self.inner.clone();
+        let until = Instant::now() + deadline;
+        let task = async move {
+            let send = async {
+                let conn = connection(&inner, &p, until).await?;
+                let mut s = conn.open_uni().await.map_err(|e| Error::Closed(e.to_string()))?;
+                let bytes = frame::encode(&env, inner.cfg.max_frame)?;
+                s.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
+                let _already_finished = s.finish();
+                p.counters.one_way.fetch_add(1, Ordering::Relaxed);
+                p.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(())
+            };
+            let r = tokio::time::timeout_at(until, send).await;
+            r.unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }))
+        };
+        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+    }
+
+    /// Sends a request whose reply is a stream of items; the receiver yields each item
+    /// and ends after `StreamEnd` (or yields one error). `deadline` bounds the wait for
+    /// the connection and the first item only.
+    pub async fn request_stream(
+        &self,
+        peer: &str,
+        to_path: &str,
+        from_path: &str,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<mpsc::Receiver<Result<Vec<u8>>>> {
+        let p = self.peer(peer)?;
+        let env = self.envelope(peer, to_path, from_path, Kind::Request { deadline_ms: 0 }, payload);
+        let inner = self.inner.clone();
+        let until = Instant::now() + deadline;
+        let task = async move {
+            let open = async {
+                let conn = connection(&inner, &p, until).await?;
+                let (mut send, recv) = conn.open_bi().await.map_err(|e| Error::Closed(e.to_string()))?;
+                let bytes = frame::encode(&env, inner.cfg.max_frame)?;
+                send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
+                let _already_finished = send.finish();
+                p.counters.requests.fetch_add(1, Ordering::Relaxed);
+                p.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(recv)
+            };
+            let recv = tokio::time::timeout_at(until, open)
+                .await
+                .unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }))?;
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(recv_items(inner.clone(), p.clone(), recv, tx));
+            Ok(rx)
+        };
+        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+    }
+
+    /// Opens a raw bidirectional stream to actor `to_path` on `peer`.
+    pub async fn open(
+        &self,
+        peer: &str,
+        to_path: &str,
+        from_path: &str,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<(SendStream, RecvStream)> {
+        let p = self.peer(peer)?;
+        let env = self.envelope(peer, to_path, from_path, Kind::Open, payload);
+        let inner = self.inner.clone();
+        let until = Instant::now() + deadline;
+        let task = async move {
+            let open = async {
+                let conn = connection(&inner, &p, until).await?;
+                let (mut send, recv) = conn.open_bi().await.map_err(|e| Error::Closed(e.to_string()))?;
+                let bytes = frame::encode(&env, inner.cfg.max_frame)?;
+                send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
+                Ok((send, recv))
+            };
+            let r = tokio::time::timeout_at(until, open).await;
+            r.unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }))
+        };
+        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+    }
+
+    /// Counters of every peer.
+    pub fn stats(&self) -> Vec<PeerStats> {
+        let peers: Vec<Arc<Peer>> = self.inner.peers.read().unwrap().values().cloned().collect();
+        let mut out: Vec<PeerStats> = peers
+            .iter()
+            .map(|p| {
+                let addr = *p.addr.read().unwrap();
+                let c = &p.counters;
+                let conn = p.conn.lock().unwrap().clone().filter(|c| c.close_reason().is_none());
+                let (lost, sent, rtt) = conn.as_ref().map_or((0, 0, 0), |c| {
+                    let s = c.stats();
+                    (s.path.lost_packets, s.path.sent_packets, s.path.rtt.as_micros() as u64)
+                });
+                let injected = self.inner.faults.counters(addr);
+                PeerStats {
+                    peer: p.identity.name.clone(),
+                    addr: addr.to_string(),
+                    connected: conn.is_some(),
+                    requests: c.requests.load(Ordering::Relaxed),
+                    one_way: c.one_way.load(Ordering::Relaxed),
+                    received: c.received.load(Ordering::Relaxed),
+                    bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                    bytes_received: c.bytes_received.load(Ordering::Relaxed),
+                    errors: c.errors.load(Ordering::Relaxed),
+                    dials: c.dials.load(Ordering::Relaxed),
+                    lost_packets: c.lost_before.load(Ordering::Relaxed) + lost,
+                    sent_packets: c.sent_before.load(Ordering::Relaxed) + sent,
+                    injected_drops: injected.dropped.load(Ordering::Relaxed),
+                    injected_delays: injected.delayed.load(Ordering::Relaxed),
+                    injected_duplicates: injected.duplicated.load(Ordering::Relaxed),
+                    rtt_us: rtt,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
+    }
+
+    /// Closes every connection and the endpoint.
+    pub fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// The live connection to `p`, dialing (once for all concurrent callers) if needed,
+/// with back-off between failed dials, until `until`.
+async fn connection(inner: &Arc<Inner>, p: &Arc<Peer>, until: Instant) -> Result<Connection> {
+    loop {
+        if let Some(c) = live(p) {
+            return Ok(c);
+        }
+        let _dialing = p.dial.lock().await;
+        if let Some(c) = live(p) {
+            return Ok(c);
+        }
+        let failures = p.failures.load(Ordering::Relaxed);
+        if failures > 0 {
+            let exp = inner.cfg.redial_initial.saturating_mul(1 << failures.min(16)).min(inner.cfg.redial_max);
+            let wait = exp.mul_f64(0.5 + fastrand::f64() / 2.0);
+            if Instant::now() + wait >= until {
+                return Err(Error::Unreachable {
+                    peer: p.identity.name.clone(),
+                    reason: "no connection before the deadline".into(),
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let addr = *p.addr.read().unwrap();
+        p.counters.dials.fetch_add(1, Ordering::Relaxed);
+        let connecting = inner
+            .endpoint
+            .connect_with(inner.client.clone(), addr, &p.identity.dns_name())
+            .map_err(|e| Error::Unreachable { peer: p.identity.name.clone(), reason: e.to_string() })?;
+        match tokio::time::timeout_at(until, connecting).await {
+            Ok(Ok(conn)) => {
+                p.failures.store(0, Ordering::Relaxed);
+                let old = p.conn.lock().unwrap().replace(conn.clone());
+                if let Some(old) = old {
+                    let s = old.stats();
+                    p.counters.lost_before.fetch_add(s.path.lost_packets, Ordering::Relaxed);
+                    p.counters.sent_before.fetch_add(s.path.sent_packets, Ordering::Relaxed);
+                }
+                return Ok(conn);
+            }
+            Ok(Err(e)) => {
+                p.failures.fetch_add(1, Ordering::Relaxed);
+                let reason = e.to_string();
+                // A TLS refusal is not a network fault: retrying would not help.
+                if reason.contains("certificate") || reason.contains("crypto") || reason.contains("TLS") {
+                    return Err(Error::Refused { peer: p.identity.name.clone(), reason });
+                }
+                tracing::debug!(peer = %p.identity.name, %reason, "dial failed");
+            }
+            Err(_) => {
+                p.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Unreachable { peer: p.identity.name.clone(), reason: "dial timed out".into() });
+            }
+        }
+    }
+}
+
+fn live(p: &Peer) -> Option<Connection> {
+    p.conn.lock().unwrap().as_ref().filter(|c| c.close_reason().is_none()).cloned()
+}
+
+/// One request/response over a fresh bidirectional stream.
+async fn exchange(inner: &Arc<Inner>, p: &Arc<Peer>, env: Envelope, until: Instant) -> Result<Vec<u8>> {
+    let conn = connection(inner, p, until).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Closed(e.to_string()))?;
+    let bytes = frame::encode(&env, inner.cfg.max_frame)?;
+    send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
+    let _already_finished = send.finish();
+    p.counters.requests.fetch_add(1, Ordering::Relaxed);
+    p.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let Some((reply, used)) = read_frame(&mut recv, inner.cfg.max_frame).await? else {
+        return Err(Error::Closed(format!("{} ended the stream without a reply", p.identity.name)));
+    };
+    p.counters.bytes_received.fetch_add(used as u64, Ordering::Relaxed);
+    match reply.kind {
+        Kind::Response if reply.correlation == env.correlation => Ok(reply.payload),
+        Kind::Failure { code } => {
+            Err(Error::Remote { code, message: String::from_utf8_lossy(&reply.payload).into_owned() })
+        }
+        other => Err(Error::Closed(format!("unexpected reply {other:?}"))),
+    }
+}
+
+async fn recv_items(inner: Arc<Inner>, p: Arc<Peer>, mut recv: RecvStream, tx: mpsc::Sender<Result<Vec<u8>>>) {
+    loop {
+        let item = match read_frame(&mut recv, inner.cfg.max_frame).await {
+            Ok(Some((env, used))) => {
+                p.counters.bytes_received.fetch_add(used as u64, Ordering::Relaxed);
+                match env.kind {
+                    Kind::StreamItem { .. } | Kind::Response => Ok(env.payload),
+                    Kind::StreamEnd => return,
+                    Kind::Failure { code } => {
+                        Err(Error::Remote { code, message: String::from_utf8_lossy(&env.payload).into_owned() })
+                    }
+                    other => Err(Error::Closed(format!("unexpected frame {other:?} in a stream"))),
+                }
+            }
+            Ok(None) => Err(Error::Closed("the stream ended without StreamEnd".into())),
+            Err(e) => Err(e),
+        };
+        let last = item.is_err();
+        if tx.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(inner, conn).await,
+                Err(e) => tracing::warn!(%remote, error = %e, "refused an incoming connection"),
+            }
+        });
+    }
+}
+
+/// The peer's certificate chain, as the handshake verified it.
+fn peer_cert(conn: &Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    certs.into_iter().next()
+}
+
+/// Who the peer on `conn` is, given the member name it claims.
+fn verify_claim(conn: &Connection, claimed: &str) -> Option<Identity> {
+    let cert = peer_cert(conn)?;
+    [Role::Server, Role::Agent, Role::Launcher]
+        .into_iter()
+        .filter_map(|role| Identity::new(claimed, role).ok())
+        .find(|id| certifies(&cert, id))
+}
+
+async fn serve_connection(inner: Arc<Inner>, conn: Connection) {
+    let remote = conn.remote_address();
+    let who: Arc<Mutex<Option<Identity>>> = Arc::default();
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => { tokio::spawn(serve_stream(inner.clone(), conn.clone(), who.clone(), Some(send), recv)); }
+                Err(_) => break,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => { tokio::spawn(serve_stream(inner.clone(), conn.clone(), who.clone(), None, recv)); }
+                Err(_) => break,
+            },
+        }
+    }
+    tracing::debug!(%remote, reason = ?conn.close_reason(), "connection closed");
+}
+
+/// Reads the first frame of an inbound stream and hands the message to the application.
+async fn serve_stream(
+    inner: Arc<Inner>,
+    conn: Connection,
+    who: Arc<Mutex<Option<Identity>>>,
+    send: Option<SendStream>,
+    mut recv: RecvStream,
+) {
+    let (env, used) = match read_frame(&mut recv, inner.cfg.max_frame).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(remote = %conn.remote_address(), error = %e, "bad frame; closing the stream");
+            let _ = recv.stop(1u32.into());
+            return;
+        }
+    };
+    let known = who.lock().unwrap().clone();
+    let from = match known {
+        Some(id) if id.name == env.from.member => id,
+        Some(id) => {
+            tracing::warn!(peer = %id.name, claimed = %env.from.member, "peer claimed another name; closing");
+            conn.close(2u32.into(), b"identity mismatch");
+            return;
+        }
+        None => match verify_claim(&conn, &env.from.member) {
+            Some(id) => {
+                *who.lock().unwrap() = Some(id.clone());
+                id
+            }
+            None => {
+                tracing::warn!(remote = %conn.remote_address(), claimed = %env.from.member, "certificate does not name the claimed peer; closing");
+                conn.close(2u32.into(), b"identity mismatch");
+                return;
+            }
+        },
+    };
+    if let Some(p) = inner.peers.read().unwrap().get(&from.name) {
+        p.counters.received.fetch_add(1, Ordering::Relaxed);
+        p.counters.bytes_received.fetch_add(used as u64, Ordering::Relaxed);
+    }
+    let reply = match (env.kind.clone(), send) {
+        (Kind::OneWay, _) => Reply::None,
+        (Kind::Request { .. }, Some(send)) => Reply::Stream {
+            send,
+            max_frame: inner.cfg.max_frame,
+            me: env.to.clone(),
+            to: env.from.clone(),
+            correlation: env.correlation,
+        },
+        (Kind::Open, Some(send)) => Reply::Open { send, recv },
+        (kind, _) => {
+            tracing::warn!(?kind, "unexpected first frame on a stream");
+            return;
+        }
+    };
+    let _app_gone_means_shutting_down = inner.inbox.send(Inbound { from, envelope: env, reply }).await;
+}

@@ -1,0 +1,298 @@
+//! Network faults injected in the socket layer, switched at run time.
+//!
+//! `tc netem` is not available on these machines, so a lossy network is made here:
+//! quinn's UDP socket is wrapped by [`FaultSocket`], which consults a [`FaultTable`]
+//! for every datagram. Per peer address and direction, a link can drop a share of
+//! datagrams, delay them (fixed plus jitter), duplicate or reorder them, or be cut
+//! entirely (a partition, one way or both). Outbound datagrams get every fault;
+//! inbound ones can be cut or dropped (delaying what has already arrived would need
+//! a buffer, and the sender's side delays just as well). The drop pattern comes from a
+//! seeded generator, so a run can be replayed. QUIC sees real loss: it retransmits,
+//! its congestion control reacts, and its timers fire, exactly as on a bad network.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use serde::{Deserialize, Serialize};
+
+/// The faults of one direction of one link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkFaults {
+    /// Share of datagrams dropped, 0.0–1.0.
+    #[serde(default)]
+    pub loss: f64,
+    /// Fixed delay added to every datagram.
+    #[serde(default, with = "millis")]
+    pub delay: Duration,
+    /// Up to this much more delay, uniformly at random.
+    #[serde(default, with = "millis")]
+    pub jitter: Duration,
+    /// Share of datagrams sent twice.
+    #[serde(default)]
+    pub duplicate: f64,
+    /// Share of datagrams held back by an extra delay, so later ones overtake them.
+    #[serde(default)]
+    pub reorder: f64,
+    /// The link is cut: every datagram is dropped (a partition).
+    #[serde(default)]
+    pub cut: bool,
+}
+
+impl LinkFaults {
+    pub fn is_clean(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn cut() -> Self {
+        Self { cut: true, ..Self::default() }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, share) in [("loss", self.loss), ("duplicate", self.duplicate), ("reorder", self.reorder)] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(format!("{name} must be between 0 and 1 (a share), not {share}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Datagrams this process sends to the peer.
+    Out,
+    /// Datagrams this process receives from the peer.
+    In,
+}
+
+/// What the table did to datagrams, per peer address.
+#[derive(Debug, Default)]
+pub struct FaultCounters {
+    pub dropped: AtomicU64,
+    pub delayed: AtomicU64,
+    pub duplicated: AtomicU64,
+}
+
+/// The faults in force, shared by the socket and whoever switches them.
+pub struct FaultTable {
+    rules: RwLock<HashMap<(SocketAddr, Direction), LinkFaults>>,
+    rng: Mutex<fastrand::Rng>,
+    counters: RwLock<HashMap<SocketAddr, Arc<FaultCounters>>>,
+}
+
+impl fmt::Debug for FaultTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultTable").field("rules", &*self.rules.read().unwrap()).finish()
+    }
+}
+
+impl FaultTable {
+    pub fn new(seed: u64) -> Self {
+        Self { rules: RwLock::default(), rng: Mutex::new(fastrand::Rng::with_seed(seed)), counters: RwLock::default() }
+    }
+
+    /// Sets (or, with clean faults, clears) the faults of one direction of one link.
+    pub fn set(&self, peer: SocketAddr, direction: Direction, faults: LinkFaults) {
+        let mut rules = self.rules.write().unwrap();
+        if faults.is_clean() {
+            rules.remove(&(peer, direction));
+        } else {
+            rules.insert((peer, direction), faults);
+        }
+    }
+
+    /// Clears every fault.
+    pub fn heal(&self) {
+        self.rules.write().unwrap().clear();
+    }
+
+    pub fn get(&self, peer: SocketAddr, direction: Direction) -> Option<LinkFaults> {
+        self.rules.read().unwrap().get(&(peer, direction)).copied()
+    }
+
+    pub fn rules(&self) -> Vec<(SocketAddr, Direction, LinkFaults)> {
+        self.rules.read().unwrap().iter().map(|((a, d), f)| (*a, *d, *f)).collect()
+    }
+
+    pub fn counters(&self, peer: SocketAddr) -> Arc<FaultCounters> {
+        if let Some(c) = self.counters.read().unwrap().get(&peer) {
+            return c.clone();
+        }
+        self.counters.write().unwrap().entry(peer).or_default().clone()
+    }
+
+    fn has_inbound(&self) -> bool {
+        self.rules.read().unwrap().keys().any(|(_, d)| *d == Direction::In)
+    }
+
+    fn chance(&self, share: f64) -> bool {
+        share > 0.0 && self.rng.lock().unwrap().f64() < share
+    }
+
+    fn jitter(&self, max: Duration) -> Duration {
+        if max.is_zero() {
+            return Duration::ZERO;
+        }
+        max.mul_f64(self.rng.lock().unwrap().f64())
+    }
+}
+
+/// quinn's UDP socket with the fault table in front of it.
+pub struct FaultSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    table: Arc<FaultTable>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl fmt::Debug for FaultSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultSocket").field("inner", &self.inner).finish()
+    }
+}
+
+impl FaultSocket {
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, table: Arc<FaultTable>, runtime: tokio::runtime::Handle) -> Self {
+        Self { inner, table, runtime }
+    }
+
+    /// Sends a copy of `t` after `after` (its own timer task; UDP may drop it anyway).
+    fn send_later(&self, t: &Transmit, after: Duration) {
+        let inner = self.inner.clone();
+        let (destination, ecn, src_ip) = (t.destination, t.ecn, t.src_ip);
+        let contents = t.contents.to_vec();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            let t = Transmit { destination, ecn, contents: &contents, segment_size: None, src_ip };
+            let _dropped_if_the_socket_is_busy = inner.try_send(&t);
+        });
+    }
+}
+
+impl AsyncUdpSocket for FaultSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, t: &Transmit) -> io::Result<()> {
+        let Some(f) = self.table.get(t.destination, Direction::Out) else { return self.inner.try_send(t) };
+        let counters = self.table.counters(t.destination);
+        if f.cut || self.table.chance(f.loss) {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let copies = if self.table.chance(f.duplicate) { 2 } else { 1 };
+        if copies == 2 {
+            counters.duplicated.fetch_add(1, Ordering::Relaxed);
+        }
+        for _ in 0..copies {
+            let mut delay = f.delay + self.table.jitter(f.jitter);
+            if self.table.chance(f.reorder) {
+                delay += Duration::from_millis(5) + f.delay + f.jitter;
+            }
+            if delay.is_zero() {
+                self.inner.try_send(t)?;
+            } else {
+                counters.delayed.fetch_add(1, Ordering::Relaxed);
+                self.send_later(t, delay);
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        if !self.table.has_inbound() {
+            return self.inner.poll_recv(cx, bufs, meta);
+        }
+        // One datagram at a time, so a dropped one is simply not reported.
+        loop {
+            match self.inner.poll_recv(cx, &mut bufs[..1], &mut meta[..1]) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    let from = meta[0].addr;
+                    let drop = self.table.get(from, Direction::In).is_some_and(|f| f.cut || self.table.chance(f.loss));
+                    if !drop {
+                        return Poll::Ready(Ok(n));
+                    }
+                    self.table.counters(from).dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// One datagram per transmit, so loss applies per datagram (DEPENDENCIES.md trap 5).
+    fn max_transmit_segments(&self) -> usize {
+        1
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        1
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_set_clear_and_validate() {
+        let t = FaultTable::new(1);
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        t.set(a, Direction::Out, LinkFaults { loss: 0.2, ..Default::default() });
+        t.set(a, Direction::In, LinkFaults::cut());
+        assert_eq!(t.get(a, Direction::Out).unwrap().loss, 0.2);
+        assert!(t.has_inbound());
+        t.set(a, Direction::In, LinkFaults::default());
+        assert!(!t.has_inbound());
+        t.heal();
+        assert!(t.rules().is_empty());
+        assert!(LinkFaults { loss: 1.5, ..Default::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn the_drop_pattern_follows_the_seed() {
+        let pattern = |seed| {
+            let t = FaultTable::new(seed);
+            (0..64).map(|_| t.chance(0.3)).collect::<Vec<_>>()
+        };
+        assert_eq!(pattern(7), pattern(7));
+        assert_ne!(pattern(7), pattern(8));
+        let hits = pattern(7).iter().filter(|x| **x).count();
+        assert!((5..=35).contains(&hits));
+    }
+}
