@@ -3,11 +3,14 @@
 //! - [`runtime`]: supervisors, stable references, crash containment, the registry.
 //! - [`admin`]: each member's HTTP door for observing the tree and killing actors.
 //! - [`process`]: an OS child process as a supervised actor (`keelson up`'s members).
+//! - [`transport`]: the member's side of QUIC: routing inbound messages, remote
+//!   references, and the actors that keep links up.
 //! - [`member`]: the tree of one `keelson server` process.
 
 pub mod admin;
 pub mod member;
 pub mod process;
 pub mod runtime;
+pub mod transport;
 
 pub use runtime::*;

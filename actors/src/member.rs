@@ -3,28 +3,40 @@
 //! ```text
 //! /<server>            root, one_for_one          /up                 root, one_for_one
 //!   /admin             observation + chaos door     /admin            its own door
-//!                                                   /server-1 …       one ChildProcess per member
+//!   /transport         links to the other members   /server-1 …       one ChildProcess per member
+//!     /probe, /<peer> …
 //! ```
-//! Later issues add `/transport`, `/store`, `/api`, `/scheduler`, `/controllers`
-//! under a server's root, and `/kubelet`, `/proxy` under an agent's.
+//! Later issues add `/store`, `/api`, `/scheduler`, `/controllers` under a server's
+//! root, and `/kubelet`, `/proxy` under an agent's.
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use keelson_config::MemberConfig;
+use keelson_config::{MemberConfig, SupervisorConfig};
+use keelson_transport::Transport;
 
 use crate::admin::AdminDoor;
 use crate::process::{ChildProcess, ProcessSpec};
-use crate::runtime::{ChildSpec, Restart, Strategy, SupervisorSpec};
+use crate::runtime::{ActorPath, ChildSpec, Restart, Strategy, SupervisorSpec};
+use crate::transport::{transport_tree, Router};
 
-fn door(cfg: &MemberConfig, listener: Arc<TcpListener>) -> ChildSpec {
+fn door(cfg: &MemberConfig, listener: Arc<TcpListener>, transport: Option<Transport>) -> ChildSpec {
     let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
-    ChildSpec::new("admin", Restart::Permanent, move |cx| AdminDoor::new(cx, listener.clone(), token.clone())).0
+    let factory = move |cx: &_| AdminDoor::new(cx, listener.clone(), token.clone(), transport.clone());
+    ChildSpec::new("admin", Restart::Permanent, factory).0
 }
 
-/// One control-plane member (`keelson server`).
-pub fn server_tree(cfg: &MemberConfig, listener: Arc<TcpListener>) -> SupervisorSpec {
-    SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(door(cfg, listener))
+/// One control-plane member (`keelson server`): its door, then its transport subtree.
+pub fn server_tree(
+    cfg: &MemberConfig,
+    listener: Arc<TcpListener>,
+    transport: Transport,
+    router: Arc<Router>,
+) -> SupervisorSpec {
+    let root = ActorPath::root(&cfg.name);
+    SupervisorSpec::new(Strategy::OneForOne, cfg.root)
+        .child(door(cfg, listener, Some(transport.clone())))
+        .child(transport_tree(&root, transport, router, SupervisorConfig::default()))
 }
 
 /// A member process the launcher keeps running.
@@ -42,7 +54,7 @@ pub fn launcher_tree(
     members: Vec<MemberProcess>,
     restart: Restart,
 ) -> SupervisorSpec {
-    let mut tree = SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(door(cfg, listener));
+    let mut tree = SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(door(cfg, listener, None));
     for m in members {
         let spec = m.spec;
         let (child, _) = ChildSpec::new(&m.name, restart, move |_| ChildProcess::new(spec.clone()));

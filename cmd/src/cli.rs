@@ -72,6 +72,8 @@ pub enum Command {
         #[arg(long)]
         member: Option<String>,
     },
+    /// Send pings over QUIC from one member to another's probe, through the first one's door.
+    Ping(PingArgs),
     /// Break things on purpose.
     #[command(subcommand)]
     Chaos(ChaosCommand),
@@ -104,12 +106,74 @@ pub struct ServerArgs {
     /// Restarts the root supervisor tolerates (N/DURATION) before the process exits non-zero.
     #[arg(long, default_value = "10/10s", value_parser = parse_intensity)]
     pub root_intensity: Intensity,
+    /// Where the QUIC endpoint listens (UDP).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub quic_listen: SocketAddr,
+    /// Another member: NAME=HOST:PORT of its QUIC endpoint (repeat for each).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub peers: Vec<(String, SocketAddr)>,
+    /// Seed of the injected-fault pattern (for replaying a lossy run).
+    #[arg(long, default_value_t = 1)]
+    pub fault_seed: u64,
+}
+
+#[derive(Args)]
+pub struct PingArgs {
+    /// The member to ping.
+    pub to: String,
+    /// The member that sends the pings.
+    #[arg(long)]
+    pub from: String,
+    #[arg(long, default_value_t = 3)]
+    pub count: u32,
+    /// Ask for one streamed reply of N items instead.
+    #[arg(long, default_value_t = 0)]
+    pub stream: u32,
+    /// Send N one-way notes first; replies then show how many the probe has received.
+    #[arg(long, default_value_t = 0)]
+    pub notes: u32,
+    /// Deadline of each ping.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub deadline: Duration,
 }
 
 #[derive(Subcommand)]
 pub enum ChaosCommand {
     /// Kill one actor by path, or --random N of them.
     Kill(KillArgs),
+    /// Degrade or cut links between members (faults injected in their UDP sockets).
+    Net(NetArgs),
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["between", "partition", "heal"]))]
+pub struct NetArgs {
+    /// Degrade every link among these members, both ways (e.g. server-1,server-2).
+    #[arg(long, value_delimiter = ',')]
+    pub between: Vec<String>,
+    /// Cut this member off from the --from members.
+    #[arg(long, requires = "from")]
+    pub partition: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub from: Vec<String>,
+    /// With --partition: drop only what the --from members send to it.
+    #[arg(long, requires = "partition")]
+    pub one_way: bool,
+    /// Remove every fault on every member.
+    #[arg(long)]
+    pub heal: bool,
+    /// Share of datagrams dropped (20% or 0.2).
+    #[arg(long, value_parser = parse_share, default_value = "0")]
+    pub loss: f64,
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    pub delay: Duration,
+    /// The delay varies by this much either way.
+    #[arg(long, value_parser = parse_duration, default_value = "0ms")]
+    pub jitter: Duration,
+    #[arg(long, value_parser = parse_share, default_value = "0")]
+    pub duplicate: f64,
+    #[arg(long, value_parser = parse_share, default_value = "0")]
+    pub reorder: f64,
 }
 
 #[derive(Args)]
@@ -146,4 +210,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_mode(s: &str) -> Result<KillMode, String> {
     s.parse()
+}
+
+fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=HOST:PORT"))?;
+    keelson_config::validate_name(name).map_err(|e| e.to_string())?;
+    Ok((name.to_string(), addr.parse().map_err(|e| format!("{addr:?}: {e}"))?))
+}
+
+/// `20%` or `0.2`.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a share like 20% or 0.2"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} is not between 0% and 100%"))
+    }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
-use keelson_actors::admin::{KillRequest, Killed};
+use keelson_actors::admin::{KillRequest, Killed, NetRequest, PingOutcome, PingRequest};
 use keelson_actors::runtime::{Event, KillMode, TreeSnapshot};
 
 use crate::datadir::DoorFile;
@@ -58,27 +58,73 @@ impl DoorClient {
         bail!("kill {path}: {} ({})", msg, resp.status())
     }
 
-    /// Calls `each` for every lifecycle event of `door` until the stream ends.
-    pub async fn follow(&self, door: &DoorFile, mut each: impl FnMut(&str, Event)) -> Result<()> {
-        let resp = self
+    async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        door: &DoorFile,
+        path: &str,
+        body: &B,
+    ) -> Result<R> {
+        let mut resp = self
             .http
-            .get(format!("{}/events", door.url))
+            .post(format!("{}{path}", door.url))
+            .timeout(Duration::from_secs(120))
+            .bearer_auth(&self.token)
+            .send_json(body)
+            .await
+            .map_err(|e| anyhow!("{} ({}): {e}", door.member, door.url))?;
+        let bytes = resp.body().limit(16 << 20).await?;
+        if resp.status().is_success() {
+            return serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {path}"));
+        }
+        let status: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let msg =
+            status["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into());
+        bail!("{}: {msg} ({})", door.member, resp.status())
+    }
+
+    pub async fn ping(&self, door: &DoorFile, req: &PingRequest) -> Result<Vec<PingOutcome>> {
+        self.post(door, "/transport/ping", req).await
+    }
+
+    pub async fn net(&self, door: &DoorFile, req: &NetRequest) -> Result<serde_json::Value> {
+        self.post(door, "/chaos/net", req).await
+    }
+
+    /// Calls `each` for every lifecycle event of `door` after `since` (or from now)
+    /// until the stream ends; returns the number of the last event seen or bookmarked.
+    pub async fn follow(
+        &self,
+        door: &DoorFile,
+        since: Option<u64>,
+        mut each: impl FnMut(Event),
+    ) -> Result<Option<u64>> {
+        let query = since.map(|s| format!("?since={s}")).unwrap_or_default();
+        let mut stream = self
+            .http
+            .get(format!("{}/events{query}", door.url))
             .timeout(Duration::from_secs(365 * 24 * 3600))
             .send()
             .await
             .map_err(|e| anyhow!("{}: {e}", door.member))?;
-        let mut stream = resp;
+        let mut last = since;
         let mut buf = Vec::new();
         while let Some(chunk) = stream.next().await {
-            buf.extend_from_slice(&chunk?);
+            let Ok(chunk) = chunk else { break };
+            buf.extend_from_slice(&chunk);
             while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
-                match serde_json::from_slice::<Event>(&line) {
-                    Ok(e) => each(&door.member, e),
-                    Err(_) => eprintln!("{}: {}", door.member, String::from_utf8_lossy(&line).trim()),
+                if let Ok(e) = serde_json::from_slice::<Event>(&line) {
+                    last = Some(e.seq);
+                    each(e);
+                } else if let Some(seq) =
+                    serde_json::from_slice::<serde_json::Value>(&line).ok().and_then(|v| v["bookmark"].as_u64())
+                {
+                    last = Some(last.map_or(seq, |l| l.max(seq)));
+                } else {
+                    eprintln!("{}: {}", door.member, String::from_utf8_lossy(&line).trim());
                 }
             }
         }
-        Ok(())
+        Ok(last)
     }
 }

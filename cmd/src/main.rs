@@ -6,14 +6,19 @@ mod client;
 mod datadir;
 mod member;
 mod observe;
+mod pki;
 mod render;
 mod up;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
+use keelson_actors::member::server_tree;
+use keelson_actors::transport::Router;
 use keelson_config::{AdminConfig, Backoff, MemberConfig, SupervisorConfig};
+use keelson_transport::tls::{Identity, Role};
+use keelson_transport::{Transport, TransportConfig};
 use tracing_subscriber::EnvFilter;
 
 use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat};
@@ -51,6 +56,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             block_on(observe::tree(&data, json, watch.then_some(interval)))
         }
         Command::Events { member } => block_on(observe::events(&DataDir::existing(&data_dir)?, member)),
+        Command::Ping(p) => {
+            let data = DataDir::existing(&data_dir)?;
+            actix_rt::System::new().block_on(observe::ping(&data, p))
+        }
+        Command::Chaos(ChaosCommand::Net(n)) => block_on(observe::net(&DataDir::existing(&data_dir)?, n)),
         Command::Chaos(ChaosCommand::Kill(k)) => {
             let data = DataDir::existing(&data_dir)?;
             match (k.path, k.random) {
@@ -81,5 +91,20 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         },
     }
     .validate()?;
-    member::run(cfg, &data, keelson_actors::member::server_tree, None)
+    let ca = pki::ca(&data)?;
+    let identity = Identity::new(&args.name, Role::Server)?;
+    let creds = pki::credentials(&data, &ca, &identity)?;
+    let tcfg = TransportConfig { listen: args.quic_listen, fault_seed: args.fault_seed, ..TransportConfig::default() };
+    let (transport, inbox, _quic_runtime) =
+        Transport::start(&creds, tcfg).with_context(|| format!("cannot start QUIC on {}", args.quic_listen))?;
+    for (name, addr) in &args.peers {
+        transport.add_peer(Identity::new(name, Role::Server)?, *addr);
+    }
+    let router = Router::new();
+    router.pump(inbox, transport.runtime());
+    tracing::info!(quic = %transport.local_addr(), peers = ?transport.peers(), "transport up");
+    let t = transport.clone();
+    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router), None);
+    transport.close();
+    code
 }

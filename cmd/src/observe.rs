@@ -6,6 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use keelson_actors::runtime::{glob_match, ActorPath, ActorState, KillMode};
 
+use keelson_actors::admin::{NetDirection, NetRequest, PingRequest};
+use keelson_transport::faults::LinkFaults;
+
 use crate::client::DoorClient;
 use crate::datadir::{DataDir, DoorFile};
 use crate::render;
@@ -48,6 +51,8 @@ pub async fn tree(data: &DataDir, json: bool, watch: Option<Duration>) -> Result
     }
 }
 
+/// Follows every member's events, reconnecting when a door goes away (its actor or
+/// its whole process restarted) and resuming after the last event seen.
 pub async fn events(data: &DataDir, member: Option<String>) -> Result<()> {
     let client = std::rc::Rc::new(client(data)?);
     let doors: Vec<DoorFile> =
@@ -55,13 +60,29 @@ pub async fn events(data: &DataDir, member: Option<String>) -> Result<()> {
     if doors.is_empty() {
         bail!("no running member named {:?}", member.unwrap_or_default());
     }
+    let root = data.root().to_path_buf();
     let mut tasks = Vec::new();
-    for door in doors {
-        let client = client.clone();
+    for first in doors {
+        let (client, root) = (client.clone(), root.clone());
         tasks.push(actix_rt::spawn(async move {
-            let r = client.follow(&door, |_, e| println!("{}", render::event(&e))).await;
-            if let Err(e) = r {
-                eprintln!("{}: {e}", door.member);
+            let data = DataDir::existing(&root).expect("the data folder was there a moment ago");
+            let (name, mut pid, mut since) = (first.member.clone(), first.pid, None);
+            loop {
+                match data.door(&name) {
+                    Ok(door) if door.alive() => {
+                        if door.pid != pid {
+                            println!("({name} is a new process, pid {}: its events start again at 1)", door.pid);
+                            pid = door.pid;
+                            since = Some(0);
+                        }
+                        match client.follow(&door, since, |e| println!("{}", render::event(&e))).await {
+                            Ok(last) => since = last.or(since),
+                            Err(e) => tracing::debug!("{name}: {e}"),
+                        }
+                    }
+                    _ => {}
+                }
+                actix_rt::time::sleep(Duration::from_millis(200)).await;
             }
         }));
     }
@@ -127,6 +148,84 @@ pub async fn kill_random(
         }
         if killed < count {
             actix_rt::time::sleep(every).await;
+        }
+    }
+    Ok(())
+}
+
+/// `keelson ping TO --from MEMBER`: pings over QUIC, printed like ping(8). Exit 1 if
+/// no ping got an answer.
+pub async fn ping(data: &DataDir, args: crate::cli::PingArgs) -> Result<i32> {
+    let door = data.door(&args.from)?;
+    let req = PingRequest {
+        to: args.to.clone(),
+        count: args.count,
+        stream: args.stream,
+        notes: args.notes,
+        deadline_ms: args.deadline.as_millis() as u64,
+    };
+    let outcomes = client(data)?.ping(&door, &req).await?;
+    let mut answered = 0;
+    for o in &outcomes {
+        match (&o.reply, &o.error) {
+            (Some(r), _) => {
+                answered += 1;
+                let ms = o.rtt_us.unwrap_or(0) as f64 / 1000.0;
+                let seq = if args.stream > 0 { format!(" item {}", r.seq) } else { String::new() };
+                println!("reply from {} (incarnation {}, {} notes){seq}: {ms:.2} ms", r.path, r.incarnation, r.notes);
+            }
+            (None, Some(e)) => println!("error: {e}"),
+            (None, None) => println!("error: no answer"),
+        }
+    }
+    Ok(if answered == 0 { 1 } else { 0 })
+}
+
+/// `keelson chaos net`: sets or heals link faults on the members concerned.
+pub async fn net(data: &DataDir, args: crate::cli::NetArgs) -> Result<()> {
+    let client = client(data)?;
+    if args.heal {
+        for door in doors(data)? {
+            if door.member != "up" {
+                client.net(&door, &NetRequest { heal: true, ..NetRequest::default() }).await?;
+                println!("healed {}", door.member);
+            }
+        }
+        return Ok(());
+    }
+    let faults = LinkFaults {
+        loss: args.loss,
+        delay: args.delay,
+        jitter: args.jitter,
+        duplicate: args.duplicate,
+        reorder: args.reorder,
+        cut: false,
+    };
+    if let Some(victim) = &args.partition {
+        let door = data.door(victim)?;
+        let direction = if args.one_way { NetDirection::In } else { NetDirection::Both };
+        for peer in &args.from {
+            let req = NetRequest {
+                heal: false,
+                peer: Some(peer.clone()),
+                direction: Some(direction),
+                faults: LinkFaults::cut(),
+            };
+            client.net(&door, &req).await?;
+            let arrow = if args.one_way { "<-" } else { "<->" };
+            println!("cut {victim} {arrow} {peer}");
+        }
+        return Ok(());
+    }
+    if faults.is_clean() {
+        bail!("say what to inject (--loss, --delay, --jitter, --duplicate, --reorder)");
+    }
+    for a in &args.between {
+        let door = data.door(a)?;
+        for b in args.between.iter().filter(|b| *b != a) {
+            let req = NetRequest { heal: false, peer: Some(b.clone()), direction: Some(NetDirection::Out), faults };
+            client.net(&door, &req).await?;
+            println!("{a} -> {b}: {faults:?}");
         }
     }
     Ok(())

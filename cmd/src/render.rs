@@ -7,7 +7,7 @@ use keelson_actors::runtime::{ActorInfo, ActorState, Event, EventKind, TreeSnaps
 /// A tree like `pstree`, with one row per actor and columns for what an operator
 /// watches: state, incarnation, restarts, backlog, messages handled, uptime, last exit.
 pub fn tree(snapshot: &TreeSnapshot) -> String {
-    let mut rows: Vec<[String; 8]> = Vec::new();
+    let mut rows: Vec<[String; 9]> = Vec::new();
     for (i, a) in snapshot.actors.iter().enumerate() {
         rows.push([
             label(&snapshot.actors, i),
@@ -18,9 +18,10 @@ pub fn tree(snapshot: &TreeSnapshot) -> String {
             a.handled.to_string(),
             a.uptime_ms.map(duration).unwrap_or_else(|| "-".into()),
             a.last_exit.as_ref().map(|e| e.reason.to_string()).unwrap_or_else(|| "-".into()),
+            a.info.clone().unwrap_or_default(),
         ]);
     }
-    let head = ["ACTOR", "STATE", "INC", "RESTARTS", "BACKLOG", "HANDLED", "UPTIME", "LAST EXIT"];
+    let head = ["ACTOR", "STATE", "INC", "RESTARTS", "BACKLOG", "HANDLED", "UPTIME", "LAST EXIT", "DETAIL"];
     let mut widths = head.map(|h| h.chars().count());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -29,13 +30,11 @@ pub fn tree(snapshot: &TreeSnapshot) -> String {
     }
     let mut out = format!("{} (pid {})\n", snapshot.member, snapshot.pid);
     let mut line = |cells: &[String]| {
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                let _ = write!(out, "{c}");
-            } else {
-                let _ = write!(out, "{c}{}  ", " ".repeat(w - c.chars().count()));
-            }
+        let start = out.len();
+        for (c, w) in cells.iter().zip(widths) {
+            let _ = write!(out, "{c}{}  ", " ".repeat(w - c.chars().count()));
         }
+        out.truncate(start + out[start..].trim_end().len());
         out.push('\n');
     };
     line(&head.map(String::from));

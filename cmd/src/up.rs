@@ -36,17 +36,22 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         }
     }
     let token = data.token()?;
+    crate::pki::ca(&data)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let names: Vec<String> = (1..=args.servers).map(|i| format!("server-{i}")).collect();
+    let quic = quic_ports(&data, &names)?;
     let mut members = Vec::new();
-    for i in 1..=args.servers {
-        let name = format!("server-{i}");
-        data.remove_door(&name);
-        let log = data.member_dir(&name)?.join("keelson.log");
-        let args = ["server", "--name", &name, "--log-format", log_format].map(String::from).to_vec();
-        let args = [args, vec!["--data-dir".into(), data.root().display().to_string()]].concat();
-        members.push(MemberProcess { name, spec: ProcessSpec { program: exe.clone(), args, log } });
+    for name in &names {
+        data.remove_door(name);
+        let log = data.member_dir(name)?.join("keelson.log");
+        let mut argv = ["server", "--name", name, "--log-format", log_format].map(String::from).to_vec();
+        argv.extend(["--data-dir".into(), data.root().display().to_string()]);
+        argv.extend(["--quic-listen".into(), quic[name].to_string()]);
+        for (peer, addr) in quic.iter().filter(|(p, _)| *p != name) {
+            argv.extend(["--peer".into(), format!("{peer}={addr}")]);
+        }
+        members.push(MemberProcess { name: name.clone(), spec: ProcessSpec { program: exe.clone(), args: argv, log } });
     }
-    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
     let cfg = MemberConfig {
         name: "up".into(),
         data_dir: data.member_dir("up")?,
@@ -106,6 +111,23 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Each member's QUIC address: kept in `<member>/quic-addr` so a restarted cluster
+/// reuses it, else a free UDP port on 127.0.0.1 chosen by the OS.
+fn quic_ports(data: &DataDir, names: &[String]) -> Result<std::collections::BTreeMap<String, SocketAddr>> {
+    let mut out = std::collections::BTreeMap::new();
+    for name in names {
+        let file = data.member_dir(name)?.join("quic-addr");
+        let kept = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
+        let addr = match kept.filter(|a| std::net::UdpSocket::bind(a).is_ok()) {
+            Some(a) => a,
+            None => std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()?,
+        };
+        std::fs::write(&file, addr.to_string())?;
+        out.insert(name.clone(), addr);
+    }
+    Ok(out)
 }
 
 /// Parses `N/DURATION` for clap.

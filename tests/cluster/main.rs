@@ -10,9 +10,13 @@
 //!   random kills print the paths they killed; Ctrl-C stops everything it started;
 //! - the chaos door refuses a request without the admin token (401) and kills nothing;
 //! - a second `up` on the same data folder refuses to start;
-//! - a member whose root exceeds its restart intensity exits non-zero with the reason.
+//! - a member whose root exceeds its restart intensity exits non-zero with the reason;
+//! - three members exchange request/response, streamed and one-way messages over QUIC,
+//!   reach a restarted remote actor again, fail within deadlines under a partition and
+//!   recover after healing, and answer through injected loss and delay.
 
 mod support;
 
 mod launcher;
 mod member;
+mod transport;

@@ -183,6 +183,16 @@ pub fn http_post(url: &str, path: &str, body: &str, bearer: Option<&str>) -> (u1
     (code, body)
 }
 
+/// A bare HTTP/1.1 GET; returns the body.
+pub fn http_get(url: &str, path: &str) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
 pub fn door(data: &Path, member: &str) -> Value {
     try_door(data, member).unwrap_or_else(|| panic!("no door file for {member}"))
 }

@@ -491,6 +491,28 @@ impl Transport {
         self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
     }
 
+    /// Makes sure a connection to `peer` is up (dialing with back-off until `deadline`)
+    /// and returns it, so a link keeper can watch it close.
+    pub async fn connect(&self, peer: &str, deadline: Duration) -> Result<Link> {
+        let p = self.peer(peer)?;
+        let inner = self.inner.clone();
+        let until = Instant::now() + deadline;
+        let task = async move { connection(&inner, &p, until).await.map(Link) };
+        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+    }
+
+    /// Names of the peers this endpoint knows.
+    pub fn peers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.peers.read().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The runtime the endpoint runs on (for work that must not run on an actor's thread).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.runtime
+    }
+
     /// Counters of every peer.
     pub fn stats(&self) -> Vec<PeerStats> {
         let peers: Vec<Arc<Peer>> = self.inner.peers.read().unwrap().values().cloned().collect();
@@ -532,6 +554,25 @@ impl Transport {
     /// Closes every connection and the endpoint.
     pub fn close(&self) {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// A live connection to one peer.
+#[derive(Clone)]
+pub struct Link(Connection);
+
+impl Link {
+    /// Resolves when the connection is closed, with the reason.
+    pub async fn closed(&self) -> String {
+        self.0.closed().await.to_string()
+    }
+
+    pub fn rtt(&self) -> Duration {
+        self.0.rtt()
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.0.remote_address()
     }
 }
 

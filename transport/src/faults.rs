@@ -33,7 +33,7 @@ pub struct LinkFaults {
     /// Fixed delay added to every datagram.
     #[serde(default, with = "millis")]
     pub delay: Duration,
-    /// Up to this much more delay, uniformly at random.
+    /// The delay varies by up to this much either way, uniformly (`50ms ± 20ms`).
     #[serde(default, with = "millis")]
     pub jitter: Duration,
     /// Share of datagrams sent twice.
@@ -139,11 +139,13 @@ impl FaultTable {
         share > 0.0 && self.rng.lock().unwrap().f64() < share
     }
 
-    fn jitter(&self, max: Duration) -> Duration {
-        if max.is_zero() {
-            return Duration::ZERO;
+    /// `delay ± jitter`, uniformly, never below zero.
+    fn delay(&self, delay: Duration, jitter: Duration) -> Duration {
+        if jitter.is_zero() {
+            return delay;
         }
-        max.mul_f64(self.rng.lock().unwrap().f64())
+        let offset = jitter.as_secs_f64() * (2.0 * self.rng.lock().unwrap().f64() - 1.0);
+        Duration::from_secs_f64((delay.as_secs_f64() + offset).max(0.0))
     }
 }
 
@@ -195,7 +197,7 @@ impl AsyncUdpSocket for FaultSocket {
             counters.duplicated.fetch_add(1, Ordering::Relaxed);
         }
         for _ in 0..copies {
-            let mut delay = f.delay + self.table.jitter(f.jitter);
+            let mut delay = self.table.delay(f.delay, f.jitter);
             if self.table.chance(f.reorder) {
                 delay += Duration::from_millis(5) + f.delay + f.jitter;
             }

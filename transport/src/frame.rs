@@ -76,6 +76,21 @@ fn config() -> bincode::config::Configuration<
     bincode::config::standard().with_limit::<BINCODE_LIMIT>()
 }
 
+/// Encodes a keelson message (not a Kubernetes object: those ride as JSON) as a payload.
+pub fn to_payload<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Decodes a payload made by [`to_payload`]; trailing bytes are an error.
+pub fn from_payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| Error::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(Error::Malformed(format!("{} trailing bytes in a payload", bytes.len() - used)));
+    }
+    Ok(value)
+}
+
 /// Encodes one envelope as a frame.
 pub fn encode(env: &Envelope, max: usize) -> Result<Vec<u8>> {
     let body = bincode::serde::encode_to_vec(env, config()).map_err(|e| Error::Encode(e.to_string()))?;

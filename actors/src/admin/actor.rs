@@ -8,7 +8,8 @@ use actix::{ActorContext, ActorFutureExt, AsyncContext, Running};
 use actix_web::{App, HttpServer};
 
 use super::http::{routes, DoorState};
-use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Registry};
+use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason};
+use keelson_transport::Transport;
 
 pub struct AdminDoor {
     listener: Arc<TcpListener>,
@@ -18,12 +19,9 @@ pub struct AdminDoor {
 }
 
 impl AdminDoor {
-    pub fn new(cx: &ChildContext, listener: Arc<TcpListener>, token: Arc<str>) -> Self {
-        Self::with_registry(cx.registry.clone(), listener, token)
-    }
-
-    fn with_registry(registry: Registry, listener: Arc<TcpListener>, token: Arc<str>) -> Self {
-        Self { listener, state: DoorState { registry, token }, server: None, stopping: false }
+    pub fn new(cx: &ChildContext, listener: Arc<TcpListener>, token: Arc<str>, transport: Option<Transport>) -> Self {
+        let state = DoorState { registry: cx.registry.clone(), token, transport };
+        Self { listener, state, server: None, stopping: false }
     }
 
     fn serve(&mut self) -> std::io::Result<actix_web::dev::Server> {

@@ -5,8 +5,12 @@
 //! | --- | --- | --- | --- |
 //! | GET | `/healthz` | none | `ok` |
 //! | GET | `/tree` | none | a [`TreeSnapshot`](crate::runtime::TreeSnapshot) |
-//! | GET | `/events` | none | one [`Event`](crate::runtime::Event) per line, as they happen |
+//! | GET | `/events[?since=N]` | none | `{"bookmark":N}`, then one [`Event`](crate::runtime::Event) per line (kept ones after `since` first) |
 //! | POST | `/chaos/kill` | admin token | `{"path":…,"incarnation":…}` |
+//! | GET | `/transport` | none | per-peer counters ([`PeerStats`]) |
+//! | GET | `/metrics` | none | actors and transport counters, Prometheus text format |
+//! | POST | `/transport/ping` | admin token | pings a peer's probe over QUIC: `{"to":…,"count":…,"stream":…}` |
+//! | POST | `/chaos/net` | admin token | sets link faults: `{"peer":…,"direction":"out\|in\|both","faults":{…}}` or `{"heal":true}` |
 //!
 //! Observation is open (the door listens on loopback); anything that changes the tree
 //! needs `Authorization: Bearer <admin token>`. Errors are Kubernetes `Status` objects.
@@ -19,12 +23,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::runtime::{ActorPath, KillError, KillMode, Registry};
+use crate::transport::{ProbeReply, ProbeRequest, RemoteRef};
+use keelson_transport::faults::{Direction, LinkFaults};
+use keelson_transport::Transport;
 
 /// What every route needs.
 #[derive(Clone)]
 pub struct DoorState {
     pub registry: Registry,
     pub token: Arc<str>,
+    /// The member's QUIC endpoint, if it has one (the launcher does not).
+    pub transport: Option<Transport>,
 }
 
 /// Body of `POST /chaos/kill`.
@@ -58,6 +67,10 @@ pub fn routes(state: DoorState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/tree", web::get().to(tree))
             .route("/events", web::get().to(events))
             .route("/chaos/kill", web::post().to(kill))
+            .route("/chaos/net", web::post().to(net))
+            .route("/transport", web::get().to(transport_stats))
+            .route("/transport/ping", web::post().to(ping))
+            .route("/metrics", web::get().to(metrics))
             .default_service(web::to(|req: HttpRequest| async move {
                 status(StatusCode::NOT_FOUND, "NotFound", &format!("no route {} {}", req.method(), req.path()))
             }));
@@ -68,9 +81,22 @@ async fn tree(state: web::Data<DoorState>) -> HttpResponse {
     HttpResponse::Ok().json(state.registry.snapshot())
 }
 
-async fn events(state: web::Data<DoorState>) -> HttpResponse {
-    let rx = state.registry.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+/// Query of `GET /events`.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// Replay the kept events numbered after this one first (a follower reconnecting).
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+async fn events(state: web::Data<DoorState>, query: web::Query<EventsQuery>) -> HttpResponse {
+    let (replay, rx, last) = state.registry.events_since(query.since.unwrap_or(u64::MAX));
+    // First a bookmark (the number of the last event so far), so a follower that sees
+    // no event before a disconnect still knows where to resume.
+    let mut lines = vec![web::Bytes::from(format!("{{\"bookmark\":{last}}}\n"))];
+    lines.extend(replay.iter().map(|e| web::Bytes::from(serde_json::to_string(e).unwrap_or_default() + "\n")));
+    let replayed = futures_util::stream::iter(lines.into_iter().map(Ok::<_, actix_web::Error>));
+    let live = futures_util::stream::unfold(rx, |mut rx| async move {
         let line = match rx.recv().await {
             Ok(event) => serde_json::to_string(&event).unwrap_or_default(),
             Err(broadcast::error::RecvError::Lagged(n)) => format!("{{\"lagged\":{n}}}"),
@@ -78,7 +104,8 @@ async fn events(state: web::Data<DoorState>) -> HttpResponse {
         };
         Some((Ok::<_, actix_web::Error>(web::Bytes::from(line + "\n")), rx))
     });
-    HttpResponse::Ok().content_type("application/x-ndjson").streaming(stream)
+    use futures_util::StreamExt;
+    HttpResponse::Ok().content_type("application/x-ndjson").streaming(replayed.chain(live))
 }
 
 async fn kill(req: HttpRequest, state: web::Data<DoorState>, body: web::Json<KillRequest>) -> HttpResponse {
@@ -104,6 +131,171 @@ async fn kill(req: HttpRequest, state: web::Data<DoorState>, body: web::Json<Kil
         Err(e @ KillError::NoSuchActor(_)) => status(StatusCode::NOT_FOUND, "NotFound", &e.to_string()),
         Err(e) => status(StatusCode::CONFLICT, "Conflict", &e.to_string()),
     }
+}
+
+fn no_transport() -> HttpResponse {
+    status(StatusCode::NOT_FOUND, "NotFound", "this process has no transport endpoint")
+}
+
+async fn transport_stats(state: web::Data<DoorState>) -> HttpResponse {
+    match &state.transport {
+        Some(t) => HttpResponse::Ok().json(t.stats()),
+        None => no_transport(),
+    }
+}
+
+/// Body of `POST /transport/ping`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PingRequest {
+    pub to: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Ask for a streamed reply of this many items instead of single pings.
+    #[serde(default)]
+    pub stream: u32,
+    /// Send this many one-way notes first (each reply then counts them).
+    #[serde(default)]
+    pub notes: u32,
+    #[serde(default = "default_ping_deadline")]
+    pub deadline_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_ping_deadline() -> u64 {
+    2000
+}
+
+/// One ping's outcome.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct PingOutcome {
+    pub rtt_us: Option<u64>,
+    pub reply: Option<ProbeReply>,
+    pub error: Option<String>,
+}
+
+async fn ping(req: HttpRequest, state: web::Data<DoorState>, body: web::Json<PingRequest>) -> HttpResponse {
+    if !authorized(&req, &state.token) {
+        return unauthorized();
+    }
+    let Some(t) = state.transport.clone() else { return no_transport() };
+    if !t.peers().contains(&body.to) {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("{:?} is not a peer of this member", body.to));
+    }
+    let me = ActorPath::root(state.registry.member()).child("admin");
+    let Some(target) = ActorPath::parse(&format!("/{}/transport/probe", body.to)) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "peer names are path segments");
+    };
+    let remote = RemoteRef::new(t, target, me);
+    let deadline = std::time::Duration::from_millis(body.deadline_ms);
+    let mut outcomes = Vec::new();
+    for _ in 0..body.notes {
+        if let Err(e) = remote.tell(&ProbeRequest::Note, deadline).await {
+            outcomes.push(PingOutcome { rtt_us: None, reply: None, error: Some(format!("note: {e}")) });
+        }
+    }
+    if body.stream > 0 {
+        use futures_util::StreamExt;
+        let began = std::time::Instant::now();
+        match remote.stream::<_, ProbeReply>(&ProbeRequest::Count(body.stream), deadline).await {
+            Ok(items) => {
+                let mut items = std::pin::pin!(items);
+                while let Some(item) = items.next().await {
+                    let rtt_us = Some(began.elapsed().as_micros() as u64);
+                    outcomes.push(match item {
+                        Ok(reply) => PingOutcome { rtt_us, reply: Some(reply), error: None },
+                        Err(e) => PingOutcome { rtt_us: None, reply: None, error: Some(e.to_string()) },
+                    });
+                }
+            }
+            Err(e) => outcomes.push(PingOutcome { rtt_us: None, reply: None, error: Some(e.to_string()) }),
+        }
+    } else {
+        for _ in 0..body.count.max(1) {
+            let began = std::time::Instant::now();
+            outcomes.push(match remote.request::<_, ProbeReply>(&ProbeRequest::Ping, deadline).await {
+                Ok(reply) => {
+                    PingOutcome { rtt_us: Some(began.elapsed().as_micros() as u64), reply: Some(reply), error: None }
+                }
+                Err(e) => PingOutcome { rtt_us: None, reply: None, error: Some(e.to_string()) },
+            });
+        }
+    }
+    HttpResponse::Ok().json(outcomes)
+}
+
+/// Body of `POST /chaos/net`.
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct NetRequest {
+    #[serde(default)]
+    pub heal: bool,
+    #[serde(default)]
+    pub peer: Option<String>,
+    #[serde(default)]
+    pub direction: Option<NetDirection>,
+    #[serde(default)]
+    pub faults: LinkFaults,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetDirection {
+    Out,
+    In,
+    Both,
+}
+
+async fn net(req: HttpRequest, state: web::Data<DoorState>, body: web::Json<NetRequest>) -> HttpResponse {
+    if !authorized(&req, &state.token) {
+        return unauthorized();
+    }
+    let Some(t) = &state.transport else { return no_transport() };
+    let table = t.faults();
+    if body.heal {
+        table.heal();
+        tracing::warn!("network faults healed through the chaos door");
+    } else {
+        let Some(peer) = &body.peer else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "say which peer (or heal)");
+        };
+        let Some(addr) = t.peer_addr(peer) else {
+            return status(StatusCode::NOT_FOUND, "NotFound", &format!("{peer:?} is not a peer of this member"));
+        };
+        if let Err(e) = body.faults.validate() {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", &e);
+        }
+        let dirs: &[Direction] = match body.direction.unwrap_or(NetDirection::Out) {
+            NetDirection::Out => &[Direction::Out],
+            NetDirection::In => &[Direction::In],
+            NetDirection::Both => &[Direction::Out, Direction::In],
+        };
+        for d in dirs {
+            table.set(addr, *d, body.faults);
+        }
+        tracing::warn!(%peer, faults = ?body.faults, "network faults set through the chaos door");
+    }
+    let rules: Vec<serde_json::Value> = table
+        .rules()
+        .into_iter()
+        .map(|(addr, dir, f)| {
+            let peer = t.peers().into_iter().find(|p| t.peer_addr(p) == Some(addr));
+            serde_json::json!({"peer": peer, "addr": addr.to_string(), "direction": dir, "faults": f})
+        })
+        .collect();
+    HttpResponse::Ok().json(rules)
+}
+
+/// Actors and transport counters in the Prometheus text format.
+async fn metrics(state: web::Data<DoorState>) -> HttpResponse {
+    let snapshot = state.registry.snapshot();
+    let stats = state.transport.as_ref().map(|t| t.stats()).unwrap_or_default();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(super::metrics::render(&snapshot, &stats))
+}
+
+fn unauthorized() -> HttpResponse {
+    status(StatusCode::UNAUTHORIZED, "Unauthorized", "this needs the admin token (Authorization: Bearer …)")
 }
 
 /// Compares the bearer token in constant time (per byte of the expected token).

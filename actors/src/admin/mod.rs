@@ -4,8 +4,9 @@
 
 mod actor;
 pub mod http;
+mod metrics;
 #[cfg(test)]
 mod tests;
 
 pub use actor::AdminDoor;
-pub use http::{KillRequest, Killed};
+pub use http::{KillRequest, Killed, NetDirection, NetRequest, PingOutcome, PingRequest};

@@ -115,20 +115,38 @@ pub struct Entry {
     /// The parent's intensity period: the window `restarts_in_window` counts over.
     window: Duration,
     state: Mutex<EntryState>,
-    events: Events,
+    events: Arc<Events>,
 }
 
-#[derive(Clone)]
+/// Lifecycle events: a broadcast for live followers, and the most recent ones kept so
+/// a follower that reconnects (say, after the door itself restarted) misses nothing.
 struct Events {
     tx: broadcast::Sender<Event>,
-    seq: Arc<AtomicU64>,
+    recent: Mutex<(u64, VecDeque<Event>)>,
 }
 
 impl Events {
+    fn new() -> Self {
+        let (tx, _) = broadcast::channel(EVENT_BUFFER);
+        Self { tx, recent: Mutex::new((0, VecDeque::with_capacity(EVENT_BUFFER))) }
+    }
+
     fn emit(&self, path: &ActorPath, incarnation: u64, kind: EventKind) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let _no_subscriber_is_fine =
-            self.tx.send(Event { seq, at_ms: now_ms(), path: path.clone(), incarnation, event: kind });
+        // Numbered, kept and broadcast under one lock, so replay and live never overlap.
+        let mut recent = self.recent.lock().unwrap();
+        recent.0 += 1;
+        let event = Event { seq: recent.0, at_ms: now_ms(), path: path.clone(), incarnation, event: kind };
+        if recent.1.len() == EVENT_BUFFER {
+            recent.1.pop_front();
+        }
+        recent.1.push_back(event.clone());
+        let _no_subscriber_is_fine = self.tx.send(event);
+    }
+
+    fn since(&self, seq: u64) -> (Vec<Event>, broadcast::Receiver<Event>, u64) {
+        let recent = self.recent.lock().unwrap();
+        let rx = self.tx.subscribe();
+        (recent.1.iter().filter(|e| e.seq > seq).cloned().collect(), rx, recent.0)
     }
 }
 
@@ -349,17 +367,16 @@ pub struct Registry {
 struct Inner {
     member: String,
     entries: RwLock<BTreeMap<ActorPath, Arc<Entry>>>,
-    events: Events,
+    events: Arc<Events>,
 }
 
 impl Registry {
     pub fn new(member: &str) -> Self {
-        let (tx, _) = broadcast::channel(EVENT_BUFFER);
         Self {
             inner: Arc::new(Inner {
                 member: member.to_string(),
                 entries: RwLock::new(BTreeMap::new()),
-                events: Events { tx, seq: Arc::new(AtomicU64::new(0)) },
+                events: Arc::new(Events::new()),
             }),
         }
     }
@@ -414,6 +431,14 @@ impl Registry {
         }
     }
 
+    /// Sets the detail line an actor shows in the tree (a link's state, say).
+    pub fn set_info(&self, path: &ActorPath, info: String) {
+        let entry = self.inner.entries.read().unwrap().get(path).cloned();
+        if let Some(e) = entry {
+            e.set_info(info);
+        }
+    }
+
     /// Kills the running incarnation at `path`; returns which incarnation was hit.
     pub fn kill(&self, path: &ActorPath, mode: KillMode) -> Result<u64, KillError> {
         let entry = self.inner.entries.read().unwrap().get(path).cloned();
@@ -444,5 +469,11 @@ impl Registry {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.tx.subscribe()
+    }
+
+    /// The kept events numbered after `seq`, a receiver for every later one, and the
+    /// number of the last event so far.
+    pub fn events_since(&self, seq: u64) -> (Vec<Event>, broadcast::Receiver<Event>, u64) {
+        self.inner.events.since(seq)
     }
 }
