@@ -18,7 +18,7 @@ use keelson_transport::Transport;
 use crate::admin::AdminDoor;
 use crate::process::{ChildProcess, ProcessSpec};
 use crate::runtime::{ActorPath, ChildSpec, Restart, Strategy, SupervisorSpec};
-use crate::transport::{transport_tree, Router};
+use crate::transport::{transport_tree, Admission, Router};
 
 fn door(cfg: &MemberConfig, listener: Arc<TcpListener>, transport: Option<Transport>) -> ChildSpec {
     let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
@@ -26,17 +26,19 @@ fn door(cfg: &MemberConfig, listener: Arc<TcpListener>, transport: Option<Transp
     ChildSpec::new("admin", Restart::Permanent, factory).0
 }
 
-/// One control-plane member (`keelson server`): its door, then its transport subtree.
+/// One control-plane member (`keelson server`): its door, then its transport subtree;
+/// `admission` lets it admit new members (it needs the CA's key).
 pub fn server_tree(
     cfg: &MemberConfig,
     listener: Arc<TcpListener>,
     transport: Transport,
     router: Arc<Router>,
+    admission: Option<Admission>,
 ) -> SupervisorSpec {
     let root = ActorPath::root(&cfg.name);
     SupervisorSpec::new(Strategy::OneForOne, cfg.root)
         .child(door(cfg, listener, Some(transport.clone())))
-        .child(transport_tree(&root, transport, router, SupervisorConfig::default()))
+        .child(transport_tree(&root, transport, router, admission, SupervisorConfig::default()))
 }
 
 /// A member process the launcher keeps running.

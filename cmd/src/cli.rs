@@ -77,6 +77,9 @@ pub enum Command {
     /// Break things on purpose.
     #[command(subcommand)]
     Chaos(ChaosCommand),
+    /// Join tokens: let a new member join this cluster.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measure; prints figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -115,6 +118,29 @@ pub struct ServerArgs {
     /// Seed of the injected-fault pattern (for replaying a lossy run).
     #[arg(long, default_value_t = 1)]
     pub fault_seed: u64,
+    /// Join the cluster of the member whose QUIC endpoint is at HOST:PORT (first start
+    /// only: the certificate it gets is kept in the data folder).
+    #[arg(long, requires = "token")]
+    pub join: Option<SocketAddr>,
+    /// The join token (`keelson token create` on a member of that cluster).
+    #[arg(long, env = "KEELSON_JOIN_TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it.
+    Create {
+        /// How long it stays valid.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (never their secrets).
+    List,
+    /// Revoke a join token by id.
+    Revoke { id: String },
 }
 
 #[derive(Args)]

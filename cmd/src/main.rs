@@ -4,10 +4,12 @@ mod bench;
 mod cli;
 mod client;
 mod datadir;
+mod joined;
 mod member;
 mod observe;
 mod pki;
 mod render;
+mod tokens;
 mod up;
 
 use std::process::ExitCode;
@@ -15,13 +17,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use keelson_actors::member::server_tree;
-use keelson_actors::transport::Router;
+use keelson_actors::transport::{Admission, Router};
 use keelson_config::{AdminConfig, Backoff, MemberConfig, SupervisorConfig};
 use keelson_transport::tls::{Identity, Role};
 use keelson_transport::{Transport, TransportConfig};
+use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
-use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat};
+use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat, TokenCommand};
 use datadir::DataDir;
 
 fn main() -> ExitCode {
@@ -70,6 +73,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Command::Bench(BenchCommand::Actors(args)) => bench::actors(args).map(|()| 0),
+        Command::Token(t) => {
+            let data = DataDir::existing(&data_dir)?;
+            match t {
+                TokenCommand::Create { ttl, description } => println!("{}", tokens::create(&data, ttl, &description)?),
+                TokenCommand::List => print!("{}", tokens::list(&data)?),
+                TokenCommand::Revoke { id } => {
+                    tokens::revoke(&data, &id)?;
+                    println!("revoked {id}");
+                }
+            }
+            Ok(0)
+        }
     }
 }
 
@@ -91,20 +106,31 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         },
     }
     .validate()?;
-    let ca = pki::ca(&data)?;
     let identity = Identity::new(&args.name, Role::Server)?;
-    let creds = pki::credentials(&data, &ca, &identity)?;
+    let socket = std::net::UdpSocket::bind(args.quic_listen)
+        .with_context(|| format!("cannot bind QUIC on {}", args.quic_listen))?;
+    let quic = socket.local_addr()?;
+    let (creds, mut peers) = match (pki::stored(&data, &identity)?, args.join) {
+        (Some(creds), _) => (creds, joined::peers(&data, &identity)?),
+        (None, Some(addr)) => joined::join(&data, &identity, addr, args.token.as_deref().unwrap_or_default(), quic)?,
+        (None, None) => (pki::credentials(&data, &pki::ca(&data)?, &identity)?, Vec::new()),
+    };
+    // A member holding the CA's key can admit new members.
+    let admission = pki::ca_if_present(&data)?
+        .filter(|ca| ca.cert_pem == creds.ca_pem)
+        .map(|ca| Admission { ca, tokens: Arc::new(tokens::FileTokenBook::new(&data)) });
+    peers.extend(args.peers.iter().map(|(n, a)| (Identity { name: n.clone(), role: Role::Server }, *a)));
     let tcfg = TransportConfig { listen: args.quic_listen, fault_seed: args.fault_seed, ..TransportConfig::default() };
     let (transport, inbox, _quic_runtime) =
-        Transport::start(&creds, tcfg).with_context(|| format!("cannot start QUIC on {}", args.quic_listen))?;
-    for (name, addr) in &args.peers {
-        transport.add_peer(Identity::new(name, Role::Server)?, *addr);
+        Transport::start_with_socket(&creds, tcfg, socket).with_context(|| format!("cannot start QUIC on {quic}"))?;
+    for (id, addr) in peers.into_iter().filter(|(id, _)| id.name != args.name) {
+        transport.add_peer(id, addr);
     }
     let router = Router::new();
     router.pump(inbox, transport.runtime());
     tracing::info!(quic = %transport.local_addr(), peers = ?transport.peers(), "transport up");
     let t = transport.clone();
-    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router), None);
+    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission), None);
     transport.close();
     code
 }

@@ -17,7 +17,7 @@ use keelson_transport::tls::{ClusterCa, Credentials, Identity};
 
 use crate::datadir::DataDir;
 
-fn write_secret(path: &Path, contents: &str) -> Result<()> {
+pub fn write_secret(path: &Path, contents: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -29,16 +29,26 @@ fn write_secret(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
-/// The cluster CA, created on first use.
-pub fn ca(data: &DataDir) -> Result<ClusterCa> {
+/// The cluster CA, if this data folder holds it (with its key).
+pub fn ca_if_present(data: &DataDir) -> Result<Option<ClusterCa>> {
     let root = data.root();
     let (id_path, crt, key) = (root.join("cluster-id"), root.join("ca.crt"), root.join("ca.key"));
-    if crt.exists() {
-        let cluster = std::fs::read_to_string(&id_path).context("ca.crt without cluster-id")?;
-        let ca = ClusterCa::from_pem(cluster.trim(), &std::fs::read_to_string(&crt)?, &std::fs::read_to_string(&key)?)
-            .with_context(|| format!("the CA in {} is unusable", root.display()))?;
+    if !crt.exists() || !key.exists() {
+        return Ok(None);
+    }
+    let cluster = std::fs::read_to_string(&id_path).context("ca.crt without cluster-id")?;
+    let ca = ClusterCa::from_pem(cluster.trim(), &std::fs::read_to_string(&crt)?, &std::fs::read_to_string(&key)?)
+        .with_context(|| format!("the CA in {} is unusable", root.display()))?;
+    Ok(Some(ca))
+}
+
+/// The cluster CA, created on first use.
+pub fn ca(data: &DataDir) -> Result<ClusterCa> {
+    if let Some(ca) = ca_if_present(data)? {
         return Ok(ca);
     }
+    let root = data.root();
+    let (id_path, crt, key) = (root.join("cluster-id"), root.join("ca.crt"), root.join("ca.key"));
     let cluster = format!("keelson-{}", &data.token()?[..8]);
     let ca = ClusterCa::generate(&cluster)?;
     write_secret(&key, &ca.key_pem)?;
@@ -47,20 +57,38 @@ pub fn ca(data: &DataDir) -> Result<ClusterCa> {
     Ok(ca)
 }
 
-/// A member's credentials: read back if present and still for this identity, else issued.
-pub fn credentials(data: &DataDir, ca: &ClusterCa, identity: &Identity) -> Result<Credentials> {
+/// A member's stored credentials (`<member>/tls.crt`, `tls.key`, `ca.crt`), if they
+/// are there and name it.
+pub fn stored(data: &DataDir, identity: &Identity) -> Result<Option<Credentials>> {
     let dir = data.member_dir(&identity.name)?;
-    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    if let (Ok(cert_pem), Ok(key_pem)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
-        let creds = Credentials { identity: identity.clone(), cert_pem, key_pem, ca_pem: ca.cert_pem.clone() };
-        if creds.chain().first().is_some_and(|c| {
-            keelson_transport::tls::certifies(c, identity) && keelson_transport::tls::chains_to(c, ca.cert_der())
-        }) {
-            return Ok(creds);
-        }
+    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+    let (Ok(cert_pem), Ok(key_pem), Ok(ca_pem)) = (read("tls.crt"), read("tls.key"), read("ca.crt")) else {
+        return Ok(None);
+    };
+    let creds = Credentials { identity: identity.clone(), cert_pem, key_pem, ca_pem };
+    let ca = rustls_pki_types::pem::PemObject::from_pem_slice(creds.ca_pem.as_bytes()).ok();
+    let ok = creds.chain().first().is_some_and(|c| {
+        keelson_transport::tls::certifies(c, identity)
+            && ca.as_ref().is_some_and(|ca| keelson_transport::tls::chains_to(c, ca))
+    });
+    Ok(ok.then_some(creds))
+}
+
+/// Keeps a member's credentials in its folder.
+pub fn store(data: &DataDir, creds: &Credentials) -> Result<()> {
+    let dir = data.member_dir(&creds.identity.name)?;
+    write_secret(&dir.join("tls.key"), &creds.key_pem)?;
+    std::fs::write(dir.join("tls.crt"), &creds.cert_pem)?;
+    std::fs::write(dir.join("ca.crt"), &creds.ca_pem)?;
+    Ok(())
+}
+
+/// A member's credentials from this folder's CA: read back if still valid, else issued.
+pub fn credentials(data: &DataDir, ca: &ClusterCa, identity: &Identity) -> Result<Credentials> {
+    if let Some(creds) = stored(data, identity)?.filter(|c| c.ca_pem == ca.cert_pem) {
+        return Ok(creds);
     }
     let creds = ca.issue(identity)?;
-    write_secret(&key, &creds.key_pem)?;
-    std::fs::write(&crt, &creds.cert_pem)?;
+    store(data, &creds)?;
     Ok(creds)
 }

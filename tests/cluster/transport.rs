@@ -87,3 +87,69 @@ fn three_members_exchange_messages_survive_kills_and_partitions() {
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(30)), 0);
 }
+
+#[test]
+fn a_new_member_joins_with_a_token_and_a_revoked_one_is_refused() {
+    let _one = serial();
+    let scratch = Scratch::new("join");
+    let data = scratch.data();
+    let mut up = Running::start(&data, &["up", "--servers", "2"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", START);
+
+    let token = run_ok(&data, &["token", "create", "--ttl", "10m", "--description", "for server-9"]).trim().to_string();
+    assert!(token.starts_with("keelson1."), "{token}");
+    let through = std::fs::read_to_string(data.join("server-1/quic-addr")).unwrap();
+    let elsewhere = scratch.0.join("elsewhere");
+    let mut joiner = Running::start(
+        &elsewhere,
+        &["server", "--name", "server-9", "--quic-listen", "127.0.0.1:0", "--join", through.trim(), "--token", &token],
+        &scratch.0.join("server-9.log"),
+    );
+    eventually("server-9 serving", START, || elsewhere.join("server-9/admin.json").exists());
+    // The joiner got its certificate from the cluster's CA, and talks both ways, with
+    // the member it joined through and with one it only learned about.
+    assert_eq!(std::fs::read(elsewhere.join("server-9/ca.crt")).unwrap(), std::fs::read(data.join("ca.crt")).unwrap());
+    assert!(!elsewhere.join("ca.key").exists(), "a joiner never gets the CA's key");
+    for to in ["server-1", "server-2"] {
+        let (ok, out) = ping(&elsewhere, &[to, "--from", "server-9", "--count", "1"]);
+        assert!(ok, "server-9 -> {to}: {out}");
+    }
+    for from in ["server-1", "server-2"] {
+        eventually(&format!("{from} reaches server-9"), Duration::from_secs(20), || {
+            ping(&data, &["server-9", "--from", from, "--count", "1"]).0
+        });
+    }
+    eventually("a link keeper for server-9 on server-2", Duration::from_secs(20), || {
+        actor(&data, "/server-2/transport/server-9").is_some_and(|a| a["state"] == "running")
+    });
+
+    // Revoked: refused, with the reason, and nothing joins.
+    let id = token.split('.').nth(2).unwrap().to_string();
+    run_ok(&data, &["token", "revoke", &id]);
+    assert!(run_ok(&data, &["token", "list"]).contains("revoked"));
+    let late = scratch.0.join("late");
+    let out = keelson()
+        .args([
+            "server",
+            "--name",
+            "server-8",
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--join",
+            through.trim(),
+            "--token",
+            &token,
+        ])
+        .arg("--data-dir")
+        .arg(&late)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token revoked"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!late.join("server-8/tls.crt").exists());
+
+    joiner.signal(libc::SIGTERM);
+    assert_eq!(joiner.wait(Duration::from_secs(30)), 0);
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(30)), 0);
+}

@@ -108,7 +108,7 @@ pub fn config(max: u32, period_ms: u64) -> SupervisorConfig {
 pub fn root(member: &str, strategy: Strategy, cfg: SupervisorConfig, children: Vec<ChildSpec>) -> (Registry, Root) {
     install_panic_hook(true);
     let registry = Registry::new(member);
-    let spec = SupervisorSpec { strategy, config: cfg, children: std::sync::Arc::new(children) };
+    let spec = children.into_iter().fold(SupervisorSpec::new(strategy, cfg), SupervisorSpec::child);
     let root = start_root(&registry, spec);
     (registry, root)
 }

@@ -5,6 +5,9 @@
 //!   named actors on two and three endpoints;
 //! - a peer with a certificate from another CA, or with none, is refused; a peer whose
 //!   certificate does not name who it claims to be is cut off;
+//! - a joiner with a valid token gets a certificate and talks both ways; an expired,
+//!   revoked or foreign token is refused, and a peer without a certificate may ask for
+//!   nothing but to join;
 //! - garbage on a stream closes that stream only: the endpoint keeps serving;
 //! - with 20% loss, 50 ms ± 20 ms delay and 5% duplication, 10,000 requests all
 //!   complete, each handled exactly once, each with its own reply;
@@ -15,5 +18,6 @@
 mod support;
 
 mod faults;
+mod join;
 mod patterns;
 mod security;

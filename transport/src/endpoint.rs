@@ -120,7 +120,11 @@ struct Inner {
     peers: RwLock<HashMap<String, Arc<Peer>>>,
     cfg: TransportConfig,
     inbox: mpsc::Sender<Inbound>,
+    /// Told of each peer added after start (joined, or learned from its connection).
+    on_new_peer: RwLock<Option<NewPeerHook>>,
 }
+
+type NewPeerHook = Arc<dyn Fn(&Transport, Identity) + Send + Sync>;
 
 /// A handle on the process's endpoint; cheap to clone.
 #[derive(Clone)]
@@ -144,7 +148,9 @@ impl Drop for TransportRuntime {
 
 /// A message that arrived for this process.
 pub struct Inbound {
-    pub from: Identity,
+    /// The sender, proven by its certificate; `None` only for a join request from a
+    /// peer that has no certificate yet.
+    pub from: Option<Identity>,
     pub envelope: Envelope,
     pub reply: Reply,
 }
@@ -249,6 +255,17 @@ impl Transport {
         creds: &Credentials,
         cfg: TransportConfig,
     ) -> Result<(Self, mpsc::Receiver<Inbound>, TransportRuntime)> {
+        let socket = std::net::UdpSocket::bind(cfg.listen).map_err(Error::Io)?;
+        Self::start_with_socket(creds, cfg, socket)
+    }
+
+    /// Like [`Transport::start`], on a socket bound earlier (a joiner must tell the
+    /// cluster where it listens before it holds the credentials to start).
+    pub fn start_with_socket(
+        creds: &Credentials,
+        cfg: TransportConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>, TransportRuntime)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("keelson-quic")
@@ -258,15 +275,16 @@ impl Transport {
         // Owned from here on, so an error below shuts it down without blocking.
         let owned = TransportRuntime { runtime: Some(runtime) };
         let handle = owned.runtime.as_ref().expect("just built").handle().clone();
-        let (t, rx) = Self::start_on(handle, creds, cfg)?;
+        let (t, rx) = Self::start_on(handle, creds, cfg, socket)?;
         Ok((t, rx, owned))
     }
 
-    /// Binds the endpoint on an existing multi-threaded runtime.
+    /// Serves `std_socket` on an existing multi-threaded runtime.
     pub fn start_on(
         runtime: tokio::runtime::Handle,
         creds: &Credentials,
         cfg: TransportConfig,
+        std_socket: std::net::UdpSocket,
     ) -> Result<(Self, mpsc::Receiver<Inbound>)> {
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -286,7 +304,6 @@ impl Transport {
         let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
         client.transport_config(transport);
 
-        let std_socket = std::net::UdpSocket::bind(cfg.listen).map_err(Error::Io)?;
         let bound = Arc::new(BoundRuntime(runtime.clone()));
         let inner_socket = quinn::Runtime::wrap_udp_socket(&*bound, std_socket).map_err(Error::Io)?;
         let faults = Arc::new(FaultTable::new(cfg.fault_seed));
@@ -304,6 +321,7 @@ impl Transport {
             peers: RwLock::default(),
             cfg,
             inbox,
+            on_new_peer: RwLock::new(None),
         });
         runtime.spawn(accept_loop(inner.clone()));
         Ok((Self { inner }, rx))
@@ -344,8 +362,29 @@ impl Transport {
                     counters: Counters::default(),
                 };
                 peers.insert(identity.name.clone(), Arc::new(peer));
+                drop(peers);
+                let hook = self.inner.on_new_peer.read().unwrap().clone();
+                if let Some(hook) = hook {
+                    hook(self, identity);
+                }
             }
         }
+    }
+
+    /// Calls `hook` for every peer added from now on (to start a link keeper for it).
+    /// The hook is given the endpoint rather than capturing it, so no cycle keeps the
+    /// endpoint alive.
+    pub fn on_new_peer(&self, hook: impl Fn(&Transport, Identity) + Send + Sync + 'static) {
+        *self.inner.on_new_peer.write().unwrap() = Some(Arc::new(hook));
+    }
+
+    /// Every known peer and its address.
+    pub fn peer_list(&self) -> Vec<(Identity, SocketAddr)> {
+        let peers = self.inner.peers.read().unwrap();
+        let mut out: Vec<(Identity, SocketAddr)> =
+            peers.values().map(|p| (p.identity.clone(), *p.addr.read().unwrap())).collect();
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
     }
 
     /// The address a peer was added with.
@@ -730,6 +769,16 @@ async fn serve_connection(inner: Arc<Inner>, conn: Connection) {
     tracing::debug!(%remote, reason = ?conn.close_reason(), "connection closed");
 }
 
+/// A verified peer that dialed us and that we did not know: its connection comes from
+/// its endpoint's own socket, so its address is where it listens. Remember it.
+fn learn_peer(inner: &Arc<Inner>, id: &Identity, addr: SocketAddr) {
+    if inner.peers.read().unwrap().contains_key(&id.name) {
+        return;
+    }
+    tracing::info!(peer = %id.name, %addr, "learned a new peer from its connection");
+    Transport { inner: inner.clone() }.add_peer(id.clone(), addr);
+}
+
 /// Reads the first frame of an inbound stream and hands the message to the application.
 async fn serve_stream(
     inner: Arc<Inner>,
@@ -747,30 +796,42 @@ async fn serve_stream(
             return;
         }
     };
-    let known = who.lock().unwrap().clone();
-    let from = match known {
-        Some(id) if id.name == env.from.member => id,
-        Some(id) => {
-            tracing::warn!(peer = %id.name, claimed = %env.from.member, "peer claimed another name; closing");
-            conn.close(2u32.into(), b"identity mismatch");
+    let from = if peer_cert(&conn).is_none() {
+        // No certificate: the only thing such a peer may do is ask to join.
+        if env.to.path != crate::join::JOIN_PATH || !matches!(env.kind, Kind::Request { .. }) {
+            tracing::warn!(remote = %conn.remote_address(), path = %env.to.path, "refused: no certificate");
+            conn.close(3u32.into(), b"a certificate is required");
             return;
         }
-        None => match verify_claim(&conn, &env.from.member) {
+        None
+    } else {
+        let known = who.lock().unwrap().clone();
+        let id = match known {
+            Some(id) if id.name == env.from.member => id,
             Some(id) => {
-                *who.lock().unwrap() = Some(id.clone());
-                id
-            }
-            None => {
-                tracing::warn!(remote = %conn.remote_address(), claimed = %env.from.member, "certificate does not name the claimed peer; closing");
+                tracing::warn!(peer = %id.name, claimed = %env.from.member, "peer claimed another name; closing");
                 conn.close(2u32.into(), b"identity mismatch");
                 return;
             }
-        },
+            None => match verify_claim(&conn, &env.from.member) {
+                Some(id) => {
+                    *who.lock().unwrap() = Some(id.clone());
+                    learn_peer(&inner, &id, conn.remote_address());
+                    id
+                }
+                None => {
+                    tracing::warn!(remote = %conn.remote_address(), claimed = %env.from.member, "certificate does not name the claimed peer; closing");
+                    conn.close(2u32.into(), b"identity mismatch");
+                    return;
+                }
+            },
+        };
+        if let Some(p) = inner.peers.read().unwrap().get(&id.name) {
+            p.counters.received.fetch_add(1, Ordering::Relaxed);
+            p.counters.bytes_received.fetch_add(used as u64, Ordering::Relaxed);
+        }
+        Some(id)
     };
-    if let Some(p) = inner.peers.read().unwrap().get(&from.name) {
-        p.counters.received.fetch_add(1, Ordering::Relaxed);
-        p.counters.bytes_received.fetch_add(used as u64, Ordering::Relaxed);
-    }
     let reply = match (env.kind.clone(), send) {
         (Kind::OneWay, _) => Reply::None,
         (Kind::Request { .. }, Some(send)) => Reply::Stream {

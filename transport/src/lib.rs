@@ -18,12 +18,14 @@
 //!
 //! - [`tls`]: the cluster CA and members' identities (mutual TLS 1.3, ring only);
 //! - [`faults`]: loss, delay, duplication, reordering and partitions in the socket layer;
+//! - [`join`]: tokens, and joining a cluster with one;
 //! - [`endpoint`]: one QUIC endpoint per process: request/response, one-way, streamed
 //!   replies and raw bidirectional streams, with reconnection and per-peer counters.
 
 mod endpoint;
 pub mod faults;
 pub mod frame;
+pub mod join;
 pub mod tls;
 
 use std::time::Duration;

@@ -143,6 +143,22 @@ impl ClusterCa {
 
     /// Issues a certificate for `identity` with a fresh key.
     pub fn issue(&self, identity: &Identity) -> Result<Credentials, TlsError> {
+        let key = KeyPair::generate()?;
+        let cert = self.sign(identity, &key)?;
+        Ok(Credentials {
+            identity: identity.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: self.cert_pem.clone(),
+        })
+    }
+
+    /// Signs a certificate naming `identity` for `key`.
+    pub(crate) fn sign(
+        &self,
+        identity: &Identity,
+        key: &impl rcgen::PublicKeyData,
+    ) -> Result<rcgen::Certificate, TlsError> {
         // The issuer is rebuilt from the same parameters as the CA (no certificate
         // parser needed): same subject, same key, so the same issuer name and key id.
         let issuer = Issuer::new(ca_params(&self.cluster)?, KeyPair::from_pem(&self.key_pem)?);
@@ -151,14 +167,7 @@ impl ClusterCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         validity(&mut params);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(Credentials {
-            identity: identity.clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            ca_pem: self.cert_pem.clone(),
-        })
+        Ok(params.signed_by(key, &issuer)?)
     }
 }
 
@@ -203,15 +212,21 @@ impl Credentials {
         Ok(Arc::new(roots))
     }
 
-    /// rustls server side: our certificate, and client certificates required from our CA.
+    /// rustls server side: our certificate (with the CA, so a joiner can pin it by
+    /// hash), and client certificates from our CA verified when presented. A client
+    /// without one is let through the handshake only to ask to join: the endpoint
+    /// refuses it everything else.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+            .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut chain = self.chain();
+        chain.extend(pem_certs(&self.ca_pem));
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain(), self.key()?)?;
+            .with_single_cert(chain, self.key()?)?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
     }

@@ -61,7 +61,7 @@ impl std::fmt::Display for ExitReason {
         match self {
             Self::Normal => f.write_str("normal"),
             Self::Shutdown { forced: false } => f.write_str("shutdown"),
-            Self::Shutdown { forced: true } => f.write_str("shutdown (forced after timeout)"),
+            Self::Shutdown { forced: true } => f.write_str("shutdown (forced)"),
             Self::Killed { mode } => write!(f, "killed ({})", if *mode == KillMode::Panic { "panic" } else { "stop" }),
             Self::Panic { message } => write!(f, "panic: {message}"),
             Self::Failed { message } => write!(f, "failed: {message}"),

@@ -113,9 +113,18 @@ impl ChildSpec {
         F: Fn(&ChildContext) -> A + Send + Sync + 'static,
     {
         let reference = Ref::new();
+        (Self::with_ref(name, restart, &reference, factory), reference)
+    }
+
+    /// Like [`ChildSpec::new`], for a reference made earlier (one that the child's
+    /// own siblings must hold before the spec exists).
+    pub fn with_ref<A, F>(name: &str, restart: Restart, reference: &Ref<A>, factory: F) -> Self
+    where
+        A: Actor,
+        F: Fn(&ChildContext) -> A + Send + Sync + 'static,
+    {
         let starter = ActorStarter { factory, reference: reference.clone() };
-        let spec = Self { name: name.to_string(), restart, shutdown: WORKER_SHUTDOWN, starter: Arc::new(starter) };
-        (spec, reference)
+        Self { name: name.to_string(), restart, shutdown: WORKER_SHUTDOWN, starter: Arc::new(starter) }
     }
 
     pub fn with_shutdown(mut self, timeout: Duration) -> Self {

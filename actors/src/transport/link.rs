@@ -11,7 +11,12 @@ use std::time::Duration;
 use actix::{ActorFutureExt, AsyncContext};
 use keelson_transport::{Link, Transport};
 
+use super::{ProbeRequest, RemoteRef};
 use crate::runtime::{Actor, ActorPath, ChildContext, Ctx, Incarnation, Registry};
+
+fn probe_of(peer: &str) -> ActorPath {
+    ActorPath::root(peer).child("transport").child("probe")
+}
 
 const DIAL_DEADLINE: Duration = Duration::from_secs(3);
 const REDIAL_INITIAL: Duration = Duration::from_millis(100);
@@ -51,6 +56,12 @@ impl PeerLink {
 
     fn up(&mut self, link: Link, ctx: &mut Ctx<Self>) {
         self.failures = 0;
+        // A hello, so a peer that does not know us yet (we joined later) learns where
+        // we listen from this first message.
+        let hello = RemoteRef::new(self.transport.clone(), probe_of(&self.peer), self.path.clone());
+        actix::spawn(async move {
+            let _best_effort = hello.tell(&ProbeRequest::Hello, DIAL_DEADLINE).await;
+        });
         self.state = format!("up {}", link.remote());
         tracing::info!(peer = %self.peer, remote = %link.remote(), "link up");
         self.report();

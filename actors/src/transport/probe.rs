@@ -17,6 +17,9 @@ pub enum ProbeRequest {
     Count(u32),
     /// A one-way note: no reply; counted, and the count shows in later replies.
     Note,
+    /// A one-way greeting a link keeper sends when its link comes up (its arrival is
+    /// what lets a member learn a peer it did not know).
+    Hello,
 }
 
 /// Who answered: the probe's path and incarnation, and the item's number in a stream.
@@ -63,6 +66,7 @@ impl Handler<Delivered> for Probe {
                 });
             }
             Ok(ProbeRequest::Note) => self.notes += 1,
+            Ok(ProbeRequest::Hello) => {}
             Ok(ProbeRequest::Count(n)) => {
                 let items: Vec<Vec<u8>> = (1..=n).map(|i| self.reply(i)).collect();
                 actix::spawn(async move {

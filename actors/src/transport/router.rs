@@ -24,11 +24,17 @@ impl Router {
 
     /// Messages for `path` go to whatever incarnation `target` reaches.
     pub fn route<A: Handler<Delivered>>(&self, path: &ActorPath, target: Ref<A>) {
-        let path_text = path.to_string();
+        self.route_well_known(path.as_str(), target);
+    }
+
+    /// Like [`Router::route`], for a path that is not an actor path (such as `/join`,
+    /// which a joiner sends to before it knows any member's name).
+    pub fn route_well_known<A: Handler<Delivered>>(&self, path: &str, target: Ref<A>) {
+        let path = path.to_string();
+        let name = path.clone();
         let route: Route = Arc::new(move |inbound: Inbound| {
             if target.incarnation().is_none() {
-                let msg = format!("{path_text} is not running (restarting)");
-                tokio::spawn(fail(inbound.reply, 503, msg));
+                tokio::spawn(fail(inbound.reply, 503, format!("{name} is not running (restarting)")));
                 return;
             }
             let target = target.clone();
@@ -38,7 +44,7 @@ impl Router {
                 let _ = target.send(Delivered(inbound)).await;
             });
         });
-        self.routes.write().unwrap().insert(path.to_string(), route);
+        self.routes.write().unwrap().insert(path, route);
     }
 
     /// Consumes the endpoint's inbox (on the transport's runtime) for as long as it lives.

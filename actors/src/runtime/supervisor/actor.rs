@@ -17,21 +17,40 @@ use crate::runtime::spec::SUPERVISOR_SHUTDOWN;
 use crate::runtime::{Actor, ActorPath, ChildSpec, Ctx, ExitReason, Handler, Ref, Registry, Restart, Strategy};
 
 /// What a supervisor is made of; cloned into every incarnation of it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SupervisorSpec {
     pub strategy: Strategy,
     pub config: SupervisorConfig,
     /// Shared by every incarnation of the supervisor (restarts copy no specs).
     pub children: Arc<Vec<ChildSpec>>,
+    /// Children read from a source of truth at every start, after `children` (say,
+    /// one link keeper per peer the endpoint knows now, however many joined since).
+    pub children_from: Option<Arc<dyn Fn() -> Vec<ChildSpec> + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SupervisorSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorSpec")
+            .field("strategy", &self.strategy)
+            .field("config", &self.config)
+            .field("children", &self.children)
+            .field("children_from", &self.children_from.is_some())
+            .finish()
+    }
 }
 
 impl SupervisorSpec {
     pub fn new(strategy: Strategy, config: SupervisorConfig) -> Self {
-        Self { strategy, config, children: Arc::new(Vec::new()) }
+        Self { strategy, config, children: Arc::new(Vec::new()), children_from: None }
     }
 
     pub fn child(mut self, spec: ChildSpec) -> Self {
         Arc::make_mut(&mut self.children).push(spec);
+        self
+    }
+
+    pub fn children_from(mut self, source: impl Fn() -> Vec<ChildSpec> + Send + Sync + 'static) -> Self {
+        self.children_from = Some(Arc::new(source));
         self
     }
 }
@@ -39,8 +58,20 @@ impl SupervisorSpec {
 impl ChildSpec {
     /// A child that is itself a supervisor of `spec`'s children.
     pub fn supervisor(name: &str, restart: Restart, spec: SupervisorSpec) -> (ChildSpec, Ref<Supervisor>) {
-        let (child, reference) = ChildSpec::new(name, restart, move |cx| Supervisor::new(cx, spec.clone()));
-        (child.with_shutdown(SUPERVISOR_SHUTDOWN), reference)
+        let reference = Ref::new();
+        (Self::supervisor_with_ref(name, restart, &reference, spec), reference)
+    }
+
+    /// A supervisor child reached through a reference made earlier (its children may
+    /// need it, to add siblings at run time).
+    pub fn supervisor_with_ref(
+        name: &str,
+        restart: Restart,
+        reference: &Ref<Supervisor>,
+        spec: SupervisorSpec,
+    ) -> ChildSpec {
+        ChildSpec::with_ref(name, restart, reference, move |cx| Supervisor::new(cx, spec.clone()))
+            .with_shutdown(SUPERVISOR_SHUTDOWN)
     }
 }
 
@@ -173,6 +204,13 @@ impl Actor for Supervisor {
         let mut cmds = Vec::new();
         for i in 0..self.spec.children.len() {
             cmds.extend(self.add(i));
+        }
+        let from_source = self.spec.children_from.as_ref().map(|f| f()).unwrap_or_default();
+        for spec in from_source {
+            if self.find(&spec.name).is_none() {
+                self.dynamic.push(spec);
+                cmds.extend(self.add(self.entries.len()));
+            }
         }
         self.exec(cmds, ctx);
     }
