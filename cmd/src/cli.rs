@@ -228,6 +228,11 @@ pub struct KillArgs {
 pub enum BenchCommand {
     /// The supervision runtime: message throughput, restart latency, memory per actor.
     Actors(crate::bench::ActorBenchArgs),
+    /// QUIC between two processes: round trips and bulk throughput under injected loss.
+    Transport(crate::bench::TransportBenchArgs),
+    /// The echo peer `bench transport` starts (not for direct use).
+    #[command(hide = true)]
+    TransportPeer(crate::bench::TransportPeerArgs),
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -73,6 +73,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Command::Bench(BenchCommand::Actors(args)) => bench::actors(args).map(|()| 0),
+        Command::Bench(BenchCommand::Transport(args)) => bench::transport(args).map(|()| 0),
+        Command::Bench(BenchCommand::TransportPeer(args)) => bench::transport_peer(args).map(|()| 0),
         Command::Token(t) => {
             let data = DataDir::existing(&data_dir)?;
             match t {

@@ -50,6 +50,19 @@ pub struct TransportConfig {
     pub redial_max: Duration,
     /// Messages waiting for the application before the endpoint stops reading.
     pub inbox: usize,
+    /// Congestion control. BBR by default: it paces by measured bandwidth and RTT,
+    /// where loss-based controllers (Cubic) collapse on a randomly lossy link.
+    pub congestion: Congestion,
+    /// How long a peer may hold back an ACK (QUIC's ACK-frequency extension). A lost
+    /// packet is detected a probe timeout after it was sent, and that timeout includes
+    /// this delay; QUIC's default of 25 ms dominates recovery on a fast network.
+    pub max_ack_delay: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    Bbr,
+    Cubic,
 }
 
 impl Default for TransportConfig {
@@ -63,6 +76,8 @@ impl Default for TransportConfig {
             redial_initial: Duration::from_millis(50),
             redial_max: Duration::from_secs(2),
             inbox: 1024,
+            congestion: Congestion::Bbr,
+            max_ack_delay: Duration::from_millis(2),
         }
     }
 }
@@ -294,6 +309,17 @@ impl Transport {
             .keep_alive_interval(Some(cfg.keep_alive))
             .max_concurrent_bidi_streams(4096u32.into())
             .max_concurrent_uni_streams(4096u32.into());
+        match cfg.congestion {
+            Congestion::Bbr => {
+                transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::Cubic => {
+                transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+        };
+        let mut acks = quinn::AckFrequencyConfig::default();
+        acks.max_ack_delay(Some(cfg.max_ack_delay));
+        transport.ack_frequency_config(Some(acks));
         let transport = Arc::new(transport);
         let server_tls = quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config()?)
             .map_err(|e| Error::Config(e.to_string()))?;

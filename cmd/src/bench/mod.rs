@@ -1,0 +1,7 @@
+//! `keelson bench …`: benchmarks that print figures (BENCHMARKS.md has the latest).
+
+mod actors;
+mod transport;
+
+pub use actors::{actors, ActorBenchArgs};
+pub use transport::{transport, transport_peer, TransportBenchArgs, TransportPeerArgs};
