@@ -5,12 +5,14 @@
 //! - [`process`]: an OS child process as a supervised actor (`keelson up`'s members).
 //! - [`transport`]: the member's side of QUIC: routing inbound messages, remote
 //!   references, and the actors that keep links up.
+//! - [`store`]: the replicated, sharded configuration store (openraft + redb).
 //! - [`member`]: the tree of one `keelson server` process.
 
 pub mod admin;
 pub mod member;
 pub mod process;
 pub mod runtime;
+pub mod store;
 pub mod transport;
 
 pub use runtime::*;

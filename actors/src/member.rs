@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! /<server>            root, one_for_one          /up                 root, one_for_one
-//!   /admin             observation + chaos door     /admin            its own door
-//!   /transport         links to the other members   /server-1 …       one ChildProcess per member
-//!     /probe, /<peer> …
+//!   /transport         links to the other members   /admin            its own door
+//!     /probe, /join, /<peer> …                      /server-1 …       one ChildProcess per member
+//!   /store             the replicated store
+//!     /shard-0 …
+//!   /admin             observation, chaos, kv door
 //! ```
-//! Later issues add `/store`, `/api`, `/scheduler`, `/controllers` under a server's
-//! root, and `/kubelet`, `/proxy` under an agent's.
+//! Later issues add `/api`, `/scheduler`, `/controllers` under a server's root, and
+//! `/kubelet`, `/proxy` under an agent's.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -17,12 +19,18 @@ use keelson_transport::Transport;
 
 use crate::admin::AdminDoor;
 use crate::process::{ChildProcess, ProcessSpec};
-use crate::runtime::{ActorPath, ChildSpec, Restart, Strategy, SupervisorSpec};
+use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
+use crate::store::{store_tree, Replica, StoreConfig};
 use crate::transport::{transport_tree, Admission, Router};
 
-fn door(cfg: &MemberConfig, listener: Arc<TcpListener>, transport: Option<Transport>) -> ChildSpec {
+fn door(
+    cfg: &MemberConfig,
+    listener: Arc<TcpListener>,
+    transport: Option<Transport>,
+    store: Vec<Ref<Replica>>,
+) -> ChildSpec {
     let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
-    let factory = move |cx: &_| AdminDoor::new(cx, listener.clone(), token.clone(), transport.clone());
+    let factory = move |cx: &_| AdminDoor::new(cx, listener.clone(), token.clone(), transport.clone(), store.clone());
     ChildSpec::new("admin", Restart::Permanent, factory).0
 }
 
@@ -34,11 +42,19 @@ pub fn server_tree(
     transport: Transport,
     router: Arc<Router>,
     admission: Option<Admission>,
+    store: &StoreConfig,
 ) -> SupervisorSpec {
     let root = ActorPath::root(&cfg.name);
-    SupervisorSpec::new(Strategy::OneForOne, cfg.root)
-        .child(door(cfg, listener, Some(transport.clone())))
-        .child(transport_tree(&root, transport, router, admission, SupervisorConfig::default()))
+    // The transport first (the store's raft talks through it), then the store, then
+    // the door that serves both: started in this order, stopped in reverse.
+    let links = transport_tree(&root, transport.clone(), router.clone(), admission, SupervisorConfig::default());
+    let (store_spec, replicas) = store_tree(&root, store, transport.clone(), &router);
+    SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(store_spec).child(door(
+        cfg,
+        listener,
+        Some(transport),
+        replicas,
+    ))
 }
 
 /// A member process the launcher keeps running.
@@ -56,7 +72,7 @@ pub fn launcher_tree(
     members: Vec<MemberProcess>,
     restart: Restart,
 ) -> SupervisorSpec {
-    let mut tree = SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(door(cfg, listener, None));
+    let mut tree = SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(door(cfg, listener, None, Vec::new()));
     for m in members {
         let spec = m.spec;
         let (child, _) = ChildSpec::new(&m.name, restart, move |_| ChildProcess::new(spec.clone()));

@@ -80,6 +80,14 @@ pub enum Command {
     /// Join tokens: let a new member join this cluster.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Talk to the replicated store directly (as etcdctl does).
+    Kv {
+        /// The member to ask (any member answers; default: the first server found).
+        #[arg(long, global = true)]
+        member: Option<String>,
+        #[command(subcommand)]
+        command: KvCommand,
+    },
     /// Measure; prints figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -96,6 +104,9 @@ pub struct UpArgs {
     /// Member restarts tolerated (N/DURATION) before the launcher gives up.
     #[arg(long, default_value = "10/60s", value_parser = parse_intensity)]
     pub intensity: Intensity,
+    /// Store shards.
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
 }
 
 #[derive(Args)]
@@ -125,6 +136,36 @@ pub struct ServerArgs {
     /// The join token (`keelson token create` on a member of that cluster).
     #[arg(long, env = "KEELSON_JOIN_TOKEN")]
     pub token: Option<String>,
+    /// The store's voters when the cluster is new (member names, this one included;
+    /// the first proposes the membership). Default: this member alone.
+    #[arg(long, value_delimiter = ',')]
+    pub store_members: Vec<String>,
+    /// Store shards (each an independent raft group with a replica on every member).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
+}
+
+#[derive(Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value (and its revisions with --json).
+    Get {
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a key.
+    Put { key: String, value: String },
+    /// Delete a key.
+    Del { key: String },
+    /// List keys under a prefix, in order.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 500)]
+        limit: usize,
+    },
+    /// Each shard's leader, term and revision.
+    Status,
 }
 
 #[derive(Subcommand)]

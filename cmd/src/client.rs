@@ -82,6 +82,29 @@ impl DoorClient {
         bail!("{}: {msg} ({})", door.member, resp.status())
     }
 
+    /// A raw authenticated call; returns the status code and the JSON body (or null).
+    pub async fn call(
+        &self,
+        door: &DoorFile,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| anyhow!("{e}"))?;
+        let req = self
+            .http
+            .request(method, format!("{}{path}", door.url))
+            .timeout(Duration::from_secs(30))
+            .bearer_auth(&self.token);
+        let mut resp = match body {
+            Some(b) => req.send_body(b).await,
+            None => req.send().await,
+        }
+        .map_err(|e| anyhow!("{} ({}): {e}", door.member, door.url))?;
+        let bytes = resp.body().limit(64 << 20).await?;
+        Ok((resp.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+    }
+
     pub async fn ping(&self, door: &DoorFile, req: &PingRequest) -> Result<Vec<PingOutcome>> {
         self.post(door, "/transport/ping", req).await
     }

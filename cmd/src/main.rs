@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod datadir;
 mod joined;
+mod kv;
 mod member;
 mod observe;
 mod pki;
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use keelson_actors::member::server_tree;
+use keelson_actors::store::StoreConfig;
 use keelson_actors::transport::{Admission, Router};
 use keelson_config::{AdminConfig, Backoff, MemberConfig, SupervisorConfig};
 use keelson_transport::tls::{Identity, Role};
@@ -75,6 +77,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bench(BenchCommand::Actors(args)) => bench::actors(args).map(|()| 0),
         Command::Bench(BenchCommand::Transport(args)) => bench::transport(args).map(|()| 0),
         Command::Bench(BenchCommand::TransportPeer(args)) => bench::transport_peer(args).map(|()| 0),
+        Command::Kv { member, command } => {
+            let data = DataDir::existing(&data_dir)?;
+            actix_rt::System::new().block_on(kv::run(&data, member, command))
+        }
         Command::Token(t) => {
             let data = DataDir::existing(&data_dir)?;
             match t {
@@ -132,7 +138,15 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     router.pump(inbox, transport.runtime());
     tracing::info!(quic = %transport.local_addr(), peers = ?transport.peers(), "transport up");
     let t = transport.clone();
-    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission), None);
+    let members = if args.store_members.is_empty() { vec![args.name.clone()] } else { args.store_members.clone() };
+    if !members.contains(&args.name) {
+        anyhow::bail!("--store-members must include this member ({})", args.name);
+    }
+    let store = StoreConfig {
+        shards: args.shards.max(1),
+        ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members)
+    };
+    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store), None);
     transport.close();
     code
 }

@@ -47,6 +47,7 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         let mut argv = ["server", "--name", name, "--log-format", log_format].map(String::from).to_vec();
         argv.extend(["--data-dir".into(), data.root().display().to_string()]);
         argv.extend(["--quic-listen".into(), quic[name].to_string()]);
+        argv.extend(["--store-members".into(), names.join(","), "--shards".into(), args.shards.to_string()]);
         for (peer, addr) in quic.iter().filter(|(p, _)| *p != name) {
             argv.extend(["--peer".into(), format!("{peer}={addr}")]);
         }

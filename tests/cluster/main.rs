@@ -13,10 +13,14 @@
 //! - a member whose root exceeds its restart intensity exits non-zero with the reason;
 //! - three members exchange request/response, streamed and one-way messages over QUIC,
 //!   reach a restarted remote actor again, fail within deadlines under a partition and
-//!   recover after healing, and answer through injected loss and delay.
+//!   recover after healing, and answer through injected loss and delay;
+//! - the replicated store acknowledges writes through any member, keeps every
+//!   acknowledged write across a SIGKILL of its leader and across a full stop and
+//!   start of the cluster, and refuses garbage with a 400.
 
 mod support;
 
 mod launcher;
 mod member;
+mod store;
 mod transport;

@@ -19,8 +19,14 @@ pub struct AdminDoor {
 }
 
 impl AdminDoor {
-    pub fn new(cx: &ChildContext, listener: Arc<TcpListener>, token: Arc<str>, transport: Option<Transport>) -> Self {
-        let state = DoorState { registry: cx.registry.clone(), token, transport };
+    pub fn new(
+        cx: &ChildContext,
+        listener: Arc<TcpListener>,
+        token: Arc<str>,
+        transport: Option<Transport>,
+        store: Vec<crate::runtime::Ref<crate::store::Replica>>,
+    ) -> Self {
+        let state = DoorState { registry: cx.registry.clone(), token, transport, store };
         Self { listener, state, server: None, stopping: false }
     }
 

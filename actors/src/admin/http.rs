@@ -34,6 +34,8 @@ pub struct DoorState {
     pub token: Arc<str>,
     /// The member's QUIC endpoint, if it has one (the launcher does not).
     pub transport: Option<Transport>,
+    /// The member's store replicas, one per shard (none on the launcher).
+    pub store: Vec<crate::runtime::Ref<crate::store::Replica>>,
 }
 
 /// Body of `POST /chaos/kill`.
@@ -71,6 +73,7 @@ pub fn routes(state: DoorState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/transport", web::get().to(transport_stats))
             .route("/transport/ping", web::post().to(ping))
             .route("/metrics", web::get().to(metrics))
+            .configure(super::kv::routes)
             .default_service(web::to(|req: HttpRequest| async move {
                 status(StatusCode::NOT_FOUND, "NotFound", &format!("no route {} {}", req.method(), req.path()))
             }));
@@ -299,7 +302,7 @@ fn unauthorized() -> HttpResponse {
 }
 
 /// Compares the bearer token in constant time (per byte of the expected token).
-fn authorized(req: &HttpRequest, token: &str) -> bool {
+pub(crate) fn authorized(req: &HttpRequest, token: &str) -> bool {
     let Some(given) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) else { return false };
     let Some(given) = given.strip_prefix("Bearer ") else { return false };
     given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0

@@ -4,6 +4,7 @@
 
 mod actor;
 pub mod http;
+pub mod kv;
 mod metrics;
 #[cfg(test)]
 mod tests;

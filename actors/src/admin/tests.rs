@@ -32,7 +32,7 @@ async fn tree() -> (Registry, crate::runtime::Root) {
 #[actix_rt::test]
 async fn the_door_shows_the_tree_and_kills_only_with_the_token() {
     let (registry, _root) = tree().await;
-    let state = DoorState { registry: registry.clone(), token: Arc::from(TOKEN), transport: None };
+    let state = DoorState { registry: registry.clone(), token: Arc::from(TOKEN), transport: None, store: Vec::new() };
     let app = test::init_service(App::new().configure(routes(state))).await;
 
     let snapshot: crate::runtime::TreeSnapshot =

@@ -1,0 +1,140 @@
+//! The replicated configuration store: S shards, each an openraft group with a
+//! replica on every server member.
+//!
+//! ```text
+//! /<member>/store              supervisor, one_for_one
+//!   /shard-0 … /shard-<S-1>    one Replica per shard (raft + redb log + snapshots)
+//! ```
+//!
+//! - `state.rs`: the data (ordered map, revisions, fencing epoch, event window), pure;
+//! - `log.rs`: the raft log and vote in redb, fsync'd before raft hears "durable";
+//! - `sm.rs`: the state machine in memory, snapshots on disk;
+//! - `network.rs`: raft RPCs over the member transport;
+//! - `replica.rs`: the actor, and client operations (writes through the log,
+//!   linearizable reads through read-index, forwarding to the leader).
+//!
+//! Keys map to shards by a stable hash of their (resource, namespace) prefix, so one
+//! namespace's objects of one kind share a shard (and its transactions).
+
+// openraft's `StorageError` (224 bytes) is the error type its storage traits dictate;
+// the helpers around them return it as it is rather than boxing and unboxing it.
+#![allow(clippy::result_large_err)]
+
+mod log;
+mod network;
+mod replica;
+mod sm;
+pub mod state;
+mod types;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use network::replica_path;
+pub use replica::{Execute, Replica, ReplicaConfig};
+pub use types::{node_id, ClientOp, ClientReply, Item, ShardStatus};
+
+use keelson_config::SupervisorConfig;
+use keelson_transport::Transport;
+
+use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
+use crate::transport::Router;
+
+/// How this member's store is set up.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub shards: u32,
+    /// `<member data>/store`.
+    pub dir: PathBuf,
+    /// The voters of a new cluster (member names), in order; the first initializes.
+    pub members: Vec<String>,
+    pub election_timeout: (Duration, Duration),
+    pub heartbeat: Duration,
+    /// Build a snapshot (and purge the log before it) after this many entries.
+    pub snapshot_every: u64,
+    pub deadline: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(dir: PathBuf, members: Vec<String>) -> Self {
+        Self {
+            shards: 1,
+            dir,
+            members,
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            heartbeat: Duration::from_millis(100),
+            snapshot_every: 5_000,
+            deadline: Duration::from_secs(5),
+        }
+    }
+
+    fn raft(&self, shard: u32) -> openraft::Config {
+        openraft::Config {
+            cluster_name: format!("keelson-shard-{shard}"),
+            election_timeout_min: self.election_timeout.0.as_millis() as u64,
+            election_timeout_max: self.election_timeout.1.as_millis() as u64,
+            heartbeat_interval: self.heartbeat.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+    }
+}
+
+/// Which shard a key lives on: a stable hash (FNV-1a) of its (resource, namespace)
+/// prefix — the first four segments of `/registry/<group>/<resource>/<namespace>/…`,
+/// or the key's first two segments otherwise.
+pub fn shard_of(key: &str, shards: u32) -> u32 {
+    if shards <= 1 {
+        return 0;
+    }
+    let depth = if key.starts_with("/registry/") { 5 } else { 3 };
+    let prefix: String = key.split('/').take(depth).collect::<Vec<_>>().join("/");
+    (node_id(&prefix) % shards as u64) as u32
+}
+
+/// The `/store` subtree of `member`; returns it and a reference to each shard's replica.
+pub fn store_tree(
+    member: &ActorPath,
+    cfg: &StoreConfig,
+    transport: Transport,
+    router: &Router,
+) -> (ChildSpec, Vec<Ref<Replica>>) {
+    let mut spec = SupervisorSpec::new(Strategy::OneForOne, SupervisorConfig::default());
+    let mut refs = Vec::new();
+    for shard in 0..cfg.shards {
+        let rcfg = Arc::new(ReplicaConfig {
+            shard,
+            dir: cfg.dir.join(format!("shard-{shard}")),
+            members: cfg.members.clone(),
+            init: cfg.members.first().is_some_and(|m| m == member.member()),
+            raft: cfg.raft(shard),
+            deadline: cfg.deadline,
+        });
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let t = transport.clone();
+        let (child, r) = ChildSpec::new(&format!("shard-{shard}"), Restart::Permanent, move |cx| {
+            Replica::new(cx, rcfg.clone(), t.clone(), lock.clone())
+        });
+        router.route(&replica_path(member.member(), shard), r.clone());
+        spec = spec.child(child.with_shutdown(Duration::from_secs(10)));
+        refs.push(r);
+    }
+    (ChildSpec::supervisor("store", Restart::Permanent, spec).0, refs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_namespace_and_resource_share_a_shard() {
+        let a = shard_of("/registry/apps/deployments/default/web", 4);
+        assert_eq!(a, shard_of("/registry/apps/deployments/default/api", 4));
+        let spread: std::collections::BTreeSet<u32> =
+            (0..64).map(|i| shard_of(&format!("/registry/core/pods/ns-{i}/x"), 4)).collect();
+        assert_eq!(spread.len(), 4, "keys spread over every shard");
+        assert_eq!(shard_of("/anything", 1), 0);
+    }
+}

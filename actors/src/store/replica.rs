@@ -1,0 +1,285 @@
+//! `/<member>/store/shard-<k>`: one replica of one shard, an actor holding a raft group.
+//!
+//! Raft runs on the transport's multi-threaded runtime (its fsyncs and timers must not
+//! stall an actix arbiter); the actor holds the `Raft` handle, answers raft RPCs from
+//! the other replicas (through the router), and runs client operations: writes through
+//! the log, reads after a read-index check (`ensure_linearizable`), either here when
+//! this replica leads or forwarded to the leader.
+//!
+//! A replica's files are opened by one incarnation at a time: each incarnation takes the
+//! shard's lock before opening and releases it only after its raft has shut down, so a
+//! replica that crashed is closed cleanly and then reopened by its restarted actor.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::{ActorFutureExt, AsyncContext, Message};
+use keelson_transport::frame::{from_payload, to_payload};
+use keelson_transport::{Reply, Transport};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use tokio::sync::OwnedMutexGuard;
+
+use super::log::LogStore;
+use super::network::{replica_path, Network};
+use super::sm::{Applied, StateMachine};
+use super::types::{node_id, ClientOp, ClientReply, Item, Raft, ShardRpc, ShardRpcReply, ShardStatus};
+use crate::runtime::{exit, Actor, ActorPath, AsyncReply, ChildContext, Ctx, ExitReason, Handler, Incarnation};
+use crate::transport::{Delivered, RemoteRef};
+
+/// How a replica is set up; shared by all its incarnations.
+pub struct ReplicaConfig {
+    pub shard: u32,
+    /// `<member data>/store/shard-<k>`.
+    pub dir: PathBuf,
+    /// The voters of a new cluster (member names).
+    pub members: Vec<String>,
+    /// Whether this replica proposes the initial membership when its log is empty.
+    pub init: bool,
+    pub raft: openraft::Config,
+    /// How long a client operation may take, forwarding included.
+    pub deadline: Duration,
+}
+
+/// Run a client operation on this shard; the reply says what happened.
+#[derive(Message)]
+#[rtype(result = "ClientReply")]
+pub struct Execute(pub ClientOp);
+
+/// A running raft and what it holds; dropping it shuts raft down, then lets the next
+/// incarnation open the files.
+struct Open {
+    raft: Raft,
+    applied: Arc<RwLock<Applied>>,
+    guard: Option<OwnedMutexGuard<()>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let (raft, guard) = (self.raft.clone(), self.guard.take());
+        self.runtime.spawn(async move {
+            let _already_down = raft.shutdown().await;
+            drop(guard);
+        });
+    }
+}
+
+pub struct Replica {
+    cfg: Arc<ReplicaConfig>,
+    member: String,
+    path: ActorPath,
+    transport: Transport,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    open: Option<Open>,
+}
+
+impl Replica {
+    pub fn new(
+        cx: &ChildContext,
+        cfg: Arc<ReplicaConfig>,
+        transport: Transport,
+        lock: Arc<tokio::sync::Mutex<()>>,
+    ) -> Self {
+        Self { member: cx.path.member().to_string(), path: cx.path.clone(), cfg, transport, lock, open: None }
+    }
+
+    fn handles(&self) -> Option<Handles> {
+        self.open.as_ref().map(|o| Handles {
+            raft: o.raft.clone(),
+            applied: o.applied.clone(),
+            transport: self.transport.clone(),
+            cfg: self.cfg.clone(),
+            member: self.member.clone(),
+            path: self.path.clone(),
+        })
+    }
+}
+
+async fn open(
+    cfg: Arc<ReplicaConfig>,
+    member: String,
+    transport: Transport,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    from: ActorPath,
+) -> Result<Open, String> {
+    let guard = lock.lock_owned().await;
+    let dir = cfg.dir.clone();
+    let db = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        redb::Database::create(dir.join("raft.redb")).map_err(std::io::Error::other)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot open the raft log: {e}"))?;
+    let log = LogStore::new(Arc::new(db)).map_err(|e| e.to_string())?;
+    let sm = StateMachine::open(cfg.dir.clone()).map_err(|e| format!("cannot open the snapshot: {e}"))?;
+    let applied = sm.applied.clone();
+    let raft_cfg = Arc::new(cfg.raft.clone().validate().map_err(|e| e.to_string())?);
+    let network = Network { transport: transport.clone(), shard: cfg.shard, from };
+    let raft = Raft::new(node_id(&member), raft_cfg, network, log, sm).await.map_err(|e| e.to_string())?;
+    if cfg.init {
+        let voters: BTreeMap<u64, BasicNode> =
+            cfg.members.iter().map(|m| (node_id(m), BasicNode { addr: m.clone() })).collect();
+        // On a replica that already has a log this is refused (NotAllowed): fine.
+        if let Err(e) = raft.initialize(voters).await {
+            tracing::debug!(error = %e, "not initializing the shard");
+        }
+    }
+    Ok(Open { raft, applied, guard: Some(guard), runtime: transport.runtime().clone() })
+}
+
+impl Actor for Replica {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        let (cfg, member, t, lock, from) =
+            (self.cfg.clone(), self.member.clone(), self.transport.clone(), self.lock.clone(), self.path.clone());
+        let opening = self.transport.runtime().spawn(open(cfg, member, t, lock, from));
+        ctx.wait(actix::fut::wrap_future(opening).map(|res, me: &mut Incarnation<Self>, ctx| match res {
+            Ok(Ok(open)) => {
+                tracing::info!(shard = me.cfg.shard, "replica open");
+                me.open = Some(open);
+            }
+            Ok(Err(e)) => exit(ctx, ExitReason::failed(e)),
+            Err(e) => exit(ctx, ExitReason::failed(format!("opening panicked: {e}"))),
+        }));
+    }
+}
+
+/// What a client operation needs, detached from the actor so it can run on the
+/// transport's runtime.
+#[derive(Clone)]
+struct Handles {
+    raft: Raft,
+    applied: Arc<RwLock<Applied>>,
+    transport: Transport,
+    cfg: Arc<ReplicaConfig>,
+    member: String,
+    path: ActorPath,
+}
+
+impl Handles {
+    async fn execute(&self, op: ClientOp) -> ClientReply {
+        match op {
+            ClientOp::Status => ClientReply::Status(self.status()),
+            ClientOp::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => ClientReply::Written(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    self.forward(f.leader_node.map(|n| n.addr), ClientOp::Write(cmd)).await
+                }
+                Err(e) => ClientReply::Error(e.to_string()),
+            },
+            read => match self.raft.ensure_linearizable().await {
+                Ok(_) => self.read(&read),
+                Err(e) => match e.forward_to_leader::<BasicNode>() {
+                    Some(f) => self.forward(f.leader_node.clone().map(|n| n.addr), read).await,
+                    None => ClientReply::Error(e.to_string()),
+                },
+            },
+        }
+    }
+
+    fn read(&self, op: &ClientOp) -> ClientReply {
+        let a = self.applied.read().unwrap();
+        let revision = a.data.revision;
+        let item = |(k, v): (String, super::state::Value)| Item {
+            key: k,
+            value: v.data,
+            create_revision: v.create_revision,
+            mod_revision: v.mod_revision,
+            version: v.version,
+        };
+        match op {
+            ClientOp::Get { key } => {
+                ClientReply::Item { revision, item: a.data.kv.get(key).map(|v| item((key.clone(), v.clone()))) }
+            }
+            ClientOp::Range { start, end, after, limit } => {
+                let (items, more) = a.data.range(start, end, after.as_deref(), (*limit).clamp(1, 10_000));
+                ClientReply::Items { revision, items: items.into_iter().map(item).collect(), more }
+            }
+            _ => ClientReply::Error("not a read".into()),
+        }
+    }
+
+    fn status(&self) -> ShardStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let name_of = |id: u64| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
+        let a = self.applied.read().unwrap();
+        ShardStatus {
+            shard: self.cfg.shard,
+            member: self.member.clone(),
+            leader: m.current_leader.and_then(name_of),
+            term: m.current_term,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            revision: a.data.revision,
+            members: m.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect(),
+        }
+    }
+
+    async fn forward(&self, leader: Option<String>, op: ClientOp) -> ClientReply {
+        let Some(leader) = leader.filter(|l| *l != self.member) else { return ClientReply::NoLeader };
+        let remote = RemoteRef::new(self.transport.clone(), replica_path(&leader, self.cfg.shard), self.path.clone());
+        match remote.request::<_, ShardRpcReply>(&ShardRpc::Client(op), self.cfg.deadline).await {
+            Ok(ShardRpcReply::Client(reply)) => reply,
+            Ok(_) => ClientReply::Error(format!("{leader} answered something else")),
+            Err(e) => ClientReply::Error(format!("forwarding to the leader {leader}: {e}")),
+        }
+    }
+
+    /// Answers a raft RPC or a forwarded client operation from another member.
+    async fn serve(self, rpc: ShardRpc) -> ShardRpcReply {
+        match rpc {
+            ShardRpc::Append(r) => ShardRpcReply::Append(self.raft.append_entries(r).await),
+            ShardRpc::Vote(r) => ShardRpcReply::Vote(self.raft.vote(r).await),
+            ShardRpc::Snapshot(r) => ShardRpcReply::Snapshot(self.raft.install_snapshot(r).await),
+            ShardRpc::Client(op) => ShardRpcReply::Client(self.execute(op).await),
+        }
+    }
+}
+
+impl Handler<Execute> for Replica {
+    type Result = AsyncReply<Self, ClientReply>;
+
+    fn handle(&mut self, Execute(op): Execute, _: &mut Ctx<Self>) -> Self::Result {
+        let Some(h) = self.handles() else {
+            return Box::pin(actix::fut::ready(ClientReply::Error("the replica is still opening".into())));
+        };
+        let run = self.transport.runtime().spawn(async move { h.execute(op).await });
+        Box::pin(actix::fut::wrap_future(run).map(|r, _, _| r.unwrap_or_else(|e| ClientReply::Error(e.to_string()))))
+    }
+}
+
+impl Handler<Delivered> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, Delivered(inbound): Delivered, _: &mut Ctx<Self>) {
+        let reply = inbound.reply;
+        if !matches!(reply, Reply::Stream { .. }) {
+            return;
+        }
+        let rpc = from_payload::<ShardRpc>(&inbound.envelope.payload);
+        let handles = self.handles();
+        self.transport.runtime().spawn(async move {
+            match (rpc, handles) {
+                (Ok(rpc), Some(h)) => {
+                    let answer = h.serve(rpc).await;
+                    match to_payload(&answer) {
+                        Ok(bytes) => {
+                            let _caller_gone = reply.respond(bytes).await;
+                        }
+                        Err(e) => {
+                            let _caller_gone = reply.fail(500, &e.to_string()).await;
+                        }
+                    }
+                }
+                (Err(e), _) => {
+                    let _caller_gone = reply.fail(400, &format!("not a shard request: {e}")).await;
+                }
+                (_, None) => {
+                    let _caller_gone = reply.fail(503, "the replica is still opening").await;
+                }
+            }
+        });
+    }
+}

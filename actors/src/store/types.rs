@@ -1,0 +1,98 @@
+//! The raft type configuration of a shard, and the messages replicas exchange.
+
+use std::io::Cursor;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Command, Outcome};
+
+openraft::declare_raft_types!(
+    /// One shard's raft group: commands are `Command`s, outcomes `Outcome`s, nodes are
+    /// members named in `BasicNode::addr`.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+
+/// A member's raft node id: a stable hash of its name (FNV-1a), so every member
+/// derives every other's id from the name alone.
+pub fn node_id(member: &str) -> NodeId {
+    member.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A client operation, as forwarded to the leader or run locally.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ClientOp {
+    Get { key: String },
+    Range { start: String, end: String, after: Option<String>, limit: usize },
+    Write(Command),
+    Status,
+}
+
+/// A stored item as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+/// The shard as a status query sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardStatus {
+    pub shard: u32,
+    pub member: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub revision: u64,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ClientReply {
+    Item {
+        revision: u64,
+        item: Option<Item>,
+    },
+    Items {
+        revision: u64,
+        items: Vec<Item>,
+        more: bool,
+    },
+    Written(Outcome),
+    Status(ShardStatus),
+    /// This member is not the leader and does not know who is (an election is on).
+    NoLeader,
+    Error(String),
+}
+
+/// What replicas (and forwarding members) send a shard replica over the transport.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardRpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Client(ClientOp),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardRpcReply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Client(ClientReply),
+}

@@ -1,0 +1,98 @@
+//! `keelson kv …`: the store's key-value API from the command line.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::cli::KvCommand;
+use crate::client::DoorClient;
+use crate::datadir::{DataDir, DoorFile};
+
+fn pick(data: &DataDir, member: Option<String>) -> Result<DoorFile> {
+    match member {
+        Some(m) => data.door(&m),
+        None => data.doors()?.into_iter().find(|d| d.member != "up").context("no running server member found"),
+    }
+}
+
+/// Runs one kv command; exit code 1 when the key is not found.
+pub async fn run(data: &DataDir, member: Option<String>, command: KvCommand) -> Result<i32> {
+    let door = pick(data, member)?;
+    let client = DoorClient::new(data.token()?);
+    let path = |key: &str| format!("/kv/key/{}", key.trim_start_matches('/'));
+    match command {
+        KvCommand::Get { key, json } => match client.call(&door, "GET", &path(&key), None).await? {
+            (200, v) if json => println!("{}", serde_json::to_string_pretty(&v)?),
+            (200, v) => println!("{}", v["value"].as_str().unwrap_or_default()),
+            (404, _) => {
+                eprintln!("{key}: not found");
+                return Ok(1);
+            }
+            (code, v) => bail!("{code}: {}", v["message"]),
+        },
+        KvCommand::Put { key, value } => {
+            match client.call(&door, "PUT", &path(&key), Some(value.into_bytes())).await? {
+                (200, v) => println!("revision {}", v["revision"]),
+                (code, v) => bail!("{code}: {}", v["message"]),
+            }
+        }
+        KvCommand::Del { key } => match client.call(&door, "DELETE", &path(&key), None).await? {
+            (200, v) if v["existed"] == Value::Bool(true) => println!("deleted at revision {}", v["revision"]),
+            (200, _) => println!("{key}: was not there"),
+            (code, v) => bail!("{code}: {}", v["message"]),
+        },
+        KvCommand::List { prefix, limit } => {
+            let mut after: Option<String> = None;
+            loop {
+                let mut q = format!("/kv/range?prefix={}&limit={limit}", urlencode(&prefix));
+                if let Some(a) = &after {
+                    q.push_str(&format!("&continue={}", urlencode(a)));
+                }
+                let (code, v) = client.call(&door, "GET", &q, None).await?;
+                if code != 200 {
+                    bail!("{code}: {}", v["message"]);
+                }
+                for item in v["items"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{}\t{}",
+                        item["key"].as_str().unwrap_or_default(),
+                        item["value"].as_str().unwrap_or_default()
+                    );
+                }
+                match v["continue"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+        }
+        KvCommand::Status => match client.call(&door, "GET", "/kv/status", None).await? {
+            (200, v) => {
+                println!("{:<6}{:<12}{:<12}{:<8}{:<10}MEMBERS", "SHARD", "ASKED", "LEADER", "TERM", "REVISION");
+                for s in v.as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "{:<6}{:<12}{:<12}{:<8}{:<10}{}",
+                        s["shard"].to_string(),
+                        s["member"].as_str().unwrap_or_default(),
+                        s["leader"].as_str().unwrap_or("-"),
+                        s["term"].to_string(),
+                        s["revision"].to_string(),
+                        s["members"]
+                            .as_array()
+                            .map(|m| m.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            (code, v) => bail!("{code}: {}", v["message"]),
+        },
+    }
+    Ok(0)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
