@@ -166,6 +166,13 @@ pub enum KvCommand {
     },
     /// Each shard's leader, term and revision.
     Status,
+    /// Follow changes under a prefix (from now, or after --cursor), reconnecting as needed.
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

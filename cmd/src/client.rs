@@ -105,6 +105,39 @@ impl DoorClient {
         Ok((resp.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
     }
 
+    /// Follows a stream of JSON lines from an authenticated GET until it ends.
+    pub async fn stream_lines(
+        &self,
+        door: &DoorFile,
+        path: &str,
+        mut each: impl FnMut(serde_json::Value),
+    ) -> Result<()> {
+        let mut resp = self
+            .http
+            .get(format!("{}{path}", door.url))
+            .timeout(Duration::from_secs(365 * 24 * 3600))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| anyhow!("{}: {e}", door.member))?;
+        if !resp.status().is_success() {
+            let body = resp.body().await.unwrap_or_default();
+            bail!("{}: {}", resp.status(), String::from_utf8_lossy(&body));
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.next().await {
+            let Ok(chunk) = chunk else { break };
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                if let Ok(v) = serde_json::from_slice(&line) {
+                    each(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn ping(&self, door: &DoorFile, req: &PingRequest) -> Result<Vec<PingOutcome>> {
         self.post(door, "/transport/ping", req).await
     }

@@ -64,6 +64,7 @@ pub async fn run(data: &DataDir, member: Option<String>, command: KvCommand) -> 
                 }
             }
         }
+        KvCommand::Watch { prefix, cursor } => return watch(data, &door, &client, &prefix, cursor).await,
         KvCommand::Status => match client.call(&door, "GET", "/kv/status", None).await? {
             (200, v) => {
                 println!("{:<6}{:<12}{:<12}{:<8}{:<10}MEMBERS", "SHARD", "ASKED", "LEADER", "TERM", "REVISION");
@@ -95,4 +96,54 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Prints each change as `PUT key value (revision)`; when the stream ends (a replica
+/// or the member restarted) it reconnects from the last cursor. Exits 1 on `Expired`.
+async fn watch(
+    data: &DataDir,
+    first: &DoorFile,
+    client: &DoorClient,
+    prefix: &str,
+    mut cursor: Option<String>,
+) -> Result<i32> {
+    let mut door = first.clone();
+    loop {
+        let mut q = format!("/kv/watch?prefix={}", urlencode(prefix));
+        if let Some(c) = &cursor {
+            q.push_str(&format!("&cursor={c}"));
+        }
+        let mut expired = false;
+        let outcome = client
+            .stream_lines(&door, &q, |v: Value| {
+                if let Some(c) = v["cursor"].as_str() {
+                    cursor = Some(c.to_string());
+                }
+                match v["type"].as_str() {
+                    Some("PUT") => println!(
+                        "PUT {} {} ({})",
+                        v["key"].as_str().unwrap_or_default(),
+                        v["value"].as_str().unwrap_or_default(),
+                        v["revision"]
+                    ),
+                    Some("DELETE") => println!("DELETE {} ({})", v["key"].as_str().unwrap_or_default(), v["revision"]),
+                    Some("ERROR") => {
+                        eprintln!("{}", v["message"].as_str().unwrap_or_default());
+                        expired = true;
+                    }
+                    _ => {}
+                }
+            })
+            .await;
+        if expired {
+            return Ok(1);
+        }
+        if let Err(e) = outcome {
+            tracing::debug!("watch: {e}");
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+        if let Ok(d) = data.door(&door.member) {
+            door = d;
+        }
+    }
 }

@@ -153,3 +153,85 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
     again.signal(libc::SIGINT);
     assert_eq!(again.wait(Duration::from_secs(60)), 0);
 }
+
+/// Per-shard leaders, as `server-1` sees them.
+fn leaders(data: &Path) -> Vec<Option<String>> {
+    match call(data, "server-1", "GET", "/kv/status", b"") {
+        Some((200, v)) => v.as_array().unwrap().iter().map(|s| s["leader"].as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn four_shards_watches_fencing_and_a_partitioned_leader() {
+    let _one = serial();
+    let scratch = Scratch::new("shards");
+    let data = scratch.data();
+    let members = ["server-1", "server-2", "server-3"];
+    let mut up = Running::start(&data, &["up", "--shards", "4"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", START);
+    eventually("every shard has a leader", START, || {
+        let l = leaders(&data);
+        l.len() == 4 && l.iter().all(Option::is_some)
+    });
+
+    // A watch from now on one prefix sees each change once, in order per key.
+    let mut watch = Running::start(&data, &["kv", "watch", "/w/"], &scratch.0.join("watch.log"));
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..20 {
+        assert!(put(&data, members[i % 3], &format!("/w/k{}", i % 5), &format!("v{i}")));
+    }
+    for i in 0..5 {
+        assert!(matches!(call(&data, "server-2", "DELETE", &format!("/kv/key/w/k{i}"), b""), Some((200, _))));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 25 {
+        seen.push(watch.wait_for_line("/w/k", Duration::from_secs(20)));
+    }
+    for k in 0..5 {
+        let lines: Vec<&String> =
+            seen.iter().filter(|l| l.contains(&format!("/w/k{k} ")) || l.ends_with(&format!("/w/k{k}"))).collect();
+        let want: Vec<String> =
+            (0..4).map(|j| format!("PUT /w/k{k} v{}", k + 5 * j)).chain([format!("DELETE /w/k{k}")]).collect();
+        let got: Vec<String> =
+            lines.iter().map(|l| l.rsplit_once(" (").map_or(l.to_string(), |(a, _)| a.to_string())).collect();
+        assert_eq!(got, want, "changes to /w/k{k}");
+    }
+    drop(watch);
+
+    // Keys spread over all four shards.
+    for i in 0..40 {
+        assert!(put(&data, "server-1", &format!("/registry/core/pods/ns-{i}/p"), "v"));
+    }
+    let (_, status) = call(&data, "server-3", "GET", "/kv/status", b"").unwrap();
+    assert!(status.as_array().unwrap().iter().all(|s| s["revision"].as_u64().unwrap() > 0), "{status}");
+
+    // Fencing: after the epoch is raised to 7, a write carrying 6 is refused on every
+    // shard, one carrying 7 goes through.
+    assert_eq!(call(&data, "server-2", "POST", "/kv/epoch", br#"{"epoch":7}"#).unwrap().0, 200);
+    for i in 0..8 {
+        let key = format!("/registry/core/pods/ns-{i}/fenced");
+        let (code, body) = call(&data, "server-1", "PUT", &format!("/kv/key{key}?epoch=6"), b"old").unwrap();
+        assert_eq!(code, 409, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("fenced"));
+        assert_eq!(call(&data, "server-1", "PUT", &format!("/kv/key{key}?epoch=7"), b"new").unwrap().0, 200);
+    }
+
+    // Cut shard 0's leader off from the other two: it acknowledges nothing more, the
+    // majority elects a leader and keeps committing, and after healing there is one
+    // history everywhere.
+    let old = leaders(&data)[0].clone().unwrap();
+    let others: Vec<&str> = members.iter().copied().filter(|m| *m != old).collect();
+    run_ok(&data, &["chaos", "net", "--partition", &old, "--from", &others.join(",")]);
+    let key0 = (0..200).map(|i| format!("/p/k{i}")).find(|k| keelson_actors::store::shard_of(k, 4) == 0).unwrap();
+    let through_old = call(&data, &old, "PUT", &format!("/kv/key{key0}"), b"from-the-old-leader");
+    assert!(!matches!(through_old, Some((200, _))), "a partitioned leader acknowledged a write: {through_old:?}");
+    eventually("the majority commits again", START, || put(&data, others[0], &key0, "from-the-majority"));
+    run_ok(&data, &["chaos", "net", "--heal"]);
+    eventually("every member agrees", START, || {
+        members.iter().all(|m| get(&data, m, &key0).as_deref() == Some("from-the-majority"))
+    });
+
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}

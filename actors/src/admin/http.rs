@@ -60,7 +60,7 @@ pub struct Killed {
 pub fn routes(state: DoorState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
-            .app_data(web::JsonConfig::default().error_handler(|err, _| {
+            .app_data(web::JsonConfig::default().content_type_required(false).error_handler(|err, _| {
                 let msg = format!("invalid request body: {err}");
                 actix_web::error::InternalError::from_response(err, status(StatusCode::BAD_REQUEST, "BadRequest", &msg))
                     .into()

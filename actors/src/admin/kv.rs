@@ -11,6 +11,10 @@
 //! | POST | `/kv/cas` | `{"key","expected","value"\|null,"epoch"?}` → written, or 409 with the current revision |
 //! | GET | `/kv/range?prefix=P&limit=N&continue=K` | keys in order, `continue` when more remain |
 //! | POST | `/kv/epoch` | `{"epoch":E}` raises the fencing epoch on every shard |
+//! | GET | `/kv/watch?prefix=P[&cursor=C]` | a `BOOKMARK` line with the cursor, then one line per change after it (`PUT`/`DELETE`, each with the cursor just past it); `ERROR` with code 410 when the cursor is older than the kept window |
+//!
+//! A watch cursor is opaque to clients: one revision per shard (`r0.r1.…`), so a
+//! watch across shards resumes exactly after the last change it delivered.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -18,10 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{authorized, status, DoorState};
 use crate::store::state::{prefix_end, Command, Outcome, WriteOp};
-use crate::store::{shard_of, ClientOp, ClientReply, Execute, Item};
+use crate::store::{shard_of, ClientOp, ClientReply, Execute, Item, Watch, WatchSource};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/kv/status", web::get().to(shard_status))
+        .route("/kv/watch", web::get().to(watch))
         .route("/kv/range", web::get().to(range))
         .route("/kv/cas", web::post().to(cas))
         .route("/kv/epoch", web::post().to(epoch))
@@ -285,4 +290,118 @@ async fn shard_status(req: HttpRequest, state: web::Data<DoorState>) -> HttpResp
         }
     }
     HttpResponse::Ok().json(shards)
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    #[serde(default)]
+    prefix: String,
+    cursor: Option<String>,
+}
+
+fn cursor_text(c: &[u64]) -> String {
+    c.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+}
+
+fn line(v: serde_json::Value) -> web::Bytes {
+    web::Bytes::from(v.to_string() + "\n")
+}
+
+struct Watching {
+    sources: Vec<WatchSource>,
+    cursor: Vec<u64>,
+    prefix: String,
+    pending: std::collections::VecDeque<web::Bytes>,
+    done: bool,
+}
+
+impl Watching {
+    /// Queues every change after the cursor; false when the cursor is too old.
+    fn collect(&mut self) {
+        for (shard, src) in self.sources.iter().enumerate() {
+            match src.events_after(self.cursor[shard], &self.prefix) {
+                Ok((events, revision)) => {
+                    for e in events {
+                        self.cursor[shard] = e.revision;
+                        let kind = match e.kind {
+                            crate::store::state::EventKind::Put => "PUT",
+                            crate::store::state::EventKind::Delete => "DELETE",
+                        };
+                        self.pending.push_back(line(serde_json::json!({
+                            "type": kind,
+                            "key": e.key,
+                            "value": e.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                            "shard": shard,
+                            "revision": e.revision,
+                            "cursor": cursor_text(&self.cursor),
+                        })));
+                    }
+                    self.cursor[shard] = self.cursor[shard].max(revision);
+                }
+                Err(expired) => {
+                    self.pending.push_back(line(serde_json::json!({
+                        "type": "ERROR", "code": 410, "reason": "Expired",
+                        "message": format!("shard {shard}: {expired}; list again and watch from the list's cursor"),
+                    })));
+                    self.done = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn watch(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<WatchQuery>) -> HttpResponse {
+    if let Some(r) = gate(&req, &state) {
+        return r;
+    }
+    let mut sources = Vec::new();
+    for replica in &state.store {
+        match replica.send(Watch).await {
+            Ok(Some(src)) => sources.push(src),
+            _ => {
+                return status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "a replica is still opening; retry",
+                )
+            }
+        }
+    }
+    let now: Vec<u64> = sources.iter().map(|s| *s.revision.borrow()).collect();
+    let cursor = match &q.cursor {
+        None => now,
+        Some(c) => match c.split('.').map(str::parse::<u64>).collect::<Result<Vec<_>, _>>() {
+            Ok(v) if v.len() == sources.len() => v,
+            _ => return bad(&format!("cursor {c:?} is not one revision per shard ({} shards)", sources.len())),
+        },
+    };
+    let first = line(serde_json::json!({"type": "BOOKMARK", "cursor": cursor_text(&cursor)}));
+    let watching = Watching { sources, cursor, prefix: q.prefix.clone(), pending: [first].into(), done: false };
+    let stream = futures_util::stream::unfold(watching, |mut w| async move {
+        loop {
+            if let Some(l) = w.pending.pop_front() {
+                return Some((Ok::<_, actix_web::Error>(l), w));
+            }
+            if w.done {
+                return None;
+            }
+            w.collect();
+            if !w.pending.is_empty() || w.done {
+                continue;
+            }
+            // Nothing new: wait until any shard's revision moves (a replica that
+            // restarts ends the stream; the client resumes from its last cursor).
+            let mut receivers: Vec<_> = w.sources.iter().map(|s| s.revision.clone()).collect();
+            let changes = receivers.iter_mut().map(|r| Box::pin(r.changed()));
+            let (outcome, _, _) = futures_util::future::select_all(changes).await;
+            if outcome.is_err() {
+                return None;
+            }
+            for (src, r) in w.sources.iter_mut().zip(receivers) {
+                src.revision = r;
+            }
+        }
+    });
+    HttpResponse::Ok().content_type("application/x-ndjson").streaming(stream)
 }

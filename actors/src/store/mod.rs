@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use network::replica_path;
-pub use replica::{Execute, Replica, ReplicaConfig};
+pub use replica::{Execute, Replica, ReplicaConfig, Watch, WatchSource};
 pub use types::{node_id, ClientOp, ClientReply, Item, ShardStatus};
 
 use keelson_config::SupervisorConfig;
@@ -47,7 +47,8 @@ pub struct StoreConfig {
     pub shards: u32,
     /// `<member data>/store`.
     pub dir: PathBuf,
-    /// The voters of a new cluster (member names), in order; the first initializes.
+    /// The voters of a new cluster (member names), in order; shard k is proposed by
+    /// member k mod n.
     pub members: Vec<String>,
     pub election_timeout: (Duration, Duration),
     pub heartbeat: Duration,
@@ -108,7 +109,8 @@ pub fn store_tree(
             shard,
             dir: cfg.dir.join(format!("shard-{shard}")),
             members: cfg.members.clone(),
-            init: cfg.members.first().is_some_and(|m| m == member.member()),
+            // Each shard is proposed by a different member, so leaders start spread out.
+            init: !cfg.members.is_empty() && cfg.members[shard as usize % cfg.members.len()] == member.member(),
             raft: cfg.raft(shard),
             deadline: cfg.deadline,
         });

@@ -43,6 +43,32 @@ pub struct ReplicaConfig {
     pub deadline: Duration,
 }
 
+/// Subscribe to this replica's changes (for watches): its applied data and a
+/// receiver that changes with its revision. `None` while the replica opens.
+#[derive(Message)]
+#[rtype(result = "Option<WatchSource>")]
+pub struct Watch;
+
+/// What a watcher reads from: events come from `applied`'s window, wake-ups from `revision`.
+#[derive(Clone)]
+pub struct WatchSource {
+    pub applied: Arc<RwLock<Applied>>,
+    pub revision: tokio::sync::watch::Receiver<u64>,
+}
+
+impl WatchSource {
+    /// Events after `revision` under `prefix`, and the shard's revision they reach.
+    pub fn events_after(
+        &self,
+        revision: u64,
+        prefix: &str,
+    ) -> Result<(Vec<super::state::Event>, u64), super::state::Expired> {
+        let a = self.applied.read().unwrap();
+        let events = a.data.events_after(revision)?.into_iter().filter(|e| e.key.starts_with(prefix)).collect();
+        Ok((events, a.data.revision))
+    }
+}
+
 /// Run a client operation on this shard; the reply says what happened.
 #[derive(Message)]
 #[rtype(result = "ClientReply")]
@@ -53,6 +79,7 @@ pub struct Execute(pub ClientOp);
 struct Open {
     raft: Raft,
     applied: Arc<RwLock<Applied>>,
+    revision: Arc<tokio::sync::watch::Sender<u64>>,
     guard: Option<OwnedMutexGuard<()>>,
     runtime: tokio::runtime::Handle,
 }
@@ -116,7 +143,7 @@ async fn open(
     .map_err(|e| format!("cannot open the raft log: {e}"))?;
     let log = LogStore::new(Arc::new(db)).map_err(|e| e.to_string())?;
     let sm = StateMachine::open(cfg.dir.clone()).map_err(|e| format!("cannot open the snapshot: {e}"))?;
-    let applied = sm.applied.clone();
+    let (applied, revision) = (sm.applied.clone(), sm.revision.clone());
     let raft_cfg = Arc::new(cfg.raft.clone().validate().map_err(|e| e.to_string())?);
     let network = Network { transport: transport.clone(), shard: cfg.shard, from };
     let raft = Raft::new(node_id(&member), raft_cfg, network, log, sm).await.map_err(|e| e.to_string())?;
@@ -128,7 +155,7 @@ async fn open(
             tracing::debug!(error = %e, "not initializing the shard");
         }
     }
-    Ok(Open { raft, applied, guard: Some(guard), runtime: transport.runtime().clone() })
+    Ok(Open { raft, applied, revision, guard: Some(guard), runtime: transport.runtime().clone() })
 }
 
 impl Actor for Replica {
@@ -247,6 +274,14 @@ impl Handler<Execute> for Replica {
         };
         let run = self.transport.runtime().spawn(async move { h.execute(op).await });
         Box::pin(actix::fut::wrap_future(run).map(|r, _, _| r.unwrap_or_else(|e| ClientReply::Error(e.to_string()))))
+    }
+}
+
+impl Handler<Watch> for Replica {
+    type Result = Option<WatchSource>;
+
+    fn handle(&mut self, _: Watch, _: &mut Ctx<Self>) -> Self::Result {
+        self.open.as_ref().map(|o| WatchSource { applied: o.applied.clone(), revision: o.revision.subscribe() })
     }
 }
 

@@ -37,6 +37,8 @@ struct StoredSnapshot {
 #[derive(Clone)]
 pub struct StateMachine {
     pub applied: Arc<RwLock<Applied>>,
+    /// The data's revision after every apply or snapshot install: watchers wait on it.
+    pub revision: Arc<tokio::sync::watch::Sender<u64>>,
     dir: PathBuf,
 }
 
@@ -53,7 +55,8 @@ impl StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::default(),
             Err(e) => return Err(e),
         };
-        Ok(Self { applied: Arc::new(RwLock::new(applied)), dir })
+        let revision = Arc::new(tokio::sync::watch::Sender::new(applied.data.revision));
+        Ok(Self { applied: Arc::new(RwLock::new(applied)), revision, dir })
     }
 
     fn persist(&self, snap: &StoredSnapshot) -> Result<Vec<u8>, StorageError<NodeId>> {
@@ -114,6 +117,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             });
         }
+        let revision = a.data.revision;
+        drop(a);
+        self.revision.send_replace(revision);
         Ok(out)
     }
 
@@ -135,7 +141,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let me = self.clone();
         let applied = stored.applied.clone();
         tokio::task::spawn_blocking(move || me.persist(&stored)).await.map_err(sm_err)??;
+        let revision = applied.data.revision;
         *self.applied.write().unwrap() = applied;
+        self.revision.send_replace(revision);
         Ok(())
     }
 
