@@ -278,6 +278,8 @@ pub enum BenchCommand {
     Actors(crate::bench::ActorBenchArgs),
     /// QUIC between two processes: round trips and bulk throughput under injected loss.
     Transport(crate::bench::TransportBenchArgs),
+    /// The replicated store (against etcd when installed): puts/s, latency, CPU, fail-over.
+    Store(crate::bench::StoreBenchArgs),
     /// The echo peer `bench transport` starts (not for direct use).
     #[command(hide = true)]
     TransportPeer(crate::bench::TransportPeerArgs),

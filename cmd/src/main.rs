@@ -76,6 +76,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Bench(BenchCommand::Actors(args)) => bench::actors(args).map(|()| 0),
         Command::Bench(BenchCommand::Transport(args)) => bench::transport(args).map(|()| 0),
+        Command::Bench(BenchCommand::Store(args)) => bench::store(args).map(|()| 0),
         Command::Bench(BenchCommand::TransportPeer(args)) => bench::transport_peer(args).map(|()| 0),
         Command::Kv { member, command } => {
             let data = DataDir::existing(&data_dir)?;
@@ -128,7 +129,12 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         .filter(|ca| ca.cert_pem == creds.ca_pem)
         .map(|ca| Admission { ca, tokens: Arc::new(tokens::FileTokenBook::new(&data)) });
     peers.extend(args.peers.iter().map(|(n, a)| (Identity { name: n.clone(), role: Role::Server }, *a)));
-    let tcfg = TransportConfig { listen: args.quic_listen, fault_seed: args.fault_seed, ..TransportConfig::default() };
+    let tcfg = TransportConfig {
+        listen: args.quic_listen,
+        fault_seed: args.fault_seed,
+        reset_secret: Some(pki::reset_secret(&data, &args.name)?),
+        ..TransportConfig::default()
+    };
     let (transport, inbox, _quic_runtime) =
         Transport::start_with_socket(&creds, tcfg, socket).with_context(|| format!("cannot start QUIC on {quic}"))?;
     for (id, addr) in peers.into_iter().filter(|(id, _)| id.name != args.name) {

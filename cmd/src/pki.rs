@@ -92,3 +92,19 @@ pub fn credentials(data: &DataDir, ca: &ClusterCa, identity: &Identity) -> Resul
     store(data, &creds)?;
     Ok(creds)
 }
+
+/// The member's QUIC stateless-reset secret (`<member>/quic-reset-key`, 0600), created
+/// once: kept across restarts so peers can tell at once that our old connections died.
+pub fn reset_secret(data: &DataDir, member: &str) -> Result<[u8; 32]> {
+    let path = data.member_dir(member)?.join("quic-reset-key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(secret);
+        }
+    }
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    f.write_all(&secret)?;
+    Ok(secret)
+}

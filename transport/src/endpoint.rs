@@ -53,6 +53,11 @@ pub struct TransportConfig {
     /// Congestion control. BBR by default: it paces by measured bandwidth and RTT,
     /// where loss-based controllers (Cubic) collapse on a randomly lossy link.
     pub congestion: Congestion,
+    /// Secret for stateless-reset tokens, kept across restarts of this member: a peer
+    /// still holding a connection to our previous process then gets a reset it can
+    /// verify at its first packet, instead of waiting out the idle timeout. `None`: a
+    /// random key (resets are only recognised while this process lives).
+    pub reset_secret: Option<[u8; 32]>,
     /// How long a peer may hold back an ACK (QUIC's ACK-frequency extension). A lost
     /// packet is detected a probe timeout after it was sent, and that timeout includes
     /// this delay; QUIC's default of 25 ms dominates recovery on a fast network.
@@ -78,6 +83,7 @@ impl Default for TransportConfig {
             inbox: 1024,
             congestion: Congestion::Bbr,
             max_ack_delay: Duration::from_millis(2),
+            reset_secret: None,
         }
     }
 }
@@ -334,9 +340,20 @@ impl Transport {
         let inner_socket = quinn::Runtime::wrap_udp_socket(&*bound, std_socket).map_err(Error::Io)?;
         let faults = Arc::new(FaultTable::new(cfg.fault_seed));
         let socket = Arc::new(FaultSocket::new(inner_socket, faults.clone(), runtime.clone()));
+        let endpoint_cfg = match cfg.reset_secret {
+            Some(secret) => {
+                let mut c =
+                    quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
+                // Connection ids must validate in the next process too, or it drops the
+                // old connection's packets instead of answering them with a reset.
+                let cid_key = u64::from_le_bytes(secret[..8].try_into().expect("eight bytes"));
+                c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+                c
+            }
+            None => quinn::EndpointConfig::default(),
+        };
         let endpoint =
-            Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, bound)
-                .map_err(Error::Io)?;
+            Endpoint::new_with_abstract_socket(endpoint_cfg, Some(server), socket, bound).map_err(Error::Io)?;
         let (inbox, rx) = mpsc::channel(cfg.inbox);
         let inner = Arc::new(Inner {
             me: creds.identity.clone(),

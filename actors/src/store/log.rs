@@ -99,8 +99,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta("vote")
     }
 
+    /// Not fsync'd: the committed index only saves re-applying on restart (a lost one
+    /// is learned from the leader again), and raft saves it at every commit.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        self.set_meta("committed", &committed)
+        let bytes = to_payload(&committed).map_err(write_err)?;
+        let mut tx = self.db.begin_write().map_err(write_err)?;
+        tx.set_durability(redb::Durability::None).map_err(write_err)?;
+        tx.open_table(META).map_err(write_err)?.insert("committed", bytes.as_slice()).map_err(write_err)?;
+        tx.commit().map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {

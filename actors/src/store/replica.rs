@@ -29,6 +29,9 @@ use super::types::{node_id, ClientOp, ClientReply, Item, Raft, ShardRpc, ShardRp
 use crate::runtime::{exit, Actor, ActorPath, AsyncReply, ChildContext, Ctx, ExitReason, Handler, Incarnation};
 use crate::transport::{Delivered, RemoteRef};
 
+/// How long one forwarding attempt waits before the leader is looked up again.
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(1);
+
 /// How a replica is set up; shared by all its incarnations.
 pub struct ReplicaConfig {
     pub shard: u32,
@@ -190,13 +193,23 @@ impl Handles {
     async fn execute(&self, op: ClientOp) -> ClientReply {
         match op {
             ClientOp::Status => ClientReply::Status(self.status()),
-            ClientOp::Write(cmd) => match self.raft.client_write(cmd.clone()).await {
-                Ok(resp) => ClientReply::Written(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    self.forward(f.leader_node.map(|n| n.addr), ClientOp::Write(cmd)).await
+            ClientOp::Write(cmd) => {
+                // Forward only what this replica never proposed: a write it proposed as
+                // leader and then lost the lead over may still commit under the next
+                // leader, and forwarding it too could apply it twice. Such a write is
+                // indeterminate for the caller, who gets an error and may retry.
+                let leader = self.status().leader;
+                if leader.as_deref() != Some(self.member.as_str()) {
+                    return self.forward(leader, ClientOp::Write(cmd)).await;
                 }
-                Err(e) => ClientReply::Error(e.to_string()),
-            },
+                match self.raft.client_write(cmd).await {
+                    Ok(resp) => ClientReply::Written(resp.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        ClientReply::Error("lost the lead while writing: the write may or may not take effect".into())
+                    }
+                    Err(e) => ClientReply::Error(e.to_string()),
+                }
+            }
             read => match self.raft.ensure_linearizable().await {
                 Ok(_) => self.read(&read),
                 Err(e) => match e.forward_to_leader::<BasicNode>() {
@@ -244,13 +257,38 @@ impl Handles {
         }
     }
 
+    /// Forwards `op` to the leader. An attempt that gets no answer (the leader died, or
+    /// is cut off) is retried, against whoever leads by then, until the deadline: a write
+    /// forwarded twice is still applied at most once only if the first attempt never
+    /// reached the leader, so a failed attempt that may have reached it is reported as
+    /// an error rather than retried.
     async fn forward(&self, leader: Option<String>, op: ClientOp) -> ClientReply {
-        let Some(leader) = leader.filter(|l| *l != self.member) else { return ClientReply::NoLeader };
-        let remote = RemoteRef::new(self.transport.clone(), replica_path(&leader, self.cfg.shard), self.path.clone());
-        match remote.request::<_, ShardRpcReply>(&ShardRpc::Client(op), self.cfg.deadline).await {
-            Ok(ShardRpcReply::Client(reply)) => reply,
-            Ok(_) => ClientReply::Error(format!("{leader} answered something else")),
-            Err(e) => ClientReply::Error(format!("forwarding to the leader {leader}: {e}")),
+        let until = tokio::time::Instant::now() + self.cfg.deadline;
+        let mut leader = leader;
+        loop {
+            let Some(target) = leader.clone().filter(|l| *l != self.member) else { return ClientReply::NoLeader };
+            let remote =
+                RemoteRef::new(self.transport.clone(), replica_path(&target, self.cfg.shard), self.path.clone());
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = left.min(FORWARD_ATTEMPT);
+            match remote.request::<_, ShardRpcReply>(&ShardRpc::Client(op.clone()), attempt).await {
+                Ok(ShardRpcReply::Client(reply)) => return reply,
+                Ok(_) => return ClientReply::Error(format!("{target} answered something else")),
+                Err(e) => {
+                    let undelivered = matches!(
+                        e,
+                        crate::transport::RemoteError::Transport(keelson_transport::Error::Unreachable { .. })
+                    );
+                    let retryable =
+                        undelivered || matches!(op, ClientOp::Get { .. } | ClientOp::Range { .. } | ClientOp::Status);
+                    if !retryable || tokio::time::Instant::now() + Duration::from_millis(50) >= until {
+                        return ClientReply::Error(format!("forwarding to the leader {target}: {e}"));
+                    }
+                    // Wait for the leader to change (or the same one to come back).
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    leader = self.status().leader;
+                }
+            }
         }
     }
 

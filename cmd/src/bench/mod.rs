@@ -1,7 +1,9 @@
 //! `keelson bench …`: benchmarks that print figures (BENCHMARKS.md has the latest).
 
 mod actors;
+mod store;
 mod transport;
 
 pub use actors::{actors, ActorBenchArgs};
+pub use store::{store, StoreBenchArgs};
 pub use transport::{transport, transport_peer, TransportBenchArgs, TransportPeerArgs};
