@@ -178,7 +178,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
-mod millis {
+/// Serde for a `Duration` as whole milliseconds (`#[serde(with = "keelson_config::millis")]`).
+pub mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

@@ -466,18 +466,9 @@ impl Transport {
         let p = self.peer(peer)?;
         let deadline_ms = deadline.as_millis().min(u32::MAX as u128) as u32;
         let env = self.envelope(peer, to_path, from_path, Kind::Request { deadline_ms }, payload);
-        let inner = self.inner.clone();
-        let until = Instant::now() + deadline;
-        let task = async move {
-            let outcome = tokio::time::timeout_at(until, exchange(&inner, &p, env, until)).await;
-            let result =
-                outcome.unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }));
-            if result.is_err() {
-                p.counters.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            result
-        };
-        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+        let (inner, until) = (self.inner.clone(), Instant::now() + deadline);
+        let peer = p.clone();
+        on_runtime(&self.inner, p, deadline, until, async move { exchange(&inner, &peer, env, until).await }).await
     }
 
     /// Sends a one-way message; `Ok` means it was handed to QUIC on a live connection.
@@ -491,23 +482,18 @@ impl Transport {
     ) -> Result<()> {
         let p = self.peer(peer)?;
         let env = self.envelope(peer, to_path, from_path, Kind::OneWay, payload);
-        let inner = self.inner.clone();
-        let until = Instant::now() + deadline;
-        let task = async move {
-            let send = async {
-                let conn = connection(&inner, &p, until).await?;
-                let mut s = conn.open_uni().await.map_err(|e| Error::Closed(e.to_string()))?;
-                let bytes = frame::encode(&env, inner.cfg.max_frame)?;
-                s.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
-                let _already_finished = s.finish();
-                p.counters.one_way.fetch_add(1, Ordering::Relaxed);
-                p.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(())
-            };
-            let r = tokio::time::timeout_at(until, send).await;
-            r.unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }))
+        let (inner, until, peer) = (self.inner.clone(), Instant::now() + deadline, p.clone());
+        let send = async move {
+            let conn = connection(&inner, &peer, until).await?;
+            let mut s = conn.open_uni().await.map_err(|e| Error::Closed(e.to_string()))?;
+            let bytes = frame::encode(&env, inner.cfg.max_frame)?;
+            s.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
+            let _already_finished = s.finish();
+            peer.counters.one_way.fetch_add(1, Ordering::Relaxed);
+            peer.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            Ok(())
         };
-        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+        on_runtime(&self.inner, p, deadline, until, send).await
     }
 
     /// Sends a request whose reply is a stream of items; the receiver yields each item
@@ -523,27 +509,14 @@ impl Transport {
     ) -> Result<mpsc::Receiver<Result<Vec<u8>>>> {
         let p = self.peer(peer)?;
         let env = self.envelope(peer, to_path, from_path, Kind::Request { deadline_ms: 0 }, payload);
-        let inner = self.inner.clone();
-        let until = Instant::now() + deadline;
-        let task = async move {
-            let open = async {
-                let conn = connection(&inner, &p, until).await?;
-                let (mut send, recv) = conn.open_bi().await.map_err(|e| Error::Closed(e.to_string()))?;
-                let bytes = frame::encode(&env, inner.cfg.max_frame)?;
-                send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
-                let _already_finished = send.finish();
-                p.counters.requests.fetch_add(1, Ordering::Relaxed);
-                p.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(recv)
-            };
-            let recv = tokio::time::timeout_at(until, open)
-                .await
-                .unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }))?;
+        let (inner, until, peer) = (self.inner.clone(), Instant::now() + deadline, p.clone());
+        let start = async move {
+            let (_send, recv) = open_with(&inner, &peer, &env, until, Opening::Request).await?;
             let (tx, rx) = mpsc::channel(64);
-            tokio::spawn(recv_items(inner.clone(), p.clone(), recv, tx));
+            tokio::spawn(recv_items(inner.clone(), peer.clone(), recv, tx));
             Ok(rx)
         };
-        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+        on_runtime(&self.inner, p, deadline, until, start).await
     }
 
     /// Opens a raw bidirectional stream to actor `to_path` on `peer`.
@@ -557,20 +530,15 @@ impl Transport {
     ) -> Result<(SendStream, RecvStream)> {
         let p = self.peer(peer)?;
         let env = self.envelope(peer, to_path, from_path, Kind::Open, payload);
-        let inner = self.inner.clone();
-        let until = Instant::now() + deadline;
-        let task = async move {
-            let open = async {
-                let conn = connection(&inner, &p, until).await?;
-                let (mut send, recv) = conn.open_bi().await.map_err(|e| Error::Closed(e.to_string()))?;
-                let bytes = frame::encode(&env, inner.cfg.max_frame)?;
-                send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
-                Ok((send, recv))
-            };
-            let r = tokio::time::timeout_at(until, open).await;
-            r.unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }))
-        };
-        self.inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+        let (inner, until, peer) = (self.inner.clone(), Instant::now() + deadline, p.clone());
+        on_runtime(
+            &self.inner,
+            p,
+            deadline,
+            until,
+            async move { open_with(&inner, &peer, &env, until, Opening::Raw).await },
+        )
+        .await
     }
 
     /// Makes sure a connection to `peer` is up (dialing with back-off until `deadline`)
@@ -719,15 +687,57 @@ fn live(p: &Peer) -> Option<Connection> {
     p.conn.lock().unwrap().as_ref().filter(|c| c.close_reason().is_none()).cloned()
 }
 
+/// How a message starts on its own stream.
+#[derive(Clone, Copy, PartialEq)]
+enum Opening {
+    /// A request: the frame, then the send side finished; the reply comes back.
+    Request,
+    /// A raw stream: the frame, then the caller's bytes both ways.
+    Raw,
+}
+
+/// Opens a bidirectional stream to `p` and writes `env` on it, counting it.
+async fn open_with(
+    inner: &Arc<Inner>,
+    p: &Arc<Peer>,
+    env: &Envelope,
+    until: Instant,
+    how: Opening,
+) -> Result<(SendStream, RecvStream)> {
+    let conn = connection(inner, p, until).await?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| Error::Closed(e.to_string()))?;
+    let bytes = frame::encode(env, inner.cfg.max_frame)?;
+    send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
+    if how == Opening::Request {
+        let _already_finished = send.finish();
+        p.counters.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    p.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok((send, recv))
+}
+
+/// Runs `work` on the endpoint's runtime, bounded by `until`: a timeout is a typed error.
+async fn on_runtime<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    p: Arc<Peer>,
+    deadline: Duration,
+    until: Instant,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let task = async move {
+        let r = tokio::time::timeout_at(until, work).await;
+        let r = r.unwrap_or_else(|_| Err(Error::Timeout { peer: p.identity.name.clone(), after: deadline }));
+        if r.is_err() {
+            p.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    };
+    inner.runtime.spawn(task).await.map_err(|e| Error::Closed(e.to_string()))?
+}
+
 /// One request/response over a fresh bidirectional stream.
 async fn exchange(inner: &Arc<Inner>, p: &Arc<Peer>, env: Envelope, until: Instant) -> Result<Vec<u8>> {
-    let conn = connection(inner, p, until).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Closed(e.to_string()))?;
-    let bytes = frame::encode(&env, inner.cfg.max_frame)?;
-    send.write_all(&bytes).await.map_err(|e| Error::Closed(e.to_string()))?;
-    let _already_finished = send.finish();
-    p.counters.requests.fetch_add(1, Ordering::Relaxed);
-    p.counters.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let (_send, mut recv) = open_with(inner, p, &env, until, Opening::Request).await?;
     let Some((reply, used)) = read_frame(&mut recv, inner.cfg.max_frame).await? else {
         return Err(Error::Closed(format!("{} ended the stream without a reply", p.identity.name)));
     };

@@ -31,10 +31,10 @@ pub struct LinkFaults {
     #[serde(default)]
     pub loss: f64,
     /// Fixed delay added to every datagram.
-    #[serde(default, with = "millis")]
+    #[serde(default, with = "keelson_config::millis")]
     pub delay: Duration,
     /// The delay varies by up to this much either way, uniformly (`50ms ± 20ms`).
-    #[serde(default, with = "millis")]
+    #[serde(default, with = "keelson_config::millis")]
     pub jitter: Duration,
     /// Share of datagrams sent twice.
     #[serde(default)]
@@ -251,19 +251,6 @@ impl AsyncUdpSocket for FaultSocket {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
-    }
-}
-
-mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 
