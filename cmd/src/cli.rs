@@ -80,6 +80,9 @@ pub enum Command {
     /// Join tokens: let a new member join this cluster.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The cluster's members.
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Talk to the replicated store directly (as etcdctl does).
     Kv {
         /// The member to ask (any member answers; default: the first server found).
@@ -173,6 +176,12 @@ pub enum KvCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum MemberCommand {
+    /// Each member's name, QUIC address, process id and role in every store shard.
+    List,
 }
 
 #[derive(Subcommand)]

@@ -7,6 +7,7 @@ mod datadir;
 mod joined;
 mod kv;
 mod member;
+mod members;
 mod observe;
 mod pki;
 mod render;
@@ -26,7 +27,7 @@ use keelson_transport::{Transport, TransportConfig};
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
-use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat, TokenCommand};
+use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat, MemberCommand, TokenCommand};
 use datadir::DataDir;
 
 fn main() -> ExitCode {
@@ -78,6 +79,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bench(BenchCommand::Transport(args)) => bench::transport(args).map(|()| 0),
         Command::Bench(BenchCommand::Store(args)) => bench::store(args).map(|()| 0),
         Command::Bench(BenchCommand::TransportPeer(args)) => bench::transport_peer(args).map(|()| 0),
+        Command::Member(MemberCommand::List) => {
+            let data = DataDir::existing(&data_dir)?;
+            print!("{}", actix_rt::System::new().block_on(members::list(&data))?);
+            Ok(0)
+        }
         Command::Kv { member, command } => {
             let data = DataDir::existing(&data_dir)?;
             actix_rt::System::new().block_on(kv::run(&data, member, command))

@@ -188,6 +188,12 @@ fn four_shards_watches_fencing_and_a_partitioned_leader() {
         l.len() == 4 && l.iter().all(Option::is_some)
     });
 
+    // `keelson member list`: three members, their processes, one leader per shard.
+    let list = run_ok(&data, &["member", "list"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(list.lines().skip(1).all(|l| l.starts_with("server-") && !l.contains(" down ")), "{list}");
+    assert_eq!(list.matches("leader").count(), 4, "{list}");
+
     // A watch from now on one prefix sees each change once, in order per key.
     let mut watch = Running::start(&data, &["kv", "watch", "/w/"], &scratch.0.join("watch.log"));
     std::thread::sleep(Duration::from_millis(500));
