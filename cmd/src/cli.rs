@@ -110,6 +110,9 @@ pub struct UpArgs {
     /// Store shards.
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
+    /// Snapshot the store (and compact its log) every this many entries.
+    #[arg(long, default_value_t = 5_000)]
+    pub snapshot_every: u64,
 }
 
 #[derive(Args)]
@@ -146,6 +149,9 @@ pub struct ServerArgs {
     /// Store shards (each an independent raft group with a replica on every member).
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
+    /// Snapshot the store (and compact its log) every this many entries.
+    #[arg(long, default_value_t = 5_000)]
+    pub snapshot_every: u64,
 }
 
 #[derive(Subcommand)]

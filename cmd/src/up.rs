@@ -48,6 +48,7 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         argv.extend(["--data-dir".into(), data.root().display().to_string()]);
         argv.extend(["--quic-listen".into(), quic[name].to_string()]);
         argv.extend(["--store-members".into(), names.join(","), "--shards".into(), args.shards.to_string()]);
+        argv.extend(["--snapshot-every".into(), args.snapshot_every.to_string()]);
         for (peer, addr) in quic.iter().filter(|(p, _)| *p != name) {
             argv.extend(["--peer".into(), format!("{peer}={addr}")]);
         }

@@ -318,3 +318,41 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);
 }
+
+// Known defect, found by this test: with `--snapshot-every 100` no snapshot is ever
+// built (no snapshot.bin on any member after 300 entries), so the log is never compacted
+// and the follower catches up from the log instead. Open in issue P3's note; the test
+// stays as the acceptance check for the fix.
+#[test]
+#[ignore = "snapshots are not triggered yet (see the comment above and issue P3's note)"]
+fn a_member_that_fell_behind_a_compacted_log_catches_up_from_a_snapshot() {
+    let _one = serial();
+    let scratch = Scratch::new("snapshot");
+    let data = scratch.data();
+    let members = ["server-1", "server-2", "server-3"];
+    let mut up = Running::start(&data, &["up", "--snapshot-every", "100"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", START);
+    eventually("a leader", START, || leader(&data, &members).is_some());
+    let lead = leader(&data, &members).unwrap();
+    let behind = members.iter().copied().find(|m| *m != lead).unwrap();
+    let others: Vec<&str> = members.iter().copied().filter(|m| *m != behind).collect();
+
+    // Cut one follower off while the others commit 400 writes: the leader snapshots
+    // every 100 entries and compacts its log past what the follower has.
+    run_ok(&data, &["chaos", "net", "--partition", behind, "--from", &others.join(",")]);
+    for i in 0..400 {
+        assert!(put(&data, &lead, &format!("/snap/k{i:03}"), &format!("v{i}")));
+    }
+    run_ok(&data, &["chaos", "net", "--heal"]);
+
+    // It comes back by installing the leader's snapshot, then serves the data itself.
+    let status =
+        |m: &str| call(&data, m, "GET", "/kv/status", b"").filter(|(c, _)| *c == 200).map(|(_, v)| v[0].clone());
+    eventually("the follower installs a snapshot and catches up", START, || {
+        let (Some(f), Some(l)) = (status(behind), status(&lead)) else { return false };
+        f["snapshots_installed"].as_u64() >= Some(1) && f["revision"] == l["revision"]
+    });
+    assert!(status(behind).unwrap()["revision"].as_u64().unwrap() >= 400);
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}

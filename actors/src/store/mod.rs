@@ -52,7 +52,8 @@ pub struct StoreConfig {
     pub members: Vec<String>,
     pub election_timeout: (Duration, Duration),
     pub heartbeat: Duration,
-    /// Build a snapshot (and purge the log before it) after this many entries.
+    /// Build a snapshot (and purge the log before it, keeping a fifth of this, at most
+    /// 1,000) after this many entries.
     pub snapshot_every: u64,
     pub deadline: Duration,
 }
@@ -77,7 +78,7 @@ impl StoreConfig {
             election_timeout_max: self.election_timeout.1.as_millis() as u64,
             heartbeat_interval: self.heartbeat.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: (self.snapshot_every / 5).min(1_000),
             ..Default::default()
         }
     }

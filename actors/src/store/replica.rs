@@ -81,6 +81,7 @@ pub struct Execute(pub ClientOp);
 /// incarnation open the files.
 struct Open {
     raft: Raft,
+    installed: Arc<std::sync::atomic::AtomicU64>,
     applied: Arc<RwLock<Applied>>,
     revision: Arc<tokio::sync::watch::Sender<u64>>,
     guard: Option<OwnedMutexGuard<()>>,
@@ -119,6 +120,7 @@ impl Replica {
     fn handles(&self) -> Option<Handles> {
         self.open.as_ref().map(|o| Handles {
             raft: o.raft.clone(),
+            installed: o.installed.clone(),
             applied: o.applied.clone(),
             transport: self.transport.clone(),
             cfg: self.cfg.clone(),
@@ -158,7 +160,8 @@ async fn open(
             tracing::debug!(error = %e, "not initializing the shard");
         }
     }
-    Ok(Open { raft, applied, revision, guard: Some(guard), runtime: transport.runtime().clone() })
+    let installed = Arc::default();
+    Ok(Open { raft, installed, applied, revision, guard: Some(guard), runtime: transport.runtime().clone() })
 }
 
 impl Actor for Replica {
@@ -182,6 +185,7 @@ impl Actor for Replica {
 #[derive(Clone)]
 struct Handles {
     raft: Raft,
+    installed: Arc<std::sync::atomic::AtomicU64>,
     applied: Arc<RwLock<Applied>>,
     transport: Transport,
     cfg: Arc<ReplicaConfig>,
@@ -254,6 +258,7 @@ impl Handles {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             revision: a.data.revision,
             members: m.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect(),
+            snapshots_installed: self.installed.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -297,7 +302,14 @@ impl Handles {
         match rpc {
             ShardRpc::Append(r) => ShardRpcReply::Append(self.raft.append_entries(r).await),
             ShardRpc::Vote(r) => ShardRpcReply::Vote(self.raft.vote(r).await),
-            ShardRpc::Snapshot(r) => ShardRpcReply::Snapshot(self.raft.install_snapshot(r).await),
+            ShardRpc::Snapshot(r) => {
+                let last_chunk = r.done;
+                let result = self.raft.install_snapshot(r).await;
+                if last_chunk && result.is_ok() {
+                    self.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                ShardRpcReply::Snapshot(result)
+            }
             ShardRpc::Client(op) => ShardRpcReply::Client(self.execute(op).await),
         }
     }

@@ -60,6 +60,9 @@ pub struct ShardStatus {
     pub last_applied: u64,
     pub revision: u64,
     pub members: Vec<String>,
+    /// Snapshots this replica has installed from a leader (it had fallen behind the
+    /// leader's compacted log).
+    pub snapshots_installed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
