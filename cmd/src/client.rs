@@ -41,21 +41,7 @@ impl DoorClient {
 
     pub async fn kill(&self, door: &DoorFile, path: &str, mode: KillMode) -> Result<Killed> {
         let body = KillRequest { path: path.to_string(), mode };
-        let mut resp = self
-            .http
-            .post(format!("{}/chaos/kill", door.url))
-            .bearer_auth(&self.token)
-            .send_json(&body)
-            .await
-            .map_err(|e| anyhow!("kill {path} on {}: {e}", door.member))?;
-        let bytes = resp.body().await?;
-        if resp.status().is_success() {
-            return serde_json::from_slice(&bytes).context("unexpected answer to a kill");
-        }
-        let status: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let msg =
-            status["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into());
-        bail!("kill {path}: {} ({})", msg, resp.status())
+        self.post(door, "/chaos/kill", &body).await.with_context(|| format!("kill {path}"))
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(

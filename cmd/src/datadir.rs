@@ -71,7 +71,7 @@ impl DataDir {
         if let Ok(t) = std::fs::read_to_string(&path) {
             return Ok(t.trim().to_string());
         }
-        let token = random_hex(24)?;
+        let token = random_hex::<24>()?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -121,10 +121,15 @@ impl DataDir {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut buf = vec![0u8; bytes];
+/// `N` bytes from the kernel's random source (tokens, secrets).
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut buf = [0u8; N];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(buf)
+}
+
+fn random_hex<const N: usize>() -> Result<String> {
+    Ok(random_bytes::<N>()?.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

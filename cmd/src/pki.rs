@@ -102,8 +102,7 @@ pub fn reset_secret(data: &DataDir, member: &str) -> Result<[u8; 32]> {
             return Ok(secret);
         }
     }
-    let mut secret = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    let secret = crate::datadir::random_bytes::<32>()?;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
     f.write_all(&secret)?;
     Ok(secret)

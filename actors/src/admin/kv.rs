@@ -126,18 +126,23 @@ fn checked_key(key: &str) -> Result<String, &'static str> {
     Ok(key)
 }
 
+/// The gate, then the key's own checks: the key as stored, or the answer that refuses it.
+fn admit(req: &HttpRequest, state: &DoorState, key: &str) -> Result<String, Box<HttpResponse>> {
+    if let Some(refusal) = gate(req, state) {
+        return Err(Box::new(refusal));
+    }
+    checked_key(key).map_err(|why| Box::new(bad(why)))
+}
+
 #[derive(Deserialize)]
 struct EpochQuery {
     epoch: Option<u64>,
 }
 
 async fn get(req: HttpRequest, state: web::Data<DoorState>, key: web::Path<String>) -> HttpResponse {
-    if let Some(r) = gate(&req, &state) {
-        return r;
-    }
-    let key = match checked_key(&key) {
+    let key = match admit(&req, &state, &key) {
         Ok(k) => k,
-        Err(why) => return bad(why),
+        Err(refusal) => return *refusal,
     };
     match run(&state, shard_of(&key, state.store.len() as u32), ClientOp::Get { key: key.clone() }).await {
         ClientReply::Item { item: Some(item), revision } => {
@@ -166,12 +171,9 @@ async fn put(
     q: web::Query<EpochQuery>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Some(r) = gate(&req, &state) {
-        return r;
-    }
-    let key = match checked_key(&key) {
+    let key = match admit(&req, &state, &key) {
         Ok(k) => k,
-        Err(why) => return bad(why),
+        Err(refusal) => return *refusal,
     };
     if body.len() > 1 << 20 {
         return bad("values are at most 1 MiB");
@@ -185,12 +187,9 @@ async fn delete(
     key: web::Path<String>,
     q: web::Query<EpochQuery>,
 ) -> HttpResponse {
-    if let Some(r) = gate(&req, &state) {
-        return r;
-    }
-    let key = match checked_key(&key) {
+    let key = match admit(&req, &state, &key) {
         Ok(k) => k,
-        Err(why) => return bad(why),
+        Err(refusal) => return *refusal,
     };
     write(&state, &key, WriteOp::Delete { key: key.clone() }, q.epoch).await
 }
@@ -207,12 +206,9 @@ pub struct CasRequest {
 }
 
 async fn cas(req: HttpRequest, state: web::Data<DoorState>, body: web::Json<CasRequest>) -> HttpResponse {
-    if let Some(r) = gate(&req, &state) {
-        return r;
-    }
-    let key = match checked_key(&body.key) {
+    let key = match admit(&req, &state, &body.key) {
         Ok(k) => k,
-        Err(why) => return bad(why),
+        Err(refusal) => return *refusal,
     };
     let op =
         WriteOp::Cas { key: key.clone(), expected: body.expected, value: body.value.clone().map(String::into_bytes) };

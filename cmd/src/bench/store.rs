@@ -20,6 +20,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::datadir::DataDir;
+
 #[derive(Args)]
 pub struct StoreBenchArgs {
     /// Seconds per load cell.
@@ -48,13 +50,9 @@ trait Target {
 }
 
 struct Keelson {
-    data: PathBuf,
+    data: DataDir,
     token: String,
     up: Child,
-}
-
-fn door(data: &Path, member: &str) -> Option<Value> {
-    serde_json::from_slice(&std::fs::read(data.join(member).join("admin.json")).ok()?).ok()
 }
 
 const MEMBERS: [&str; 3] = ["server-1", "server-2", "server-3"];
@@ -75,24 +73,21 @@ impl Keelson {
                 break;
             }
         }
-        let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_string();
+        let data = DataDir::existing(&data)?;
+        let token = data.token()?;
         Ok(Self { data, token, up })
     }
 }
 
 impl Target for Keelson {
     fn endpoints(&self) -> Vec<String> {
-        MEMBERS
-            .iter()
-            .filter_map(|m| door(&self.data, m))
-            .filter_map(|d| d["url"].as_str().map(str::to_string))
-            .collect()
+        MEMBERS.iter().filter_map(|m| self.data.door(m).ok()).map(|d| d.url).collect()
     }
     fn put_request(&self, client: &awc::Client, endpoint: &str, key: &str) -> awc::SendClientRequest {
         client.put(format!("{endpoint}/kv/key/bench/{key}")).bearer_auth(&self.token).send_body(&VALUE[..])
     }
     fn pids(&self) -> Vec<u32> {
-        MEMBERS.iter().filter_map(|m| door(&self.data, m)).filter_map(|d| d["pid"].as_u64()).map(|p| p as u32).collect()
+        MEMBERS.iter().filter_map(|m| self.data.door(m).ok()).map(|d| d.pid).collect()
     }
     async fn leader(&self, client: &awc::Client) -> Option<usize> {
         for e in self.endpoints() {

@@ -78,6 +78,8 @@ impl ChildSpec {
 pub struct Supervisor {
     path: ActorPath,
     registry: Registry,
+    /// This supervisor's own entry (its detail line, its escalations).
+    me: Arc<Entry>,
     spec: SupervisorSpec,
     /// Children added at run time (`StartChild`), after `spec.children`.
     dynamic: Vec<ChildSpec>,
@@ -93,6 +95,7 @@ impl Supervisor {
         Self {
             path: cx.path.clone(),
             registry: cx.registry.clone(),
+            me: cx.registry.entry(&cx.path, "Supervisor", "", cfg.intensity.period),
             state: State::new(spec.strategy, cfg.intensity, cfg.backoff),
             rng: fastrand::Rng::with_seed(cfg.seed ^ cx.incarnation),
             spec,
@@ -165,7 +168,7 @@ impl Supervisor {
                     let reason =
                         ExitReason::Escalated { child: self.entries[i].path().clone(), cause: Box::new(cause) };
                     tracing::error!(%reason, "restart intensity exceeded; giving up");
-                    self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).escalated(&reason);
+                    self.me.escalated(&reason);
                     exit(ctx, reason);
                 }
             }
@@ -200,7 +203,7 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let i = self.spec.config.intensity;
         let info = format!("{} {}/{:?}", self.spec.strategy.as_str(), i.max_restarts, i.period);
-        self.registry.entry(&self.path, "Supervisor", "", Duration::ZERO).set_info(info);
+        self.me.set_info(info);
         let mut cmds = Vec::new();
         for i in 0..self.spec.children.len() {
             cmds.extend(self.add(i));
