@@ -163,7 +163,18 @@ pub enum KvCommand {
         json: bool,
     },
     /// Write a key.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        /// Attach the key to this lease (it goes when the lease does).
+        #[arg(long)]
+        lease: Option<u64>,
+    },
+    /// Run a transaction from a JSON file (`-`: standard input): `{"compares":[…],"success":[…],"failure":[…]}`.
+    Txn { file: String },
+    /// Grant, renew or revoke a lease.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
     /// Delete a key.
     Del { key: String },
     /// List keys under a prefix, in order.
@@ -182,6 +193,27 @@ pub enum KvCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum LeaseCommand {
+    /// Grant a lease living TTL (e.g. 10s) without keep-alives; prints its id.
+    Grant {
+        #[arg(value_parser = humantime_ms)]
+        ttl: u64,
+    },
+    /// Keep a lease alive: renew it every third of its TTL until interrupted (or once, with --once).
+    Keepalive {
+        id: u64,
+        #[arg(long)]
+        once: bool,
+    },
+    /// Revoke a lease now, deleting its keys.
+    Revoke { id: u64 },
+}
+
+fn humantime_ms(s: &str) -> Result<u64, String> {
+    parse_duration(s).map(|d| d.as_millis() as u64)
 }
 
 #[derive(Subcommand)]

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::cli::KvCommand;
+use crate::cli::{KvCommand, LeaseCommand};
 use crate::client::DoorClient;
 use crate::datadir::{DataDir, DoorFile};
 
@@ -29,12 +29,31 @@ pub async fn run(data: &DataDir, member: Option<String>, command: KvCommand) -> 
             }
             (code, v) => bail!("{code}: {}", v["message"]),
         },
-        KvCommand::Put { key, value } => {
-            match client.call(&door, "PUT", &path(&key), Some(value.into_bytes())).await? {
+        KvCommand::Put { key, value, lease } => {
+            let target = match lease {
+                Some(l) => format!("{}?lease={l}", path(&key)),
+                None => path(&key),
+            };
+            match client.call(&door, "PUT", &target, Some(value.into_bytes())).await? {
                 (200, v) => println!("revision {}", v["revision"]),
                 (code, v) => bail!("{code}: {}", v["message"]),
             }
         }
+        KvCommand::Txn { file } => {
+            let body = if file == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            match client.call(&door, "POST", "/kv/txn", Some(body.into_bytes())).await? {
+                (200, v) => {
+                    let branch = if v["succeeded"] == Value::Bool(true) { "success" } else { "failure" };
+                    println!("{branch} (revision {})", v["revision"]);
+                }
+                (code, v) => bail!("{code}: {}", v["message"]),
+            }
+        }
+        KvCommand::Lease(cmd) => return lease(&door, &client, cmd).await,
         KvCommand::Del { key } => match client.call(&door, "DELETE", &path(&key), None).await? {
             (200, v) if v["existed"] == Value::Bool(true) => println!("deleted at revision {}", v["revision"]),
             (200, _) => println!("{key}: was not there"),
@@ -82,6 +101,44 @@ pub async fn run(data: &DataDir, member: Option<String>, command: KvCommand) -> 
                             .unwrap_or_default()
                     );
                 }
+            }
+            (code, v) => bail!("{code}: {}", v["message"]),
+        },
+    }
+    Ok(0)
+}
+
+async fn lease(door: &DoorFile, client: &DoorClient, cmd: LeaseCommand) -> Result<i32> {
+    match cmd {
+        LeaseCommand::Grant { ttl } => {
+            let body = serde_json::json!({ "ttl_ms": ttl }).to_string().into_bytes();
+            match client.call(door, "POST", "/kv/lease", Some(body)).await? {
+                (200, v) => println!("{}", v["id"]),
+                (code, v) => bail!("{code}: {}", v["message"]),
+            }
+        }
+        LeaseCommand::Keepalive { id, once } => loop {
+            match client.call(door, "POST", &format!("/kv/lease/{id}/keepalive"), None).await? {
+                (200, v) => {
+                    let ttl_ms = v["ttl_ms"].as_u64().unwrap_or(3_000);
+                    println!("lease {id} kept alive for {} ms", ttl_ms);
+                    if once {
+                        break;
+                    }
+                    actix_rt::time::sleep(std::time::Duration::from_millis(ttl_ms / 3)).await;
+                }
+                (404, _) => {
+                    eprintln!("lease {id}: not found (expired or revoked)");
+                    return Ok(1);
+                }
+                (code, v) => bail!("{code}: {}", v["message"]),
+            }
+        },
+        LeaseCommand::Revoke { id } => match client.call(door, "DELETE", &format!("/kv/lease/{id}"), None).await? {
+            (200, _) => println!("lease {id} revoked"),
+            (404, _) => {
+                eprintln!("lease {id}: not found");
+                return Ok(1);
             }
             (code, v) => bail!("{code}: {}", v["message"]),
         },

@@ -156,6 +156,7 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     }
     let store = StoreConfig {
         shards: args.shards.max(1),
+        snapshot_every: args.snapshot_every.max(10),
         ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members)
     };
     let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store), None);

@@ -16,11 +16,15 @@
 //!   recover after healing, and answer through injected loss and delay;
 //! - the replicated store acknowledges writes through any member, keeps every
 //!   acknowledged write across a SIGKILL of its leader and across a full stop and
-//!   start of the cluster, and refuses garbage with a 400.
+//!   start of the cluster, and refuses garbage with a 400;
+//! - the store's histories of reads, writes and compare-and-swaps stay linearizable
+//!   while its leader is killed, cut off, and its links lose packets.
 
 mod support;
 
 mod launcher;
+mod linearizability;
 mod member;
 mod store;
+mod store_history;
 mod transport;

@@ -202,3 +202,33 @@ pub fn try_door(data: &Path, member: &str) -> Option<Value> {
     let bytes = std::fs::read(data.join(member).join("admin.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
+
+/// One authenticated HTTP call to a member's door: (status, JSON body); `None` when
+/// the member is not there or gives no answer within `timeout`.
+pub fn door_call(
+    data: &Path,
+    member: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Option<(u16, Value)> {
+    let door = try_door(data, member)?;
+    let token = std::fs::read_to_string(data.join("admin-token")).ok()?;
+    let addr: std::net::SocketAddr = door["url"].as_str()?.trim_start_matches("http://").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        token.trim(),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let json = resp.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    Some((code, json))
+}

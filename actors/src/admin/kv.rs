@@ -6,10 +6,14 @@
 //! | --- | --- | --- |
 //! | GET | `/kv/status` | each shard's leader, term, revision, members |
 //! | GET | `/kv/key/<key>` | the value and its revisions, or 404 |
-//! | PUT | `/kv/key/<key>[?epoch=E]` | body is the value → `{"revision","existed"}` |
+//! | PUT | `/kv/key/<key>[?epoch=E][&lease=L]` | body is the value → `{"revision","existed"}`; 404 when the lease is gone |
 //! | DELETE | `/kv/key/<key>[?epoch=E]` | `{"revision","existed"}` |
 //! | POST | `/kv/cas` | `{"key","expected","value"\|null,"epoch"?}` → written, or 409 with the current revision |
-//! | GET | `/kv/range?prefix=P&limit=N&continue=K` | keys in order, `continue` when more remain |
+//! | GET | `/kv/range?prefix=P&limit=N&continue=T` | keys in order, and `continue` when more remain: every page of one list reads the snapshot the first page read (410 once it left the window) |
+//! | POST | `/kv/txn` | `{"compares":[{"key","target","cmp","value"}],"success":[…],"failure":[…]}` → `{"succeeded","revision"}`; keys all on one shard |
+//! | POST | `/kv/lease` | `{"ttl_ms"}` → `{"id","ttl_ms"}`: a lease on every shard |
+//! | POST | `/kv/lease/<id>/keepalive` | renews it → `{"id","ttl_ms"}`, 404 when it expired |
+//! | DELETE | `/kv/lease/<id>` | revokes it, deleting its keys |
 //! | POST | `/kv/epoch` | `{"epoch":E}` raises the fencing epoch on every shard |
 //! | GET | `/kv/watch?prefix=P[&cursor=C]` | a `BOOKMARK` line with the cursor, then one line per change after it (`PUT`/`DELETE`, each with the cursor just past it); `ERROR` with code 410 when the cursor is older than the kept window |
 //!
@@ -21,7 +25,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::http::{authorized, status, DoorState};
-use crate::store::state::{prefix_end, Command, Outcome, WriteOp};
+use crate::store::state::{prefix_end, Cmp, Command, Compare, Outcome, Target, TxnOp, WriteOp};
 use crate::store::{shard_of, ClientOp, ClientReply, Execute, Item, Watch, WatchSource};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -30,6 +34,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/kv/range", web::get().to(range))
         .route("/kv/cas", web::post().to(cas))
         .route("/kv/epoch", web::post().to(epoch))
+        .route("/kv/txn", web::post().to(txn))
+        .route("/kv/lease", web::post().to(lease_grant))
+        .route("/kv/lease/{id}/keepalive", web::post().to(lease_keep_alive))
+        .route("/kv/lease/{id}", web::delete().to(lease_revoke))
         .route("/kv/key/{key:.*}", web::get().to(get))
         .route("/kv/key/{key:.*}", web::put().to(put))
         .route("/kv/key/{key:.*}", web::delete().to(delete));
@@ -43,6 +51,12 @@ pub struct KvItem {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl From<Item> for KvItem {
@@ -53,6 +67,7 @@ impl From<Item> for KvItem {
             create_revision: i.create_revision,
             mod_revision: i.mod_revision,
             version: i.version,
+            lease: i.lease,
         }
     }
 }
@@ -66,6 +81,9 @@ pub struct Written {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RangePage {
     pub revision: u64,
+    /// One revision per shard: where a watch that follows this list starts.
+    #[serde(default)]
+    pub cursor: String,
     pub items: Vec<KvItem>,
     #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
@@ -111,6 +129,13 @@ fn written(outcome: Outcome) -> HttpResponse {
             "Conflict",
             &format!("fenced: the shard's epoch is {current}, newer than the write's"),
         ),
+        Outcome::Txn { succeeded, revision } => {
+            HttpResponse::Ok().json(serde_json::json!({"succeeded": succeeded, "revision": revision}))
+        }
+        Outcome::NoLease { id } => {
+            status(StatusCode::NOT_FOUND, "NotFound", &format!("lease {id} not found (never granted, or expired)"))
+        }
+        Outcome::Lease { id, granted } => HttpResponse::Ok().json(serde_json::json!({"id": id, "granted": granted})),
     }
 }
 
@@ -118,10 +143,10 @@ fn bad(msg: &str) -> HttpResponse {
     status(StatusCode::BAD_REQUEST, "BadRequest", msg)
 }
 
-fn checked_key(key: &str) -> Result<String, &'static str> {
+fn checked_key(key: &str) -> Result<String, String> {
     let key = format!("/{}", key.trim_start_matches('/'));
     if key.len() < 2 || key.len() > 4096 || key.contains('\0') {
-        return Err("keys are 1 to 4,096 bytes, without NUL");
+        return Err("keys are 1 to 4,096 bytes, without NUL".into());
     }
     Ok(key)
 }
@@ -131,12 +156,14 @@ fn admit(req: &HttpRequest, state: &DoorState, key: &str) -> Result<String, Box<
     if let Some(refusal) = gate(req, state) {
         return Err(Box::new(refusal));
     }
-    checked_key(key).map_err(|why| Box::new(bad(why)))
+    checked_key(key).map_err(|why| Box::new(bad(&why)))
 }
 
 #[derive(Deserialize)]
 struct EpochQuery {
     epoch: Option<u64>,
+    #[serde(default)]
+    lease: u64,
 }
 
 async fn get(req: HttpRequest, state: web::Data<DoorState>, key: web::Path<String>) -> HttpResponse {
@@ -145,9 +172,11 @@ async fn get(req: HttpRequest, state: web::Data<DoorState>, key: web::Path<Strin
         Err(refusal) => return *refusal,
     };
     match run(&state, shard_of(&key, state.store.len() as u32), ClientOp::Get { key: key.clone() }).await {
-        ClientReply::Item { item: Some(item), revision } => {
+        ClientReply::Item { item: Some(item), revision, served_by, term } => {
             let mut v = serde_json::to_value(KvItem::from(item)).unwrap_or_default();
             v["revision"] = revision.into();
+            v["served_by"] = served_by.into();
+            v["raft_term"] = term.into();
             HttpResponse::Ok().json(v)
         }
         ClientReply::Item { item: None, .. } => {
@@ -178,7 +207,7 @@ async fn put(
     if body.len() > 1 << 20 {
         return bad("values are at most 1 MiB");
     }
-    write(&state, &key, WriteOp::Put { key: key.clone(), value: body.to_vec() }, q.epoch).await
+    write(&state, &key, WriteOp::Put { key: key.clone(), value: body.to_vec(), lease: q.lease }, q.epoch).await
 }
 
 async fn delete(
@@ -240,7 +269,19 @@ struct RangeQuery {
     prefix: String,
     limit: Option<usize>,
     #[serde(rename = "continue")]
-    after: Option<String>,
+    token: Option<String>,
+}
+
+/// A list's continue token: the revision each shard's first page was read at, and the
+/// last key returned (`r0.r1.…:key`). Opaque to clients.
+fn continue_token(cursor: &[u64], last: &str) -> String {
+    format!("{}:{last}", cursor_text(cursor))
+}
+
+fn parse_continue(token: &str, shards: usize) -> Option<(Vec<u64>, String)> {
+    let (cursor, key) = token.split_once(':')?;
+    let cursor = parse_cursor(cursor, shards)?;
+    Some((cursor, key.to_string()))
 }
 
 async fn range(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<RangeQuery>) -> HttpResponse {
@@ -251,18 +292,41 @@ async fn range(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<Rang
     if limit == 0 || limit > 10_000 {
         return bad("limit must be 1 to 10,000");
     }
+    let shards = state.store.len();
+    let (at, after) = match q.token.as_deref().map(|t| parse_continue(t, shards)) {
+        None => (None, None),
+        Some(Some((cursor, key))) => (Some(cursor), Some(key)),
+        Some(None) => return bad("the continue token is not one this store gave out"),
+    };
     let end = if q.prefix.is_empty() { String::new() } else { prefix_end(&q.prefix) };
     // Every shard's next page after the same key, merged in key order: the first
     // `limit` of them are the next `limit` keys overall.
     let mut items = Vec::new();
-    let (mut revision, mut more) = (0, false);
-    for shard in 0..state.store.len() as u32 {
-        let op = ClientOp::Range { start: q.prefix.clone(), end: end.clone(), after: q.after.clone(), limit };
-        match run(&state, shard, op).await {
+    let mut cursor = vec![0; shards];
+    let mut more = false;
+    for shard in 0..shards {
+        let op = ClientOp::Range {
+            start: q.prefix.clone(),
+            end: end.clone(),
+            after: after.clone(),
+            limit,
+            at: at.as_ref().map(|c| c[shard]),
+        };
+        match run(&state, shard as u32, op).await {
             ClientReply::Items { revision: r, items: page, more: m } => {
-                revision = revision.max(r);
+                cursor[shard] = r;
                 more |= m;
                 items.extend(page);
+            }
+            ClientReply::Expired { asked, oldest } => {
+                return status(
+                    StatusCode::GONE,
+                    "Expired",
+                    &format!(
+                        "the continue token is too old: shard {shard} keeps revisions from {oldest}, the list \
+                         was at {asked}; list again from the start"
+                    ),
+                )
             }
             other => return failure(other),
         }
@@ -270,8 +334,185 @@ async fn range(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<Rang
     items.sort_by(|a, b| a.key.cmp(&b.key));
     more |= items.len() > limit;
     items.truncate(limit);
-    let next = if more { items.last().map(|i| i.key.clone()) } else { None };
-    HttpResponse::Ok().json(RangePage { revision, items: items.into_iter().map(KvItem::from).collect(), next })
+    let next = if more { items.last().map(|i| continue_token(&cursor, &i.key)) } else { None };
+    HttpResponse::Ok().json(RangePage {
+        revision: cursor.iter().copied().max().unwrap_or(0),
+        cursor: cursor_text(&cursor),
+        items: items.into_iter().map(KvItem::from).collect(),
+        next,
+    })
+}
+
+/// A transaction as JSON: compares on one shard's keys, then the writes of one branch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TxnRequest {
+    #[serde(default)]
+    pub compares: Vec<TxnCompare>,
+    #[serde(default)]
+    pub success: Vec<TxnWrite>,
+    #[serde(default)]
+    pub failure: Vec<TxnWrite>,
+    #[serde(default)]
+    pub epoch: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnCompare {
+    pub key: String,
+    /// `mod_revision`, `create_revision`, `version` or `value`.
+    pub target: String,
+    /// `=`, `!=`, `<` or `>`.
+    pub cmp: String,
+    /// A number for revisions and versions, a string for values.
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum TxnWrite {
+    Put {
+        key: String,
+        value: String,
+        #[serde(default)]
+        lease: u64,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+fn compare_of(c: &TxnCompare) -> Result<Compare, String> {
+    let cmp = match c.cmp.as_str() {
+        "=" | "==" => Cmp::Equal,
+        "!=" => Cmp::NotEqual,
+        "<" => Cmp::Less,
+        ">" => Cmp::Greater,
+        other => return Err(format!("compare {other:?}: use =, !=, < or >")),
+    };
+    let number = || c.value.as_u64().ok_or_else(|| format!("the {} compare needs a number", c.target));
+    let target = match c.target.as_str() {
+        "mod_revision" => Target::ModRevision(number()?),
+        "create_revision" => Target::CreateRevision(number()?),
+        "version" => Target::Version(number()?),
+        "value" => Target::Value(
+            c.value.as_str().ok_or_else(|| "the value compare needs a string".to_string())?.as_bytes().to_vec(),
+        ),
+        other => return Err(format!("target {other:?}: use mod_revision, create_revision, version or value")),
+    };
+    Ok(Compare { key: checked_key(&c.key)?, target, cmp })
+}
+
+fn txn_op_of(w: &TxnWrite) -> Result<TxnOp, String> {
+    Ok(match w {
+        TxnWrite::Put { key, value, lease } => {
+            TxnOp::Put { key: checked_key(key)?, value: value.clone().into_bytes(), lease: *lease }
+        }
+        TxnWrite::Delete { key } => TxnOp::Delete { key: checked_key(key)? },
+    })
+}
+
+fn txn_of(body: &TxnRequest) -> Result<WriteOp, String> {
+    if body.compares.len() + body.success.len() + body.failure.len() > 128 {
+        return Err("a transaction holds at most 128 compares and writes".into());
+    }
+    Ok(WriteOp::Txn {
+        compares: body.compares.iter().map(compare_of).collect::<Result<_, _>>()?,
+        success: body.success.iter().map(txn_op_of).collect::<Result<_, _>>()?,
+        failure: body.failure.iter().map(txn_op_of).collect::<Result<_, _>>()?,
+    })
+}
+
+async fn txn(req: HttpRequest, state: web::Data<DoorState>, body: web::Json<TxnRequest>) -> HttpResponse {
+    if let Some(r) = gate(&req, &state) {
+        return r;
+    }
+    let op = match txn_of(&body) {
+        Ok(op) => op,
+        Err(e) => return bad(&e),
+    };
+    let WriteOp::Txn { compares, success, failure: otherwise } = &op else { unreachable!("txn_of makes a Txn") };
+    let keys = compares.iter().map(|c| c.key.as_str()).chain(success.iter().chain(otherwise).map(|w| match w {
+        TxnOp::Put { key, .. } | TxnOp::Delete { key } => key.as_str(),
+    }));
+    let shards_of: std::collections::BTreeMap<u32, &str> =
+        keys.map(|k| (shard_of(k, state.store.len() as u32), k)).collect();
+    let shard = match shards_of.len() {
+        0 => return bad("an empty transaction"),
+        1 => *shards_of.keys().next().unwrap_or(&0),
+        _ => {
+            let spread: Vec<String> = shards_of.iter().map(|(s, k)| format!("{k} on shard {s}")).collect();
+            return bad(&format!("a transaction's keys must all be on one shard: {}", spread.join(", ")));
+        }
+    };
+    match run(&state, shard, ClientOp::Write(Command { epoch: body.epoch, op })).await {
+        ClientReply::Written(outcome) => written(outcome),
+        other => failure(other),
+    }
+}
+
+#[derive(Deserialize)]
+struct LeaseBody {
+    ttl_ms: u64,
+}
+
+/// The shortest lease: a leader change may take this long, and a lease must outlive one.
+const MIN_LEASE_MS: u64 = 2_000;
+
+async fn lease_grant(req: HttpRequest, state: web::Data<DoorState>, body: web::Json<LeaseBody>) -> HttpResponse {
+    if let Some(r) = gate(&req, &state) {
+        return r;
+    }
+    if body.ttl_ms < MIN_LEASE_MS || body.ttl_ms > 86_400_000 {
+        return bad(&format!("ttl_ms must be {MIN_LEASE_MS} to 86,400,000"));
+    }
+    // One id on every shard, so a key on any shard may go with the lease.
+    let id = fastrand::u64(1..(1 << 53));
+    for shard in 0..state.store.len() as u32 {
+        let cmd = Command { epoch: None, op: WriteOp::LeaseGrant { id, ttl_ms: body.ttl_ms } };
+        match run(&state, shard, ClientOp::Write(cmd)).await {
+            ClientReply::Written(Outcome::Lease { granted: true, .. }) => {}
+            ClientReply::Written(other) => return written(other),
+            other => return failure(other),
+        }
+    }
+    HttpResponse::Ok().json(serde_json::json!({"id": id, "ttl_ms": body.ttl_ms}))
+}
+
+async fn lease_keep_alive(req: HttpRequest, state: web::Data<DoorState>, id: web::Path<u64>) -> HttpResponse {
+    if let Some(r) = gate(&req, &state) {
+        return r;
+    }
+    let mut ttl = None;
+    for shard in 0..state.store.len() as u32 {
+        match run(&state, shard, ClientOp::KeepAlive { lease: *id }).await {
+            ClientReply::KeptAlive { ttl_ms, .. } => ttl = ttl.or(ttl_ms),
+            other => return failure(other),
+        }
+    }
+    match ttl {
+        Some(ttl_ms) => HttpResponse::Ok().json(serde_json::json!({"id": *id, "ttl_ms": ttl_ms})),
+        None => status(StatusCode::NOT_FOUND, "NotFound", &format!("lease {id} not found (never granted, or expired)")),
+    }
+}
+
+async fn lease_revoke(req: HttpRequest, state: web::Data<DoorState>, id: web::Path<u64>) -> HttpResponse {
+    if let Some(r) = gate(&req, &state) {
+        return r;
+    }
+    let mut existed = false;
+    for shard in 0..state.store.len() as u32 {
+        let cmd = Command { epoch: None, op: WriteOp::LeaseRevoke { id: *id } };
+        match run(&state, shard, ClientOp::Write(cmd)).await {
+            ClientReply::Written(Outcome::Done { existed: e, .. }) => existed |= e,
+            ClientReply::Written(other) => return written(other),
+            other => return failure(other),
+        }
+    }
+    if !existed {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("lease {id} not found"));
+    }
+    HttpResponse::Ok().json(serde_json::json!({"id": *id, "revoked": true}))
 }
 
 async fn shard_status(req: HttpRequest, state: web::Data<DoorState>) -> HttpResponse {
@@ -297,6 +538,11 @@ struct WatchQuery {
 
 fn cursor_text(c: &[u64]) -> String {
     c.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+}
+
+fn parse_cursor(text: &str, shards: usize) -> Option<Vec<u64>> {
+    let v = text.split('.').map(str::parse::<u64>).collect::<Result<Vec<_>, _>>().ok()?;
+    (v.len() == shards).then_some(v)
 }
 
 fn line(v: serde_json::Value) -> web::Bytes {
@@ -367,9 +613,9 @@ async fn watch(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<Watc
     let now: Vec<u64> = sources.iter().map(|s| *s.revision.borrow()).collect();
     let cursor = match &q.cursor {
         None => now,
-        Some(c) => match c.split('.').map(str::parse::<u64>).collect::<Result<Vec<_>, _>>() {
-            Ok(v) if v.len() == sources.len() => v,
-            _ => return bad(&format!("cursor {c:?} is not one revision per shard ({} shards)", sources.len())),
+        Some(c) => match parse_cursor(c, sources.len()) {
+            Some(v) => v,
+            None => return bad(&format!("cursor {c:?} is not one revision per shard ({} shards)", sources.len())),
         },
     };
     let first = line(serde_json::json!({"type": "BOOKMARK", "cursor": cursor_text(&cursor)}));

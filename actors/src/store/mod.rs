@@ -7,6 +7,7 @@
 //! ```
 //!
 //! - `state.rs`: the data (ordered map, revisions, fencing epoch, event window), pure;
+//! - `leases.rs`: when leases expire (the leader's clock);
 //! - `log.rs`: the raft log and vote in redb, fsync'd before raft hears "durable";
 //! - `sm.rs`: the state machine in memory, snapshots on disk;
 //! - `network.rs`: raft RPCs over the member transport;
@@ -20,6 +21,7 @@
 // the helpers around them return it as it is rather than boxing and unboxing it.
 #![allow(clippy::result_large_err)]
 
+mod leases;
 mod log;
 mod network;
 mod replica;

@@ -22,15 +22,20 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tokio::sync::OwnedMutexGuard;
 
+use super::leases::LeaseClock;
 use super::log::LogStore;
 use super::network::{replica_path, Network};
 use super::sm::{Applied, StateMachine};
+use super::state::{Command, WriteOp};
 use super::types::{node_id, ClientOp, ClientReply, Item, Raft, ShardRpc, ShardRpcReply, ShardStatus};
 use crate::runtime::{exit, Actor, ActorPath, AsyncReply, ChildContext, Ctx, ExitReason, Handler, Incarnation};
 use crate::transport::{Delivered, RemoteRef};
 
 /// How long one forwarding attempt waits before the leader is looked up again.
 const FORWARD_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// How often a leader looks for leases past their deadline.
+const LEASE_TICK: Duration = Duration::from_millis(100);
 
 /// How a replica is set up; shared by all its incarnations.
 pub struct ReplicaConfig {
@@ -84,12 +89,15 @@ struct Open {
     installed: Arc<std::sync::atomic::AtomicU64>,
     applied: Arc<RwLock<Applied>>,
     revision: Arc<tokio::sync::watch::Sender<u64>>,
+    clock: Arc<std::sync::Mutex<LeaseClock>>,
+    expiring: tokio::task::JoinHandle<()>,
     guard: Option<OwnedMutexGuard<()>>,
     runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
+        self.expiring.abort();
         let (raft, guard) = (self.raft.clone(), self.guard.take());
         self.runtime.spawn(async move {
             let _already_down = raft.shutdown().await;
@@ -122,6 +130,7 @@ impl Replica {
             raft: o.raft.clone(),
             installed: o.installed.clone(),
             applied: o.applied.clone(),
+            clock: o.clock.clone(),
             transport: self.transport.clone(),
             cfg: self.cfg.clone(),
             member: self.member.clone(),
@@ -161,7 +170,45 @@ async fn open(
         }
     }
     let installed = Arc::default();
-    Ok(Open { raft, installed, applied, revision, guard: Some(guard), runtime: transport.runtime().clone() })
+    let clock = Arc::new(std::sync::Mutex::new(LeaseClock::default()));
+    let expiring = transport.runtime().spawn(expire_leases(raft.clone(), applied.clone(), clock.clone(), member));
+    let runtime = transport.runtime().clone();
+    Ok(Open { raft, installed, applied, revision, clock, expiring, guard: Some(guard), runtime })
+}
+
+/// While this replica leads, commits the revocation of every lease past its deadline.
+async fn expire_leases(
+    raft: Raft,
+    applied: Arc<RwLock<Applied>>,
+    clock: Arc<std::sync::Mutex<LeaseClock>>,
+    me: String,
+) {
+    let me = node_id(&me);
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (leader, term) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(me) {
+            clock.lock().unwrap().step_down();
+            continue;
+        }
+        let due = {
+            let a = applied.read().unwrap();
+            clock.lock().unwrap().due(term, std::time::Instant::now(), &a.data.leases)
+        };
+        for id in due {
+            tracing::debug!(lease = id, "lease expired");
+            if let Err(e) = raft.client_write(Command { epoch: None, op: WriteOp::LeaseRevoke { id } }).await {
+                tracing::debug!(lease = id, error = %e, "revoking an expired lease");
+                break;
+            }
+        }
+    }
 }
 
 impl Actor for Replica {
@@ -187,6 +234,7 @@ struct Handles {
     raft: Raft,
     installed: Arc<std::sync::atomic::AtomicU64>,
     applied: Arc<RwLock<Applied>>,
+    clock: Arc<std::sync::Mutex<LeaseClock>>,
     transport: Transport,
     cfg: Arc<ReplicaConfig>,
     member: String,
@@ -215,7 +263,10 @@ impl Handles {
                 }
             }
             read => match self.raft.ensure_linearizable().await {
-                Ok(_) => self.read(&read),
+                Ok(_) => match read {
+                    ClientOp::KeepAlive { lease } => self.keep_alive(lease),
+                    read => self.read(&read),
+                },
                 Err(e) => match e.forward_to_leader::<BasicNode>() {
                     Some(f) => self.forward(f.leader_node.clone().map(|n| n.addr), read).await,
                     None => ClientReply::Error(e.to_string()),
@@ -233,17 +284,45 @@ impl Handles {
             create_revision: v.create_revision,
             mod_revision: v.mod_revision,
             version: v.version,
+            lease: v.lease,
         };
         match op {
             ClientOp::Get { key } => {
-                ClientReply::Item { revision, item: a.data.kv.get(key).map(|v| item((key.clone(), v.clone()))) }
+                let term = self.raft.metrics().borrow().current_term;
+                ClientReply::Item {
+                    revision,
+                    item: a.data.kv.get(key).map(|v| item((key.clone(), v.clone()))),
+                    served_by: self.member.clone(),
+                    term,
+                }
             }
-            ClientOp::Range { start, end, after, limit } => {
-                let (items, more) = a.data.range(start, end, after.as_deref(), (*limit).clamp(1, 10_000));
-                ClientReply::Items { revision, items: items.into_iter().map(item).collect(), more }
+            ClientOp::Range { start, end, after, limit, at } => {
+                let limit = (*limit).clamp(1, 10_000);
+                let page = match at {
+                    Some(at) => a.data.range_at(start, end, after.as_deref(), limit, *at),
+                    None => Ok(a.data.range(start, end, after.as_deref(), limit)),
+                };
+                match page {
+                    Ok((items, more)) => ClientReply::Items {
+                        revision: at.unwrap_or(revision).min(revision),
+                        items: items.into_iter().map(item).collect(),
+                        more,
+                    },
+                    Err(e) => ClientReply::Expired { asked: e.asked, oldest: e.oldest },
+                }
             }
             _ => ClientReply::Error("not a read".into()),
         }
+    }
+
+    /// Renews `lease` on this replica, which has just confirmed that it leads.
+    fn keep_alive(&self, lease: u64) -> ClientReply {
+        let ttl_ms = self.applied.read().unwrap().data.leases.get(&lease).map(|l| l.ttl_ms);
+        if let Some(ttl) = ttl_ms {
+            let term = self.raft.metrics().borrow().current_term;
+            self.clock.lock().unwrap().keep_alive(term, lease, ttl, std::time::Instant::now());
+        }
+        ClientReply::KeptAlive { lease, ttl_ms }
     }
 
     fn status(&self) -> ShardStatus {
@@ -259,6 +338,8 @@ impl Handles {
             revision: a.data.revision,
             members: m.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect(),
             snapshots_installed: self.installed.load(std::sync::atomic::Ordering::Relaxed),
+            snapshot: m.snapshot.map_or(0, |l| l.index),
+            purged: m.purged.map_or(0, |l| l.index),
         }
     }
 
@@ -284,8 +365,7 @@ impl Handles {
                         e,
                         crate::transport::RemoteError::Transport(keelson_transport::Error::Unreachable { .. })
                     );
-                    let retryable =
-                        undelivered || matches!(op, ClientOp::Get { .. } | ClientOp::Range { .. } | ClientOp::Status);
+                    let retryable = undelivered || !matches!(op, ClientOp::Write(_));
                     if !retryable || tokio::time::Instant::now() + Duration::from_millis(50) >= until {
                         return ClientReply::Error(format!("forwarding to the leader {target}: {e}"));
                     }

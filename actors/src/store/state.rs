@@ -1,8 +1,9 @@
 //! The replicated state machine's data: an ordered map with revisions, a fencing
-//! epoch and a window of recent events. Pure: commands in, outcomes out; raft and the
-//! disk are elsewhere (`sm.rs`, `log.rs`).
+//! epoch, leases, and a window of recent events. Pure: commands in, outcomes out; raft
+//! and the disk are elsewhere (`sm.rs`, `log.rs`), and so is the clock (a lease's
+//! expiry is decided by the shard's leader, which then commits `LeaseRevoke`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -18,9 +19,11 @@ pub struct Command {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
+    /// Writes `key`; with a lease (non-zero), the key goes when the lease does.
     Put {
         key: String,
         value: Vec<u8>,
+        lease: u64,
     },
     Delete {
         key: String,
@@ -32,10 +35,58 @@ pub enum WriteOp {
         expected: u64,
         value: Option<Vec<u8>>,
     },
+    /// If every compare holds, runs `success`, otherwise `failure`; all of its writes
+    /// share one revision (as etcd's transactions do). Keys are all on this shard.
+    Txn {
+        compares: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    },
     /// Raises the shard's fencing epoch (never lowers it).
     RaiseEpoch {
         epoch: u64,
     },
+    /// Creates lease `id` (chosen by the caller, non-zero) living `ttl_ms` without a
+    /// keep-alive.
+    LeaseGrant {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// Ends lease `id` and deletes every key attached to it, at one revision.
+    LeaseRevoke {
+        id: u64,
+    },
+}
+
+/// One write inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: String, value: Vec<u8>, lease: u64 },
+    Delete { key: String },
+}
+
+/// A condition on one key (an absent key has revisions and version 0, and no value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub target: Target,
+    pub cmp: Cmp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    ModRevision(u64),
+    CreateRevision(u64),
+    Version(u64),
+    Value(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
 }
 
 /// What a write did.
@@ -47,6 +98,13 @@ pub enum Outcome {
     Conflict { current: u64 },
     /// The write's epoch is older than the shard's.
     Fenced { current: u64 },
+    /// A transaction: whether its compares held (so `success` ran), and the revision
+    /// after it.
+    Txn { succeeded: bool, revision: u64 },
+    /// A put named a lease this shard does not have (never granted, or expired).
+    NoLease { id: u64 },
+    /// A lease was granted (or, for a grant of an id already taken, refused).
+    Lease { id: u64, granted: bool },
 }
 
 /// A stored value and its revisions (as etcd keeps them).
@@ -56,6 +114,8 @@ pub struct Value {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    /// The lease the key is attached to (0: none).
+    pub lease: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,13 +124,23 @@ pub enum EventKind {
     Delete,
 }
 
-/// One change, kept in the window for watchers.
+/// One change, kept in the window for watchers and for reads at a past revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub revision: u64,
     pub key: String,
     pub kind: EventKind,
     pub value: Option<Vec<u8>>,
+    /// The key before this change (Kubernetes' delete events carry the last object;
+    /// a read at an older revision undoes changes with it).
+    pub prev: Option<Value>,
+}
+
+/// A lease: its time to live, and the keys that go with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ttl_ms: u64,
+    pub keys: BTreeSet<String>,
 }
 
 /// How many recent events a shard keeps for watchers.
@@ -81,15 +151,38 @@ pub struct Data {
     pub revision: u64,
     pub epoch: u64,
     pub kv: BTreeMap<String, Value>,
+    pub leases: BTreeMap<u64, Lease>,
     pub events: VecDeque<Event>,
 }
 
-/// A watcher asked for events older than the window (Kubernetes' 410 Gone).
+/// A watcher or a read asked for a revision older than the window (Kubernetes' 410 Gone).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("revision {asked} is older than the oldest kept ({oldest})")]
 pub struct Expired {
     pub asked: u64,
     pub oldest: u64,
+}
+
+impl Compare {
+    fn holds(&self, v: Option<&Value>) -> bool {
+        use std::cmp::Ordering;
+        let ord = match &self.target {
+            Target::ModRevision(r) => v.map_or(0, |v| v.mod_revision).cmp(r),
+            Target::CreateRevision(r) => v.map_or(0, |v| v.create_revision).cmp(r),
+            Target::Version(n) => v.map_or(0, |v| v.version).cmp(n),
+            Target::Value(x) => match v {
+                Some(v) => v.data.as_slice().cmp(x.as_slice()),
+                // etcd: a value compare on an absent key fails whatever the operator.
+                None => return false,
+            },
+        };
+        match self.cmp {
+            Cmp::Equal => ord == Ordering::Equal,
+            Cmp::NotEqual => ord != Ordering::Equal,
+            Cmp::Less => ord == Ordering::Less,
+            Cmp::Greater => ord == Ordering::Greater,
+        }
+    }
 }
 
 impl Data {
@@ -100,55 +193,133 @@ impl Data {
             }
         }
         match &cmd.op {
-            WriteOp::Put { key, value } => self.put(key, value.clone()),
-            WriteOp::Delete { key } => self.delete(key),
+            WriteOp::Put { key, value, lease } => {
+                if *lease != 0 && !self.leases.contains_key(lease) {
+                    return Outcome::NoLease { id: *lease };
+                }
+                let existed = self.kv.contains_key(key);
+                self.revision += 1;
+                self.put_at(key, value.clone(), *lease, self.revision);
+                Outcome::Done { revision: self.revision, existed }
+            }
+            WriteOp::Delete { key } => {
+                if !self.kv.contains_key(key) {
+                    return Outcome::Done { revision: self.revision, existed: false };
+                }
+                self.revision += 1;
+                self.delete_at(key, self.revision);
+                Outcome::Done { revision: self.revision, existed: true }
+            }
             WriteOp::Cas { key, expected, value } => {
                 let current = self.kv.get(key).map_or(0, |v| v.mod_revision);
                 if current != *expected {
                     return Outcome::Conflict { current };
                 }
-                match value {
-                    Some(v) => self.put(key, v.clone()),
-                    None => self.delete(key),
+                let op = match value {
+                    Some(v) => WriteOp::Put { key: key.clone(), value: v.clone(), lease: 0 },
+                    None => WriteOp::Delete { key: key.clone() },
+                };
+                self.apply(&Command { epoch: None, op })
+            }
+            WriteOp::Txn { compares, success, failure } => {
+                let succeeded = compares.iter().all(|c| c.holds(self.kv.get(&c.key)));
+                let ops = if succeeded { success } else { failure };
+                if let Some(id) = ops.iter().find_map(|op| match op {
+                    TxnOp::Put { lease, .. } if *lease != 0 && !self.leases.contains_key(lease) => Some(*lease),
+                    _ => None,
+                }) {
+                    return Outcome::NoLease { id };
                 }
+                let changes = ops.iter().any(|op| match op {
+                    TxnOp::Put { .. } => true,
+                    TxnOp::Delete { key } => self.kv.contains_key(key),
+                });
+                if changes {
+                    self.revision += 1;
+                    for op in ops {
+                        match op {
+                            TxnOp::Put { key, value, lease } => self.put_at(key, value.clone(), *lease, self.revision),
+                            TxnOp::Delete { key } => self.delete_at(key, self.revision),
+                        }
+                    }
+                }
+                Outcome::Txn { succeeded, revision: self.revision }
             }
             WriteOp::RaiseEpoch { epoch } => {
                 self.epoch = self.epoch.max(*epoch);
                 Outcome::Done { revision: self.revision, existed: true }
             }
+            WriteOp::LeaseGrant { id, ttl_ms } => {
+                if *id == 0 || self.leases.contains_key(id) {
+                    return Outcome::Lease { id: *id, granted: false };
+                }
+                self.leases.insert(*id, Lease { ttl_ms: *ttl_ms, keys: BTreeSet::new() });
+                Outcome::Lease { id: *id, granted: true }
+            }
+            WriteOp::LeaseRevoke { id } => {
+                let Some(lease) = self.leases.remove(id) else {
+                    return Outcome::Done { revision: self.revision, existed: false };
+                };
+                if !lease.keys.is_empty() {
+                    self.revision += 1;
+                    for key in &lease.keys {
+                        self.delete_at(key, self.revision);
+                    }
+                }
+                Outcome::Done { revision: self.revision, existed: true }
+            }
         }
     }
 
-    fn put(&mut self, key: &str, data: Vec<u8>) -> Outcome {
-        self.revision += 1;
-        let rev = self.revision;
-        let existed = self.kv.contains_key(key);
+    /// Writes `key` at `rev` (already counted), moving it between leases as asked.
+    fn put_at(&mut self, key: &str, data: Vec<u8>, lease: u64, rev: u64) {
+        let prev = self.kv.get(key).cloned();
+        if let Some(old) = prev.as_ref().map(|p| p.lease).filter(|l| *l != 0 && *l != lease) {
+            if let Some(l) = self.leases.get_mut(&old) {
+                l.keys.remove(key);
+            }
+        }
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.keys.insert(key.to_string());
+        }
         let entry = self.kv.entry(key.to_string()).or_insert(Value {
             data: Vec::new(),
             create_revision: rev,
             mod_revision: rev,
             version: 0,
+            lease,
         });
         entry.data = data.clone();
         entry.mod_revision = rev;
         entry.version += 1;
-        self.record(Event { revision: rev, key: key.to_string(), kind: EventKind::Put, value: Some(data) });
-        Outcome::Done { revision: rev, existed }
+        entry.lease = lease;
+        self.record(Event { revision: rev, key: key.to_string(), kind: EventKind::Put, value: Some(data), prev });
     }
 
-    fn delete(&mut self, key: &str) -> Outcome {
-        if self.kv.remove(key).is_none() {
-            return Outcome::Done { revision: self.revision, existed: false };
+    /// Deletes `key` (if there) at `rev` (already counted).
+    fn delete_at(&mut self, key: &str, rev: u64) {
+        let Some(prev) = self.kv.remove(key) else { return };
+        if let Some(l) = self.leases.get_mut(&prev.lease) {
+            l.keys.remove(key);
         }
-        self.revision += 1;
-        let rev = self.revision;
-        self.record(Event { revision: rev, key: key.to_string(), kind: EventKind::Delete, value: None });
-        Outcome::Done { revision: rev, existed: true }
+        self.record(Event {
+            revision: rev,
+            key: key.to_string(),
+            kind: EventKind::Delete,
+            value: None,
+            prev: Some(prev),
+        });
     }
 
+    /// Keeps `e` in the window; the oldest revision leaves whole (a transaction's
+    /// changes share one), so the window never holds part of a revision.
     fn record(&mut self, e: Event) {
-        if self.events.len() == EVENT_WINDOW {
-            self.events.pop_front();
+        if self.events.len() >= EVENT_WINDOW {
+            if let Some(gone) = self.events.pop_front() {
+                while self.events.front().is_some_and(|f| f.revision == gone.revision) {
+                    self.events.pop_front();
+                }
+            }
         }
         self.events.push_back(e);
     }
@@ -156,24 +327,86 @@ impl Data {
     /// Keys in `[start, end)` (to the end when `end` is empty), at most `limit`; also
     /// whether more remain (then continue from the last key returned, exclusive).
     pub fn range(&self, start: &str, end: &str, after: Option<&str>, limit: usize) -> (Vec<(String, Value)>, bool) {
-        let lower = match after {
-            Some(a) => Bound::Excluded(a.to_string()),
-            None => Bound::Included(start.to_string()),
-        };
-        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end.to_string()) };
-        let mut it = self.kv.range((lower, upper));
+        let mut it = self.kv.range(bounds(start, end, after));
         let items: Vec<(String, Value)> = it.by_ref().take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
         (items, it.next().is_some())
     }
 
-    /// Events after `revision`, or `Expired` if some of them have left the window.
-    pub fn events_after(&self, revision: u64) -> Result<Vec<Event>, Expired> {
+    /// As `range`, but as the keys were at revision `at` (which must still be in the
+    /// event window): the changes after it are undone with the values they replaced.
+    /// This is how one list's pages all read one consistent snapshot.
+    #[allow(clippy::type_complexity)]
+    pub fn range_at(
+        &self,
+        start: &str,
+        end: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: u64,
+    ) -> Result<(Vec<(String, Value)>, bool), Expired> {
+        if at >= self.revision {
+            return Ok(self.range(start, end, after, limit));
+        }
+        self.check_window(at)?;
+        let b = bounds(start, end, after);
+        // Walk the changes after `at` newest first: the last word on a key is then
+        // what it held at `at`.
+        let mut undo: BTreeMap<&str, Option<&Value>> = BTreeMap::new();
+        for e in self.events.iter().rev().take_while(|e| e.revision > at) {
+            if std::ops::RangeBounds::contains(&b, &e.key) {
+                undo.insert(&e.key, e.prev.as_ref());
+            }
+        }
+        let mut merged = self.kv.range(b).map(|(k, v)| (k.as_str(), Some(v))).peekable();
+        let mut undone = undo.into_iter().peekable();
+        let mut items = Vec::new();
+        loop {
+            let next = match (merged.peek(), undone.peek()) {
+                (None, None) => break,
+                (Some(_), None) => merged.next(),
+                (None, Some(_)) => undone.next(),
+                (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                    std::cmp::Ordering::Less => merged.next(),
+                    std::cmp::Ordering::Greater => undone.next(),
+                    std::cmp::Ordering::Equal => {
+                        merged.next();
+                        undone.next()
+                    }
+                },
+            };
+            if let Some((k, Some(v))) = next {
+                if items.len() == limit {
+                    return Ok((items, true));
+                }
+                items.push((k.to_string(), v.clone()));
+            }
+        }
+        Ok((items, false))
+    }
+
+    fn check_window(&self, revision: u64) -> Result<(), Expired> {
         let oldest = self.events.front().map_or(self.revision + 1, |e| e.revision);
         if revision + 1 < oldest && revision < self.revision {
             return Err(Expired { asked: revision, oldest });
         }
-        Ok(self.events.iter().filter(|e| e.revision > revision).cloned().collect())
+        Ok(())
     }
+
+    /// Events after `revision`, or `Expired` if some of them have left the window.
+    pub fn events_after(&self, revision: u64) -> Result<Vec<Event>, Expired> {
+        self.check_window(revision)?;
+        let first = self.events.partition_point(|e| e.revision <= revision);
+        Ok(self.events.range(first..).cloned().collect())
+    }
+}
+
+fn bounds(start: &str, end: &str, after: Option<&str>) -> (Bound<String>, Bound<String>) {
+    let lower = match after {
+        Some(a) => Bound::Excluded(a.to_string()),
+        None => Bound::Included(start.to_string()),
+    };
+    let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end.to_string()) };
+    (lower, upper)
 }
 
 /// The smallest key greater than every key starting with `prefix` (for prefix ranges).
@@ -193,7 +426,15 @@ mod tests {
     use super::*;
 
     fn put(k: &str, v: &str) -> Command {
-        Command { epoch: None, op: WriteOp::Put { key: k.into(), value: v.as_bytes().to_vec() } }
+        Command { epoch: None, op: WriteOp::Put { key: k.into(), value: v.as_bytes().to_vec(), lease: 0 } }
+    }
+
+    fn op(op: WriteOp) -> Command {
+        Command { epoch: None, op }
+    }
+
+    fn keys(items: &[(String, Value)]) -> Vec<(&str, &[u8])> {
+        items.iter().map(|(k, v)| (k.as_str(), v.data.as_slice())).collect()
     }
 
     #[test]
@@ -203,31 +444,93 @@ mod tests {
         assert_eq!(d.apply(&put("a", "2")), Outcome::Done { revision: 2, existed: true });
         let v = &d.kv["a"];
         assert_eq!((v.create_revision, v.mod_revision, v.version), (1, 2, 2));
-        let cas = |expected, value: Option<&str>| Command {
-            epoch: None,
-            op: WriteOp::Cas { key: "a".into(), expected, value: value.map(|s| s.as_bytes().to_vec()) },
+        let cas = |expected, value: Option<&str>| {
+            op(WriteOp::Cas { key: "a".into(), expected, value: value.map(|s| s.as_bytes().to_vec()) })
         };
         assert_eq!(d.apply(&cas(1, Some("x"))), Outcome::Conflict { current: 2 });
         assert_eq!(d.apply(&cas(2, Some("3"))), Outcome::Done { revision: 3, existed: true });
         assert_eq!(d.apply(&cas(3, None)), Outcome::Done { revision: 4, existed: true });
         assert_eq!(d.apply(&cas(0, Some("new"))), Outcome::Done { revision: 5, existed: false });
-        assert_eq!(
-            d.apply(&Command { epoch: None, op: WriteOp::Delete { key: "zz".into() } }),
-            Outcome::Done { revision: 5, existed: false }
-        );
+        assert_eq!(d.apply(&op(WriteOp::Delete { key: "zz".into() })), Outcome::Done { revision: 5, existed: false });
     }
 
     #[test]
     fn fencing_rejects_older_epochs() {
         let mut d = Data::default();
-        d.apply(&Command { epoch: None, op: WriteOp::RaiseEpoch { epoch: 3 } });
+        d.apply(&op(WriteOp::RaiseEpoch { epoch: 3 }));
         let old = Command { epoch: Some(2), ..put("k", "v") };
         assert_eq!(d.apply(&old), Outcome::Fenced { current: 3 });
         assert!(d.kv.is_empty());
         let now = Command { epoch: Some(3), ..put("k", "v") };
         assert!(matches!(d.apply(&now), Outcome::Done { .. }));
-        d.apply(&Command { epoch: None, op: WriteOp::RaiseEpoch { epoch: 1 } });
+        d.apply(&op(WriteOp::RaiseEpoch { epoch: 1 }));
         assert_eq!(d.epoch, 3, "epochs never go down");
+    }
+
+    #[test]
+    fn transactions_run_one_branch_at_one_revision() {
+        let mut d = Data::default();
+        d.apply(&put("a", "1"));
+        let txn = |compares, value: &str| {
+            op(WriteOp::Txn {
+                compares,
+                success: vec![
+                    TxnOp::Put { key: "a".into(), value: value.as_bytes().to_vec(), lease: 0 },
+                    TxnOp::Put { key: "b".into(), value: value.as_bytes().to_vec(), lease: 0 },
+                ],
+                failure: vec![TxnOp::Delete { key: "a".into() }],
+            })
+        };
+        let on_a = |target, cmp| vec![Compare { key: "a".into(), target, cmp }];
+        assert_eq!(
+            d.apply(&txn(on_a(Target::ModRevision(1), Cmp::Equal), "2")),
+            Outcome::Txn { succeeded: true, revision: 2 }
+        );
+        assert_eq!((d.kv["a"].mod_revision, d.kv["b"].mod_revision), (2, 2), "one revision for the whole txn");
+        assert_eq!(d.events_after(1).unwrap().len(), 2);
+        // Every comparison kind, on a present and an absent key.
+        assert!(on_a(Target::Version(2), Cmp::Equal)[0].holds(d.kv.get("a")));
+        assert!(on_a(Target::CreateRevision(2), Cmp::Less)[0].holds(d.kv.get("a")));
+        assert!(on_a(Target::Value(b"1".to_vec()), Cmp::Greater)[0].holds(d.kv.get("a")));
+        assert!(!on_a(Target::Value(b"2".to_vec()), Cmp::NotEqual)[0].holds(d.kv.get("a")));
+        assert!(!on_a(Target::Value(b"2".to_vec()), Cmp::Equal)[0].holds(None), "no value to compare");
+        assert!(on_a(Target::ModRevision(0), Cmp::Equal)[0].holds(None), "absent: revision 0");
+        // A failed compare runs the other branch.
+        assert_eq!(
+            d.apply(&txn(on_a(Target::Value(b"9".to_vec()), Cmp::Equal), "x")),
+            Outcome::Txn { succeeded: false, revision: 3 }
+        );
+        assert!(!d.kv.contains_key("a") && d.kv["b"].data == b"2");
+        // A branch that changes nothing does not use a revision.
+        assert_eq!(
+            d.apply(&txn(on_a(Target::Version(5), Cmp::Equal), "x")),
+            Outcome::Txn { succeeded: false, revision: 3 }
+        );
+    }
+
+    #[test]
+    fn leases_hold_keys_until_revoked() {
+        let mut d = Data::default();
+        assert_eq!(d.apply(&op(WriteOp::LeaseGrant { id: 7, ttl_ms: 5_000 })), Outcome::Lease { id: 7, granted: true });
+        assert_eq!(d.apply(&op(WriteOp::LeaseGrant { id: 7, ttl_ms: 1 })), Outcome::Lease { id: 7, granted: false });
+        let leased = |k: &str, lease| op(WriteOp::Put { key: k.into(), value: b"v".to_vec(), lease });
+        assert_eq!(d.apply(&leased("x", 8)), Outcome::NoLease { id: 8 });
+        d.apply(&leased("x", 7));
+        d.apply(&leased("y", 7));
+        d.apply(&leased("z", 7));
+        d.apply(&leased("z", 0)); // moved off the lease
+        assert_eq!(d.leases[&7].keys.len(), 2);
+        let before = d.revision;
+        assert_eq!(d.apply(&op(WriteOp::LeaseRevoke { id: 7 })), Outcome::Done { revision: before + 1, existed: true });
+        assert_eq!(d.kv.keys().collect::<Vec<_>>(), ["z"]);
+        let gone = d.events_after(before).unwrap();
+        assert_eq!(gone.len(), 2);
+        assert!(gone.iter().all(|e| e.kind == EventKind::Delete && e.prev.as_ref().unwrap().lease == 7));
+        assert_eq!(
+            d.apply(&op(WriteOp::LeaseRevoke { id: 7 })),
+            Outcome::Done { revision: before + 1, existed: false }
+        );
+        assert_eq!(d.apply(&leased("x", 7)), Outcome::NoLease { id: 7 });
     }
 
     #[test]
@@ -246,6 +549,28 @@ mod tests {
     }
 
     #[test]
+    fn a_range_at_a_past_revision_sees_that_snapshot() {
+        let mut d = Data::default();
+        for k in ["a", "b", "c", "d"] {
+            d.apply(&put(k, "1"));
+        }
+        let at = d.revision;
+        d.apply(&put("b", "2"));
+        d.apply(&op(WriteOp::Delete { key: "c".into() }));
+        d.apply(&put("bb", "new"));
+        d.apply(&put("b", "3"));
+        let (page, more) = d.range_at("", "", None, 2, at).unwrap();
+        assert_eq!(keys(&page), [("a", &b"1"[..]), ("b", b"1")]);
+        assert!(more);
+        let (page, more) = d.range_at("", "", Some("b"), 10, at).unwrap();
+        assert_eq!(keys(&page), [("c", &b"1"[..]), ("d", b"1")], "bb did not exist yet, c still did");
+        assert!(!more);
+        assert_eq!(d.range_at("", "", None, 10, d.revision).unwrap(), d.range("", "", None, 10));
+        let (mid, _) = d.range_at("b", "c", None, 10, at + 3).unwrap();
+        assert_eq!(keys(&mid), [("b", &b"2"[..]), ("bb", b"new")]);
+    }
+
+    #[test]
     fn the_event_window_expires_old_revisions() {
         let mut d = Data::default();
         for i in 0..(EVENT_WINDOW + 10) {
@@ -253,6 +578,26 @@ mod tests {
         }
         assert_eq!(d.events_after(d.revision - 3).unwrap().len(), 3);
         assert!(d.events_after(5).is_err());
+        assert!(d.range_at("", "", None, 10, 5).is_err());
         assert_eq!(d.events_after(d.revision).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_revision_leaves_the_window_whole() {
+        let mut d = Data::default();
+        let both = op(WriteOp::Txn {
+            compares: vec![],
+            success: vec![
+                TxnOp::Put { key: "x".into(), value: vec![], lease: 0 },
+                TxnOp::Put { key: "y".into(), value: vec![], lease: 0 },
+            ],
+            failure: vec![],
+        });
+        d.apply(&both);
+        for i in 0..(EVENT_WINDOW - 1) {
+            d.apply(&put(&format!("k{i}"), "v"));
+        }
+        assert_eq!(d.events.len(), EVENT_WINDOW - 1, "both of revision 1's changes left together");
+        assert!(d.events.iter().all(|e| e.revision > 1));
     }
 }

@@ -34,9 +34,23 @@ pub fn node_id(member: &str) -> NodeId {
 /// A client operation, as forwarded to the leader or run locally.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum ClientOp {
-    Get { key: String },
-    Range { start: String, end: String, after: Option<String>, limit: usize },
+    Get {
+        key: String,
+    },
+    /// Keys in `[start, end)` after `after`; at revision `at` when given (the
+    /// later pages of one list read the snapshot its first page did).
+    Range {
+        start: String,
+        end: String,
+        after: Option<String>,
+        limit: usize,
+        at: Option<u64>,
+    },
     Write(Command),
+    /// Renews a lease for its full TTL (answered by the leader, which keeps the clocks).
+    KeepAlive {
+        lease: u64,
+    },
     Status,
 }
 
@@ -48,6 +62,8 @@ pub struct Item {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    /// The lease the key goes with (0: none).
+    pub lease: u64,
 }
 
 /// The shard as a status query sees it.
@@ -63,6 +79,12 @@ pub struct ShardStatus {
     /// Snapshots this replica has installed from a leader (it had fallen behind the
     /// leader's compacted log).
     pub snapshots_installed: u64,
+    /// The log index of this replica's latest snapshot (0: none yet).
+    #[serde(default)]
+    pub snapshot: u64,
+    /// The log is compacted up to this index (0: nothing purged).
+    #[serde(default)]
+    pub purged: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,6 +92,9 @@ pub enum ClientReply {
     Item {
         revision: u64,
         item: Option<Item>,
+        /// The replica that answered (as etcd's response header names it), and its term.
+        served_by: String,
+        term: u64,
     },
     Items {
         revision: u64,
@@ -77,6 +102,16 @@ pub enum ClientReply {
         more: bool,
     },
     Written(Outcome),
+    /// A kept-alive lease's TTL, or `None` when the shard has no such lease.
+    KeptAlive {
+        lease: u64,
+        ttl_ms: Option<u64>,
+    },
+    /// A read at a revision older than the kept window.
+    Expired {
+        asked: u64,
+        oldest: u64,
+    },
     Status(ShardStatus),
     /// This member is not the leader and does not know who is (an election is on).
     NoLeader,
