@@ -220,6 +220,20 @@ fn humantime_ms(s: &str) -> Result<u64, String> {
 pub enum MemberCommand {
     /// Each member's name, QUIC address, process id and role in every store shard.
     List,
+    /// Add a running member (started with `keelson server --join`) to every store
+    /// shard: a learner first, a voter once it has caught up.
+    Add {
+        name: String,
+        /// The member to ask (default: the first server found).
+        #[arg(long)]
+        member: Option<String>,
+    },
+    /// Remove a member from every store shard's voters (stop its process afterwards).
+    Remove {
+        name: String,
+        #[arg(long)]
+        member: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

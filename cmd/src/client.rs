@@ -76,12 +76,20 @@ impl DoorClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, serde_json::Value)> {
+        self.call_with(door, method, path, body, Duration::from_secs(30)).await
+    }
+
+    /// `call`, waiting up to `timeout` for the answer (for long operations).
+    pub async fn call_with(
+        &self,
+        door: &DoorFile,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(u16, serde_json::Value)> {
         let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| anyhow!("{e}"))?;
-        let req = self
-            .http
-            .request(method, format!("{}{path}", door.url))
-            .timeout(Duration::from_secs(30))
-            .bearer_auth(&self.token);
+        let req = self.http.request(method, format!("{}{path}", door.url)).timeout(timeout).bearer_auth(&self.token);
         let mut resp = match body {
             Some(b) => req.send_body(b).await,
             None => req.send().await,

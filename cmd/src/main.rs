@@ -84,6 +84,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print!("{}", actix_rt::System::new().block_on(members::list(&data))?);
             Ok(0)
         }
+        Command::Member(MemberCommand::Add { name, member }) => {
+            let data = DataDir::existing(&data_dir)?;
+            actix_rt::System::new().block_on(members::change(&data, member, &name, "add"))?;
+            Ok(0)
+        }
+        Command::Member(MemberCommand::Remove { name, member }) => {
+            let data = DataDir::existing(&data_dir)?;
+            actix_rt::System::new().block_on(members::change(&data, member, &name, "remove"))?;
+            Ok(0)
+        }
         Command::Kv { member, command } => {
             let data = DataDir::existing(&data_dir)?;
             actix_rt::System::new().block_on(kv::run(&data, member, command))
@@ -150,8 +160,15 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     router.pump(inbox, transport.runtime());
     tracing::info!(quic = %transport.local_addr(), peers = ?transport.peers(), "transport up");
     let t = transport.clone();
-    let members = if args.store_members.is_empty() { vec![args.name.clone()] } else { args.store_members.clone() };
-    if !members.contains(&args.name) {
+    // A member that joined with a token starts with no store of its own: it waits to
+    // be added (`keelson member add`). A member on its own starts a store of one.
+    let joined = data.member_dir(&args.name)?.join("peers.json").exists();
+    let members = match (args.store_members.is_empty(), joined) {
+        (false, _) => args.store_members.clone(),
+        (true, true) => Vec::new(),
+        (true, false) => vec![args.name.clone()],
+    };
+    if !members.is_empty() && !members.contains(&args.name) {
         anyhow::bail!("--store-members must include this member ({})", args.name);
     }
     let store = StoreConfig {

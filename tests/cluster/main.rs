@@ -26,5 +26,7 @@ mod launcher;
 mod linearizability;
 mod member;
 mod store;
+mod store_api;
 mod store_history;
+mod store_members;
 mod transport;

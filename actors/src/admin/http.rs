@@ -74,6 +74,7 @@ pub fn routes(state: DoorState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/transport/ping", web::post().to(ping))
             .route("/metrics", web::get().to(metrics))
             .configure(super::kv::routes)
+            .configure(super::members::routes)
             .default_service(web::to(|req: HttpRequest| async move {
                 status(StatusCode::NOT_FOUND, "NotFound", &format!("no route {} {}", req.method(), req.path()))
             }));

@@ -89,14 +89,14 @@ pub struct RangePage {
     pub next: Option<String>,
 }
 
-async fn run(state: &DoorState, shard: u32, op: ClientOp) -> ClientReply {
+pub(super) async fn run(state: &DoorState, shard: u32, op: ClientOp) -> ClientReply {
     let Some(replica) = state.store.get(shard as usize) else {
         return ClientReply::Error("this member holds no store".into());
     };
     replica.send(Execute(op)).await.unwrap_or_else(|e| ClientReply::Error(format!("the store replica: {e}")))
 }
 
-fn gate(req: &HttpRequest, state: &DoorState) -> Option<HttpResponse> {
+pub(super) fn gate(req: &HttpRequest, state: &DoorState) -> Option<HttpResponse> {
     if !authorized(req, &state.token) {
         return Some(status(StatusCode::UNAUTHORIZED, "Unauthorized", "the key-value API needs the admin token"));
     }
@@ -106,7 +106,7 @@ fn gate(req: &HttpRequest, state: &DoorState) -> Option<HttpResponse> {
     None
 }
 
-fn failure(reply: ClientReply) -> HttpResponse {
+pub(super) fn failure(reply: ClientReply) -> HttpResponse {
     match reply {
         ClientReply::NoLeader => status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -139,7 +139,7 @@ fn written(outcome: Outcome) -> HttpResponse {
     }
 }
 
-fn bad(msg: &str) -> HttpResponse {
+pub(super) fn bad(msg: &str) -> HttpResponse {
     status(StatusCode::BAD_REQUEST, "BadRequest", msg)
 }
 

@@ -5,6 +5,7 @@
 mod actor;
 pub mod http;
 pub mod kv;
+mod members;
 mod metrics;
 #[cfg(test)]
 mod tests;

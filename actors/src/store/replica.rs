@@ -34,6 +34,10 @@ use crate::transport::{Delivered, RemoteRef};
 /// How long one forwarding attempt waits before the leader is looked up again.
 const FORWARD_ATTEMPT: Duration = Duration::from_secs(1);
 
+/// How long a new member may take to catch up before it is promoted (a snapshot
+/// install included), and a membership change to be forwarded and answered.
+const CATCH_UP: Duration = Duration::from_secs(120);
+
 /// How often a leader looks for leases past their deadline.
 const LEASE_TICK: Duration = Duration::from_millis(100);
 
@@ -90,6 +94,7 @@ struct Open {
     applied: Arc<RwLock<Applied>>,
     revision: Arc<tokio::sync::watch::Sender<u64>>,
     clock: Arc<std::sync::Mutex<LeaseClock>>,
+    committed_here: Arc<std::sync::atomic::AtomicBool>,
     expiring: tokio::task::JoinHandle<()>,
     guard: Option<OwnedMutexGuard<()>>,
     runtime: tokio::runtime::Handle,
@@ -131,6 +136,7 @@ impl Replica {
             installed: o.installed.clone(),
             applied: o.applied.clone(),
             clock: o.clock.clone(),
+            committed_here: o.committed_here.clone(),
             transport: self.transport.clone(),
             cfg: self.cfg.clone(),
             member: self.member.clone(),
@@ -173,7 +179,8 @@ async fn open(
     let clock = Arc::new(std::sync::Mutex::new(LeaseClock::default()));
     let expiring = transport.runtime().spawn(expire_leases(raft.clone(), applied.clone(), clock.clone(), member));
     let runtime = transport.runtime().clone();
-    Ok(Open { raft, installed, applied, revision, clock, expiring, guard: Some(guard), runtime })
+    let committed_here = Arc::default();
+    Ok(Open { raft, installed, applied, revision, clock, committed_here, expiring, guard: Some(guard), runtime })
 }
 
 /// While this replica leads, commits the revocation of every lease past its deadline.
@@ -235,6 +242,8 @@ struct Handles {
     installed: Arc<std::sync::atomic::AtomicU64>,
     applied: Arc<RwLock<Applied>>,
     clock: Arc<std::sync::Mutex<LeaseClock>>,
+    /// Whether this process has committed an entry as leader: see `confirm_commit`.
+    committed_here: Arc<std::sync::atomic::AtomicBool>,
     transport: Transport,
     cfg: Arc<ReplicaConfig>,
     member: String,
@@ -255,14 +264,24 @@ impl Handles {
                     return self.forward(leader, ClientOp::Write(cmd)).await;
                 }
                 match self.raft.client_write(cmd).await {
-                    Ok(resp) => ClientReply::Written(resp.data),
+                    Ok(resp) => {
+                        self.committed_here.store(true, std::sync::atomic::Ordering::Release);
+                        ClientReply::Written(resp.data)
+                    }
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                         ClientReply::Error("lost the lead while writing: the write may or may not take effect".into())
                     }
                     Err(e) => ClientReply::Error(e.to_string()),
                 }
             }
-            read => match self.raft.ensure_linearizable().await {
+            change @ (ClientOp::AddMember { .. } | ClientOp::RemoveMember { .. }) => {
+                let leader = self.status().leader;
+                if leader.as_deref() != Some(self.member.as_str()) {
+                    return self.forward(leader, change).await;
+                }
+                self.change_members(change).await
+            }
+            read => match self.ensure_linearizable().await {
                 Ok(_) => match read {
                     ClientOp::KeepAlive { lease } => self.keep_alive(lease),
                     read => self.read(&read),
@@ -315,6 +334,107 @@ impl Handles {
         }
     }
 
+    /// Read-index: confirms this replica leads and has applied everything committed
+    /// before the read began.
+    ///
+    /// openraft's read index is the larger of the commit index and the leader's first
+    /// entry of its term. A leader restarted within its own term (openraft restores it
+    /// at once) still has its old first entry, and its commit index comes back from a
+    /// save that is not fsync'd, so it may not know of entries it acknowledged just
+    /// before it died. Until it has committed an entry in this process, it commits a
+    /// no-op first: that commits (and so applies) everything before it.
+    async fn ensure_linearizable(
+        &self,
+    ) -> Result<(), RaftError<u64, openraft::error::CheckIsLeaderError<u64, BasicNode>>> {
+        self.raft.ensure_linearizable().await?;
+        if self.committed_here.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let noop = Command { epoch: None, op: WriteOp::RaiseEpoch { epoch: 0 } };
+        match self.raft.client_write(noop).await {
+            Ok(_) => {
+                self.committed_here.store(true, std::sync::atomic::Ordering::Release);
+                self.raft.ensure_linearizable().await.map(|_| ())
+            }
+            Err(e) => {
+                let leader = e.forward_to_leader::<BasicNode>().cloned();
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    leader.unwrap_or_else(openraft::error::ForwardToLeader::empty),
+                )))
+            }
+        }
+    }
+
+    /// Runs a membership change on this replica, the shard's leader.
+    async fn change_members(&self, op: ClientOp) -> ClientReply {
+        use openraft::ChangeMembers;
+        let voters =
+            || -> Vec<u64> { self.raft.metrics().borrow().membership_config.membership().voter_ids().collect() };
+        let change = match op {
+            ClientOp::AddMember { name } => {
+                let id = node_id(&name);
+                if !voters().contains(&id) {
+                    if let Err(e) = self.raft.add_learner(id, BasicNode { addr: name.clone() }, false).await {
+                        return ClientReply::Error(format!("adding {name} as a learner: {e}"));
+                    }
+                    if let Err(e) = self.catch_up(id, &name).await {
+                        return ClientReply::Error(e);
+                    }
+                }
+                ChangeMembers::AddVoterIds([id].into())
+            }
+            ClientOp::RemoveMember { name } => {
+                let id = node_id(&name);
+                let now = voters();
+                if !now.contains(&id) {
+                    return ClientReply::Error(format!("{name} is not a voter of shard {}", self.cfg.shard));
+                }
+                if now.len() == 1 {
+                    return ClientReply::Error(format!("{name} is the shard's last voter"));
+                }
+                ChangeMembers::RemoveVoters([id].into())
+            }
+            _ => return ClientReply::Error("not a membership change".into()),
+        };
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => {
+                let s = self.status();
+                let learners = s.members.iter().filter(|m| !s.voters.contains(m)).cloned().collect();
+                ClientReply::Members { voters: s.voters, learners }
+            }
+            Err(e) => ClientReply::Error(format!("changing the membership: {e}")),
+        }
+    }
+
+    /// Waits until learner `id` holds the leader's log as it was when the wait began.
+    async fn catch_up(&self, id: u64, name: &str) -> Result<(), String> {
+        let mut metrics = self.raft.metrics();
+        let target = metrics.borrow().last_log_index.unwrap_or(0);
+        let until = tokio::time::Instant::now() + CATCH_UP;
+        loop {
+            let matched = {
+                let m = metrics.borrow();
+                if m.current_leader != Some(node_id(&self.member)) {
+                    return Err(format!("lost the lead while {name} was catching up; retry"));
+                }
+                m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index)
+            };
+            if matched >= target {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(until, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("the shard is shutting down".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "{name} did not catch up within {CATCH_UP:?} (it holds {matched} of {target} entries): is it \
+                         running, started with --join, and reachable?"
+                    ))
+                }
+            }
+        }
+    }
+
     /// Renews `lease` on this replica, which has just confirmed that it leads.
     fn keep_alive(&self, lease: u64) -> ClientReply {
         let ttl_ms = self.applied.read().unwrap().data.leases.get(&lease).map(|l| l.ttl_ms);
@@ -337,6 +457,7 @@ impl Handles {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             revision: a.data.revision,
             members: m.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect(),
+            voters: m.membership_config.membership().voter_ids().filter_map(name_of).collect(),
             snapshots_installed: self.installed.load(std::sync::atomic::Ordering::Relaxed),
             snapshot: m.snapshot.map_or(0, |l| l.index),
             purged: m.purged.map_or(0, |l| l.index),
@@ -349,14 +470,27 @@ impl Handles {
     /// reached the leader, so a failed attempt that may have reached it is reported as
     /// an error rather than retried.
     async fn forward(&self, leader: Option<String>, op: ClientOp) -> ClientReply {
-        let until = tokio::time::Instant::now() + self.cfg.deadline;
+        let long = matches!(op, ClientOp::AddMember { .. } | ClientOp::RemoveMember { .. });
+        let until =
+            tokio::time::Instant::now() + if long { CATCH_UP + Duration::from_secs(10) } else { self.cfg.deadline };
         let mut leader = leader;
         loop {
-            let Some(target) = leader.clone().filter(|l| *l != self.member) else { return ClientReply::NoLeader };
+            let Some(target) = leader.clone().filter(|l| *l != self.member) else {
+                // No leader known (an election is on): wait for one rather than fail.
+                match self.await_leader(until).await {
+                    Some(l) if l != self.member => {
+                        leader = Some(l);
+                        continue;
+                    }
+                    // This replica was elected: run the operation here.
+                    Some(_) => return Box::pin(self.execute(op)).await,
+                    None => return ClientReply::NoLeader,
+                }
+            };
             let remote =
                 RemoteRef::new(self.transport.clone(), replica_path(&target, self.cfg.shard), self.path.clone());
             let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = left.min(FORWARD_ATTEMPT);
+            let attempt = if long { left } else { left.min(FORWARD_ATTEMPT) };
             match remote.request::<_, ShardRpcReply>(&ShardRpc::Client(op.clone()), attempt).await {
                 Ok(ShardRpcReply::Client(reply)) => return reply,
                 Ok(_) => return ClientReply::Error(format!("{target} answered something else")),
@@ -373,6 +507,19 @@ impl Handles {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     leader = self.status().leader;
                 }
+            }
+        }
+    }
+
+    /// Waits until some replica is known to lead the shard, up to `until`.
+    async fn await_leader(&self, until: tokio::time::Instant) -> Option<String> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(l) = self.status().leader {
+                return Some(l);
+            }
+            if !matches!(tokio::time::timeout_at(until, metrics.changed()).await, Ok(Ok(()))) {
+                return None;
             }
         }
     }

@@ -51,6 +51,15 @@ pub enum ClientOp {
     KeepAlive {
         lease: u64,
     },
+    /// Adds a member to the shard: first as a learner, promoted to voter once it has
+    /// caught up with the leader's log.
+    AddMember {
+        name: String,
+    },
+    /// Removes a member from the shard's voters (and from its nodes).
+    RemoveMember {
+        name: String,
+    },
     Status,
 }
 
@@ -76,6 +85,9 @@ pub struct ShardStatus {
     pub last_applied: u64,
     pub revision: u64,
     pub members: Vec<String>,
+    /// Which of `members` vote (the others are learners, catching up).
+    #[serde(default)]
+    pub voters: Vec<String>,
     /// Snapshots this replica has installed from a leader (it had fallen behind the
     /// leader's compacted log).
     pub snapshots_installed: u64,
@@ -106,6 +118,11 @@ pub enum ClientReply {
     KeptAlive {
         lease: u64,
         ttl_ms: Option<u64>,
+    },
+    /// The shard's membership after a change.
+    Members {
+        voters: Vec<String>,
+        learners: Vec<String>,
     },
     /// A read at a revision older than the kept window.
     Expired {
