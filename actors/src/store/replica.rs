@@ -161,7 +161,7 @@ async fn open(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot open the raft log: {e}"))?;
-    let log = LogStore::new(Arc::new(db)).map_err(|e| e.to_string())?;
+    let log = LogStore::new(Arc::new(db), &format!("shard-{}", cfg.shard)).map_err(|e| e.to_string())?;
     let sm = StateMachine::open(cfg.dir.clone()).map_err(|e| format!("cannot open the snapshot: {e}"))?;
     let (applied, revision) = (sm.applied.clone(), sm.revision.clone());
     let raft_cfg = Arc::new(cfg.raft.clone().validate().map_err(|e| e.to_string())?);
