@@ -173,9 +173,10 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     }
     let store = StoreConfig {
         shards: args.shards.max(1),
-        snapshot_every: args.snapshot_every.max(10),
+        snapshot_every: args.snapshot_every,
         ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members)
-    };
+    }
+    .validate()?;
     let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store), None);
     transport.close();
     code

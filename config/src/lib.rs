@@ -149,6 +149,77 @@ impl MemberConfig {
     }
 }
 
+/// The replicated store of a server member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// Raft groups; keys map to them by their (resource, namespace) prefix.
+    pub shards: u32,
+    /// `<member data>/store`.
+    pub dir: PathBuf,
+    /// The voters of a new cluster (member names), in order; shard k is proposed by
+    /// member k mod n. Empty for a member that joined and waits to be added.
+    pub members: Vec<String>,
+    /// Election timeout, randomised between the two.
+    #[serde(with = "millis_pair")]
+    pub election_timeout: (Duration, Duration),
+    #[serde(with = "millis")]
+    pub heartbeat: Duration,
+    /// Build a snapshot (and purge the log before it, keeping a fifth of this, at most
+    /// 1,000 entries) after this many entries.
+    pub snapshot_every: u64,
+    /// How long a client operation may take, forwarding included.
+    #[serde(with = "millis")]
+    pub deadline: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(dir: PathBuf, members: Vec<String>) -> Self {
+        Self {
+            shards: 1,
+            dir,
+            members,
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            heartbeat: Duration::from_millis(100),
+            snapshot_every: 5_000,
+            deadline: Duration::from_secs(5),
+        }
+    }
+
+    pub fn validate(self) -> Result<Self> {
+        if !(1..=64).contains(&self.shards) {
+            return Err(invalid("store.shards", format!("{} is not 1 to 64", self.shards)));
+        }
+        for m in &self.members {
+            validate_name(m)?;
+        }
+        if self.members.len() > 7 {
+            return Err(invalid("store.members", "at most 7 voters (1, 3 or 5 is the usual)"));
+        }
+        let (min, max) = self.election_timeout;
+        if min >= max || min <= self.heartbeat * 2 {
+            return Err(invalid("store.election_timeout", "must be a range above twice the heartbeat"));
+        }
+        if self.snapshot_every < 10 {
+            return Err(invalid("store.snapshot_every", "at least 10 entries"));
+        }
+        Ok(self)
+    }
+}
+
+mod millis_pair {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &(Duration, Duration), s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq([d.0.as_millis() as u64, d.1.as_millis() as u64])
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(Duration, Duration), D::Error> {
+        let (a, b) = <(u64, u64)>::deserialize(d)?;
+        Ok((Duration::from_millis(a), Duration::from_millis(b)))
+    }
+}
+
 /// A member or actor name: lower-case letters, digits and '-', as Kubernetes names are.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -195,6 +266,17 @@ pub mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_config_validates() {
+        let ok = StoreConfig::new("/tmp/s".into(), vec!["server-1".into()]);
+        assert!(ok.clone().validate().is_ok());
+        assert!(StoreConfig { shards: 0, ..ok.clone() }.validate().is_err());
+        assert!(StoreConfig { snapshot_every: 3, ..ok.clone() }.validate().is_err());
+        assert!(StoreConfig { members: vec!["Bad Name".into()], ..ok.clone() }.validate().is_err());
+        let slow_heartbeat = StoreConfig { heartbeat: Duration::from_millis(200), ..ok };
+        assert!(slow_heartbeat.validate().is_err());
+    }
 
     #[test]
     fn intensity_parses_and_rejects() {

@@ -167,6 +167,12 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
         }
     }
 
+    // A watch from a revision that has left every shard's window of 10,000 events is
+    // told so (the Kubernetes 410), and the CLI exits 1 with the reason.
+    let out = run(&data, &["kv", "watch", "/load/", "--cursor", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("older than the oldest kept"), "{out:?}");
+
     // Stop everything, start again on the same data: nothing acknowledged is lost.
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);

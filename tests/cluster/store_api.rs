@@ -1,6 +1,7 @@
 //! The store's KV API beyond put and get, on two shards: transactions (one branch, one
 //! revision, refused across shards), leases (kept alive, then expired by the leader
-//! with their keys), and lists whose pages all read the snapshot of the first page.
+//! with their keys), lists whose pages all read the snapshot of the first page, and a
+//! watch that reconnects from its cursor after its replicas were killed.
 
 use std::time::Duration;
 
@@ -110,6 +111,37 @@ fn transactions_leases_and_lists_that_read_one_snapshot() {
     let (_, now) = call(&data, "server-1", "GET", "/kv/range?prefix=/c/&limit=100", b"").unwrap();
     assert_eq!(now["items"].as_array().unwrap().len(), 30);
     assert_eq!(call(&data, "server-1", "GET", "/kv/range?prefix=/c/&continue=zz", b"").unwrap().0, 400);
+
+    // A watch whose stream breaks (the replicas it reads from are killed) reconnects
+    // from its cursor: every change once, in order per key.
+    let mut watch =
+        Running::start(&data, &["kv", "watch", "/rw/", "--member", "server-1"], &scratch.0.join("watch.log"));
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..10 {
+        assert!(put(&data, "server-2", &format!("/rw/k{}/x", i % 3), &format!("v{i}")));
+    }
+    let mut seen: Vec<String> = (0..10).map(|_| watch.wait_for_line("PUT /rw/", Duration::from_secs(20))).collect();
+    for shard in ["shard-0", "shard-1"] {
+        run_ok(&data, &["chaos", "kill", &format!("/server-1/store/{shard}")]);
+    }
+    for i in 10..20 {
+        assert!(put(&data, "server-3", &format!("/rw/k{}/x", i % 3), &format!("v{i}")));
+    }
+    seen.extend((10..20).map(|_| watch.wait_for_line("PUT /rw/", Duration::from_secs(30))));
+    std::thread::sleep(Duration::from_secs(1));
+    while let Ok(extra) = watch.stdout.try_recv() {
+        assert!(!extra.contains("PUT /rw/"), "a change delivered twice: {extra}");
+    }
+    for k in 0..3 {
+        let got: Vec<&str> = seen
+            .iter()
+            .filter(|l| l.contains(&format!("/rw/k{k}/x ")))
+            .map(|l| l.split_whitespace().nth(2).unwrap())
+            .collect();
+        let want: Vec<String> = (0..20).filter(|i| i % 3 == k).map(|i| format!("v{i}")).collect();
+        assert_eq!(got, want, "changes to /rw/k{k}/x, across the reconnect");
+    }
+    drop(watch);
 
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);

@@ -30,11 +30,22 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// One queued change, applied by the writer in queue order.
 enum Op {
-    Append { rows: Vec<(LogId<NodeId>, Vec<u8>)>, done: LogFlushed<TypeConfig> },
+    Append {
+        rows: Vec<(LogId<NodeId>, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
     /// A metadata row (vote, committed, purged).
-    Meta { key: &'static str, bytes: Vec<u8>, done: Option<tokio::sync::oneshot::Sender<Result<(), String>>> },
+    Meta {
+        key: &'static str,
+        bytes: Vec<u8>,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    },
     /// Deletes entries from `since` on (truncate) or up to `upto` (purge).
-    Delete { since: Option<u64>, upto: Option<u64>, done: tokio::sync::oneshot::Sender<Result<(), String>> },
+    Delete {
+        since: Option<u64>,
+        upto: Option<u64>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
 }
 
 struct Shared {

@@ -29,7 +29,6 @@ mod sm;
 pub mod state;
 mod types;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,52 +36,23 @@ pub use network::replica_path;
 pub use replica::{Execute, Replica, ReplicaConfig, Watch, WatchSource};
 pub use types::{node_id, ClientOp, ClientReply, Item, ShardStatus};
 
+pub use keelson_config::StoreConfig;
 use keelson_config::SupervisorConfig;
 use keelson_transport::Transport;
 
 use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
 use crate::transport::Router;
 
-/// How this member's store is set up.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub shards: u32,
-    /// `<member data>/store`.
-    pub dir: PathBuf,
-    /// The voters of a new cluster (member names), in order; shard k is proposed by
-    /// member k mod n.
-    pub members: Vec<String>,
-    pub election_timeout: (Duration, Duration),
-    pub heartbeat: Duration,
-    /// Build a snapshot (and purge the log before it, keeping a fifth of this, at most
-    /// 1,000) after this many entries.
-    pub snapshot_every: u64,
-    pub deadline: Duration,
-}
-
-impl StoreConfig {
-    pub fn new(dir: PathBuf, members: Vec<String>) -> Self {
-        Self {
-            shards: 1,
-            dir,
-            members,
-            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
-            heartbeat: Duration::from_millis(100),
-            snapshot_every: 5_000,
-            deadline: Duration::from_secs(5),
-        }
-    }
-
-    fn raft(&self, shard: u32) -> openraft::Config {
-        openraft::Config {
-            cluster_name: format!("keelson-shard-{shard}"),
-            election_timeout_min: self.election_timeout.0.as_millis() as u64,
-            election_timeout_max: self.election_timeout.1.as_millis() as u64,
-            heartbeat_interval: self.heartbeat.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: (self.snapshot_every / 5).min(1_000),
-            ..Default::default()
-        }
+/// One shard's raft configuration, from the member's store configuration.
+fn raft_config(cfg: &StoreConfig, shard: u32) -> openraft::Config {
+    openraft::Config {
+        cluster_name: format!("keelson-shard-{shard}"),
+        election_timeout_min: cfg.election_timeout.0.as_millis() as u64,
+        election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
+        heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+        max_in_snapshot_log_to_keep: (cfg.snapshot_every / 5).min(1_000),
+        ..Default::default()
     }
 }
 
@@ -114,7 +84,7 @@ pub fn store_tree(
             members: cfg.members.clone(),
             // Each shard is proposed by a different member, so leaders start spread out.
             init: !cfg.members.is_empty() && cfg.members[shard as usize % cfg.members.len()] == member.member(),
-            raft: cfg.raft(shard),
+            raft: raft_config(cfg, shard),
             deadline: cfg.deadline,
         });
         let lock = Arc::new(tokio::sync::Mutex::new(()));

@@ -38,6 +38,9 @@ const FORWARD_ATTEMPT: Duration = Duration::from_secs(1);
 /// install included), and a membership change to be forwarded and answered.
 const CATCH_UP: Duration = Duration::from_secs(120);
 
+/// The pause before a leader retries a read-index it could not confirm.
+const READ_RETRY: Duration = Duration::from_millis(20);
+
 /// How often a leader looks for leases past their deadline.
 const LEASE_TICK: Duration = Duration::from_millis(100);
 
@@ -281,16 +284,29 @@ impl Handles {
                 }
                 self.change_members(change).await
             }
-            read => match self.ensure_linearizable().await {
-                Ok(_) => match read {
-                    ClientOp::KeepAlive { lease } => self.keep_alive(lease),
-                    read => self.read(&read),
-                },
-                Err(e) => match e.forward_to_leader::<BasicNode>() {
-                    Some(f) => self.forward(f.leader_node.clone().map(|n| n.addr), read).await,
-                    None => ClientReply::Error(e.to_string()),
-                },
-            },
+            read => {
+                // A leader that cannot hear from a quorum right now (a busy or lossy
+                // moment) tries again until the deadline before giving up.
+                let until = tokio::time::Instant::now() + self.cfg.deadline;
+                loop {
+                    match self.ensure_linearizable().await {
+                        Ok(_) => {
+                            return match read {
+                                ClientOp::KeepAlive { lease } => self.keep_alive(lease),
+                                read => self.read(&read),
+                            }
+                        }
+                        Err(e) => match e.forward_to_leader::<BasicNode>() {
+                            Some(f) => return self.forward(f.leader_node.clone().map(|n| n.addr), read).await,
+                            None if tokio::time::Instant::now() + READ_RETRY < until => {
+                                tracing::debug!(error = %e, "read-index not confirmed; retrying");
+                                tokio::time::sleep(READ_RETRY).await;
+                            }
+                            None => return ClientReply::Error(e.to_string()),
+                        },
+                    }
+                }
+            }
         }
     }
 
