@@ -9,6 +9,7 @@
 //! - [`member`]: the tree of one `keelson server` process.
 
 pub mod admin;
+pub mod api;
 pub mod member;
 pub mod process;
 pub mod runtime;

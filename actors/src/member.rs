@@ -18,6 +18,7 @@ use keelson_config::{MemberConfig, SupervisorConfig};
 use keelson_transport::Transport;
 
 use crate::admin::AdminDoor;
+use crate::api::ApiServer;
 use crate::process::{ChildProcess, ProcessSpec};
 use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
 use crate::store::{store_tree, Replica, StoreConfig};
@@ -34,6 +35,12 @@ fn door(
     ChildSpec::new("admin", Restart::Permanent, factory).0
 }
 
+/// The HTTPS API of a server member: its listening socket and TLS configuration.
+pub struct ApiSetup {
+    pub listener: Arc<TcpListener>,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
 /// One control-plane member (`keelson server`): its door, then its transport subtree;
 /// `admission` lets it admit new members (it needs the CA's key).
 pub fn server_tree(
@@ -43,18 +50,21 @@ pub fn server_tree(
     router: Arc<Router>,
     admission: Option<Admission>,
     store: &StoreConfig,
+    api: Option<ApiSetup>,
 ) -> SupervisorSpec {
     let root = ActorPath::root(&cfg.name);
     // The transport first (the store's raft talks through it), then the store, then
     // the door that serves both: started in this order, stopped in reverse.
     let links = transport_tree(&root, transport.clone(), router.clone(), admission, SupervisorConfig::default());
     let (store_spec, replicas) = store_tree(&root, store, transport.clone(), &router);
-    SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(store_spec).child(door(
-        cfg,
-        listener,
-        Some(transport),
-        replicas,
-    ))
+    let mut tree = SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(store_spec);
+    if let Some(api) = api {
+        let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
+        let r = replicas.clone();
+        let factory = move |cx: &_| ApiServer::new(cx, api.listener.clone(), api.tls.clone(), token.clone(), r.clone());
+        tree = tree.child(ChildSpec::new("api", Restart::Permanent, factory).0);
+    }
+    tree.child(door(cfg, listener, Some(transport), replicas))
 }
 
 /// A member process the launcher keeps running.

@@ -129,6 +129,10 @@ pub struct ServerArgs {
     /// Where the QUIC endpoint listens (UDP).
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub quic_listen: SocketAddr,
+    /// Where the Kubernetes API listens (HTTPS; port 0: any free port, written to
+    /// `<member>/api-addr`). Needs the cluster CA's key in the data folder.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub api_listen: SocketAddr,
     /// Another member: NAME=HOST:PORT of its QUIC endpoint (repeat for each).
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(String, SocketAddr)>,

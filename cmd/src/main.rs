@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keelson_actors::member::server_tree;
+use keelson_actors::member::{server_tree, ApiSetup};
 use keelson_actors::store::StoreConfig;
 use keelson_actors::transport::{Admission, Router};
 use keelson_config::{AdminConfig, Backoff, MemberConfig, SupervisorConfig};
@@ -29,6 +29,24 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat, MemberCommand, TokenCommand};
 use datadir::DataDir;
+
+/// The member's HTTPS API: bound now (so the port is known before anything serves),
+/// with a serving certificate from the cluster CA for the addresses clients dial.
+/// A member without the CA's key (one that joined) serves no API.
+fn api_setup(data: &DataDir, name: &str, listen: std::net::SocketAddr) -> Result<Option<ApiSetup>> {
+    let Some(ca) = pki::ca_if_present(data)? else {
+        tracing::info!("no cluster CA key here: this member serves no Kubernetes API");
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("cannot bind the API on {listen}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let hosts = vec![addr.ip().to_string(), "127.0.0.1".into(), "localhost".into(), name.to_string()];
+    let (cert, key) = ca.issue_https(name, &hosts)?;
+    let tls = keelson_transport::tls::https_server_config(&cert, &key, &ca.cert_pem)?;
+    std::fs::write(data.member_dir(name)?.join("api-addr"), addr.to_string())?;
+    Ok(Some(ApiSetup { listener: Arc::new(listener), tls: Arc::new(tls) }))
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -177,7 +195,8 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members)
     }
     .validate()?;
-    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store), None);
+    let api = api_setup(&data, &args.name, args.api_listen)?;
+    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store, api), None);
     transport.close();
     code
 }

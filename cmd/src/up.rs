@@ -40,6 +40,8 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let names: Vec<String> = (1..=args.servers).map(|i| format!("server-{i}")).collect();
     let quic = quic_ports(&data, &names)?;
+    let api = api_ports(&data, &names)?;
+    let kubeconfig = write_kubeconfig(&data, &token, api[&names[0]])?;
     let mut members = Vec::new();
     for name in &names {
         data.remove_door(name);
@@ -47,6 +49,7 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         let mut argv = ["server", "--name", name, "--log-format", log_format].map(String::from).to_vec();
         argv.extend(["--data-dir".into(), data.root().display().to_string()]);
         argv.extend(["--quic-listen".into(), quic[name].to_string()]);
+        argv.extend(["--api-listen".into(), api[name].to_string()]);
         argv.extend(["--store-members".into(), names.join(","), "--shards".into(), args.shards.to_string()]);
         argv.extend(["--snapshot-every".into(), args.snapshot_every.to_string()]);
         for (peer, addr) in quic.iter().filter(|(p, _)| *p != name) {
@@ -68,13 +71,21 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
     println!("keelson: starting {} server(s) in {}", args.servers, data.root().display());
     let restart = if args.no_restart { Restart::Temporary } else { Restart::Permanent };
     let root = data.root().to_path_buf();
-    let on_ready: OnReady = Box::new(move |door, registry| report(root, door, names, token, registry).boxed_local());
+    let on_ready: OnReady =
+        Box::new(move |door, registry| report(root, door, names, token, kubeconfig, registry).boxed_local());
     member::run(cfg, &data, move |cfg, l| launcher_tree(cfg, l, members, restart), Some(on_ready))
 }
 
 /// Prints each member as it starts serving, then `keelson: ready`, then member
 /// restarts as they happen.
-async fn report(root: std::path::PathBuf, launcher: DoorFile, names: Vec<String>, token: String, registry: Registry) {
+async fn report(
+    root: std::path::PathBuf,
+    launcher: DoorFile,
+    names: Vec<String>,
+    token: String,
+    kubeconfig: std::path::PathBuf,
+    registry: Registry,
+) {
     let mut events = registry.subscribe();
     let data = match DataDir::open(&root) {
         Ok(d) => d,
@@ -93,6 +104,11 @@ async fn report(root: std::path::PathBuf, launcher: DoorFile, names: Vec<String>
         }
     }
     say(&format!("keelson: admin door {} (token in {})", launcher.url, data.token_path().display()));
+    say(&format!(
+        "keelson: Kubernetes API on {} — export KUBECONFIG={}",
+        api_url(&data, &names[0]),
+        kubeconfig.display()
+    ));
     say("keelson: ready");
     while let Ok(e) = events.recv().await {
         let member = e.path.name();
@@ -130,6 +146,44 @@ fn quic_ports(data: &DataDir, names: &[String]) -> Result<std::collections::BTre
         out.insert(name.clone(), addr);
     }
     Ok(out)
+}
+
+/// Each member's API address: kept in `<member>/api-addr` so the kubeconfig stays
+/// right across restarts, else a free TCP port on 127.0.0.1.
+fn api_ports(data: &DataDir, names: &[String]) -> Result<std::collections::BTreeMap<String, SocketAddr>> {
+    let mut out = std::collections::BTreeMap::new();
+    for name in names {
+        let file = data.member_dir(name)?.join("api-addr");
+        let kept = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
+        let addr = match kept.filter(|a| std::net::TcpListener::bind(a).is_ok()) {
+            Some(a) => a,
+            None => std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()?,
+        };
+        std::fs::write(&file, addr.to_string())?;
+        out.insert(name.clone(), addr);
+    }
+    Ok(out)
+}
+
+fn api_url(data: &DataDir, member: &str) -> String {
+    let addr = std::fs::read_to_string(data.root().join(member).join("api-addr")).unwrap_or_default();
+    format!("https://{}", addr.trim())
+}
+
+/// `<data>/kubeconfig`: the admin's kubeconfig for this cluster (the CA by path, the
+/// admin token), 0600.
+fn write_kubeconfig(data: &DataDir, token: &str, api: SocketAddr) -> Result<std::path::PathBuf> {
+    let root = std::fs::canonicalize(data.root())?;
+    let path = root.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: https://{api}\n    \
+         certificate-authority: {ca}\ncontexts:\n- name: keelson-admin\n  context:\n    cluster: keelson\n    \
+         user: keelson-admin\n    namespace: default\ncurrent-context: keelson-admin\nusers:\n- name: \
+         keelson-admin\n  user:\n    token: {token}\n",
+        ca = root.join("ca.crt").display()
+    );
+    crate::pki::write_secret(&path, &text)?;
+    Ok(path)
 }
 
 /// Parses `N/DURATION` for clap.

@@ -22,6 +22,7 @@
 
 mod support;
 
+mod kubectl;
 mod launcher;
 mod linearizability;
 mod member;

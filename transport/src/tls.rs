@@ -153,6 +153,26 @@ impl ClusterCa {
         })
     }
 
+    /// An HTTPS serving certificate (PEM certificate, PEM key) for the API gateway of
+    /// `member`, valid for `hosts` (names or IP addresses, as clients dial them).
+    pub fn issue_https(&self, member: &str, hosts: &[String]) -> Result<(String, String), TlsError> {
+        let issuer = Issuer::new(ca_params(&self.cluster)?, KeyPair::from_pem(&self.key_pem)?);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for h in hosts {
+            params.subject_alt_names.push(match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => rcgen::SanType::IpAddress(ip),
+                Err(_) => rcgen::SanType::DnsName(h.clone().try_into()?),
+            });
+        }
+        params.distinguished_name.push(DnType::CommonName, format!("keelson API ({member})"));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut params);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// Signs a certificate naming `identity` for `key`.
     pub(crate) fn sign(
         &self,
@@ -192,6 +212,29 @@ pub fn chains_to(cert: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
 fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok).collect()
+}
+
+/// rustls for the HTTPS API: the serving certificate (and the CA after it), client
+/// certificates from the CA verified when presented (certificate authentication),
+/// HTTP/1.1; TLS 1.2 too, for older client libraries.
+pub fn https_server_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<rustls::ServerConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in pem_certs(ca_pem) {
+        roots.add(c)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut chain = pem_certs(cert_pem);
+    chain.extend(pem_certs(ca_pem));
+    let key = KeyPair::from_pem(key_pem)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 impl Credentials {

@@ -1,0 +1,254 @@
+//! The API's HTTP side: authentication, then discovery or objects by path.
+//!
+//! Paths: `/api/v1/[namespaces/<ns>/]<plural>[/<name>[/<subresource>]]` and
+//! `/apis/<group>/<version>/…` likewise. `/version`, `/healthz`, `/readyz` and `/livez`
+//! are open, as in Kubernetes; everything else needs a bearer token.
+
+use std::sync::Arc;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::discovery;
+use super::objects::{admit, ListOptions, Objects};
+use super::patch;
+use super::resources::{find, Resource};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::Failure;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub objects: Objects,
+    /// The admin bearer token.
+    pub token: Arc<str>,
+    /// `https://host:port`, as discovery tells clients.
+    pub address: String,
+}
+
+pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .app_data(web::PayloadConfig::new(3 << 20))
+            .route("/version", web::get().to(|| async { HttpResponse::Ok().json(discovery::version()) }))
+            .route("/healthz", web::get().to(ok))
+            .route("/readyz", web::get().to(ok))
+            .route("/livez", web::get().to(ok))
+            .default_service(web::to(dispatch));
+    }
+}
+
+async fn ok() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+fn authenticated(req: &HttpRequest, state: &ApiState) -> bool {
+    req.headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim() == &*state.token)
+}
+
+async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
+    if !authenticated(&req, &state) {
+        return Failure::new(401, "Unauthorized", "Unauthorized").response();
+    }
+    let segments: Vec<&str> = req.path().trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let found = match segments.as_slice() {
+        ["api"] => Some(discovery::core_versions(&state.address)),
+        ["apis"] => Some(discovery::group_list()),
+        ["api", "v1"] => discovery::resource_list("", "v1"),
+        ["apis", g] => crate::api::resources::groups().contains(g).then(|| discovery::group(g)),
+        ["apis", g, v] => discovery::resource_list(g, v),
+        ["api", "v1", rest @ ..] => return objects(&req, &state, "", "v1", rest, body).await,
+        ["apis", g, v, rest @ ..] => return objects(&req, &state, g, v, rest, body).await,
+        _ => None,
+    };
+    match found {
+        Some(v) if req.method() == Method::GET => HttpResponse::Ok().json(v),
+        Some(_) => Failure::new(405, "MethodNotAllowed", "discovery is read-only").response(),
+        None => Failure::new(404, "NotFound", "the server could not find the requested resource").response(),
+    }
+}
+
+/// Which object (or collection) a path names.
+struct Target {
+    res: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let named = |res: &'static Resource, ns: Option<&str>, tail: &[&str]| {
+        if tail.len() > 2 || (!res.namespaced && ns.is_some()) {
+            return None;
+        }
+        Some(Target {
+            res,
+            namespace: ns.map(str::to_string),
+            name: tail.first().map(|s| s.to_string()),
+            sub: tail.get(1).map(|s| s.to_string()),
+        })
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if find(group, version, plural).is_some_and(|r| r.namespaced) => {
+            named(find(group, version, plural)?, Some(ns), tail)
+        }
+        [plural, tail @ ..] => named(find(group, version, plural)?, None, tail),
+        [] => None,
+    }
+}
+
+fn query(req: &HttpRequest) -> Vec<(String, String)> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string()).map(|q| q.into_inner()).unwrap_or_default()
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn objects(
+    req: &HttpRequest,
+    state: &ApiState,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(t) = target(group, version, rest) else {
+        return Failure::new(404, "NotFound", "the server could not find the requested resource").response();
+    };
+    let q = query(req);
+    let content_type = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or_default();
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return Failure::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json, \
+             application/json-patch+json, application/merge-patch+json",
+        )
+        .response();
+    }
+    let result = match (req.method().clone(), &t.name, t.sub.as_deref()) {
+        (Method::GET, None, _) if param(&q, "watch").is_some_and(|w| w == "true" || w == "1") => {
+            Err(Failure::new(405, "MethodNotAllowed", "watch is not served by this version of keelson yet"))
+        }
+        (Method::GET, None, _) => list(state, &t, &q).await.map(ok200),
+        (Method::GET, Some(name), None | Some("status")) => {
+            state.objects.get(t.res, t.namespace.as_deref(), name).await.map(ok200)
+        }
+        (Method::POST, None, _) => create(state, &t, &q, &body).await.map(|v| (201, v)),
+        (Method::PUT, Some(name), None | Some("status")) => update(state, &t, name, &q, &body).await.map(ok200),
+        (Method::PATCH, Some(name), None | Some("status")) => {
+            let kind = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or_default();
+            patch_object(state, &t, name, kind, &body).await.map(ok200)
+        }
+        (Method::DELETE, Some(name), None) => delete(state, &t, name).await.map(ok200),
+        (_, _, Some(sub)) => Err(Failure::new(
+            404,
+            "NotFound",
+            format!("the subresource {sub:?} of {} is not served", t.res.qualified()),
+        )),
+        (m, _, _) => Err(Failure::new(405, "MethodNotAllowed", format!("{m} is not supported here"))),
+    };
+    match result {
+        Ok((201, v)) => HttpResponse::Created().json(v),
+        Ok((_, v)) => HttpResponse::Ok().json(v),
+        Err(f) => f.response(),
+    }
+}
+
+fn ok200(v: Value) -> (u16, Value) {
+    (200, v)
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, Failure> {
+    serde_json::from_slice(body).map_err(|e| Failure::bad_request(format!("the body is not JSON: {e}")))
+}
+
+fn strict(q: &[(String, String)]) -> bool {
+    param(q, "fieldValidation") == Some("Strict")
+}
+
+async fn list(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Value, Failure> {
+    let opts = ListOptions {
+        labels: LabelSelector::parse(param(q, "labelSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
+        fields: FieldSelector::parse(param(q, "fieldSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
+    };
+    let (items, rv) = state.objects.list(t.res, t.namespace.as_deref(), &opts).await?;
+    Ok(json!({
+        "kind": format!("{}List", t.res.kind),
+        "apiVersion": t.res.api_version(),
+        "metadata": {"resourceVersion": rv},
+        "items": items,
+    }))
+}
+
+async fn create(state: &ApiState, t: &Target, q: &[(String, String)], body: &[u8]) -> Result<Value, Failure> {
+    let obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
+    if param(q, "dryRun").is_some() {
+        return Ok(obj);
+    }
+    state.objects.create(t.res, t.namespace.as_deref(), obj).await
+}
+
+async fn update(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
+    if obj["metadata"]["name"].as_str() != Some(name) {
+        return Err(Failure::bad_request("the name of the object does not match the name on the URL"));
+    }
+    state.objects.update(t.res, t.namespace.as_deref(), name, obj).await
+}
+
+async fn patch_object(state: &ApiState, t: &Target, name: &str, kind: &str, body: &[u8]) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let patch_doc = parse_body(body)?;
+    // Retried on a concurrent change, as the API server does for patches.
+    for _ in 0..5 {
+        let current = state.objects.get(t.res, ns, name).await?;
+        let patched = if kind.starts_with("application/json-patch+json") {
+            patch::json_patch(&current, &patch_doc).map_err(|e| Failure::new(422, "Invalid", e))?
+        } else if kind.starts_with("application/merge-patch+json")
+            || kind.starts_with("application/strategic-merge-patch+json")
+        {
+            patch::merge_patch(&current, &patch_doc)
+        } else {
+            return Err(Failure::new(415, "UnsupportedMediaType", format!("the patch type {kind:?} is not supported")));
+        };
+        let obj = admit(t.res, ns, patched, false)?;
+        match state.objects.update(t.res, ns, name, obj).await {
+            Err(f) if f.reason == "Conflict" => continue,
+            other => return other,
+        }
+    }
+    Err(Failure::conflict(t.res, name))
+}
+
+async fn delete(state: &ApiState, t: &Target, name: &str) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    if t.res.kind == "Namespace" {
+        // Its contents go first, then the namespace.
+        for res in crate::api::resources::RESOURCES.iter().filter(|r| r.namespaced) {
+            let (items, _) = state.objects.list(res, Some(name), &ListOptions::default()).await?;
+            for item in items {
+                if let Some(n) = item["metadata"]["name"].as_str() {
+                    match state.objects.delete(res, Some(name), n).await {
+                        Ok(_) => {}
+                        Err(f) if f.reason == "NotFound" => {}
+                        Err(f) => return Err(f),
+                    }
+                }
+            }
+        }
+    }
+    state.objects.delete(t.res, ns, name).await
+}

@@ -1,0 +1,113 @@
+//! `/<member>/api`: the Kubernetes API gateway of a server member, over HTTPS.
+//!
+//! - `resources.rs`: what is served (discovery's table, paths, store keys);
+//! - `discovery.rs`: `/version`, `/api`, `/apis`, resource lists;
+//! - `objects.rs`: objects in the store (server fields, optimistic concurrency) and admission;
+//! - `validate.rs`: names, labels, shapes (the `k8s-openapi` types), unknown fields;
+//! - `selector.rs`: label and field selectors;
+//! - `patch.rs`: merge and JSON patches;
+//! - `status.rs`: every error as a Kubernetes `Status`;
+//! - `http.rs`: authentication and routing.
+//!
+//! Each incarnation serves the member's listening socket (bound once by the member, so
+//! the port and the kubeconfig that names it survive restarts).
+
+mod discovery;
+mod http;
+mod objects;
+mod patch;
+pub mod resources;
+mod selector;
+mod status;
+mod validate;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{ActorContext, ActorFutureExt, AsyncContext, Running};
+use actix_web::{App, HttpServer};
+
+pub use discovery::MINOR;
+pub use http::ApiState;
+pub use objects::Objects;
+
+use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Ref};
+use crate::store::Replica;
+
+pub struct ApiServer {
+    listener: Arc<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    state: ApiState,
+    server: Option<actix_web::dev::ServerHandle>,
+    stopping: bool,
+}
+
+impl ApiServer {
+    pub fn new(
+        _cx: &ChildContext,
+        listener: Arc<TcpListener>,
+        tls: Arc<rustls::ServerConfig>,
+        token: Arc<str>,
+        replicas: Vec<Ref<Replica>>,
+    ) -> Self {
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let state = ApiState { objects: Objects { replicas }, token, address };
+        Self { listener, tls, state, server: None, stopping: false }
+    }
+
+    fn serve(&mut self) -> std::io::Result<actix_web::dev::Server> {
+        let state = self.state.clone();
+        let listener = self.listener.try_clone()?;
+        Ok(HttpServer::new(move || App::new().configure(http::routes(state.clone())))
+            .workers(2)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .listen_rustls_0_23(listener, (*self.tls).clone())?
+            .run())
+    }
+}
+
+impl Actor for ApiServer {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        match self.serve() {
+            Ok(server) => {
+                tracing::info!(addr = %self.state.address, "API serving (HTTPS)");
+                self.server = Some(server.handle());
+                ctx.spawn(actix::fut::wrap_future(server).map(|res, me: &mut crate::Incarnation<Self>, ctx| {
+                    me.server = None;
+                    if me.stopping {
+                        ctx.stop();
+                    } else {
+                        let why = res.err().map(|e| e.to_string()).unwrap_or_else(|| "server ended".into());
+                        exit(ctx, ExitReason::failed(format!("API server stopped: {why}")));
+                    }
+                }));
+                // Every cluster has its default namespaces; made once the store answers.
+                let objects = self.state.objects.clone();
+                ctx.spawn(actix::fut::wrap_future(async move {
+                    for _ in 0..600 {
+                        match objects.ensure_namespaces().await {
+                            Ok(()) => return,
+                            Err(f) => tracing::debug!(error = %f.message, "default namespaces not made yet"),
+                        }
+                        actix_rt::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }));
+            }
+            Err(e) => exit(ctx, ExitReason::failed(format!("cannot serve the API: {e}"))),
+        }
+    }
+
+    fn stopping(&mut self, _ctx: &mut Ctx<Self>) -> Running {
+        match (&self.server, self.stopping) {
+            (Some(handle), false) => {
+                self.stopping = true;
+                drop(handle.stop(true));
+                Running::Continue
+            }
+            (Some(_), true) => Running::Continue,
+            (None, _) => Running::Stop,
+        }
+    }
+}

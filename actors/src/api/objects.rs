@@ -1,0 +1,373 @@
+//! Objects in the store: create, get, list, update and delete, with the fields the
+//! server owns (uid, creationTimestamp, resourceVersion, generation) and optimistic
+//! concurrency on the store's revisions. Objects are stored as JSON.
+
+use serde_json::{json, Value};
+
+use super::resources::{find, Resource};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::Failure;
+use super::validate;
+use crate::runtime::Ref;
+use crate::store::state::{Command, Outcome, WriteOp};
+use crate::store::{shard_of, ClientOp, ClientReply, Execute, Replica};
+
+/// The store as the API uses it: this member's replica of every shard.
+#[derive(Clone)]
+pub struct Objects {
+    pub replicas: Vec<Ref<Replica>>,
+}
+
+/// A list's filters.
+#[derive(Debug, Default)]
+pub struct ListOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn uid() -> String {
+    let b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:x}{:02x}-{:x}{:x}{:02x}-{}",
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5],
+        b[6] & 0x0f,
+        b[7],
+        8 | (b[8] & 0x3),
+        b[8] >> 4,
+        b[9],
+        b[10..16].iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+fn with_version(bytes: &[u8], revision: u64) -> Option<Value> {
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
+    v["metadata"]["resourceVersion"] = revision.to_string().into();
+    Some(v)
+}
+
+impl Objects {
+    fn shards(&self) -> u32 {
+        self.replicas.len() as u32
+    }
+
+    async fn run(&self, key_or_prefix: &str, op: ClientOp) -> Result<ClientReply, Failure> {
+        let shard = shard_of(key_or_prefix, self.shards());
+        let replica = self.replicas.get(shard as usize).ok_or_else(|| Failure::unavailable("no store here"))?;
+        match replica.send(Execute(op)).await {
+            Ok(ClientReply::NoLeader) => Err(Failure::unavailable("the store has no leader right now; retry")),
+            Ok(ClientReply::Error(e)) => Err(Failure::unavailable(format!("the store: {e}"))),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(Failure::unavailable(format!("the store replica: {e}"))),
+        }
+    }
+
+    /// The stored object and its modification revision.
+    async fn read(&self, key: &str) -> Result<Option<(Value, u64)>, Failure> {
+        match self.run(key, ClientOp::Get { key: key.to_string() }).await? {
+            ClientReply::Item { item: Some(i), .. } => {
+                Ok(with_version(&i.value, i.mod_revision).map(|v| (v, i.mod_revision)))
+            }
+            ClientReply::Item { item: None, .. } => Ok(None),
+            other => Err(Failure::unavailable(format!("unexpected store answer {other:?}"))),
+        }
+    }
+
+    async fn cas(&self, key: &str, expected: u64, value: Option<&Value>) -> Result<Outcome, Failure> {
+        let value = value.map(|v| serde_json::to_vec(v).unwrap_or_default());
+        let op = WriteOp::Cas { key: key.to_string(), expected, value };
+        match self.run(key, ClientOp::Write(Command { epoch: None, op })).await? {
+            ClientReply::Written(o) => Ok(o),
+            other => Err(Failure::unavailable(format!("unexpected store answer {other:?}"))),
+        }
+    }
+
+    pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, Failure> {
+        match self.read(&res.key(ns, name)).await? {
+            Some((v, _)) => Ok(v),
+            None => Err(Failure::not_found(res, name)),
+        }
+    }
+
+    /// Every object of `res` in `ns` (all namespaces when `None`) that the filters
+    /// select, and the list's resourceVersion.
+    pub async fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<(Vec<Value>, String), Failure> {
+        let prefix = res.prefix(ns);
+        let end = crate::store::state::prefix_end(&prefix);
+        // One namespace's objects of one kind are on one shard; all namespaces: every shard.
+        let shards: Vec<u32> = match (res.namespaced, ns) {
+            (true, None) => (0..self.shards()).collect(),
+            _ => vec![shard_of(&format!("{prefix}x"), self.shards())],
+        };
+        let mut items = Vec::new();
+        let mut cursor = vec![0u64; self.shards() as usize];
+        for shard in shards {
+            let mut after = None;
+            loop {
+                let op = ClientOp::Range {
+                    start: prefix.clone(),
+                    end: end.clone(),
+                    after: after.clone(),
+                    limit: 1_000,
+                    at: None,
+                };
+                let replica = &self.replicas[shard as usize];
+                let reply = replica.send(Execute(op)).await.map_err(|e| Failure::unavailable(e.to_string()))?;
+                let ClientReply::Items { revision, items: page, more } = reply else {
+                    return Err(Failure::unavailable(format!("the store: {reply:?}")));
+                };
+                cursor[shard as usize] = cursor[shard as usize].max(revision);
+                after = page.last().map(|i| i.key.clone());
+                for i in page {
+                    if let Some(v) = with_version(&i.value, i.mod_revision) {
+                        if opts.labels.matches(&v["metadata"]["labels"]) && opts.fields.matches(&v) {
+                            items.push(v);
+                        }
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        let rv = cursor.iter().map(u64::to_string).collect::<Vec<_>>().join(".");
+        Ok((items, rv))
+    }
+
+    /// Creates `obj` (already checked) in `ns`: server fields set, refused if the name is taken.
+    pub async fn create(&self, res: &Resource, ns: Option<&str>, mut obj: Value) -> Result<Value, Failure> {
+        if res.namespaced {
+            let namespaces = find("", "v1", "namespaces").expect("namespaces are served");
+            let ns = ns.unwrap_or("default");
+            match self.read(&namespaces.key(None, ns)).await? {
+                None => return Err(Failure::not_found(namespaces, ns)),
+                Some((n, _)) if n["status"]["phase"] == "Terminating" => {
+                    return Err(Failure::new(
+                        403,
+                        "Forbidden",
+                        format!(
+                            "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is \
+                             being terminated",
+                            res.qualified(),
+                            obj["metadata"]["name"].as_str().unwrap_or_default()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let meta = &mut obj["metadata"];
+        meta["uid"] = uid().into();
+        meta["creationTimestamp"] = rfc3339_now().into();
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("resourceVersion");
+            m.remove("deletionTimestamp");
+        }
+        if obj.get("spec").is_some() {
+            obj["metadata"]["generation"] = 1.into();
+        }
+        if res.kind == "Namespace" {
+            obj["status"] = json!({"phase": "Active"});
+        }
+        match self.cas(&res.key(ns, &name), 0, Some(&obj)).await? {
+            Outcome::Done { revision, .. } => {
+                obj["metadata"]["resourceVersion"] = revision.to_string().into();
+                Ok(obj)
+            }
+            Outcome::Conflict { .. } => Err(Failure::already_exists(res, &name)),
+            other => Err(Failure::unavailable(format!("unexpected store outcome {other:?}"))),
+        }
+    }
+
+    /// Replaces `name` with `obj`: at the resourceVersion it carries (409 when the object
+    /// moved on), keeping the server's fields; `generation` counts spec changes.
+    pub async fn update(&self, res: &Resource, ns: Option<&str>, name: &str, mut obj: Value) -> Result<Value, Failure> {
+        let key = res.key(ns, name);
+        let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
+        let asked = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
+        if let Some(rv) = &asked {
+            if rv.parse::<u64>().ok() != Some(revision) {
+                return Err(Failure::conflict(res, name));
+            }
+        }
+        for field in ["uid", "creationTimestamp", "deletionTimestamp", "generation"] {
+            match current["metadata"].get(field) {
+                Some(v) => obj["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = obj["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        if obj.get("spec").is_some() && obj["spec"] != current["spec"] {
+            obj["metadata"]["generation"] = (current["metadata"]["generation"].as_u64().unwrap_or(0) + 1).into();
+        }
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        match self.cas(&key, revision, Some(&obj)).await? {
+            Outcome::Done { revision, .. } => {
+                obj["metadata"]["resourceVersion"] = revision.to_string().into();
+                Ok(obj)
+            }
+            Outcome::Conflict { .. } => Err(Failure::conflict(res, name)),
+            other => Err(Failure::unavailable(format!("unexpected store outcome {other:?}"))),
+        }
+    }
+
+    /// Deletes `name`; returns the object as it was.
+    pub async fn delete(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, Failure> {
+        let key = res.key(ns, name);
+        for _ in 0..5 {
+            let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
+            match self.cas(&key, revision, None).await? {
+                Outcome::Done { .. } => return Ok(current),
+                Outcome::Conflict { .. } => continue,
+                other => return Err(Failure::unavailable(format!("unexpected store outcome {other:?}"))),
+            }
+        }
+        Err(Failure::conflict(res, name))
+    }
+
+    /// Creates the namespaces every cluster has, if missing.
+    pub async fn ensure_namespaces(&self) -> Result<(), Failure> {
+        let namespaces = find("", "v1", "namespaces").expect("namespaces are served");
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}});
+            match self.create(namespaces, None, obj).await {
+                Ok(_) => {}
+                Err(f) if f.reason == "AlreadyExists" => {}
+                Err(f) => return Err(f),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks an object sent for create or update: kind and apiVersion, metadata, shape,
+/// and unknown fields under strict validation. Returns it with the name filled in
+/// (from `generateName` when asked).
+pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> Result<Value, Failure> {
+    if !obj.is_object() {
+        return Err(Failure::bad_request("the body is not a JSON object"));
+    }
+    let api_version = res.api_version();
+    match (obj["kind"].as_str(), obj["apiVersion"].as_str()) {
+        (Some(k), _) if k != res.kind => {
+            return Err(Failure::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )))
+        }
+        (_, Some(v)) if v != api_version => {
+            return Err(Failure::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )))
+        }
+        _ => {}
+    }
+    obj["kind"] = res.kind.into();
+    obj["apiVersion"] = api_version.into();
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    if obj["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+        if let Some(base) = obj["metadata"]["generateName"].as_str() {
+            let suffix: String = (0..5).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
+            obj["metadata"]["name"] = format!("{base}{suffix}").into();
+        }
+    }
+    if res.namespaced {
+        let ns = ns.unwrap_or("default");
+        match obj["metadata"]["namespace"].as_str() {
+            Some(given) if given != ns => {
+                return Err(Failure::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => obj["metadata"]["namespace"] = ns.into(),
+        }
+    } else if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let problems = validate::metadata_problems(res, &obj["metadata"]);
+    if !problems.is_empty() {
+        return Err(Failure::invalid(res, &name, &problems));
+    }
+    let known = validate::decode(res, &obj).map_err(|e| {
+        Failure::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            res.kind, res.version, res.kind
+        ))
+    })?;
+    if strict {
+        if let Some(field) = validate::unknown_field(&obj, &known) {
+            return Err(Failure::bad_request(format!("strict decoding error: unknown field \"{field}\"")));
+        }
+    }
+    Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_uids_look_like_kubernetes_ones() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T');
+        let u = uid();
+        assert_eq!(u.len(), 36, "{u}");
+        assert_eq!(u.as_bytes()[14], b'4');
+    }
+
+    #[test]
+    fn admission_fills_and_refuses() {
+        let cm = find("", "v1", "configmaps").unwrap();
+        let ok =
+            admit(cm, Some("web"), json!({"metadata": {"generateName": "cfg-"}, "data": {"a": "b"}}), true).unwrap();
+        assert!(ok["metadata"]["name"].as_str().unwrap().starts_with("cfg-"));
+        assert_eq!(ok["metadata"]["namespace"], "web");
+        assert_eq!(ok["kind"], "ConfigMap");
+        let f = admit(cm, Some("web"), json!({"metadata": {"name": "x"}, "dataa": {}}), true);
+        assert!(f.is_ok(), "an empty unknown map is dropped by the round trip, as Kubernetes ignores it");
+        let f = admit(cm, Some("web"), json!({"metadata": {"name": "x"}, "dataa": {"a": "b"}}), true).unwrap_err();
+        assert_eq!((f.code, f.message.as_str()), (400, "strict decoding error: unknown field \"dataa\""));
+        let f = admit(cm, Some("web"), json!({"metadata": {"name": "x", "namespace": "other"}}), true).unwrap_err();
+        assert_eq!(f.code, 400);
+        let f = admit(cm, Some("web"), json!({"metadata": {}}), true).unwrap_err();
+        assert_eq!((f.code, f.reason), (422, "Invalid"));
+        assert!(f.message.contains("metadata.name: Required value"), "{}", f.message);
+        let f = admit(cm, Some("web"), json!({"kind": "Secret", "metadata": {"name": "x"}}), true).unwrap_err();
+        assert_eq!(f.code, 400);
+    }
+}

@@ -1,0 +1,178 @@
+//! The real kubectl against `keelson up`, with the kubeconfig `up` writes and nothing
+//! else: discovery, objects from manifests, reads in every output, labels, patches,
+//! replace with a stale resourceVersion, deletes, and the errors Kubernetes prints.
+//!
+//! Expected texts are Kubernetes' own (kubectl's `<resource>/<name> created` lines, the
+//! API server's `Status` messages), not copies of keelson's output.
+//!
+//! Not yet: kubectl's typed generators (`create namespace|configmap|deployment`) send
+//! protobuf bodies, which the API does not decode yet; and `create -f` validates against
+//! OpenAPI, which is P5 (so `--validate=false` below).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).output().expect("kubectl runs")
+}
+
+fn ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = kubectl(kubeconfig, args);
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = kubectl(kubeconfig, args);
+    assert!(!out.status.success(), "kubectl {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+const MANIFEST: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: web
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+  namespace: web
+  labels: {app: web}
+data:
+  a: b
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: front
+  namespace: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: front}
+  template:
+    metadata:
+      labels: {app: front}
+    spec:
+      containers:
+      - name: main
+        image: nginx:1.25
+";
+
+#[test]
+fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
+    if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+        panic!("kubectl is not installed (every machine of this kind has it)");
+    }
+    let _one = serial();
+    let scratch = Scratch::new("kubectl");
+    let data = scratch.data();
+    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let line = up.wait_for_line("export KUBECONFIG=", Duration::from_secs(60));
+    up.wait_for_line("keelson: ready", Duration::from_secs(60));
+    let kc = std::path::PathBuf::from(line.rsplit_once("KUBECONFIG=").unwrap().1.trim());
+    assert!(kc.is_absolute() && kc.exists(), "{line}");
+
+    // Discovery: the server's version decides the kubectl that runs; resources listed.
+    let version = ok(&kc, &["version"]);
+    assert!(version.contains("Server Version: v1.33."), "{version}");
+    let resources = ok(&kc, &["api-resources"]);
+    for row in ["configmaps", "cm", "deployments", "deploy", "apps/v1", "namespaces", "ns"] {
+        assert!(resources.contains(row), "{row} missing from:\n{resources}");
+    }
+    eventually("the default namespaces", Duration::from_secs(30), || {
+        ok(&kc, &["get", "namespaces", "-o", "name"]).contains("namespace/default")
+    });
+
+    // Objects from a manifest.
+    let manifest = scratch.0.join("web.yaml");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+    let created = ok(&kc, &["create", "-f", manifest.to_str().unwrap(), "--validate=false"]);
+    assert_eq!(created, "namespace/web created\nconfigmap/cfg created\ndeployment.apps/front created\n");
+    let yaml = ok(&kc, &["-n", "web", "get", "configmap", "cfg", "-o", "yaml"]);
+    for field in ["uid: ", "creationTimestamp: ", "resourceVersion: ", "namespace: web", "  a: b"] {
+        assert!(yaml.contains(field), "{field} missing:\n{yaml}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&kc, &["-n", "web", "get", "deploy", "front", "-o", "json"])).unwrap();
+    assert_eq!(json["metadata"]["generation"], 1);
+    assert_eq!(json["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25");
+
+    // Labels, annotations, selectors, patches.
+    assert_eq!(ok(&kc, &["-n", "web", "label", "cm", "cfg", "tier=front"]), "configmap/cfg labeled\n");
+    assert_eq!(ok(&kc, &["-n", "web", "annotate", "cm", "cfg", "note=hi"]), "configmap/cfg annotated\n");
+    assert_eq!(ok(&kc, &["get", "cm", "-A", "-l", "tier in (front),app", "-o", "name"]), "configmap/cfg\n");
+    assert_eq!(ok(&kc, &["get", "cm", "-A", "-l", "tier=back", "-o", "name"]), "");
+    let by_field = ok(&kc, &["get", "cm", "-A", "--field-selector", "metadata.name=cfg"]);
+    assert!(by_field.starts_with("NAMESPACE") && by_field.contains("web") && by_field.contains("cfg"), "{by_field}");
+    ok(
+        &kc,
+        &["-n", "web", "patch", "cm", "cfg", "--type=json", "-p", r#"[{"op":"add","path":"/data/c","value":"d"}]"#],
+    );
+    ok(&kc, &["-n", "web", "patch", "cm", "cfg", "--type=merge", "-p", r#"{"data":{"e":"f"}}"#]);
+    assert_eq!(ok(&kc, &["-n", "web", "get", "cm", "cfg", "-o", "jsonpath={.data}"]), r#"{"a":"b","c":"d","e":"f"}"#);
+    ok(&kc, &["-n", "web", "patch", "deploy", "front", "--type=merge", "-p", r#"{"spec":{"replicas":3}}"#]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&kc, &["-n", "web", "get", "deploy", "front", "-o", "json"])).unwrap();
+    assert_eq!((json["spec"]["replicas"].as_u64(), json["metadata"]["generation"].as_u64()), (Some(3), Some(2)));
+
+    // Replace with a stale resourceVersion: Kubernetes' conflict, nothing changed.
+    let stale = ok(&kc, &["-n", "web", "get", "cm", "cfg", "-o", "json"]);
+    ok(&kc, &["-n", "web", "label", "cm", "cfg", "moved=on"]);
+    let stale_file = scratch.0.join("stale.json");
+    std::fs::write(&stale_file, stale.replace("\"a\": \"b\"", "\"a\": \"stale\"")).unwrap();
+    let err = fails(&kc, &["replace", "-f", stale_file.to_str().unwrap(), "--validate=false"]);
+    assert!(
+        err.contains("Error from server (Conflict)")
+            && err.contains("Operation cannot be fulfilled on configmaps \"cfg\": the object has been modified; please apply your changes to the latest version and try again"),
+        "{err}"
+    );
+    assert_eq!(ok(&kc, &["-n", "web", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "b");
+
+    // Errors, as Kubernetes words them, and nothing changed.
+    let err = fails(&kc, &["create", "-f", manifest.to_str().unwrap(), "--validate=false"]);
+    assert!(
+        err.contains("Error from server (AlreadyExists): error when creating")
+            && err.contains("namespaces \"web\" already exists"),
+        "{err}"
+    );
+    assert_eq!(
+        fails(&kc, &["-n", "web", "get", "cm", "nope"]),
+        "Error from server (NotFound): configmaps \"nope\" not found\n"
+    );
+    let bad_label = scratch.0.join("bad.yaml");
+    std::fs::write(
+        &bad_label,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n  namespace: web\n  labels: {app: \"not ok!\"}\n",
+    )
+    .unwrap();
+    let err = fails(&kc, &["create", "-f", bad_label.to_str().unwrap(), "--validate=false"]);
+    // kubectl words a 422 itself: "The <Kind> "<name>" is invalid: <causes>".
+    assert!(
+        err.contains("The ConfigMap \"bad\" is invalid: metadata.labels: Invalid value: \"not ok!\": a valid label must be an empty string"),
+        "{err}"
+    );
+    let wrong = scratch.0.join("wrong-token");
+    let admin_token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    std::fs::write(
+        &wrong,
+        std::fs::read_to_string(&kc).unwrap().replace(admin_token.trim(), "not-the-token-0123456789"),
+    )
+    .unwrap();
+    let err = fails(&wrong, &["get", "cm", "-n", "web"]);
+    assert!(err.contains("error: You must be logged in to the server (Unauthorized)"), "{err}");
+
+    // Deletes: one object, then a namespace with what is left in it.
+    assert_eq!(ok(&kc, &["-n", "web", "delete", "cm", "cfg"]), "configmap \"cfg\" deleted\n");
+    assert_eq!(ok(&kc, &["delete", "namespace", "web"]), "namespace \"web\" deleted\n");
+    assert_eq!(ok(&kc, &["get", "deploy", "-A", "-o", "name"]), "");
+    let err = fails(&kc, &["get", "ns", "web"]);
+    assert!(err.contains("namespaces \"web\" not found"), "{err}");
+
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}
