@@ -5,9 +5,9 @@
 //! Expected texts are Kubernetes' own (kubectl's `<resource>/<name> created` lines, the
 //! API server's `Status` messages), not copies of keelson's output.
 //!
-//! Not yet: kubectl's typed generators (`create namespace|configmap|deployment`) send
-//! protobuf bodies, which the API does not decode yet; and `create -f` validates against
-//! OpenAPI, which is P5 (so `--validate=false` below).
+//! kubectl 1.33's generators (`create namespace|configmap|secret|deployment|service|job`,
+//! `run`) send protobuf bodies; `create -f` and `replace -f` send JSON. Not yet: `create
+//! -f` validates against OpenAPI, which is P5 (so `--validate=false` below).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -102,6 +102,44 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     assert_eq!(json["metadata"]["generation"], 1);
     assert_eq!(json["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25");
 
+    // kubectl's generators (protobuf bodies) and scale.
+    assert_eq!(ok(&kc, &["create", "namespace", "gen"]), "namespace/gen created\n");
+    assert_eq!(ok(&kc, &["-n", "gen", "create", "configmap", "c", "--from-literal=k=v"]), "configmap/c created\n");
+    assert_eq!(
+        ok(&kc, &["-n", "gen", "create", "secret", "generic", "s", "--from-literal=pw=hunter2"]),
+        "secret/s created\n"
+    );
+    assert_eq!(ok(&kc, &["-n", "gen", "get", "secret", "s", "-o", "jsonpath={.data.pw}"]), "aHVudGVyMg==");
+    assert_eq!(
+        ok(&kc, &["-n", "gen", "create", "deployment", "d", "--image=nginx:1.25", "--replicas=2", "--port=80"]),
+        "deployment.apps/d created\n"
+    );
+    assert_eq!(
+        ok(
+            &kc,
+            &[
+                "-n",
+                "gen",
+                "get",
+                "deploy",
+                "d",
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}"
+            ]
+        ),
+        "2 80"
+    );
+    assert_eq!(ok(&kc, &["-n", "gen", "create", "service", "clusterip", "d", "--tcp=80:8080"]), "service/d created\n");
+    assert_eq!(
+        ok(&kc, &["-n", "gen", "get", "svc", "d", "-o", "jsonpath={.spec.ports[0].targetPort} {.spec.selector.app}"]),
+        "8080 d"
+    );
+    assert_eq!(ok(&kc, &["-n", "gen", "scale", "deploy", "d", "--replicas=5"]), "deployment.apps/d scaled\n");
+    assert_eq!(
+        ok(&kc, &["-n", "gen", "get", "deploy", "d", "-o", "jsonpath={.spec.replicas} {.metadata.generation}"]),
+        "5 2"
+    );
+
     // Labels, annotations, selectors, patches.
     assert_eq!(ok(&kc, &["-n", "web", "label", "cm", "cfg", "tier=front"]), "configmap/cfg labeled\n");
     assert_eq!(ok(&kc, &["-n", "web", "annotate", "cm", "cfg", "note=hi"]), "configmap/cfg annotated\n");
@@ -169,7 +207,7 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     // Deletes: one object, then a namespace with what is left in it.
     assert_eq!(ok(&kc, &["-n", "web", "delete", "cm", "cfg"]), "configmap \"cfg\" deleted\n");
     assert_eq!(ok(&kc, &["delete", "namespace", "web"]), "namespace \"web\" deleted\n");
-    assert_eq!(ok(&kc, &["get", "deploy", "-A", "-o", "name"]), "");
+    assert_eq!(ok(&kc, &["get", "deploy", "-A", "-o", "name"]), "deployment.apps/d\n", "web's deployment went with it");
     let err = fails(&kc, &["get", "ns", "web"]);
     assert!(err.contains("namespaces \"web\" not found"), "{err}");
 

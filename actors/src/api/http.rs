@@ -123,15 +123,14 @@ async fn objects(
     };
     let q = query(req);
     let content_type = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or_default();
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return Failure::new(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json, \
-             application/json-patch+json, application/merge-patch+json",
-        )
-        .response();
-    }
+    let body = if content_type.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
+        match super::protobuf::decode(&body) {
+            Ok(v) => web::Bytes::from(v.to_string()),
+            Err(e) => return Failure::new(415, "UnsupportedMediaType", format!("the protobuf body: {e}")).response(),
+        }
+    } else {
+        body
+    };
     let result = match (req.method().clone(), &t.name, t.sub.as_deref()) {
         (Method::GET, None, _) if param(&q, "watch").is_some_and(|w| w == "true" || w == "1") => {
             Err(Failure::new(405, "MethodNotAllowed", "watch is not served by this version of keelson yet"))
@@ -147,6 +146,13 @@ async fn objects(
             patch_object(state, &t, name, kind, &body).await.map(ok200)
         }
         (Method::DELETE, Some(name), None) => delete(state, &t, name).await.map(ok200),
+        (Method::GET, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {
+            state.objects.get(t.res, t.namespace.as_deref(), name).await.map(|o| ok200(scale_of(&o)))
+        }
+        (Method::PUT | Method::PATCH, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {
+            let kind = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or_default();
+            rescale(state, &t, name, req.method() == Method::PUT, kind, &body).await.map(ok200)
+        }
         (_, _, Some(sub)) => Err(Failure::new(
             404,
             "NotFound",
@@ -251,4 +257,63 @@ async fn delete(state: &ApiState, t: &Target, name: &str) -> Result<Value, Failu
         }
     }
     state.objects.delete(t.res, ns, name).await
+}
+
+/// The `autoscaling/v1` Scale of a deployment or replica set.
+fn scale_of(obj: &Value) -> Value {
+    let m = &obj["metadata"];
+    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|l| l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+    })
+}
+
+/// Sets `spec.replicas` through the scale subresource: a whole Scale (PUT, at its
+/// resourceVersion) or a patch of one.
+async fn rescale(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    put: bool,
+    kind: &str,
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let sent = parse_body(body)?;
+    for _ in 0..5 {
+        let current = state.objects.get(t.res, ns, name).await?;
+        let scale = if put {
+            sent.clone()
+        } else if kind.starts_with("application/json-patch+json") {
+            patch::json_patch(&scale_of(&current), &sent).map_err(|e| Failure::new(422, "Invalid", e))?
+        } else {
+            patch::merge_patch(&scale_of(&current), &sent)
+        };
+        let Some(replicas) = scale["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+            let cause =
+                [("spec.replicas".to_string(), "Invalid value: must be greater than or equal to 0".to_string())];
+            return Err(Failure::invalid(t.res, name, &cause));
+        };
+        let mut obj = current;
+        obj["spec"]["replicas"] = replicas.into();
+        if let Some(rv) = scale["metadata"]["resourceVersion"].as_str().filter(|_| put) {
+            obj["metadata"]["resourceVersion"] = rv.into();
+        }
+        match state.objects.update(t.res, ns, name, obj).await {
+            Ok(updated) => return Ok(scale_of(&updated)),
+            Err(f) if f.reason == "Conflict" && !put => continue,
+            Err(f) => return Err(f),
+        }
+    }
+    Err(Failure::conflict(t.res, name))
 }

@@ -6,6 +6,7 @@
 //! - `validate.rs`: names, labels, shapes (the `k8s-openapi` types), unknown fields;
 //! - `selector.rs`: label and field selectors;
 //! - `patch.rs`: merge and JSON patches;
+//! - `protobuf.rs`: protobuf request bodies (kubectl 1.32+'s generators) read into JSON;
 //! - `status.rs`: every error as a Kubernetes `Status`;
 //! - `http.rs`: authentication and routing.
 //!
@@ -16,6 +17,7 @@ mod discovery;
 mod http;
 mod objects;
 mod patch;
+mod protobuf;
 pub mod resources;
 mod selector;
 mod status;
