@@ -140,6 +140,36 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
         "5 2"
     );
 
+    // Server-side printing: the columns Kubernetes prints for each kind.
+    let header = |out: &str| out.lines().next().unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(header(&ok(&kc, &["-n", "gen", "get", "deploy"])), "NAME READY UP-TO-DATE AVAILABLE AGE");
+    assert_eq!(
+        header(&ok(&kc, &["-n", "gen", "get", "deploy", "-o", "wide"])),
+        "NAME READY UP-TO-DATE AVAILABLE AGE CONTAINERS IMAGES SELECTOR"
+    );
+    assert_eq!(header(&ok(&kc, &["-n", "gen", "get", "svc"])), "NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE");
+    assert_eq!(header(&ok(&kc, &["-n", "gen", "get", "secrets"])), "NAME TYPE DATA AGE");
+    assert_eq!(header(&ok(&kc, &["get", "cm", "-A"])), "NAMESPACE NAME DATA AGE");
+    assert_eq!(header(&ok(&kc, &["get", "ns"])), "NAME STATUS AGE");
+    let row = ok(&kc, &["-n", "gen", "get", "deploy", "d", "--no-headers"]);
+    assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["d", "0/5", "0", "0"], "{row}");
+    let described = ok(&kc, &["-n", "gen", "describe", "cm", "c"]);
+    assert!(described.contains("Name:         c") && described.contains("Events:  <none>"), "{described}");
+
+    // `get -w` sees a change another command makes.
+    let mut watch = std::process::Command::new("kubectl")
+        .args(["-n", "gen", "get", "cm", "c", "-w", "--no-headers"])
+        .env("KUBECONFIG", &kc)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    ok(&kc, &["-n", "gen", "label", "cm", "c", "seen=yes"]);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let _ = watch.kill();
+    let seen = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(seen.lines().filter(|l| l.starts_with("c ")).count(), 2, "the object, then its change:\n{seen}");
+
     // Labels, annotations, selectors, patches.
     assert_eq!(ok(&kc, &["-n", "web", "label", "cm", "cfg", "tier=front"]), "configmap/cfg labeled\n");
     assert_eq!(ok(&kc, &["-n", "web", "annotate", "cm", "cfg", "note=hi"]), "configmap/cfg annotated\n");

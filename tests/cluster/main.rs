@@ -22,6 +22,7 @@
 
 mod support;
 
+mod api_watch;
 mod kubectl;
 mod launcher;
 mod linearizability;

@@ -131,13 +131,22 @@ async fn objects(
     } else {
         body
     };
+    let accept = req.headers().get("accept").and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let as_table = super::table::wanted(accept);
+    if req.method() == Method::GET && t.name.is_none() && param(&q, "watch").is_some_and(|w| w == "true" || w == "1") {
+        return watch(state, &t, &q, as_table).await.unwrap_or_else(|f| f.response());
+    }
     let result = match (req.method().clone(), &t.name, t.sub.as_deref()) {
-        (Method::GET, None, _) if param(&q, "watch").is_some_and(|w| w == "true" || w == "1") => {
-            Err(Failure::new(405, "MethodNotAllowed", "watch is not served by this version of keelson yet"))
-        }
-        (Method::GET, None, _) => list(state, &t, &q).await.map(ok200),
+        (Method::GET, None, _) => list(state, &t, &q, as_table).await.map(ok200),
         (Method::GET, Some(name), None | Some("status")) => {
-            state.objects.get(t.res, t.namespace.as_deref(), name).await.map(ok200)
+            let obj = state.objects.get(t.res, t.namespace.as_deref(), name).await;
+            match as_table {
+                true => obj.map(|o| {
+                    let rv = o["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+                    ok200(super::table::table(t.res, &[o], &rv))
+                }),
+                false => obj.map(ok200),
+            }
         }
         (Method::POST, None, _) => create(state, &t, &q, &body).await.map(|v| (201, v)),
         (Method::PUT, Some(name), None | Some("status")) => update(state, &t, name, &q, &body).await.map(ok200),
@@ -179,18 +188,38 @@ fn strict(q: &[(String, String)]) -> bool {
     param(q, "fieldValidation") == Some("Strict")
 }
 
-async fn list(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Value, Failure> {
-    let opts = ListOptions {
-        labels: LabelSelector::parse(param(q, "labelSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
-        fields: FieldSelector::parse(param(q, "fieldSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
-    };
+async fn list(state: &ApiState, t: &Target, q: &[(String, String)], as_table: bool) -> Result<Value, Failure> {
+    let opts = list_options(q)?;
     let (items, rv) = state.objects.list(t.res, t.namespace.as_deref(), &opts).await?;
+    if as_table {
+        return Ok(super::table::table(t.res, &items, &rv));
+    }
     Ok(json!({
         "kind": format!("{}List", t.res.kind),
         "apiVersion": t.res.api_version(),
         "metadata": {"resourceVersion": rv},
         "items": items,
     }))
+}
+
+fn list_options(q: &[(String, String)]) -> Result<ListOptions, Failure> {
+    Ok(ListOptions {
+        labels: LabelSelector::parse(param(q, "labelSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
+        fields: FieldSelector::parse(param(q, "fieldSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
+    })
+}
+
+async fn watch(state: &ApiState, t: &Target, q: &[(String, String)], as_table: bool) -> Result<HttpResponse, Failure> {
+    let timeout = param(q, "timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(3_600u64);
+    let request = super::watch::WatchRequest {
+        resource_version: param(q, "resourceVersion"),
+        opts: list_options(q)?,
+        bookmarks: param(q, "allowWatchBookmarks") == Some("true"),
+        timeout: std::time::Duration::from_secs(timeout.clamp(1, 24 * 3_600)),
+        as_table,
+    };
+    let stream = super::watch::watch(&state.objects, t.res, t.namespace.as_deref(), request).await?;
+    Ok(HttpResponse::Ok().content_type("application/json").streaming(stream))
 }
 
 async fn create(state: &ApiState, t: &Target, q: &[(String, String)], body: &[u8]) -> Result<Value, Failure> {

@@ -7,6 +7,8 @@
 //! - `selector.rs`: label and field selectors;
 //! - `patch.rs`: merge and JSON patches;
 //! - `protobuf.rs`: protobuf request bodies (kubectl 1.32+'s generators) read into JSON;
+//! - `watch.rs`: watches (chunked events from this member's replicas, resumable);
+//! - `table.rs`: server-side printing (the Table kubectl prints, with Kubernetes' columns);
 //! - `status.rs`: every error as a Kubernetes `Status`;
 //! - `http.rs`: authentication and routing.
 //!
@@ -21,7 +23,9 @@ mod protobuf;
 pub mod resources;
 mod selector;
 mod status;
+mod table;
 mod validate;
+mod watch;
 
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -216,7 +216,10 @@ impl Objects {
         let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
         let asked = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
         if let Some(rv) = &asked {
-            if rv.parse::<u64>().ok() != Some(revision) {
+            // An object's own version, or a watch event's (one revision per shard).
+            let shard = shard_of(&key, self.shards()) as usize;
+            let mine = super::watch::parse_cursor(rv, self.shards() as usize, Some(shard)).map(|c| c[shard]);
+            if mine != Some(revision) {
                 return Err(Failure::conflict(res, name));
             }
         }

@@ -1,0 +1,238 @@
+//! Watches: `?watch=true` streams `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":…}`
+//! lines, one per change, chunked, from this member's replicas.
+//!
+//! A watch starts after a resourceVersion: a list's (one revision per shard, `r0.r1.…`;
+//! one shard: a plain number), any event's (the same form: the cursor just past it), or
+//! none (`""`/`"0"`): then the current objects first, as synthetic ADDED events. Too old
+//! a resourceVersion gives an ERROR event with a 410 `Expired` Status, and informers
+//! list again. Objects that stop (start) matching the selectors are sent as DELETED
+//! (ADDED), as Kubernetes does.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use actix_web::web;
+use serde_json::{json, Value};
+
+use super::objects::{ListOptions, Objects};
+use super::resources::Resource;
+use super::status::Failure;
+use crate::store::state::EventKind;
+use crate::store::{shard_of, Watch, WatchSource};
+
+/// The text form of a cursor: one revision per shard, a plain number with one shard.
+pub fn cursor_text(c: &[u64]) -> String {
+    c.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+}
+
+/// A resourceVersion as a cursor over `shards`; `shard_hint` is the one shard a
+/// namespaced watch reads, where a plain number (an object's resourceVersion) will do.
+pub fn parse_cursor(rv: &str, shards: usize, shard_hint: Option<usize>) -> Option<Vec<u64>> {
+    let parts: Vec<u64> = rv.split('.').map(str::parse).collect::<Result<_, _>>().ok()?;
+    match (parts.len(), shard_hint) {
+        (n, _) if n == shards => Some(parts),
+        (1, Some(s)) => {
+            let mut c = vec![0; shards];
+            c[s] = parts[0];
+            Some(c)
+        }
+        _ => None,
+    }
+}
+
+struct Watching {
+    res: &'static Resource,
+    prefix: String,
+    opts: ListOptions,
+    sources: Vec<WatchSource>,
+    /// Which shards this watch reads (one for a namespaced resource in one namespace).
+    shards: Vec<usize>,
+    cursor: Vec<u64>,
+    pending: VecDeque<web::Bytes>,
+    bookmarks: bool,
+    /// Objects as one-row Tables (`kubectl get -w`).
+    as_table: bool,
+    until: tokio::time::Instant,
+    done: bool,
+}
+
+fn line(kind: &str, object: Value) -> web::Bytes {
+    web::Bytes::from(json!({"type": kind, "object": object}).to_string() + "\n")
+}
+
+impl Watching {
+    fn selected(&self, obj: &Value) -> bool {
+        self.opts.labels.matches(&obj["metadata"]["labels"]) && self.opts.fields.matches(obj)
+    }
+
+    fn collect(&mut self) {
+        for &shard in &self.shards.clone() {
+            match self.sources[shard].events_after(self.cursor[shard], &self.prefix) {
+                Ok((events, revision)) => {
+                    for e in events {
+                        self.cursor[shard] = e.revision;
+                        let rv = cursor_text(&self.cursor);
+                        let parse = |b: &[u8]| -> Option<Value> {
+                            let mut v: Value = serde_json::from_slice(b).ok()?;
+                            v["metadata"]["resourceVersion"] = rv.clone().into();
+                            Some(v)
+                        };
+                        let before = e.prev.as_ref().and_then(|p| parse(&p.data)).filter(|o| self.selected(o));
+                        let after = e.value.as_deref().and_then(parse).filter(|o| self.selected(o));
+                        let event = match (e.kind, before, after) {
+                            (EventKind::Put, None, Some(now)) => Some(("ADDED", now)),
+                            (EventKind::Put, Some(_), Some(now)) => Some(("MODIFIED", now)),
+                            (EventKind::Put, Some(was), None) => Some(("DELETED", was)),
+                            (EventKind::Delete, Some(was), _) => Some(("DELETED", was)),
+                            _ => None,
+                        };
+                        if let Some((kind, object)) = event {
+                            let object =
+                                if self.as_table { super::table::table(self.res, &[object], &rv) } else { object };
+                            self.pending.push_back(line(kind, object));
+                        }
+                    }
+                    self.cursor[shard] = self.cursor[shard].max(revision);
+                }
+                Err(expired) => {
+                    let f = Failure::new(
+                        410,
+                        "Expired",
+                        format!("too old resource version: {} ({})", expired.asked, expired.oldest.saturating_sub(1)),
+                    );
+                    self.pending.push_back(line("ERROR", f.to_value()));
+                    self.done = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn bookmark(&self) -> web::Bytes {
+        line(
+            "BOOKMARK",
+            json!({"kind": self.res.kind, "apiVersion": self.res.api_version(),
+                   "metadata": {"resourceVersion": cursor_text(&self.cursor)}}),
+        )
+    }
+}
+
+/// What a watch asks for, from its query.
+pub struct WatchRequest<'a> {
+    /// Start after this (none: the current objects first).
+    pub resource_version: Option<&'a str>,
+    pub opts: ListOptions,
+    pub bookmarks: bool,
+    pub timeout: Duration,
+    /// Objects as one-row Tables (`kubectl get -w`).
+    pub as_table: bool,
+}
+
+/// Starts a watch of `res` in `ns`; the body streams until the timeout or the client goes.
+pub async fn watch(
+    objects: &Objects,
+    res: &'static Resource,
+    ns: Option<&str>,
+    req: WatchRequest<'_>,
+) -> Result<impl futures_core::Stream<Item = Result<web::Bytes, actix_web::Error>>, Failure> {
+    let WatchRequest { resource_version: rv, opts, bookmarks, timeout, as_table } = req;
+    let mut sources = Vec::new();
+    for replica in &objects.replicas {
+        match replica.send(Watch).await {
+            Ok(Some(src)) => sources.push(src),
+            _ => return Err(Failure::unavailable("a store replica is still opening; retry")),
+        }
+    }
+    let n = sources.len();
+    let prefix = res.prefix(ns);
+    let shards: Vec<usize> = match (res.namespaced, ns) {
+        (true, None) => (0..n).collect(),
+        _ => vec![shard_of(&format!("{prefix}x"), n as u32) as usize],
+    };
+    let mut pending = VecDeque::new();
+    let mut done = false;
+    let cursor = match rv.filter(|r| !r.is_empty() && *r != "0") {
+        Some(r) => match parse_cursor(r, n, (shards.len() == 1).then(|| shards[0])) {
+            Some(c) => c,
+            None => {
+                let f =
+                    Failure::new(410, "Expired", format!("too old resource version: {r} (a list gives a current one)"));
+                pending.push_back(line("ERROR", f.to_value()));
+                done = true;
+                vec![0; n]
+            }
+        },
+        None => {
+            // The current objects first, then what changes after them.
+            let (items, list_rv) = objects.list(res, ns, &opts).await?;
+            for item in items {
+                let rv = list_rv.clone();
+                let object = if as_table { super::table::table(res, &[item], &rv) } else { item };
+                pending.push_back(line("ADDED", object));
+            }
+            parse_cursor(&list_rv, n, None).unwrap_or_else(|| vec![0; n])
+        }
+    };
+    let watching = Watching {
+        res,
+        prefix,
+        opts,
+        sources,
+        shards,
+        cursor,
+        pending,
+        bookmarks,
+        as_table,
+        until: tokio::time::Instant::now() + timeout,
+        done,
+    };
+    Ok(futures_util::stream::unfold(watching, |mut w| async move {
+        loop {
+            if let Some(l) = w.pending.pop_front() {
+                return Some((Ok(l), w));
+            }
+            if w.done || tokio::time::Instant::now() >= w.until {
+                return None;
+            }
+            w.collect();
+            if !w.pending.is_empty() || w.done {
+                continue;
+            }
+            // Nothing new: wait for a shard to move, a bookmark's time, or the end.
+            let mut receivers: Vec<_> = w.shards.iter().map(|s| w.sources[*s].revision.clone()).collect();
+            let changes = futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.changed())));
+            let tick = tokio::time::sleep_until(w.until.min(tokio::time::Instant::now() + Duration::from_secs(30)));
+            tokio::select! {
+                (outcome, _, _) = changes => {
+                    if outcome.is_err() {
+                        return None;
+                    }
+                }
+                _ = tick => {
+                    if w.bookmarks && tokio::time::Instant::now() < w.until {
+                        let b = w.bookmark();
+                        return Some((Ok(b), w));
+                    }
+                }
+            }
+            for (shard, r) in w.shards.clone().into_iter().zip(receivers) {
+                w.sources[shard].revision = r;
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse_as_lists_and_objects_give_them() {
+        assert_eq!(parse_cursor("5.7.9", 3, None), Some(vec![5, 7, 9]));
+        assert_eq!(parse_cursor("12", 1, None), Some(vec![12]));
+        assert_eq!(parse_cursor("12", 3, Some(1)), Some(vec![0, 12, 0]), "an object's version on a one-shard watch");
+        assert_eq!(parse_cursor("12", 3, None), None, "a cluster-wide watch needs a list's version");
+        assert_eq!(parse_cursor("x", 1, None), None);
+        assert_eq!(cursor_text(&[3, 4]), "3.4");
+    }
+}
