@@ -83,6 +83,8 @@ pub enum Command {
     /// The cluster's members.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Make a kubeconfig for another user of the Kubernetes API: a new token with a role.
+    Kubeconfig(KubeconfigArgs),
     /// Talk to the replicated store directly (as etcdctl does).
     Kv {
         /// The member to ask (any member answers; default: the first server found).
@@ -197,6 +199,22 @@ pub enum KvCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
+}
+
+#[derive(Args)]
+pub struct KubeconfigArgs {
+    /// admin, read-only, or node (a node may change only its own Node, Lease and bound pods).
+    #[arg(long, default_value = "read-only")]
+    pub role: String,
+    /// The user's name (as 403 messages name it); default: after the role.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// With --role node: the node's name.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Where to write it (default: <data>/kubeconfig-<user>).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]

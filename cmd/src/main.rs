@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod datadir;
 mod joined;
+mod kubeconfig;
 mod kv;
 mod member;
 mod members;
@@ -97,6 +98,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bench(BenchCommand::Transport(args)) => bench::transport(args).map(|()| 0),
         Command::Bench(BenchCommand::Store(args)) => bench::store(args).map(|()| 0),
         Command::Bench(BenchCommand::TransportPeer(args)) => bench::transport_peer(args).map(|()| 0),
+        Command::Kubeconfig(args) => {
+            let data = DataDir::existing(&data_dir)?;
+            let path = actix_rt::System::new().block_on(kubeconfig::make(&data, args))?;
+            println!("export KUBECONFIG={}", path.display());
+            Ok(0)
+        }
         Command::Member(MemberCommand::List) => {
             let data = DataDir::existing(&data_dir)?;
             print!("{}", actix_rt::System::new().block_on(members::list(&data))?);

@@ -41,7 +41,7 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
     let names: Vec<String> = (1..=args.servers).map(|i| format!("server-{i}")).collect();
     let quic = quic_ports(&data, &names)?;
     let api = api_ports(&data, &names)?;
-    let kubeconfig = write_kubeconfig(&data, &token, api[&names[0]])?;
+    let kubeconfig = crate::kubeconfig::write(&data, &api[&names[0]].to_string(), "admin", &token, None)?;
     let mut members = Vec::new();
     for name in &names {
         data.remove_door(name);
@@ -168,22 +168,6 @@ fn api_ports(data: &DataDir, names: &[String]) -> Result<std::collections::BTree
 fn api_url(data: &DataDir, member: &str) -> String {
     let addr = std::fs::read_to_string(data.root().join(member).join("api-addr")).unwrap_or_default();
     format!("https://{}", addr.trim())
-}
-
-/// `<data>/kubeconfig`: the admin's kubeconfig for this cluster (the CA by path, the
-/// admin token), 0600.
-fn write_kubeconfig(data: &DataDir, token: &str, api: SocketAddr) -> Result<std::path::PathBuf> {
-    let root = std::fs::canonicalize(data.root())?;
-    let path = root.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: https://{api}\n    \
-         certificate-authority: {ca}\ncontexts:\n- name: keelson-admin\n  context:\n    cluster: keelson\n    \
-         user: keelson-admin\n    namespace: default\ncurrent-context: keelson-admin\nusers:\n- name: \
-         keelson-admin\n  user:\n    token: {token}\n",
-        ca = root.join("ca.crt").display()
-    );
-    crate::pki::write_secret(&path, &text)?;
-    Ok(path)
 }
 
 /// Parses `N/DURATION` for clap.

@@ -234,6 +234,34 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     let err = fails(&wrong, &["get", "cm", "-n", "web"]);
     assert!(err.contains("error: You must be logged in to the server (Unauthorized)"), "{err}");
 
+    // Roles: a read-only user reads and may not write; a node may not touch a pod bound
+    // to another node. Both get Kubernetes' 403, and nothing changes.
+    let made = run_ok(&data, &["kubeconfig", "--role", "read-only", "--user", "viewer"]);
+    let viewer = std::path::PathBuf::from(made.trim().strip_prefix("export KUBECONFIG=").unwrap());
+    assert!(ok(&viewer, &["-n", "web", "get", "cm", "cfg", "-o", "name"]).contains("configmap/cfg"));
+    let err = fails(&viewer, &["-n", "web", "delete", "cm", "cfg"]);
+    assert_eq!(
+        err,
+        "Error from server (Forbidden): configmaps \"cfg\" is forbidden: User \"viewer\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"web\"\n"
+    );
+    let pod = scratch.0.join("pod.yaml");
+    std::fs::write(&pod, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: web\nspec:\n  nodeName: n2\n  containers:\n  - name: c\n    image: busybox:1.36\n").unwrap();
+    ok(&kc, &["create", "-f", pod.to_str().unwrap(), "--validate=false"]);
+    let made = run_ok(&data, &["kubeconfig", "--role", "node", "--node", "n1"]);
+    let node = std::path::PathBuf::from(made.trim().strip_prefix("export KUBECONFIG=").unwrap());
+    let err = fails(&node, &["-n", "web", "label", "pod", "p", "touched=yes"]);
+    assert!(err.contains("Error from server (Forbidden): pods \"p\" is forbidden: User \"system:node:n1\" cannot patch resource \"pods\""), "{err}");
+    assert_eq!(ok(&kc, &["-n", "web", "get", "pod", "p", "-o", "jsonpath={.metadata.labels}"]), "");
+    // A missing required field: Kubernetes' 422, naming the field.
+    let no_image = scratch.0.join("no-image.yaml");
+    std::fs::write(
+        &no_image,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: q\n  namespace: web\nspec:\n  containers:\n  - name: c\n",
+    )
+    .unwrap();
+    let err = fails(&kc, &["create", "-f", no_image.to_str().unwrap(), "--validate=false"]);
+    assert!(err.contains("The Pod \"q\" is invalid: spec.containers[0].image: Required value"), "{err}");
+
     // Deletes: one object, then a namespace with what is left in it.
     assert_eq!(ok(&kc, &["-n", "web", "delete", "cm", "cfg"]), "configmap \"cfg\" deleted\n");
     assert_eq!(ok(&kc, &["delete", "namespace", "web"]), "namespace \"web\" deleted\n");

@@ -10,6 +10,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+use super::auth::{authorize, Authenticator, Request as AuthzRequest, Role, User, Verb};
 use super::discovery;
 use super::objects::{admit, ListOptions, Objects};
 use super::patch;
@@ -21,8 +22,7 @@ use super::status::Failure;
 #[derive(Clone)]
 pub struct ApiState {
     pub objects: Objects,
-    /// The admin bearer token.
-    pub token: Arc<str>,
+    pub auth: Arc<Authenticator>,
     /// `https://host:port`, as discovery tells clients.
     pub address: String,
 }
@@ -43,18 +43,25 @@ async fn ok() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
-fn authenticated(req: &HttpRequest, state: &ApiState) -> bool {
-    req.headers()
+/// The user behind the request's bearer token, or the 401 to answer.
+async fn authenticate(req: &HttpRequest, state: &ApiState) -> Result<User, Failure> {
+    let unauthorized = || Failure::new(401, "Unauthorized", "Unauthorized");
+    let token = req
+        .headers()
         .get("authorization")
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim() == &*state.token)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(unauthorized)?;
+    state.auth.user(token, &state.objects).await?.ok_or_else(unauthorized)
 }
 
 async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>) -> HttpResponse {
-    if !authenticated(&req, &state) {
-        return Failure::new(401, "Unauthorized", "Unauthorized").response();
-    }
+    let user = match authenticate(&req, &state).await {
+        Ok(u) => u,
+        Err(f) => return f.response(),
+    };
     let segments: Vec<&str> = req.path().trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let found = match segments.as_slice() {
         ["api"] => Some(discovery::core_versions(&state.address)),
@@ -62,8 +69,8 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         ["api", "v1"] => discovery::resource_list("", "v1"),
         ["apis", g] => crate::api::resources::groups().contains(g).then(|| discovery::group(g)),
         ["apis", g, v] => discovery::resource_list(g, v),
-        ["api", "v1", rest @ ..] => return objects(&req, &state, "", "v1", rest, body).await,
-        ["apis", g, v, rest @ ..] => return objects(&req, &state, g, v, rest, body).await,
+        ["api", "v1", rest @ ..] => return objects(&req, &state, &user, "", "v1", rest, body).await,
+        ["apis", g, v, rest @ ..] => return objects(&req, &state, &user, g, v, rest, body).await,
         _ => None,
     };
     match found {
@@ -110,9 +117,11 @@ fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn objects(
     req: &HttpRequest,
     state: &ApiState,
+    user: &User,
     group: &str,
     version: &str,
     rest: &[&str],
@@ -122,6 +131,36 @@ async fn objects(
         return Failure::new(404, "NotFound", "the server could not find the requested resource").response();
     };
     let q = query(req);
+    let watching = param(&q, "watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (req.method().clone(), t.name.is_some()) {
+        (Method::GET, true) => Verb::Get,
+        (Method::GET, false) if watching => Verb::Watch,
+        (Method::GET, false) => Verb::List,
+        (Method::POST, _) => Verb::Create,
+        (Method::PUT, _) => Verb::Update,
+        (Method::PATCH, _) => Verb::Patch,
+        _ => Verb::Delete,
+    };
+    // A node may change a pod only while the pod is bound to it.
+    let bound_to = match (&user.role, t.res.plural, &t.name) {
+        (Role::Node { .. }, "pods", Some(name)) if verb != Verb::Get => state
+            .objects
+            .get(t.res, t.namespace.as_deref(), name)
+            .await
+            .ok()
+            .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string)),
+        _ => None,
+    };
+    let request = AuthzRequest {
+        verb,
+        res: t.res,
+        namespace: t.namespace.as_deref(),
+        name: t.name.as_deref(),
+        bound_to: bound_to.as_deref(),
+    };
+    if let Err(f) = authorize(user, &request) {
+        return f.response();
+    }
     let content_type = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or_default();
     let body = if content_type.starts_with("application/vnd.kubernetes.protobuf") && !body.is_empty() {
         match super::protobuf::decode(&body) {
@@ -133,7 +172,7 @@ async fn objects(
     };
     let accept = req.headers().get("accept").and_then(|h| h.to_str().ok()).unwrap_or_default();
     let as_table = super::table::wanted(accept);
-    if req.method() == Method::GET && t.name.is_none() && param(&q, "watch").is_some_and(|w| w == "true" || w == "1") {
+    if verb == Verb::Watch {
         return watch(state, &t, &q, as_table).await.unwrap_or_else(|f| f.response());
     }
     let result = match (req.method().clone(), &t.name, t.sub.as_deref()) {

@@ -10,11 +10,13 @@
 //! - `watch.rs`: watches (chunked events from this member's replicas, resumable);
 //! - `table.rs`: server-side printing (the Table kubectl prints, with Kubernetes' columns);
 //! - `status.rs`: every error as a Kubernetes `Status`;
-//! - `http.rs`: authentication and routing.
+//! - `auth.rs`: who is asking (tokens), and whether they may (roles);
+//! - `http.rs`: routing.
 //!
 //! Each incarnation serves the member's listening socket (bound once by the member, so
 //! the port and the kubeconfig that names it survive restarts).
 
+mod auth;
 mod discovery;
 mod http;
 mod objects;
@@ -34,6 +36,7 @@ use std::time::Duration;
 use actix::{ActorContext, ActorFutureExt, AsyncContext, Running};
 use actix_web::{App, HttpServer};
 
+pub use auth::{token_hash, Role, TokenRecord, TOKENS_PREFIX};
 pub use discovery::MINOR;
 pub use http::ApiState;
 pub use objects::Objects;
@@ -58,7 +61,8 @@ impl ApiServer {
         replicas: Vec<Ref<Replica>>,
     ) -> Self {
         let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let state = ApiState { objects: Objects { replicas }, token, address };
+        let auth = Arc::new(auth::Authenticator::new(token));
+        let state = ApiState { objects: Objects { replicas }, auth, address };
         Self { listener, tls, state, server: None, stopping: false }
     }
 

@@ -86,6 +86,14 @@ impl Objects {
         }
     }
 
+    /// A key's raw value (for records that are not Kubernetes objects).
+    pub async fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+        match self.run(key, ClientOp::Get { key: key.to_string() }).await? {
+            ClientReply::Item { item, .. } => Ok(item.map(|i| i.value)),
+            other => Err(Failure::unavailable(format!("unexpected store answer {other:?}"))),
+        }
+    }
+
     /// The stored object and its modification revision.
     async fn read(&self, key: &str) -> Result<Option<(Value, u64)>, Failure> {
         match self.run(key, ClientOp::Get { key: key.to_string() }).await? {
@@ -325,7 +333,8 @@ pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> 
         m.remove("namespace");
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let problems = validate::metadata_problems(res, &obj["metadata"]);
+    let mut problems = validate::metadata_problems(res, &obj["metadata"]);
+    problems.extend(validate::spec_problems(res, &obj));
     if !problems.is_empty() {
         return Err(Failure::invalid(res, &name, &problems));
     }

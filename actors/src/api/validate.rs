@@ -96,6 +96,78 @@ pub fn metadata_problems(res: &Resource, meta: &Value) -> Vec<(String, String)> 
     out
 }
 
+fn containers_problems(spec: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match spec["containers"].as_array() {
+        Some(cs) if !cs.is_empty() => {
+            for (i, c) in cs.iter().enumerate() {
+                for field in ["name", "image"] {
+                    if c[field].as_str().is_none_or(str::is_empty) {
+                        out.push((format!("{path}.containers[{i}].{field}"), "Required value".into()));
+                    }
+                }
+                if let Some(name) = c["name"].as_str().filter(|n| !n.is_empty() && !is_dns_label(n)) {
+                    out.push((format!("{path}.containers[{i}].name"), format!("Invalid value: \"{name}\": {LABEL}")));
+                }
+            }
+        }
+        _ => out.push((format!("{path}.containers"), "Required value".into())),
+    }
+}
+
+/// The required fields and cross-field rules Kubernetes checks for these kinds (before
+/// the shape: a missing required field is a 422 naming it, not a decode error).
+pub fn spec_problems(res: &Resource, obj: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let spec = &obj["spec"];
+    match res.kind {
+        "Pod" => containers_problems(spec, "spec", &mut out),
+        "Deployment" | "ReplicaSet" | "DaemonSet" => {
+            if let Some(r) = spec["replicas"].as_i64().filter(|r| *r < 0) {
+                out.push(("spec.replicas".into(), format!("Invalid value: {r}: must be greater than or equal to 0")));
+            }
+            let selector = &spec["selector"];
+            if !selector.is_object() {
+                out.push(("spec.selector".into(), "Required value".into()));
+            }
+            let labels = &spec["template"]["metadata"]["labels"];
+            if let Some(want) = selector["matchLabels"].as_object() {
+                if want.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+                    out.push((
+                        "spec.template.metadata.labels".into(),
+                        format!("Invalid value: {labels}: `selector` does not match template `labels`"),
+                    ));
+                }
+            }
+            containers_problems(&spec["template"]["spec"], "spec.template.spec", &mut out);
+        }
+        "Job" => containers_problems(&spec["template"]["spec"], "spec.template.spec", &mut out),
+        "Service" => {
+            let external = spec["type"] == "ExternalName";
+            let headless = spec["clusterIP"] == "None";
+            if !external && !headless && spec["ports"].as_array().is_none_or(|p| p.is_empty()) {
+                out.push(("spec.ports".into(), "Required value".into()));
+            }
+        }
+        "ConfigMap" | "Secret" => {
+            for map in ["data", "binaryData", "stringData"] {
+                for key in obj[map].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+                    let ok = !key.is_empty()
+                        && key.len() <= 253
+                        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                    if !ok {
+                        out.push((
+                            format!("{map}[{key}]"),
+                            format!("Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"),
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
 /// Decodes `obj` into the `k8s-openapi` type of its kind and back: a shape error is a
 /// decode error (400), and the round trip is what the type knows (for strict checks).
 pub fn decode(res: &Resource, obj: &Value) -> Result<Value, String> {
@@ -170,6 +242,27 @@ mod tests {
         assert_eq!(p[0].0, "metadata.labels");
         assert!(p[0].1.contains("\"bad value!\""));
         assert!(metadata_problems(cm, &json!({"labels": {"example.com/app": "v"}}))[0].1.contains("Required"));
+    }
+
+    #[test]
+    fn required_fields_and_cross_field_rules() {
+        let d = find("apps", "v1", "deployments").unwrap();
+        let p = spec_problems(
+            d,
+            &json!({"spec": {"replicas": -1, "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c"}]}}}}),
+        );
+        let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["spec.replicas", "spec.selector", "spec.template.spec.containers[0].image"]);
+        let p = spec_problems(
+            d,
+            &json!({"spec": {"selector": {"matchLabels": {"app": "y"}}, "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+        );
+        assert!(p[0].1.ends_with("`selector` does not match template `labels`"), "{p:?}");
+        let svc = find("", "v1", "services").unwrap();
+        assert_eq!(spec_problems(svc, &json!({"spec": {}}))[0].0, "spec.ports");
+        assert!(spec_problems(svc, &json!({"spec": {"type": "ExternalName"}})).is_empty());
+        let cm = find("", "v1", "configmaps").unwrap();
+        assert_eq!(spec_problems(cm, &json!({"data": {"bad key": "v", "ok.key": "v"}}))[0].0, "data[bad key]");
     }
 
     #[test]
