@@ -262,6 +262,27 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     let err = fails(&kc, &["create", "-f", no_image.to_str().unwrap(), "--validate=false"]);
     assert!(err.contains("The Pod \"q\" is invalid: spec.containers[0].image: Required value"), "{err}");
 
+    // Finalizers: a delete only marks the object; removing the last finalizer removes it.
+    let held = scratch.0.join("held.yaml");
+    std::fs::write(&held, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: web\n  finalizers: [example.com/hold]\n").unwrap();
+    ok(&kc, &["create", "-f", held.to_str().unwrap(), "--validate=false"]);
+    assert_eq!(ok(&kc, &["-n", "web", "delete", "cm", "held", "--wait=false"]), "configmap \"held\" deleted\n");
+    assert!(!ok(&kc, &["-n", "web", "get", "cm", "held", "-o", "jsonpath={.metadata.deletionTimestamp}"]).is_empty());
+    ok(
+        &kc,
+        &[
+            "-n",
+            "web",
+            "patch",
+            "cm",
+            "held",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ],
+    );
+    assert!(fails(&kc, &["-n", "web", "get", "cm", "held"]).contains("configmaps \"held\" not found"));
+
     // Deletes: one object, then a namespace with what is left in it.
     assert_eq!(ok(&kc, &["-n", "web", "delete", "cm", "cfg"]), "configmap \"cfg\" deleted\n");
     assert_eq!(ok(&kc, &["delete", "namespace", "web"]), "namespace \"web\" deleted\n");

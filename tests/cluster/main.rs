@@ -27,6 +27,7 @@ mod kubectl;
 mod launcher;
 mod linearizability;
 mod member;
+mod python_client;
 mod store;
 mod store_api;
 mod store_history;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::auth::{authorize, Authenticator, Request as AuthzRequest, Role, User, Verb};
 use super::discovery;
-use super::objects::{admit, ListOptions, Objects};
+use super::objects::{admit, DeleteOptions, ListOptions, Objects};
 use super::patch;
 use super::resources::{find, Resource};
 use super::selector::{FieldSelector, LabelSelector};
@@ -131,7 +131,9 @@ async fn objects(
         return Failure::new(404, "NotFound", "the server could not find the requested resource").response();
     };
     let q = query(req);
-    let watching = param(&q, "watch").is_some_and(|w| w == "true" || w == "1");
+    // `true`, `1`, or `True` (the Python client's spelling).
+    let truthy = |v: Option<&str>| v.is_some_and(|w| w.eq_ignore_ascii_case("true") || w == "1");
+    let watching = truthy(param(&q, "watch"));
     let verb = match (req.method().clone(), t.name.is_some()) {
         (Method::GET, true) => Verb::Get,
         (Method::GET, false) if watching => Verb::Watch,
@@ -193,7 +195,8 @@ async fn objects(
             let kind = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or_default();
             patch_object(state, &t, name, kind, &body).await.map(ok200)
         }
-        (Method::DELETE, Some(name), None) => delete(state, &t, name).await.map(ok200),
+        (Method::DELETE, Some(name), None) => delete(state, &t, name, &q, &body).await.map(ok200),
+        (Method::DELETE, None, None) => delete_collection(state, &t, &q, &body).await.map(ok200),
         (Method::GET, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {
             state.objects.get(t.res, t.namespace.as_deref(), name).await.map(|o| ok200(scale_of(&o)))
         }
@@ -253,7 +256,7 @@ async fn watch(state: &ApiState, t: &Target, q: &[(String, String)], as_table: b
     let request = super::watch::WatchRequest {
         resource_version: param(q, "resourceVersion"),
         opts: list_options(q)?,
-        bookmarks: param(q, "allowWatchBookmarks") == Some("true"),
+        bookmarks: param(q, "allowWatchBookmarks").is_some_and(|b| b.eq_ignore_ascii_case("true")),
         timeout: std::time::Duration::from_secs(timeout.clamp(1, 24 * 3_600)),
         as_table,
     };
@@ -307,24 +310,109 @@ async fn patch_object(state: &ApiState, t: &Target, name: &str, kind: &str, body
     Err(Failure::conflict(t.res, name))
 }
 
-async fn delete(state: &ApiState, t: &Target, name: &str) -> Result<Value, Failure> {
+/// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) or
+/// the query. Propagation is accepted; dependents are the garbage collector's (P6).
+fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, Failure> {
+    let v: Value = if body.is_empty() { Value::Null } else { parse_body(body)? };
+    let policy = v["propagationPolicy"].as_str().or(param(q, "propagationPolicy"));
+    if let Some(p) = policy.filter(|p| !["Orphan", "Background", "Foreground"].contains(p)) {
+        return Err(Failure::bad_request(format!(
+            "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Orphan\", \"Background\", \"Foreground\""
+        )));
+    }
+    Ok(DeleteOptions {
+        uid: v["preconditions"]["uid"].as_str().map(str::to_string),
+        resource_version: v["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+    })
+}
+
+async fn delete(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, Failure> {
     let ns = t.namespace.as_deref();
-    if t.res.kind == "Namespace" {
-        // Its contents go first, then the namespace.
-        for res in crate::api::resources::RESOURCES.iter().filter(|r| r.namespaced) {
-            let (items, _) = state.objects.list(res, Some(name), &ListOptions::default()).await?;
-            for item in items {
-                if let Some(n) = item["metadata"]["name"].as_str() {
-                    match state.objects.delete(res, Some(name), n).await {
-                        Ok(_) => {}
-                        Err(f) if f.reason == "NotFound" => {}
-                        Err(f) => return Err(f),
+    let opts = delete_options(q, body)?;
+    if t.res.kind != "Namespace" {
+        return state.objects.delete_with(t.res, ns, name, &opts).await;
+    }
+    // A namespace goes Terminating (no new content), its contents are deleted, then it goes.
+    let current = state.objects.get(t.res, None, name).await?;
+    if current["status"]["phase"] == "Terminating" {
+        return Ok(current);
+    }
+    let mut terminating = current.clone();
+    terminating["status"]["phase"] = "Terminating".into();
+    terminating["metadata"]["deletionTimestamp"] = super::objects::rfc3339(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    )
+    .into();
+    let marked = state.objects.update(t.res, None, name, terminating).await?;
+    let objects = state.objects.clone();
+    let namespace = name.to_string();
+    actix_rt::spawn(async move {
+        for _ in 0..600 {
+            match empty_namespace(&objects, &namespace).await {
+                Ok(true) => {
+                    let namespaces = crate::api::resources::find("", "v1", "namespaces").expect("served");
+                    if let Err(f) = objects.delete(namespaces, None, &namespace).await {
+                        tracing::warn!(namespace = %namespace, error = %f.message, "removing a namespace");
                     }
+                    return;
+                }
+                Ok(false) => {}
+                Err(f) => tracing::debug!(namespace = %namespace, error = %f.message, "emptying a namespace"),
+            }
+            actix_rt::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        tracing::warn!(namespace = %namespace, "namespace still has content after 10 minutes (finalizers?)");
+    });
+    Ok(marked)
+}
+
+/// Deletes what is in `namespace`; true once nothing is left.
+async fn empty_namespace(objects: &Objects, namespace: &str) -> Result<bool, Failure> {
+    let mut left = 0;
+    for res in crate::api::resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let (items, _) = objects.list(res, Some(namespace), &ListOptions::default()).await?;
+        left += items.len();
+        for item in items.iter().filter(|i| !i["metadata"]["deletionTimestamp"].is_string()) {
+            if let Some(n) = item["metadata"]["name"].as_str() {
+                match objects.delete(res, Some(namespace), n).await {
+                    Ok(_) => {}
+                    Err(f) if f.reason == "NotFound" => {}
+                    Err(f) => return Err(f),
                 }
             }
         }
     }
-    state.objects.delete(t.res, ns, name).await
+    Ok(left == 0)
+}
+
+/// deletecollection: every object the selectors pick, deleted one by one.
+async fn delete_collection(
+    state: &ApiState,
+    t: &Target,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let opts = delete_options(q, body)?;
+    let (items, rv) = state.objects.list(t.res, t.namespace.as_deref(), &list_options(q)?).await?;
+    let mut gone = Vec::new();
+    for item in items {
+        let (ns, name) =
+            (item["metadata"]["namespace"].as_str(), item["metadata"]["name"].as_str().unwrap_or_default());
+        match state.objects.delete_with(t.res, ns, name, &opts).await {
+            Ok(v) => gone.push(v),
+            Err(f) if f.reason == "NotFound" => {}
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(
+        json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rv}, "items": gone}),
+    )
 }
 
 /// The `autoscaling/v1` Scale of a deployment or replica set.

@@ -18,6 +18,13 @@ pub struct Objects {
     pub replicas: Vec<Ref<Replica>>,
 }
 
+/// What a delete asks for (`DeleteOptions`' preconditions).
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
 /// A list's filters.
 #[derive(Debug, Default)]
 pub struct ListOptions {
@@ -247,7 +254,11 @@ impl Objects {
         if let Some(m) = obj["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
-        match self.cas(&key, revision, Some(&obj)).await? {
+        // Marked for deletion and its last finalizer removed: it goes now.
+        let finished = current["metadata"]["deletionTimestamp"].is_string()
+            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        let value = if finished { None } else { Some(&obj) };
+        match self.cas(&key, revision, value).await? {
             Outcome::Done { revision, .. } => {
                 obj["metadata"]["resourceVersion"] = revision.to_string().into();
                 Ok(obj)
@@ -257,13 +268,63 @@ impl Objects {
         }
     }
 
-    /// Deletes `name`; returns the object as it was.
+    /// Deletes `name`; returns the object as it was. An object with finalizers is only
+    /// marked (`deletionTimestamp`) and goes when an update empties its finalizers.
     pub async fn delete(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, Failure> {
+        self.delete_with(res, ns, name, &DeleteOptions::default()).await
+    }
+
+    pub async fn delete_with(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, Failure> {
         let key = res.key(ns, name);
         for _ in 0..5 {
-            let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
-            match self.cas(&key, revision, None).await? {
-                Outcome::Done { .. } => return Ok(current),
+            let Some((mut current, revision)) = self.read(&key).await? else {
+                return Err(Failure::not_found(res, name));
+            };
+            let meta = &current["metadata"];
+            if let Some(uid) = opts.uid.as_deref().filter(|u| meta["uid"].as_str() != Some(u)) {
+                return Err(Failure::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta["uid"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
+            if let Some(rv) = opts.resource_version.as_deref().filter(|rv| rv.parse::<u64>().ok() != Some(revision)) {
+                return Err(Failure::new(
+                    409,
+                    "Conflict",
+                    format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"),
+                ));
+            }
+            let finalizers = meta["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            let outcome = if finalizers {
+                if meta["deletionTimestamp"].is_string() {
+                    return Ok(current);
+                }
+                current["metadata"]["deletionTimestamp"] = rfc3339_now().into();
+                current["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+                if let Some(m) = current["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                self.cas(&key, revision, Some(&current)).await?
+            } else {
+                self.cas(&key, revision, None).await?
+            };
+            match outcome {
+                Outcome::Done { revision, .. } => {
+                    if finalizers {
+                        current["metadata"]["resourceVersion"] = revision.to_string().into();
+                    }
+                    return Ok(current);
+                }
                 Outcome::Conflict { .. } => continue,
                 other => return Err(Failure::unavailable(format!("unexpected store outcome {other:?}"))),
             }
