@@ -363,6 +363,8 @@ pub enum BenchCommand {
     Transport(crate::bench::TransportBenchArgs),
     /// The replicated store (against etcd when installed): puts/s, latency, CPU, fail-over.
     Store(crate::bench::StoreBenchArgs),
+    /// The Kubernetes API over HTTPS: pod creates/s, a 10,000-pod `kubectl get pods -A`, watch fan-out.
+    Api(crate::bench::ApiBenchArgs),
     /// The echo peer `bench transport` starts (not for direct use).
     #[command(hide = true)]
     TransportPeer(crate::bench::TransportPeerArgs),

@@ -1,9 +1,11 @@
 //! `keelson bench …`: benchmarks that print figures (BENCHMARKS.md has the latest).
 
 mod actors;
+mod api;
 mod store;
 mod transport;
 
 pub use actors::{actors, ActorBenchArgs};
+pub use api::{api, ApiBenchArgs};
 pub use store::{store, StoreBenchArgs};
 pub use transport::{transport, transport_peer, TransportBenchArgs, TransportPeerArgs};

@@ -49,16 +49,16 @@ trait Target {
     }
 }
 
-struct Keelson {
-    data: DataDir,
-    token: String,
+pub(super) struct Keelson {
+    pub(super) data: DataDir,
+    pub(super) token: String,
     up: Child,
 }
 
 const MEMBERS: [&str; 3] = ["server-1", "server-2", "server-3"];
 
 impl Keelson {
-    fn start(dir: &Path) -> Result<Self> {
+    pub(super) fn start(dir: &Path) -> Result<Self> {
         let data = dir.join("keelson");
         let mut up = Command::new(std::env::current_exe()?)
             .args(["up", "--data-dir"])
@@ -238,7 +238,7 @@ struct Cell {
     errors: usize,
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
+pub(super) fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
