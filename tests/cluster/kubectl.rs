@@ -6,8 +6,8 @@
 //! API server's `Status` messages), not copies of keelson's output.
 //!
 //! kubectl 1.33's generators (`create namespace|configmap|secret|deployment|service|job`,
-//! `run`) send protobuf bodies; `create -f` and `replace -f` send JSON. Not yet: `create
-//! -f` validates against OpenAPI, which is P5 (so `--validate=false` below).
+//! `run`) send protobuf bodies; `create -f` and `replace -f` send JSON, with
+//! `fieldValidation=Strict` once `/openapi/v3` shows the server validates fields.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -91,7 +91,7 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     // Objects from a manifest.
     let manifest = scratch.0.join("web.yaml");
     std::fs::write(&manifest, MANIFEST).unwrap();
-    let created = ok(&kc, &["create", "-f", manifest.to_str().unwrap(), "--validate=false"]);
+    let created = ok(&kc, &["create", "-f", manifest.to_str().unwrap()]);
     assert_eq!(created, "namespace/web created\nconfigmap/cfg created\ndeployment.apps/front created\n");
     let yaml = ok(&kc, &["-n", "web", "get", "configmap", "cfg", "-o", "yaml"]);
     for field in ["uid: ", "creationTimestamp: ", "resourceVersion: ", "namespace: web", "  a: b"] {
@@ -193,7 +193,7 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     ok(&kc, &["-n", "web", "label", "cm", "cfg", "moved=on"]);
     let stale_file = scratch.0.join("stale.json");
     std::fs::write(&stale_file, stale.replace("\"a\": \"b\"", "\"a\": \"stale\"")).unwrap();
-    let err = fails(&kc, &["replace", "-f", stale_file.to_str().unwrap(), "--validate=false"]);
+    let err = fails(&kc, &["replace", "-f", stale_file.to_str().unwrap()]);
     assert!(
         err.contains("Error from server (Conflict)")
             && err.contains("Operation cannot be fulfilled on configmaps \"cfg\": the object has been modified; please apply your changes to the latest version and try again"),
@@ -202,7 +202,7 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     assert_eq!(ok(&kc, &["-n", "web", "get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "b");
 
     // Errors, as Kubernetes words them, and nothing changed.
-    let err = fails(&kc, &["create", "-f", manifest.to_str().unwrap(), "--validate=false"]);
+    let err = fails(&kc, &["create", "-f", manifest.to_str().unwrap()]);
     assert!(
         err.contains("Error from server (AlreadyExists): error when creating")
             && err.contains("namespaces \"web\" already exists"),
@@ -218,7 +218,7 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n  namespace: web\n  labels: {app: \"not ok!\"}\n",
     )
     .unwrap();
-    let err = fails(&kc, &["create", "-f", bad_label.to_str().unwrap(), "--validate=false"]);
+    let err = fails(&kc, &["create", "-f", bad_label.to_str().unwrap()]);
     // kubectl words a 422 itself: "The <Kind> "<name>" is invalid: <causes>".
     assert!(
         err.contains("The ConfigMap \"bad\" is invalid: metadata.labels: Invalid value: \"not ok!\": a valid label must be an empty string"),
@@ -246,12 +246,25 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     );
     let pod = scratch.0.join("pod.yaml");
     std::fs::write(&pod, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: web\nspec:\n  nodeName: n2\n  containers:\n  - name: c\n    image: busybox:1.36\n").unwrap();
-    ok(&kc, &["create", "-f", pod.to_str().unwrap(), "--validate=false"]);
+    ok(&kc, &["create", "-f", pod.to_str().unwrap()]);
     let made = run_ok(&data, &["kubeconfig", "--role", "node", "--node", "n1"]);
     let node = std::path::PathBuf::from(made.trim().strip_prefix("export KUBECONFIG=").unwrap());
     let err = fails(&node, &["-n", "web", "label", "pod", "p", "touched=yes"]);
     assert!(err.contains("Error from server (Forbidden): pods \"p\" is forbidden: User \"system:node:n1\" cannot patch resource \"pods\""), "{err}");
     assert_eq!(ok(&kc, &["-n", "web", "get", "pod", "p", "-o", "jsonpath={.metadata.labels}"]), "");
+    // An unknown field: kubectl leaves validation to the server, which refuses it.
+    let typo = scratch.0.join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\n  namespace: web\ndatta:\n  a: b\n",
+    )
+    .unwrap();
+    let err = fails(&kc, &["create", "-f", typo.to_str().unwrap()]);
+    assert!(
+        err.contains("Error from server (BadRequest): error when creating") && err.contains("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"datta\""),
+        "{err}"
+    );
+    assert!(fails(&kc, &["-n", "web", "get", "cm", "typo"]).contains("not found"));
     // A missing required field: Kubernetes' 422, naming the field.
     let no_image = scratch.0.join("no-image.yaml");
     std::fs::write(
@@ -259,13 +272,13 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: q\n  namespace: web\nspec:\n  containers:\n  - name: c\n",
     )
     .unwrap();
-    let err = fails(&kc, &["create", "-f", no_image.to_str().unwrap(), "--validate=false"]);
+    let err = fails(&kc, &["create", "-f", no_image.to_str().unwrap()]);
     assert!(err.contains("The Pod \"q\" is invalid: spec.containers[0].image: Required value"), "{err}");
 
     // Finalizers: a delete only marks the object; removing the last finalizer removes it.
     let held = scratch.0.join("held.yaml");
     std::fs::write(&held, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: web\n  finalizers: [example.com/hold]\n").unwrap();
-    ok(&kc, &["create", "-f", held.to_str().unwrap(), "--validate=false"]);
+    ok(&kc, &["create", "-f", held.to_str().unwrap()]);
     assert_eq!(ok(&kc, &["-n", "web", "delete", "cm", "held", "--wait=false"]), "configmap \"held\" deleted\n");
     assert!(!ok(&kc, &["-n", "web", "get", "cm", "held", "-o", "jsonpath={.metadata.deletionTimestamp}"]).is_empty());
     ok(

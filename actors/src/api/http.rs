@@ -69,6 +69,7 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         ["api", "v1"] => discovery::resource_list("", "v1"),
         ["apis", g] => crate::api::resources::groups().contains(g).then(|| discovery::group(g)),
         ["apis", g, v] => discovery::resource_list(g, v),
+        ["openapi", "v3", rest @ ..] => super::openapi::lookup(rest),
         ["api", "v1", rest @ ..] => return objects(&req, &state, &user, "", "v1", rest, body).await,
         ["apis", g, v, rest @ ..] => return objects(&req, &state, &user, g, v, rest, body).await,
         _ => None,

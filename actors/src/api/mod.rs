@@ -2,6 +2,7 @@
 //!
 //! - `resources.rs`: what is served (discovery's table, paths, store keys);
 //! - `discovery.rs`: `/version`, `/api`, `/apis`, resource lists;
+//! - `openapi.rs`: `/openapi/v3`, so kubectl lets the server validate fields;
 //! - `objects.rs`: objects in the store (server fields, optimistic concurrency) and admission;
 //! - `validate.rs`: names, labels, shapes (the `k8s-openapi` types), unknown fields;
 //! - `selector.rs`: label and field selectors;
@@ -20,6 +21,7 @@ mod auth;
 mod discovery;
 mod http;
 mod objects;
+mod openapi;
 mod patch;
 mod protobuf;
 pub mod resources;

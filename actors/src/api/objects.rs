@@ -407,7 +407,10 @@ pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> 
     })?;
     if strict {
         if let Some(field) = validate::unknown_field(&obj, &known) {
-            return Err(Failure::bad_request(format!("strict decoding error: unknown field \"{field}\"")));
+            return Err(Failure::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: unknown field \"{field}\"",
+                res.kind, res.version, res.kind
+            )));
         }
     }
     Ok(obj)
@@ -438,7 +441,10 @@ mod tests {
         let f = admit(cm, Some("web"), json!({"metadata": {"name": "x"}, "dataa": {}}), true);
         assert!(f.is_ok(), "an empty unknown map is dropped by the round trip, as Kubernetes ignores it");
         let f = admit(cm, Some("web"), json!({"metadata": {"name": "x"}, "dataa": {"a": "b"}}), true).unwrap_err();
-        assert_eq!((f.code, f.message.as_str()), (400, "strict decoding error: unknown field \"dataa\""));
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (400, "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dataa\"")
+        );
         let f = admit(cm, Some("web"), json!({"metadata": {"name": "x", "namespace": "other"}}), true).unwrap_err();
         assert_eq!(f.code, 400);
         let f = admit(cm, Some("web"), json!({"metadata": {}}), true).unwrap_err();
