@@ -215,6 +215,10 @@ pub struct KubeconfigArgs {
     /// Where to write it (default: <data>/kubeconfig-<user>).
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// With --role node: authenticate with a client certificate from the cluster CA
+    /// (`<node>.agent.keelson`) instead of a token.
+    #[arg(long)]
+    pub cert: bool,
 }
 
 #[derive(Subcommand)]

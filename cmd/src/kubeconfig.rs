@@ -10,19 +10,35 @@ use crate::cli::KubeconfigArgs;
 use crate::client::DoorClient;
 use crate::datadir::DataDir;
 
-/// Writes a kubeconfig (0600) for `user` with `token`, naming the cluster CA by path;
+/// How a kubeconfig's user proves who it is.
+pub enum Credential {
+    Token(String),
+    /// A client certificate and key from the cluster CA (PEM files).
+    Certificate {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+/// Writes a kubeconfig (0600) for `user`, naming the cluster CA by path;
 /// `<data>/kubeconfig` for the admin, `<data>/kubeconfig-<user>` otherwise.
-pub fn write(data: &DataDir, api: &str, user: &str, token: &str, out: Option<PathBuf>) -> Result<PathBuf> {
+pub fn write(data: &DataDir, api: &str, user: &str, credential: &Credential, out: Option<PathBuf>) -> Result<PathBuf> {
     let root = std::fs::canonicalize(data.root())?;
     let path = out.unwrap_or_else(|| match user {
         "admin" => root.join("kubeconfig"),
         u => root.join(format!("kubeconfig-{u}")),
     });
+    let auth = match credential {
+        Credential::Token(t) => format!("    token: {t}\n"),
+        Credential::Certificate { cert, key } => {
+            format!("    client-certificate: {}\n    client-key: {}\n", cert.display(), key.display())
+        }
+    };
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: https://{api}\n    \
          certificate-authority: {ca}\ncontexts:\n- name: keelson-{user}\n  context:\n    cluster: keelson\n    \
          user: keelson-{user}\n    namespace: default\ncurrent-context: keelson-{user}\nusers:\n- name: \
-         keelson-{user}\n  user:\n    token: {token}\n",
+         keelson-{user}\n  user:\n{auth}",
         ca = root.join("ca.crt").display()
     );
     crate::pki::write_secret(&path, &text)?;
@@ -45,8 +61,23 @@ pub async fn make(data: &DataDir, args: KubeconfigArgs) -> Result<PathBuf> {
         (None, _) => args.role.clone(),
     };
     let file_user: String = user.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    let token: String = crate::datadir::random_bytes::<32>()?.iter().map(|b| format!("{b:02x}")).collect();
     let door = data.doors()?.into_iter().find(|d| d.member != "up").context("no running server member found")?;
+    let api = std::fs::read_to_string(data.root().join(&door.member).join("api-addr"))
+        .with_context(|| format!("{} serves no Kubernetes API", door.member))?;
+    if args.cert {
+        // A node identity's certificate from the cluster CA: `<node>.agent.keelson`.
+        let Role::Node { node } = &role else { bail!("--cert makes node identities (--role node --node NAME)") };
+        let ca = crate::pki::ca(data)?;
+        let id = keelson_transport::tls::Identity::new(node, keelson_transport::tls::Role::Agent)?;
+        let creds = ca.issue(&id)?;
+        let root = std::fs::canonicalize(data.root())?;
+        let (cert, key) =
+            (root.join(format!("kubeconfig-{file_user}.crt")), root.join(format!("kubeconfig-{file_user}.key")));
+        std::fs::write(&cert, &creds.cert_pem)?;
+        crate::pki::write_secret(&key, &creds.key_pem)?;
+        return write(data, api.trim(), &file_user, &Credential::Certificate { cert, key }, args.out);
+    }
+    let token: String = crate::datadir::random_bytes::<32>()?.iter().map(|b| format!("{b:02x}")).collect();
     let client = DoorClient::new(data.token()?);
     let record = serde_json::to_vec(&TokenRecord { user: user.clone(), role })?;
     let key = format!("/kv/key{TOKENS_PREFIX}{}", token_hash(&token));
@@ -54,7 +85,5 @@ pub async fn make(data: &DataDir, args: KubeconfigArgs) -> Result<PathBuf> {
         (200, _) => {}
         (code, v) => bail!("storing the token: {code}: {}", v["message"]),
     }
-    let api = std::fs::read_to_string(data.root().join(&door.member).join("api-addr"))
-        .with_context(|| format!("{} serves no Kubernetes API", door.member))?;
-    write(data, api.trim(), &file_user, &token, args.out)
+    write(data, api.trim(), &file_user, &Credential::Token(token), args.out)
 }

@@ -41,7 +41,13 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
     let names: Vec<String> = (1..=args.servers).map(|i| format!("server-{i}")).collect();
     let quic = quic_ports(&data, &names)?;
     let api = api_ports(&data, &names)?;
-    let kubeconfig = crate::kubeconfig::write(&data, &api[&names[0]].to_string(), "admin", &token, None)?;
+    let kubeconfig = crate::kubeconfig::write(
+        &data,
+        &api[&names[0]].to_string(),
+        "admin",
+        &crate::kubeconfig::Credential::Token(token.clone()),
+        None,
+    )?;
     let mut members = Vec::new();
     for name in &names {
         data.remove_door(name);

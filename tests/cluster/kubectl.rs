@@ -265,6 +265,24 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
         "{err}"
     );
     assert!(fails(&kc, &["-n", "web", "get", "cm", "typo"]).contains("not found"));
+    // A node identity by client certificate (`n1.agent.keelson` from the cluster CA):
+    // its own Node, yes; another's, no.
+    let nodes = scratch.0.join("nodes.yaml");
+    std::fs::write(
+        &nodes,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n",
+    )
+    .unwrap();
+    ok(&kc, &["create", "-f", nodes.to_str().unwrap()]);
+    let made = run_ok(&data, &["kubeconfig", "--role", "node", "--node", "n1", "--cert"]);
+    let by_cert = std::path::PathBuf::from(made.trim().strip_prefix("export KUBECONFIG=").unwrap());
+    assert!(std::fs::read_to_string(&by_cert).unwrap().contains("client-certificate:"));
+    assert_eq!(ok(&by_cert, &["label", "node", "n1", "up=yes"]), "node/n1 labeled\n");
+    let err = fails(&by_cert, &["label", "node", "n2", "up=yes"]);
+    assert_eq!(
+        err,
+        "Error from server (Forbidden): nodes \"n2\" is forbidden: User \"system:node:n1\" cannot patch resource \"nodes\" in API group \"\" at the cluster scope\n"
+    );
     // A missing required field: Kubernetes' 422, naming the field.
     let no_image = scratch.0.join("no-image.yaml");
     std::fs::write(

@@ -286,6 +286,28 @@ impl Credentials {
 }
 
 /// Whether `cert` (already verified against the CA by the handshake) names `identity`.
+/// The member identity a certificate names (`<name>.<role>.keelson` in its subject
+/// alternative names), confirmed by the certificate itself; `None` for any other. The
+/// caller has already verified that the certificate chains to the cluster CA.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
+    // A DNS name in a GeneralName is tagged [2] (0x82) with a short length; find the
+    // ones of the keelson form, then let webpki confirm the certificate is valid for it.
+    let der = cert.as_ref();
+    (0..der.len().saturating_sub(2)).filter(|&i| der[i] == 0x82).find_map(|i| {
+        let len = der[i + 1] as usize;
+        let text = std::str::from_utf8(der.get(i + 2..i + 2 + len)?).ok()?;
+        let (name, role) = text.strip_suffix(".keelson")?.rsplit_once('.')?;
+        let role = match role {
+            "server" => Role::Server,
+            "agent" => Role::Agent,
+            "launcher" => Role::Launcher,
+            _ => return None,
+        };
+        let id = Identity::new(name, role).ok()?;
+        certifies(cert, &id).then_some(id)
+    })
+}
+
 pub fn certifies(cert: &CertificateDer<'_>, identity: &Identity) -> bool {
     let Ok(end_entity) = webpki::EndEntityCert::try_from(cert) else { return false };
     let Ok(name) = ServerName::try_from(identity.dns_name()) else { return false };
@@ -305,6 +327,9 @@ mod tests {
         assert!(certifies(&der, &id));
         assert!(!certifies(&der, &Identity::new("server-2", Role::Server).unwrap()));
         assert!(!certifies(&der, &Identity::new("server-1", Role::Agent).unwrap()));
+        assert_eq!(identity_of(&der), Some(id.clone()));
+        let node = ca.issue(&Identity::new("n1", Role::Agent).unwrap()).unwrap();
+        assert_eq!(identity_of(&node.chain()[0]).map(|i| (i.name, i.role)), Some(("n1".to_string(), Role::Agent)));
         creds.server_config().unwrap();
         creds.client_config().unwrap();
         assert!(chains_to(&der, ca.cert_der()));

@@ -43,9 +43,36 @@ async fn ok() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
-/// The user behind the request's bearer token, or the 401 to answer.
+/// The member identity of a client certificate the TLS handshake verified.
+#[derive(Clone)]
+struct PeerIdentity(keelson_transport::tls::Identity);
+
+/// Keeps a connection's verified client certificate identity (certificate authentication).
+pub fn remember_peer(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    let Some(tls) = conn.downcast_ref::<Tls>() else { return };
+    let certs = tls.get_ref().1.peer_certificates();
+    if let Some(id) = certs.and_then(|c| c.first()).and_then(keelson_transport::tls::identity_of) {
+        ext.insert(PeerIdentity(id));
+    }
+}
+
+/// The user behind the request's bearer token or client certificate, or the 401 to answer.
 async fn authenticate(req: &HttpRequest, state: &ApiState) -> Result<User, Failure> {
     let unauthorized = || Failure::new(401, "Unauthorized", "Unauthorized");
+    if req.headers().get("authorization").is_none() {
+        if let Some(PeerIdentity(id)) = req.conn_data::<PeerIdentity>() {
+            use keelson_transport::tls::Role as Member;
+            return Ok(match id.role {
+                Member::Agent => {
+                    User { name: format!("system:node:{}", id.name), role: Role::Node { node: id.name.clone() } }
+                }
+                Member::Server | Member::Launcher => {
+                    User { name: format!("system:keelson:{}", id.name), role: Role::Admin }
+                }
+            });
+        }
+    }
     let token = req
         .headers()
         .get("authorization")

@@ -72,6 +72,7 @@ impl ApiServer {
         let state = self.state.clone();
         let listener = self.listener.try_clone()?;
         Ok(HttpServer::new(move || App::new().configure(http::routes(state.clone())))
+            .on_connect(http::remember_peer)
             .workers(2)
             .disable_signals()
             .shutdown_timeout(1)
