@@ -2,7 +2,7 @@
 //! writers make 1,000 changes to ConfigMaps in four namespaces; the watch sees each
 //! change exactly once, in order per object, and a watch reopened from any delivered
 //! resourceVersion gets exactly the changes after it. (curl is the client: a plain
-//! HTTPS client outside the project.)
+//! HTTPS client outside the project.) Also: status as a subresource, and binding.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -168,4 +168,63 @@ fn a_cluster_wide_watch_sees_every_change_once_and_resumes_from_any_version() {
     let _one = serial();
     run("1");
     run("4");
+}
+
+/// Status is a subresource (writes to the object keep it, writes to `/status` change
+/// only it), a new pod starts Pending, and a pod is bound to a node once.
+#[test]
+fn pod_status_is_a_subresource_and_a_pod_binds_once() {
+    let _one = serial();
+    let scratch = Scratch::new("apistatus");
+    let data = scratch.data();
+    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", Duration::from_secs(60));
+    let api = Api::of(&data);
+    eventually("the API answers", Duration::from_secs(60), || {
+        api.call("GET", "/api/v1/namespaces/default", "application/json", "").0 == 200
+    });
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"i:1"}]},"status":{"phase":"Running"}}"#;
+    let (code, made) = api.call("POST", pods, "application/json", pod);
+    assert_eq!((code, made["status"]["phase"].as_str()), (201, Some("Pending")), "{made}");
+
+    // The object's PATCH cannot change status; /status's cannot change the spec.
+    let (code, v) = api.call(
+        "PATCH",
+        &format!("{pods}/p"),
+        "application/merge-patch+json",
+        r#"{"status":{"phase":"Failed"},"metadata":{"labels":{"a":"b"}}}"#,
+    );
+    assert_eq!(
+        (code, v["status"]["phase"].as_str(), v["metadata"]["labels"]["a"].as_str()),
+        (200, Some("Pending"), Some("b")),
+        "{v}"
+    );
+    let (code, v) = api.call(
+        "PATCH",
+        &format!("{pods}/p/status"),
+        "application/merge-patch+json",
+        r#"{"status":{"phase":"Running"},"spec":{"nodeName":"sneaky"}}"#,
+    );
+    assert_eq!((code, v["status"]["phase"].as_str()), (200, Some("Running")), "{v}");
+    assert!(v["spec"]["nodeName"].is_null(), "{v}");
+
+    // Binding: once.
+    let binding = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"apiVersion":"v1","kind":"Node","name":"n1"}}"#;
+    assert_eq!(api.call("POST", &format!("{pods}/p/binding"), "application/json", binding).0, 201);
+    let (_, v) = api.call("GET", &format!("{pods}/p"), "application/json", "");
+    assert_eq!(v["spec"]["nodeName"], "n1");
+    assert!(
+        v["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "PodScheduled" && c["status"] == "True"),
+        "{v}"
+    );
+    let (code, v) = api.call("POST", &format!("{pods}/p/binding"), "application/json", &binding.replace("n1", "n2"));
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["message"], "pod p is already assigned to node \"n1\"");
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
 }

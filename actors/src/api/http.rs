@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::auth::{authorize, Authenticator, Request as AuthzRequest, Role, User, Verb};
 use super::discovery;
-use super::objects::{admit, DeleteOptions, ListOptions, Objects};
+use super::objects::{admit, DeleteOptions, ListOptions, Objects, Part};
 use super::patch;
 use super::resources::{find, Resource};
 use super::selector::{FieldSelector, LabelSelector};
@@ -223,6 +223,9 @@ async fn objects(
             let kind = req.headers().get("content-type").and_then(|h| h.to_str().ok()).unwrap_or_default();
             patch_object(state, &t, name, kind, &body).await.map(ok200)
         }
+        (Method::POST, Some(name), Some("binding")) if t.res.plural == "pods" => {
+            bind(state, &t, name, &body).await.map(|v| (201, v))
+        }
         (Method::DELETE, Some(name), None) => delete(state, &t, name, &q, &body).await.map(ok200),
         (Method::DELETE, None, None) => delete_collection(state, &t, &q, &body).await.map(ok200),
         (Method::GET, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {
@@ -311,7 +314,49 @@ async fn update(
     if obj["metadata"]["name"].as_str() != Some(name) {
         return Err(Failure::bad_request("the name of the object does not match the name on the URL"));
     }
-    state.objects.update(t.res, t.namespace.as_deref(), name, obj).await
+    state.objects.update_part(t.res, t.namespace.as_deref(), name, obj, part(t)).await
+}
+
+fn part(t: &Target) -> Part {
+    if t.sub.as_deref() == Some("status") {
+        Part::Status
+    } else {
+        Part::Main
+    }
+}
+
+/// `pods/<name>/binding`: the scheduler's decision, once — a bound pod stays bound.
+async fn bind(state: &ApiState, t: &Target, name: &str, body: &[u8]) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let binding = parse_body(body)?;
+    let Some(node) = binding["target"]["name"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(Failure::invalid(t.res, name, &[("target.name".into(), "Required value".into())]));
+    };
+    for _ in 0..5 {
+        let mut pod = state.objects.get(t.res, ns, name).await?;
+        if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(Failure::new(409, "Conflict", format!("pod {name} is already assigned to node \"{bound}\"")));
+        }
+        pod["spec"]["nodeName"] = node.into();
+        match state.objects.update(t.res, ns, name, pod).await {
+            Ok(mut bound) => {
+                // The PodScheduled condition is status: written through the status part.
+                let condition = json!({"type": "PodScheduled", "status": "True",
+                                       "lastTransitionTime": bound["metadata"]["creationTimestamp"]});
+                let mut conditions = bound["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                conditions.retain(|c| c["type"] != "PodScheduled");
+                conditions.push(condition);
+                bound["status"]["conditions"] = conditions.into();
+                state.objects.update_part(t.res, ns, name, bound, Part::Status).await?;
+                return Ok(
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                );
+            }
+            Err(f) if f.reason == "Conflict" => continue,
+            Err(f) => return Err(f),
+        }
+    }
+    Err(Failure::conflict(t.res, name))
 }
 
 async fn patch_object(state: &ApiState, t: &Target, name: &str, kind: &str, body: &[u8]) -> Result<Value, Failure> {
@@ -330,7 +375,7 @@ async fn patch_object(state: &ApiState, t: &Target, name: &str, kind: &str, body
             return Err(Failure::new(415, "UnsupportedMediaType", format!("the patch type {kind:?} is not supported")));
         };
         let obj = admit(t.res, ns, patched, false)?;
-        match state.objects.update(t.res, ns, name, obj).await {
+        match state.objects.update_part(t.res, ns, name, obj, part(t)).await {
             Err(f) if f.reason == "Conflict" => continue,
             other => return other,
         }

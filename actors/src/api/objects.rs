@@ -25,6 +25,15 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
 }
 
+/// Which part of an object a write changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The object (its status kept as it is, where status is a subresource).
+    Main,
+    /// `/status`: only the status.
+    Status,
+}
+
 /// A list's filters.
 #[derive(Debug, Default)]
 pub struct ListOptions {
@@ -211,8 +220,11 @@ impl Objects {
         if obj.get("spec").is_some() {
             obj["metadata"]["generation"] = 1.into();
         }
-        if res.kind == "Namespace" {
-            obj["status"] = json!({"phase": "Active"});
+        match res.kind {
+            "Namespace" => obj["status"] = json!({"phase": "Active"}),
+            // A new pod waits to be scheduled, whatever status its creator sent.
+            "Pod" => obj["status"] = json!({"phase": "Pending"}),
+            _ => {}
         }
         match self.cas(&res.key(ns, &name), 0, Some(&obj)).await? {
             Outcome::Done { revision, .. } => {
@@ -226,9 +238,48 @@ impl Objects {
 
     /// Replaces `name` with `obj`: at the resourceVersion it carries (409 when the object
     /// moved on), keeping the server's fields; `generation` counts spec changes.
-    pub async fn update(&self, res: &Resource, ns: Option<&str>, name: &str, mut obj: Value) -> Result<Value, Failure> {
+    pub async fn update(&self, res: &Resource, ns: Option<&str>, name: &str, obj: Value) -> Result<Value, Failure> {
+        self.update_part(res, ns, name, obj, Part::Main).await
+    }
+
+    /// As `update`, for one part of an object with a status subresource: writes to the
+    /// object leave its status alone, writes to `/status` change only the status.
+    pub async fn update_part(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        part: Part,
+    ) -> Result<Value, Failure> {
         let key = res.key(ns, name);
         let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
+        if res.subresources.contains(&"status") {
+            match part {
+                Part::Main => match current.get("status") {
+                    Some(s) => obj["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = obj.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                },
+                Part::Status => {
+                    let status = obj.get("status").cloned();
+                    let rv = obj["metadata"]["resourceVersion"].clone();
+                    obj = current.clone();
+                    obj["metadata"]["resourceVersion"] = rv;
+                    match status {
+                        Some(s) => obj["status"] = s,
+                        None => {
+                            if let Some(o) = obj.as_object_mut() {
+                                o.remove("status");
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let asked = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
         if let Some(rv) = &asked {
             // An object's own version, or a watch event's (one revision per shard).

@@ -67,7 +67,14 @@ impl Api {
     }
 
     /// Creates pods from `clients` tasks for `secs` (or until `total` exist): pods/s, p50, p99.
-    async fn creates(&self, ns: &str, prefix: &str, clients: usize, secs: u64, total: Option<usize>) -> (f64, f64, f64, usize) {
+    async fn creates(
+        &self,
+        ns: &str,
+        prefix: &str,
+        clients: usize,
+        secs: u64,
+        total: Option<usize>,
+    ) -> (f64, f64, f64, usize) {
         let until = Instant::now() + Duration::from_secs(secs);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let began = Instant::now();
@@ -231,7 +238,8 @@ pub fn api(args: ApiBenchArgs) -> Result<()> {
         );
         println!("{:<28} {:>8} {:>9} {:>8} {:>8} {:>7}", "what", "clients", "per s", "p50 ms", "p99 ms", "errors");
         for clients in [16usize, 64] {
-            let (rate, p50, p99, errors) = api.creates("load", &format!("c{clients}"), clients, args.seconds, None).await;
+            let (rate, p50, p99, errors) =
+                api.creates("load", &format!("c{clients}"), clients, args.seconds, None).await;
             println!("{:<28} {clients:>8} {rate:>9.0} {p50:>8.2} {p99:>8.2} {errors:>7}", "pod creates (HTTPS)");
             let puts = store_puts(&keelson, clients, args.seconds).await;
             println!("{:<28} {clients:>8} {puts:>9.0}", "store puts (door, 256 B)");
