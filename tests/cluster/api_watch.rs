@@ -171,9 +171,10 @@ fn a_cluster_wide_watch_sees_every_change_once_and_resumes_from_any_version() {
 }
 
 /// Status is a subresource (writes to the object keep it, writes to `/status` change
-/// only it), a new pod starts Pending, and a pod is bound to a node once.
+/// only it), a new pod starts Pending, a pod is bound to a node once, and an eviction
+/// deletes it.
 #[test]
-fn pod_status_is_a_subresource_and_a_pod_binds_once() {
+fn pod_status_is_a_subresource_a_pod_binds_once_and_eviction_deletes() {
     let _one = serial();
     let scratch = Scratch::new("apistatus");
     let data = scratch.data();
@@ -225,6 +226,10 @@ fn pod_status_is_a_subresource_and_a_pod_binds_once() {
     let (code, v) = api.call("POST", &format!("{pods}/p/binding"), "application/json", &binding.replace("n1", "n2"));
     assert_eq!(code, 409, "{v}");
     assert_eq!(v["message"], "pod p is already assigned to node \"n1\"");
+    // Eviction deletes it.
+    let eviction = r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p","namespace":"default"}}"#;
+    assert_eq!(api.call("POST", &format!("{pods}/p/eviction"), "application/json", eviction).0, 201);
+    assert_eq!(api.call("GET", &format!("{pods}/p"), "application/json", "").0, 404);
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);
 }

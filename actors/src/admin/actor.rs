@@ -4,18 +4,17 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix::{ActorContext, ActorFutureExt, AsyncContext, Running};
+use actix::Running;
 use actix_web::{App, HttpServer};
 
 use super::http::{routes, DoorState};
-use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason};
+use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Serves, Serving};
 use keelson_transport::Transport;
 
 pub struct AdminDoor {
     listener: Arc<TcpListener>,
     state: DoorState,
-    server: Option<actix_web::dev::ServerHandle>,
-    stopping: bool,
+    serving: Serving,
 }
 
 impl AdminDoor {
@@ -27,7 +26,7 @@ impl AdminDoor {
         store: Vec<crate::runtime::Ref<crate::store::Replica>>,
     ) -> Self {
         let state = DoorState { registry: cx.registry.clone(), token, transport, store };
-        Self { listener, state, server: None, stopping: false }
+        Self { listener, state, serving: Serving::default() }
     }
 
     fn serve(&mut self) -> std::io::Result<actix_web::dev::Server> {
@@ -42,24 +41,19 @@ impl AdminDoor {
     }
 }
 
+impl Serves for AdminDoor {
+    fn serving(&mut self) -> &mut Serving {
+        &mut self.serving
+    }
+}
+
 impl Actor for AdminDoor {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         match self.serve() {
             Ok(server) => {
                 let addr = self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 tracing::info!(%addr, "admin door serving");
-                self.server = Some(server.handle());
-                // The server future is owned by this context: when the incarnation
-                // ends for any reason, dropping it stops the accept loop and workers.
-                ctx.spawn(actix::fut::wrap_future(server).map(|res, door: &mut crate::Incarnation<Self>, ctx| {
-                    door.server = None;
-                    if door.stopping {
-                        ctx.stop();
-                    } else {
-                        let why = res.err().map(|e| e.to_string()).unwrap_or_else(|| "server ended".into());
-                        exit(ctx, ExitReason::failed(format!("admin HTTP server stopped: {why}")));
-                    }
-                }));
+                Serving::run(ctx, self, server, "the admin HTTP server");
             }
             Err(e) => exit(ctx, ExitReason::failed(format!("cannot serve the admin door: {e}"))),
         }
@@ -68,14 +62,6 @@ impl Actor for AdminDoor {
     /// Stops gracefully: in-flight answers (such as the reply to a kill of this very
     /// door) are finished, bounded by the server's one-second shutdown timeout.
     fn stopping(&mut self, _ctx: &mut Ctx<Self>) -> Running {
-        match (&self.server, self.stopping) {
-            (Some(handle), false) => {
-                self.stopping = true;
-                drop(handle.stop(true));
-                Running::Continue
-            }
-            (Some(_), true) => Running::Continue,
-            (None, _) => Running::Stop,
-        }
+        self.serving.stop()
     }
 }

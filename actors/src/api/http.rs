@@ -226,6 +226,12 @@ async fn objects(
         (Method::POST, Some(name), Some("binding")) if t.res.plural == "pods" => {
             bind(state, &t, name, &body).await.map(|v| (201, v))
         }
+        // An eviction deletes the pod (no disruption budgets are served, so none refuses it).
+        (Method::POST, Some(name), Some("eviction")) if t.res.plural == "pods" => {
+            state.objects.delete(t.res, t.namespace.as_deref(), name).await.map(|_| {
+                (201, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+            })
+        }
         (Method::DELETE, Some(name), None) => delete(state, &t, name, &q, &body).await.map(ok200),
         (Method::DELETE, None, None) => delete_collection(state, &t, &q, &body).await.map(ok200),
         (Method::GET, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {

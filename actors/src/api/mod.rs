@@ -35,23 +35,23 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{ActorContext, ActorFutureExt, AsyncContext, Running};
+use actix::{AsyncContext, Running};
 use actix_web::{App, HttpServer};
 
 pub use auth::{token_hash, Role, TokenRecord, TOKENS_PREFIX};
 pub use discovery::MINOR;
 pub use http::ApiState;
 pub use objects::Objects;
+pub use protobuf::base64;
 
-use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Ref};
+use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Ref, Serves, Serving};
 use crate::store::Replica;
 
 pub struct ApiServer {
     listener: Arc<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     state: ApiState,
-    server: Option<actix_web::dev::ServerHandle>,
-    stopping: bool,
+    serving: Serving,
 }
 
 impl ApiServer {
@@ -65,7 +65,7 @@ impl ApiServer {
         let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let auth = Arc::new(auth::Authenticator::new(token));
         let state = ApiState { objects: Objects { replicas }, auth, address };
-        Self { listener, tls, state, server: None, stopping: false }
+        Self { listener, tls, state, serving: Serving::default() }
     }
 
     fn serve(&mut self) -> std::io::Result<actix_web::dev::Server> {
@@ -86,16 +86,7 @@ impl Actor for ApiServer {
         match self.serve() {
             Ok(server) => {
                 tracing::info!(addr = %self.state.address, "API serving (HTTPS)");
-                self.server = Some(server.handle());
-                ctx.spawn(actix::fut::wrap_future(server).map(|res, me: &mut crate::Incarnation<Self>, ctx| {
-                    me.server = None;
-                    if me.stopping {
-                        ctx.stop();
-                    } else {
-                        let why = res.err().map(|e| e.to_string()).unwrap_or_else(|| "server ended".into());
-                        exit(ctx, ExitReason::failed(format!("API server stopped: {why}")));
-                    }
-                }));
+                Serving::run(ctx, self, server, "the API server");
                 // Every cluster has its default namespaces; made once the store answers.
                 let objects = self.state.objects.clone();
                 ctx.spawn(actix::fut::wrap_future(async move {
@@ -113,14 +104,12 @@ impl Actor for ApiServer {
     }
 
     fn stopping(&mut self, _ctx: &mut Ctx<Self>) -> Running {
-        match (&self.server, self.stopping) {
-            (Some(handle), false) => {
-                self.stopping = true;
-                drop(handle.stop(true));
-                Running::Continue
-            }
-            (Some(_), true) => Running::Continue,
-            (None, _) => Running::Stop,
-        }
+        self.serving.stop()
+    }
+}
+
+impl Serves for ApiServer {
+    fn serving(&mut self) -> &mut Serving {
+        &mut self.serving
     }
 }

@@ -160,27 +160,12 @@ impl Etcd {
     }
 }
 
-fn b64(s: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for k in 0..4 {
-            if k <= c.len() {
-                out.push(T[(n >> (18 - 6 * k) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 impl Target for Etcd {
     fn endpoints(&self) -> Vec<String> {
         self.client_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect()
     }
     fn put_request(&self, client: &awc::Client, endpoint: &str, key: &str) -> awc::SendClientRequest {
+        let b64 = keelson_actors::api::base64;
         let body = json!({"key": b64(format!("/bench/{key}").as_bytes()), "value": b64(&VALUE)});
         client.post(format!("{endpoint}/v3/kv/put")).send_json(&body)
     }
