@@ -269,16 +269,33 @@ fn strict(q: &[(String, String)]) -> bool {
 
 async fn list(state: &ApiState, t: &Target, q: &[(String, String)], as_table: bool) -> Result<Value, Failure> {
     let opts = list_options(q)?;
-    let (items, rv) = state.objects.list(t.res, t.namespace.as_deref(), &opts).await?;
-    if as_table {
-        return Ok(super::table::table(t.res, &items, &rv));
+    let ns = t.namespace.as_deref();
+    // `limit` pages (kubectl asks for 500 at a time); `continue` reads on in the snapshot.
+    let (items, rv, next) = match param(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+        Some(limit) => {
+            let page =
+                state.objects.page(t.res, ns, &opts, limit, param(q, "continue").filter(|c| !c.is_empty())).await?;
+            (page.items, page.resource_version, page.next)
+        }
+        None => {
+            let (items, rv) = state.objects.list(t.res, ns, &opts).await?;
+            (items, rv, None)
+        }
+    };
+    let mut out = if as_table {
+        super::table::table(t.res, &items, &rv)
+    } else {
+        json!({
+            "kind": format!("{}List", t.res.kind),
+            "apiVersion": t.res.api_version(),
+            "metadata": {"resourceVersion": rv},
+            "items": items,
+        })
+    };
+    if let Some(next) = next {
+        out["metadata"]["continue"] = next.into();
     }
-    Ok(json!({
-        "kind": format!("{}List", t.res.kind),
-        "apiVersion": t.res.api_version(),
-        "metadata": {"resourceVersion": rv},
-        "items": items,
-    }))
+    Ok(out)
 }
 
 fn list_options(q: &[(String, String)]) -> Result<ListOptions, Failure> {

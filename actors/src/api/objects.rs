@@ -25,6 +25,33 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
 }
 
+/// One page of a list.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Value>,
+    /// The list's resourceVersion (one revision per shard).
+    pub resource_version: String,
+    /// The continue token of the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// A continue token: the revision each shard was first read at, and the last key
+/// returned, hex-encoded (opaque, and safe in a query string).
+fn token_of(cursor: &[u64], last_key: &str) -> String {
+    format!("{}\n{last_key}", super::watch::cursor_text(cursor)).bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_token(token: &str, shards: usize) -> Option<(Vec<u64>, String)> {
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (cursor, key) = text.split_once('\n')?;
+    let cursor = super::watch::parse_cursor(cursor, shards, None)?;
+    Some((cursor, key.to_string()))
+}
+
 /// Which part of an object a write changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -138,53 +165,92 @@ impl Objects {
     }
 
     /// Every object of `res` in `ns` (all namespaces when `None`) that the filters
-    /// select, and the list's resourceVersion.
+    /// select, and the list's resourceVersion: page after page of one snapshot.
     pub async fn list(
         &self,
         res: &Resource,
         ns: Option<&str>,
         opts: &ListOptions,
     ) -> Result<(Vec<Value>, String), Failure> {
+        let mut page = self.page(res, ns, opts, 1_000, None).await?;
+        let mut items = std::mem::take(&mut page.items);
+        while let Some(token) = page.next.take() {
+            page = self.page(res, ns, opts, 1_000, Some(&token)).await?;
+            items.append(&mut page.items);
+        }
+        Ok((items, page.resource_version))
+    }
+
+    /// One page of a list: at most `limit` objects (before the filters), after the
+    /// continue `token` of the page before; every page of one list reads the snapshot
+    /// the first read (410 once that left the store's window).
+    pub async fn page(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+        limit: usize,
+        token: Option<&str>,
+    ) -> Result<Page, Failure> {
+        let n = self.shards() as usize;
         let prefix = res.prefix(ns);
         let end = crate::store::state::prefix_end(&prefix);
         // One namespace's objects of one kind are on one shard; all namespaces: every shard.
-        let shards: Vec<u32> = match (res.namespaced, ns) {
-            (true, None) => (0..self.shards()).collect(),
-            _ => vec![shard_of(&format!("{prefix}x"), self.shards())],
+        let shards: Vec<usize> = match (res.namespaced, ns) {
+            (true, None) => (0..n).collect(),
+            _ => vec![shard_of(&format!("{prefix}x"), n as u32) as usize],
         };
-        let mut items = Vec::new();
-        let mut cursor = vec![0u64; self.shards() as usize];
+        let (at, after) = match token {
+            None => (None, None),
+            Some(t) => {
+                let (c, k) = parse_token(t, n).ok_or_else(|| Failure::bad_request("invalid continue token"))?;
+                (Some(c), Some(k))
+            }
+        };
+        let limit = limit.clamp(1, 10_000);
+        let mut got = Vec::new();
+        let mut more = false;
+        let mut read_at = vec![0u64; n];
         for shard in shards {
-            let mut after = None;
-            loop {
-                let op = ClientOp::Range {
-                    start: prefix.clone(),
-                    end: end.clone(),
-                    after: after.clone(),
-                    limit: 1_000,
-                    at: None,
-                };
-                let replica = &self.replicas[shard as usize];
-                let reply = replica.send(Execute(op)).await.map_err(|e| Failure::unavailable(e.to_string()))?;
-                let ClientReply::Items { revision, items: page, more } = reply else {
-                    return Err(Failure::unavailable(format!("the store: {reply:?}")));
-                };
-                cursor[shard as usize] = cursor[shard as usize].max(revision);
-                after = page.last().map(|i| i.key.clone());
-                for i in page {
-                    if let Some(v) = with_version(&i.value, i.mod_revision) {
-                        if opts.labels.matches(&v["metadata"]["labels"]) && opts.fields.matches(&v) {
-                            items.push(v);
-                        }
-                    }
+            let op = ClientOp::Range {
+                start: prefix.clone(),
+                end: end.clone(),
+                after: after.clone(),
+                limit,
+                at: at.as_ref().map(|c: &Vec<u64>| c[shard]),
+            };
+            let reply =
+                self.replicas[shard].send(Execute(op)).await.map_err(|e| Failure::unavailable(e.to_string()))?;
+            match reply {
+                ClientReply::Items { revision, items, more: m } => {
+                    read_at[shard] = revision;
+                    more |= m;
+                    got.extend(items);
                 }
-                if !more {
-                    break;
+                ClientReply::Expired { .. } => {
+                    return Err(Failure::new(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent list result. You can \
+                         start a new list without the continue parameter.",
+                    ))
                 }
+                other => return Err(Failure::unavailable(format!("the store: {other:?}"))),
             }
         }
-        let rv = cursor.iter().map(u64::to_string).collect::<Vec<_>>().join(".");
-        Ok((items, rv))
+        // Every shard's next page after the same key, merged: the first `limit` of them
+        // are the next `limit` keys overall.
+        got.sort_by(|a, b| a.key.cmp(&b.key));
+        more |= got.len() > limit;
+        got.truncate(limit);
+        let cursor = at.unwrap_or(read_at);
+        let next = if more { got.last().map(|i| token_of(&cursor, &i.key)) } else { None };
+        let items = got
+            .into_iter()
+            .filter_map(|i| with_version(&i.value, i.mod_revision))
+            .filter(|v| opts.labels.matches(&v["metadata"]["labels"]) && opts.fields.matches(v))
+            .collect();
+        Ok(Page { items, resource_version: super::watch::cursor_text(&cursor), next })
     }
 
     /// Creates `obj` (already checked) in `ns`: server fields set, refused if the name is taken.
@@ -470,6 +536,15 @@ pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_refuse_forgeries() {
+        let t = token_of(&[3, 9], "/registry/core/pods/ns/p");
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(parse_token(&t, 2), Some((vec![3, 9], "/registry/core/pods/ns/p".to_string())));
+        assert_eq!(parse_token(&t, 3), None, "another shard count");
+        assert_eq!(parse_token("zz", 2), None);
+    }
 
     #[test]
     fn timestamps_and_uids_look_like_kubernetes_ones() {
