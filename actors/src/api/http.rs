@@ -285,12 +285,14 @@ async fn list(state: &ApiState, t: &Target, q: &[(String, String)], as_table: bo
     let mut out = if as_table {
         super::table::table(t.res, &items, &rv)
     } else {
-        json!({
+        let mut list = json!({
             "kind": format!("{}List", t.res.kind),
             "apiVersion": t.res.api_version(),
             "metadata": {"resourceVersion": rv},
-            "items": items,
-        })
+        });
+        // Moved in, not through `json!` (which would copy every object by serializing it).
+        list["items"] = Value::Array(items);
+        list
     };
     if let Some(next) = next {
         out["metadata"]["continue"] = next.into();

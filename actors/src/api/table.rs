@@ -452,7 +452,10 @@ fn row(res: &Resource, obj: &Value, now: u64) -> Value {
     if let Some(ns) = m["namespace"].as_str() {
         partial["metadata"]["namespace"] = ns.into();
     }
-    json!({"cells": cells, "object": partial})
+    let mut row = serde_json::Map::new();
+    row.insert("cells".into(), Value::Array(cells));
+    row.insert("object".into(), partial);
+    Value::Object(row)
 }
 
 /// A Table of `objects` (of kind `res`) at `resource_version`.
@@ -464,13 +467,15 @@ pub fn table(res: &Resource, objects: &[Value], resource_version: &str) -> Value
         defs.push(json!({"name": name, "type": ty, "format": "", "description": "", "priority": priority}));
     }
     let now = now();
-    json!({
+    let mut table = json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": {"resourceVersion": resource_version},
-        "columnDefinitions": defs,
-        "rows": objects.iter().map(|o| row(res, o, now)).collect::<Vec<_>>(),
-    })
+    });
+    // Moved in, not through `json!` (which would copy every row by serializing it).
+    table["columnDefinitions"] = Value::Array(defs);
+    table["rows"] = Value::Array(objects.iter().map(|o| row(res, o, now)).collect());
+    table
 }
 
 #[cfg(test)]
