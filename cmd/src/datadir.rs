@@ -104,6 +104,14 @@ impl DataDir {
     }
 
     /// Every member's door whose process is alive, the launcher first.
+    /// The door of `member`, or of the first running server member (not the launcher).
+    pub fn server_door(&self, member: Option<&str>) -> Result<DoorFile> {
+        match member {
+            Some(m) => self.door(m),
+            None => self.doors()?.into_iter().find(|d| d.member != "up").context("no running server member found"),
+        }
+    }
+
     pub fn doors(&self) -> Result<Vec<DoorFile>> {
         let mut doors = Vec::new();
         for entry in std::fs::read_dir(&self.root)? {

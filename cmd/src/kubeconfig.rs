@@ -61,7 +61,7 @@ pub async fn make(data: &DataDir, args: KubeconfigArgs) -> Result<PathBuf> {
         (None, _) => args.role.clone(),
     };
     let file_user: String = user.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    let door = data.doors()?.into_iter().find(|d| d.member != "up").context("no running server member found")?;
+    let door = data.server_door(None)?;
     let api = std::fs::read_to_string(data.root().join(&door.member).join("api-addr"))
         .with_context(|| format!("{} serves no Kubernetes API", door.member))?;
     if args.cert {

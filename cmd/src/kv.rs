@@ -7,16 +7,9 @@ use crate::cli::{KvCommand, LeaseCommand};
 use crate::client::DoorClient;
 use crate::datadir::{DataDir, DoorFile};
 
-fn pick(data: &DataDir, member: Option<String>) -> Result<DoorFile> {
-    match member {
-        Some(m) => data.door(&m),
-        None => data.doors()?.into_iter().find(|d| d.member != "up").context("no running server member found"),
-    }
-}
-
 /// Runs one kv command; exit code 1 when the key is not found.
 pub async fn run(data: &DataDir, member: Option<String>, command: KvCommand) -> Result<i32> {
-    let door = pick(data, member)?;
+    let door = data.server_door(member.as_deref())?;
     let client = DoorClient::new(data.token()?);
     let path = |key: &str| format!("/kv/key/{}", key.trim_start_matches('/'));
     match command {

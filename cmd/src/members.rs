@@ -69,10 +69,7 @@ pub async fn list(data: &DataDir) -> Result<String> {
 
 /// `keelson member add|remove NAME`: one shard at a time, saying where it stands.
 pub async fn change(data: &DataDir, through: Option<String>, name: &str, change: &str) -> Result<()> {
-    let door = match through {
-        Some(m) => data.door(&m)?,
-        None => data.doors()?.into_iter().find(|d| d.member != "up").context("no running server member found")?,
-    };
+    let door = data.server_door(through.as_deref())?;
     let client = DoorClient::new(data.token()?);
     let (code, status) = client.call(&door, "GET", "/kv/status", None).await?;
     if code != 200 {

@@ -140,32 +140,32 @@ fn say(line: &str) {
 /// Each member's QUIC address: kept in `<member>/quic-addr` so a restarted cluster
 /// reuses it, else a free UDP port on 127.0.0.1 chosen by the OS.
 fn quic_ports(data: &DataDir, names: &[String]) -> Result<std::collections::BTreeMap<String, SocketAddr>> {
-    let mut out = std::collections::BTreeMap::new();
-    for name in names {
-        let file = data.member_dir(name)?.join("quic-addr");
-        let kept = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
-        let addr = match kept.filter(|a| std::net::UdpSocket::bind(a).is_ok()) {
-            Some(a) => a,
-            None => std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()?,
-        };
-        std::fs::write(&file, addr.to_string())?;
-        out.insert(name.clone(), addr);
-    }
-    Ok(out)
+    kept_ports(data, names, "quic-addr", |a| std::net::UdpSocket::bind(a)?.local_addr())
 }
 
 /// Each member's API address: kept in `<member>/api-addr` so the kubeconfig stays
 /// right across restarts, else a free TCP port on 127.0.0.1.
 fn api_ports(data: &DataDir, names: &[String]) -> Result<std::collections::BTreeMap<String, SocketAddr>> {
+    kept_ports(data, names, "api-addr", |a| std::net::TcpListener::bind(a)?.local_addr())
+}
+
+/// Each member's address in `<member>/<file>`: the kept one while it can still be
+/// bound (`bind` tries it), else one the OS picks on 127.0.0.1; written back.
+fn kept_ports(
+    data: &DataDir,
+    names: &[String],
+    file: &str,
+    bind: impl Fn(SocketAddr) -> std::io::Result<SocketAddr>,
+) -> Result<std::collections::BTreeMap<String, SocketAddr>> {
     let mut out = std::collections::BTreeMap::new();
     for name in names {
-        let file = data.member_dir(name)?.join("api-addr");
-        let kept = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
-        let addr = match kept.filter(|a| std::net::TcpListener::bind(a).is_ok()) {
+        let path = data.member_dir(name)?.join(file);
+        let kept = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
+        let addr = match kept.filter(|a| bind(*a).is_ok()) {
             Some(a) => a,
-            None => std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()?,
+            None => bind(SocketAddr::from(([127, 0, 0, 1], 0)))?,
         };
-        std::fs::write(&file, addr.to_string())?;
+        std::fs::write(&path, addr.to_string())?;
         out.insert(name.clone(), addr);
     }
     Ok(out)

@@ -38,8 +38,11 @@ impl Scratch {
 }
 
 impl Drop for Scratch {
+    /// Removes the folder, unless `KEELSON_KEEP_SCRATCH` is set (to read a failed run's logs).
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("KEELSON_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

@@ -25,8 +25,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::http::{authorized, status, DoorState};
+use crate::store::pages::{cursor_text, parse_cursor, read_page, PageError};
 use crate::store::state::{prefix_end, Cmp, Command, Compare, Outcome, Target, TxnOp, WriteOp};
-use crate::store::{shard_of, ClientOp, ClientReply, Execute, Item, Watch, WatchSource};
+use crate::store::{any_changed, shard_of, ClientOp, ClientReply, Execute, Item, Watch, WatchSource};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/kv/status", web::get().to(shard_status))
@@ -272,18 +273,6 @@ struct RangeQuery {
     token: Option<String>,
 }
 
-/// A list's continue token: the revision each shard's first page was read at, and the
-/// last key returned (`r0.r1.…:key`). Opaque to clients.
-fn continue_token(cursor: &[u64], last: &str) -> String {
-    format!("{}:{last}", cursor_text(cursor))
-}
-
-fn parse_continue(token: &str, shards: usize) -> Option<(Vec<u64>, String)> {
-    let (cursor, key) = token.split_once(':')?;
-    let cursor = parse_cursor(cursor, shards)?;
-    Some((cursor, key.to_string()))
-}
-
 async fn range(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<RangeQuery>) -> HttpResponse {
     if let Some(r) = gate(&req, &state) {
         return r;
@@ -292,49 +281,24 @@ async fn range(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<Rang
     if limit == 0 || limit > 10_000 {
         return bad("limit must be 1 to 10,000");
     }
-    let shards = state.store.len();
-    let (at, after) = match q.token.as_deref().map(|t| parse_continue(t, shards)) {
-        None => (None, None),
-        Some(Some((cursor, key))) => (Some(cursor), Some(key)),
-        Some(None) => return bad("the continue token is not one this store gave out"),
-    };
     let end = if q.prefix.is_empty() { String::new() } else { prefix_end(&q.prefix) };
-    // Every shard's next page after the same key, merged in key order: the first
-    // `limit` of them are the next `limit` keys overall.
-    let mut items = Vec::new();
-    let mut cursor = vec![0; shards];
-    let mut more = false;
-    for shard in 0..shards {
-        let op = ClientOp::Range {
-            start: q.prefix.clone(),
-            end: end.clone(),
-            after: after.clone(),
-            limit,
-            at: at.as_ref().map(|c| c[shard]),
-        };
-        match run(&state, shard as u32, op).await {
-            ClientReply::Items { revision: r, items: page, more: m } => {
-                cursor[shard] = r;
-                more |= m;
-                items.extend(page);
-            }
-            ClientReply::Expired { asked, oldest } => {
-                return status(
-                    StatusCode::GONE,
-                    "Expired",
-                    &format!(
-                        "the continue token is too old: shard {shard} keeps revisions from {oldest}, the list \
-                         was at {asked}; list again from the start"
-                    ),
-                )
-            }
-            other => return failure(other),
+    let shards: Vec<usize> = (0..state.store.len()).collect();
+    let page = match read_page(&state.store, &shards, &q.prefix, &end, limit, q.token.as_deref()).await {
+        Ok(p) => p,
+        Err(PageError::BadToken) => return bad("the continue token is not one this store gave out"),
+        Err(PageError::Expired { shard, asked, oldest }) => {
+            return status(
+                StatusCode::GONE,
+                "Expired",
+                &format!(
+                    "the continue token is too old: shard {shard} keeps revisions from {oldest}, the list was at \
+                     {asked}; list again from the start"
+                ),
+            )
         }
-    }
-    items.sort_by(|a, b| a.key.cmp(&b.key));
-    more |= items.len() > limit;
-    items.truncate(limit);
-    let next = if more { items.last().map(|i| continue_token(&cursor, &i.key)) } else { None };
+        Err(PageError::Store(reply)) => return failure(reply),
+    };
+    let (items, cursor, next) = (page.items, page.cursor, page.next);
     HttpResponse::Ok().json(RangePage {
         revision: cursor.iter().copied().max().unwrap_or(0),
         cursor: cursor_text(&cursor),
@@ -536,15 +500,6 @@ struct WatchQuery {
     cursor: Option<String>,
 }
 
-fn cursor_text(c: &[u64]) -> String {
-    c.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
-}
-
-fn parse_cursor(text: &str, shards: usize) -> Option<Vec<u64>> {
-    let v = text.split('.').map(str::parse::<u64>).collect::<Result<Vec<_>, _>>().ok()?;
-    (v.len() == shards).then_some(v)
-}
-
 fn line(v: serde_json::Value) -> web::Bytes {
     web::Bytes::from(v.to_string() + "\n")
 }
@@ -613,7 +568,7 @@ async fn watch(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<Watc
     let now: Vec<u64> = sources.iter().map(|s| *s.revision.borrow()).collect();
     let cursor = match &q.cursor {
         None => now,
-        Some(c) => match parse_cursor(c, sources.len()) {
+        Some(c) => match parse_cursor(c, sources.len(), None) {
             Some(v) => v,
             None => return bad(&format!("cursor {c:?} is not one revision per shard ({} shards)", sources.len())),
         },
@@ -634,14 +589,9 @@ async fn watch(req: HttpRequest, state: web::Data<DoorState>, q: web::Query<Watc
             }
             // Nothing new: wait until any shard's revision moves (a replica that
             // restarts ends the stream; the client resumes from its last cursor).
-            let mut receivers: Vec<_> = w.sources.iter().map(|s| s.revision.clone()).collect();
-            let changes = receivers.iter_mut().map(|r| Box::pin(r.changed()));
-            let (outcome, _, _) = futures_util::future::select_all(changes).await;
-            if outcome.is_err() {
+            let all: Vec<usize> = (0..w.sources.len()).collect();
+            if !any_changed(&mut w.sources, &all).await {
                 return None;
-            }
-            for (src, r) in w.sources.iter_mut().zip(receivers) {
-                src.revision = r;
             }
         }
     });

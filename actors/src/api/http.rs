@@ -443,10 +443,7 @@ async fn delete(
     }
     let mut terminating = current.clone();
     terminating["status"]["phase"] = "Terminating".into();
-    terminating["metadata"]["deletionTimestamp"] = super::objects::rfc3339(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-    )
-    .into();
+    terminating["metadata"]["deletionTimestamp"] = super::objects::rfc3339_now().into();
     let marked = state.objects.update(t.res, None, name, terminating).await?;
     let objects = state.objects.clone();
     let namespace = name.to_string();

@@ -9,6 +9,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::Failure;
 use super::validate;
 use crate::runtime::Ref;
+use crate::store::pages::{cursor_text, parse_cursor, read_page, PageError};
 use crate::store::state::{Command, Outcome, WriteOp};
 use crate::store::{shard_of, ClientOp, ClientReply, Execute, Replica};
 
@@ -35,23 +36,6 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// A continue token: the revision each shard was first read at, and the last key
-/// returned, hex-encoded (opaque, and safe in a query string).
-fn token_of(cursor: &[u64], last_key: &str) -> String {
-    format!("{}\n{last_key}", super::watch::cursor_text(cursor)).bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_token(token: &str, shards: usize) -> Option<(Vec<u64>, String)> {
-    let bytes: Vec<u8> = (0..token.len())
-        .step_by(2)
-        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<_>>()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let (cursor, key) = text.split_once('\n')?;
-    let cursor = super::watch::parse_cursor(cursor, shards, None)?;
-    Some((cursor, key.to_string()))
-}
-
 /// Which part of an object a write changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -68,7 +52,8 @@ pub struct ListOptions {
     pub fields: FieldSelector,
 }
 
-fn rfc3339_now() -> String {
+/// Now, as Kubernetes writes times.
+pub fn rfc3339_now() -> String {
     rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
@@ -200,57 +185,25 @@ impl Objects {
             (true, None) => (0..n).collect(),
             _ => vec![shard_of(&format!("{prefix}x"), n as u32) as usize],
         };
-        let (at, after) = match token {
-            None => (None, None),
-            Some(t) => {
-                let (c, k) = parse_token(t, n).ok_or_else(|| Failure::bad_request("invalid continue token"))?;
-                (Some(c), Some(k))
-            }
-        };
         let limit = limit.clamp(1, 10_000);
-        let mut got = Vec::new();
-        let mut more = false;
-        let mut read_at = vec![0u64; n];
-        for shard in shards {
-            let op = ClientOp::Range {
-                start: prefix.clone(),
-                end: end.clone(),
-                after: after.clone(),
-                limit,
-                at: at.as_ref().map(|c: &Vec<u64>| c[shard]),
-            };
-            let reply =
-                self.replicas[shard].send(Execute(op)).await.map_err(|e| Failure::unavailable(e.to_string()))?;
-            match reply {
-                ClientReply::Items { revision, items, more: m } => {
-                    read_at[shard] = revision;
-                    more |= m;
-                    got.extend(items);
-                }
-                ClientReply::Expired { .. } => {
-                    return Err(Failure::new(
-                        410,
-                        "Expired",
-                        "The provided continue parameter is too old to display a consistent list result. You can \
-                         start a new list without the continue parameter.",
-                    ))
-                }
-                other => return Err(Failure::unavailable(format!("the store: {other:?}"))),
-            }
-        }
-        // Every shard's next page after the same key, merged: the first `limit` of them
-        // are the next `limit` keys overall.
-        got.sort_by(|a, b| a.key.cmp(&b.key));
-        more |= got.len() > limit;
-        got.truncate(limit);
-        let cursor = at.unwrap_or(read_at);
-        let next = if more { got.last().map(|i| token_of(&cursor, &i.key)) } else { None };
-        let items = got
+        let page = read_page(&self.replicas, &shards, &prefix, &end, limit, token).await.map_err(|e| match e {
+            PageError::BadToken => Failure::bad_request("invalid continue token"),
+            PageError::Expired { .. } => Failure::new(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. You can start a \
+                 new list without the continue parameter.",
+            ),
+            PageError::Store(ClientReply::NoLeader) => Failure::unavailable("the store has no leader right now; retry"),
+            PageError::Store(other) => Failure::unavailable(format!("the store: {other:?}")),
+        })?;
+        let items = page
+            .items
             .into_iter()
             .filter_map(|i| with_version(&i.value, i.mod_revision))
             .filter(|v| opts.labels.matches(&v["metadata"]["labels"]) && opts.fields.matches(v))
             .collect();
-        Ok(Page { items, resource_version: super::watch::cursor_text(&cursor), next })
+        Ok(Page { items, resource_version: cursor_text(&page.cursor), next: page.next })
     }
 
     /// Creates `obj` (already checked) in `ns`: server fields set, refused if the name is taken.
@@ -350,7 +303,7 @@ impl Objects {
         if let Some(rv) = &asked {
             // An object's own version, or a watch event's (one revision per shard).
             let shard = shard_of(&key, self.shards()) as usize;
-            let mine = super::watch::parse_cursor(rv, self.shards() as usize, Some(shard)).map(|c| c[shard]);
+            let mine = parse_cursor(rv, self.shards() as usize, Some(shard)).map(|c| c[shard]);
             if mine != Some(revision) {
                 return Err(Failure::conflict(res, name));
             }
@@ -536,15 +489,6 @@ pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn continue_tokens_round_trip_and_refuse_forgeries() {
-        let t = token_of(&[3, 9], "/registry/core/pods/ns/p");
-        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(parse_token(&t, 2), Some((vec![3, 9], "/registry/core/pods/ns/p".to_string())));
-        assert_eq!(parse_token(&t, 3), None, "another shard count");
-        assert_eq!(parse_token("zz", 2), None);
-    }
 
     #[test]
     fn timestamps_and_uids_look_like_kubernetes_ones() {

@@ -17,28 +17,9 @@ use serde_json::{json, Value};
 use super::objects::{ListOptions, Objects};
 use super::resources::Resource;
 use super::status::Failure;
+use crate::store::pages::{cursor_text, parse_cursor};
 use crate::store::state::EventKind;
-use crate::store::{shard_of, Watch, WatchSource};
-
-/// The text form of a cursor: one revision per shard, a plain number with one shard.
-pub fn cursor_text(c: &[u64]) -> String {
-    c.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
-}
-
-/// A resourceVersion as a cursor over `shards`; `shard_hint` is the one shard a
-/// namespaced watch reads, where a plain number (an object's resourceVersion) will do.
-pub fn parse_cursor(rv: &str, shards: usize, shard_hint: Option<usize>) -> Option<Vec<u64>> {
-    let parts: Vec<u64> = rv.split('.').map(str::parse).collect::<Result<_, _>>().ok()?;
-    match (parts.len(), shard_hint) {
-        (n, _) if n == shards => Some(parts),
-        (1, Some(s)) => {
-            let mut c = vec![0; shards];
-            c[s] = parts[0];
-            Some(c)
-        }
-        _ => None,
-    }
-}
+use crate::store::{any_changed, shard_of, Watch, WatchSource};
 
 struct Watching {
     res: &'static Resource,
@@ -57,7 +38,11 @@ struct Watching {
 }
 
 fn line(kind: &str, object: Value) -> web::Bytes {
-    web::Bytes::from(json!({"type": kind, "object": object}).to_string() + "\n")
+    // Moved in, not through `json!` (which would copy the object by serializing it).
+    let mut event = serde_json::Map::new();
+    event.insert("type".into(), kind.into());
+    event.insert("object".into(), object);
+    web::Bytes::from(Value::Object(event).to_string() + "\n")
 }
 
 impl Watching {
@@ -199,40 +184,20 @@ pub async fn watch(
                 continue;
             }
             // Nothing new: wait for a shard to move, a bookmark's time, or the end.
-            let mut receivers: Vec<_> = w.shards.iter().map(|s| w.sources[*s].revision.clone()).collect();
-            let changes = futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.changed())));
             let tick = tokio::time::sleep_until(w.until.min(tokio::time::Instant::now() + Duration::from_secs(30)));
-            tokio::select! {
-                (outcome, _, _) = changes => {
-                    if outcome.is_err() {
-                        return None;
-                    }
+            let moved = tokio::select! {
+                alive = any_changed(&mut w.sources, &w.shards) => Some(alive),
+                _ = tick => None,
+            };
+            match moved {
+                Some(true) => {}
+                Some(false) => return None,
+                None if w.bookmarks && tokio::time::Instant::now() < w.until => {
+                    let b = w.bookmark();
+                    return Some((Ok(b), w));
                 }
-                _ = tick => {
-                    if w.bookmarks && tokio::time::Instant::now() < w.until {
-                        let b = w.bookmark();
-                        return Some((Ok(b), w));
-                    }
-                }
-            }
-            for (shard, r) in w.shards.clone().into_iter().zip(receivers) {
-                w.sources[shard].revision = r;
+                None => {}
             }
         }
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_parse_as_lists_and_objects_give_them() {
-        assert_eq!(parse_cursor("5.7.9", 3, None), Some(vec![5, 7, 9]));
-        assert_eq!(parse_cursor("12", 1, None), Some(vec![12]));
-        assert_eq!(parse_cursor("12", 3, Some(1)), Some(vec![0, 12, 0]), "an object's version on a one-shard watch");
-        assert_eq!(parse_cursor("12", 3, None), None, "a cluster-wide watch needs a list's version");
-        assert_eq!(parse_cursor("x", 1, None), None);
-        assert_eq!(cursor_text(&[3, 4]), "3.4");
-    }
 }

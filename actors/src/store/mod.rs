@@ -10,6 +10,7 @@
 //! - `leases.rs`: when leases expire (the leader's clock);
 //! - `log.rs`: the raft log and vote in redb, fsync'd before raft hears "durable";
 //! - `sm.rs`: the state machine in memory, snapshots on disk;
+//! - `pages.rs`: cursors and consistent pages across shards;
 //! - `network.rs`: raft RPCs over the member transport;
 //! - `replica.rs`: the actor, and client operations (writes through the log,
 //!   linearizable reads through read-index, forwarding to the leader).
@@ -24,6 +25,7 @@
 mod leases;
 mod log;
 mod network;
+pub mod pages;
 mod replica;
 mod sm;
 pub mod state;
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use network::replica_path;
-pub use replica::{Execute, Replica, ReplicaConfig, Watch, WatchSource};
+pub use replica::{any_changed, Execute, Replica, ReplicaConfig, Watch, WatchSource};
 pub use types::{node_id, ClientOp, ClientReply, Item, ShardStatus};
 
 pub use keelson_config::StoreConfig;

@@ -84,6 +84,14 @@ impl WatchSource {
     }
 }
 
+/// Waits until the revision of any of `sources` picked by `which` moves; false when one
+/// of their replicas went away (its watchers end, and clients resume from their cursor).
+pub async fn any_changed(sources: &mut [WatchSource], which: &[usize]) -> bool {
+    let changes =
+        sources.iter_mut().enumerate().filter(|(i, _)| which.contains(i)).map(|(_, s)| Box::pin(s.revision.changed()));
+    futures_util::future::select_all(changes).await.0.is_ok()
+}
+
 /// Run a client operation on this shard; the reply says what happened.
 #[derive(Message)]
 #[rtype(result = "ClientReply")]
