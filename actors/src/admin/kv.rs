@@ -447,16 +447,33 @@ async fn lease_keep_alive(req: HttpRequest, state: web::Data<DoorState>, id: web
     if let Some(r) = gate(&req, &state) {
         return r;
     }
-    let mut ttl = None;
+    // A lease lives on every shard, and each shard's leader expires it on its own
+    // clock: once any shard has let it go (and deleted its keys there), the lease is
+    // over, and what is left of it on the other shards is revoked too.
+    let (mut kept, mut gone) = (None, false);
     for shard in 0..state.store.len() as u32 {
         match run(&state, shard, ClientOp::KeepAlive { lease: *id }).await {
-            ClientReply::KeptAlive { ttl_ms, .. } => ttl = ttl.or(ttl_ms),
+            ClientReply::KeptAlive { ttl_ms: Some(t), .. } => kept = Some(t),
+            ClientReply::KeptAlive { ttl_ms: None, .. } => gone = true,
             other => return failure(other),
         }
     }
-    match ttl {
-        Some(ttl_ms) => HttpResponse::Ok().json(serde_json::json!({"id": *id, "ttl_ms": ttl_ms})),
-        None => status(StatusCode::NOT_FOUND, "NotFound", &format!("lease {id} not found (never granted, or expired)")),
+    match (kept, gone) {
+        (Some(ttl_ms), false) => HttpResponse::Ok().json(serde_json::json!({"id": *id, "ttl_ms": ttl_ms})),
+        (Some(_), true) => {
+            for shard in 0..state.store.len() as u32 {
+                let cmd = Command { epoch: None, op: WriteOp::LeaseRevoke { id: *id } };
+                if let other @ (ClientReply::NoLeader | ClientReply::Error(_)) =
+                    run(&state, shard, ClientOp::Write(cmd)).await
+                {
+                    return failure(other);
+                }
+            }
+            status(StatusCode::NOT_FOUND, "NotFound", &format!("lease {id} expired"))
+        }
+        (None, _) => {
+            status(StatusCode::NOT_FOUND, "NotFound", &format!("lease {id} not found (never granted, or expired)"))
+        }
     }
 }
 
