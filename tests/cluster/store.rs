@@ -340,7 +340,7 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
                 assert_eq!(get(&data, m, k).as_deref(), Some(v.as_str()), "round {round}: {m} lost {k}");
             }
         }
-        // Write from a thread; SIGKILL every member (then the launcher) mid-load.
+        // Write from a thread; SIGKILL the launcher and every member mid-load.
         let writer_data = data.clone();
         let writer = std::thread::spawn(move || {
             let mut mine = BTreeMap::new();
@@ -357,13 +357,15 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
             mine
         });
         std::thread::sleep(Duration::from_millis(400 + 100 * round as u64));
+        // The launcher first, so it cannot restart a member in between: a member it
+        // restarted would outlive the test round, holding that member's files.
+        unsafe { libc::kill(up.child.id() as i32, libc::SIGKILL) };
+        let _ = up.wait(Duration::from_secs(10));
         for m in members {
             if let Some(d) = try_door(&data, m) {
                 unsafe { libc::kill(d["pid"].as_u64().unwrap() as i32, libc::SIGKILL) };
             }
         }
-        unsafe { libc::kill(up.child.id() as i32, libc::SIGKILL) };
-        let _ = up.wait(Duration::from_secs(10));
         let mine = writer.join().unwrap();
         eprintln!("round {round}: {} writes acknowledged before the kill", mine.len());
         acked.extend(mine);
