@@ -6,9 +6,11 @@
 //!     /probe, /join, /<peer> …                      /server-1 …       one ChildProcess per member
 //!   /store             the replicated store
 //!     /shard-0 …
+//!   /api               the Kubernetes API (HTTPS door, actor door)
 //!   /admin             observation, chaos, kv door
 //! ```
-//! Later issues add `/api`, `/scheduler`, `/controllers` under a server's root, and
+//! A server also runs `/api` (the Kubernetes API: HTTPS and the actor door). Later
+//! issues add `/scheduler`, `/controllers` under a server's root, and
 //! `/kubelet`, `/proxy` under an agent's.
 
 use std::net::TcpListener;
@@ -18,7 +20,7 @@ use keelson_config::{MemberConfig, SupervisorConfig};
 use keelson_transport::Transport;
 
 use crate::admin::AdminDoor;
-use crate::api::ApiServer;
+use crate::api::{ApiServer, HttpsSetup};
 use crate::process::{ChildProcess, ProcessSpec};
 use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
 use crate::store::{store_tree, Replica, StoreConfig};
@@ -35,12 +37,6 @@ fn door(
     ChildSpec::new("admin", Restart::Permanent, factory).0
 }
 
-/// The HTTPS API of a server member: its listening socket and TLS configuration.
-pub struct ApiSetup {
-    pub listener: Arc<TcpListener>,
-    pub tls: Arc<rustls::ServerConfig>,
-}
-
 /// One control-plane member (`keelson server`): its door, then its transport subtree;
 /// `admission` lets it admit new members (it needs the CA's key).
 pub fn server_tree(
@@ -50,21 +46,25 @@ pub fn server_tree(
     router: Arc<Router>,
     admission: Option<Admission>,
     store: &StoreConfig,
-    api: Option<ApiSetup>,
+    https: Option<HttpsSetup>,
 ) -> SupervisorSpec {
     let root = ActorPath::root(&cfg.name);
     // The transport first (the store's raft talks through it), then the store, then
     // the door that serves both: started in this order, stopped in reverse.
     let links = transport_tree(&root, transport.clone(), router.clone(), admission, SupervisorConfig::default());
     let (store_spec, replicas) = store_tree(&root, store, transport.clone(), &router);
-    let mut tree = SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(store_spec);
-    if let Some(api) = api {
-        let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
-        let r = replicas.clone();
-        let factory = move |cx: &_| ApiServer::new(cx, api.listener.clone(), api.tls.clone(), token.clone(), r.clone());
-        tree = tree.child(ChildSpec::new("api", Restart::Permanent, factory).0);
-    }
-    tree.child(door(cfg, listener, Some(transport), replicas))
+    // The API: HTTPS where this member has credentials for it, the actor door always.
+    let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
+    let r = replicas.clone();
+    let factory = move |cx: &_| ApiServer::new(cx, https.clone(), token.clone(), r.clone());
+    let (api, api_ref) = ChildSpec::new("api", Restart::Permanent, factory);
+    router.route(&root.child("api"), api_ref);
+    SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(store_spec).child(api).child(door(
+        cfg,
+        listener,
+        Some(transport),
+        replicas,
+    ))
 }
 
 /// A member process the launcher keeps running.

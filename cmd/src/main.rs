@@ -19,7 +19,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keelson_actors::member::{server_tree, ApiSetup};
+use keelson_actors::api::HttpsSetup;
+use keelson_actors::member::server_tree;
 use keelson_actors::store::StoreConfig;
 use keelson_actors::transport::{Admission, Router};
 use keelson_config::{AdminConfig, Backoff, MemberConfig, SupervisorConfig};
@@ -34,7 +35,7 @@ use datadir::DataDir;
 /// The member's HTTPS API: bound now (so the port is known before anything serves),
 /// with a serving certificate from the cluster CA for the addresses clients dial.
 /// A member without the CA's key (one that joined) serves no API.
-fn api_setup(data: &DataDir, name: &str, listen: std::net::SocketAddr) -> Result<Option<ApiSetup>> {
+fn api_setup(data: &DataDir, name: &str, listen: std::net::SocketAddr) -> Result<Option<HttpsSetup>> {
     let Some(ca) = pki::ca_if_present(data)? else {
         tracing::info!("no cluster CA key here: this member serves no Kubernetes API");
         return Ok(None);
@@ -46,7 +47,7 @@ fn api_setup(data: &DataDir, name: &str, listen: std::net::SocketAddr) -> Result
     let (cert, key) = ca.issue_https(name, &hosts)?;
     let tls = keelson_transport::tls::https_server_config(&cert, &key, &ca.cert_pem)?;
     std::fs::write(data.member_dir(name)?.join("api-addr"), addr.to_string())?;
-    Ok(Some(ApiSetup { listener: Arc::new(listener), tls: Arc::new(tls) }))
+    Ok(Some(HttpsSetup { listener: Arc::new(listener), tls: Arc::new(tls) }))
 }
 
 fn main() -> ExitCode {

@@ -22,6 +22,7 @@
 
 mod support;
 
+mod api_door;
 mod api_watch;
 mod kubectl;
 mod launcher;

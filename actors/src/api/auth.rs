@@ -42,6 +42,16 @@ pub struct User {
     pub role: Role,
 }
 
+/// The user a member certificate stands for: an agent is its node's identity; servers
+/// and the launcher are the cluster's own components.
+pub fn member_user(id: &keelson_transport::tls::Identity) -> User {
+    use keelson_transport::tls::Role as Member;
+    match id.role {
+        Member::Agent => User { name: format!("system:node:{}", id.name), role: Role::Node { node: id.name.clone() } },
+        Member::Server | Member::Launcher => User { name: format!("system:keelson:{}", id.name), role: Role::Admin },
+    }
+}
+
 /// The hex SHA-256 of a token: what the store keeps instead of the token.
 pub fn token_hash(token: &str) -> String {
     ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()

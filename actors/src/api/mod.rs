@@ -12,23 +12,32 @@
 //! - `table.rs`: server-side printing (the Table kubectl prints, with Kubernetes' columns);
 //! - `status.rs`: every error as a Kubernetes `Status`;
 //! - `auth.rs`: who is asking (tokens), and whether they may (roles);
-//! - `http.rs`: routing.
+//! - `pipeline.rs`: the one pipeline both doors feed (route, authorize, decode);
+//! - `verbs.rs`: what each verb and subresource does;
+//! - `http.rs`: the HTTPS door (authentication by token or client certificate);
+//! - `door.rs`: the actor door (in-cluster components, over QUIC or locally);
+//! - `client.rs`: the actor door's client, for those components.
 //!
 //! Each incarnation serves the member's listening socket (bound once by the member, so
-//! the port and the kubeconfig that names it survive restarts).
+//! the port and the kubeconfig that names it survive restarts). A member without HTTPS
+//! credentials (one that joined and holds no CA key) serves only the actor door.
 
 mod auth;
+pub mod client;
 mod discovery;
+pub mod door;
 mod http;
 mod objects;
 mod openapi;
 mod patch;
+pub mod pipeline;
 mod protobuf;
 pub mod resources;
 mod selector;
 mod status;
 mod table;
 mod validate;
+mod verbs;
 mod watch;
 
 use std::net::TcpListener;
@@ -38,55 +47,72 @@ use std::time::Duration;
 use actix::{AsyncContext, Running};
 use actix_web::{App, HttpServer};
 
-pub use auth::{token_hash, Role, TokenRecord, TOKENS_PREFIX};
+pub use auth::{token_hash, Role, TokenRecord, User, TOKENS_PREFIX};
+pub use client::{ApiClient, ApiError};
 pub use discovery::MINOR;
+pub use door::{ApiRequest, ApiResponse, LocalCall};
 pub use http::ApiState;
+pub use pipeline::Method;
+
 pub use objects::Objects;
 pub use protobuf::base64;
 
-use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Ref, Serves, Serving};
+use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Handler, Ref, Serves, Serving};
 use crate::store::Replica;
+use crate::transport::Delivered;
+
+/// The HTTPS door's socket (bound once by the member) and TLS configuration.
+#[derive(Clone)]
+pub struct HttpsSetup {
+    pub listener: Arc<TcpListener>,
+    pub tls: Arc<rustls::ServerConfig>,
+}
 
 pub struct ApiServer {
-    listener: Arc<TcpListener>,
-    tls: Arc<rustls::ServerConfig>,
+    https: Option<HttpsSetup>,
     state: ApiState,
+    /// Who local calls come from: this member.
+    me: User,
     serving: Serving,
 }
 
 impl ApiServer {
-    pub fn new(
-        _cx: &ChildContext,
-        listener: Arc<TcpListener>,
-        tls: Arc<rustls::ServerConfig>,
-        token: Arc<str>,
-        replicas: Vec<Ref<Replica>>,
-    ) -> Self {
-        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    pub fn new(cx: &ChildContext, https: Option<HttpsSetup>, token: Arc<str>, replicas: Vec<Ref<Replica>>) -> Self {
+        let address =
+            https.as_ref().and_then(|h| h.listener.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
         let auth = Arc::new(auth::Authenticator::new(token));
         let state = ApiState { objects: Objects { replicas }, auth, address };
-        Self { listener, tls, state, serving: Serving::default() }
+        let me = User { name: format!("system:keelson:{}", cx.path.member()), role: Role::Admin };
+        Self { https, state, me, serving: Serving::default() }
     }
 
-    fn serve(&mut self) -> std::io::Result<actix_web::dev::Server> {
+    fn serve(&mut self, https: &HttpsSetup) -> std::io::Result<actix_web::dev::Server> {
         let state = self.state.clone();
-        let listener = self.listener.try_clone()?;
+        let listener = https.listener.try_clone()?;
         Ok(HttpServer::new(move || App::new().configure(http::routes(state.clone())))
             .on_connect(http::remember_peer)
             .workers(2)
             .disable_signals()
             .shutdown_timeout(1)
-            .listen_rustls_0_23(listener, (*self.tls).clone())?
+            .listen_rustls_0_23(listener, (*https.tls).clone())?
             .run())
     }
 }
 
 impl Actor for ApiServer {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        match self.serve() {
+        let served = match self.https.clone() {
+            Some(https) => self.serve(&https).map(Some),
+            None => Ok(None),
+        };
+        match served {
             Ok(server) => {
-                tracing::info!(addr = %self.state.address, "API serving (HTTPS)");
-                Serving::run(ctx, self, server, "the API server");
+                if let Some(server) = server {
+                    tracing::info!(addr = %self.state.address, "API serving (HTTPS and actor door)");
+                    Serving::run(ctx, self, server, "the API server");
+                } else {
+                    tracing::info!("API serving (actor door only: no HTTPS credentials on this member)");
+                }
                 // Every cluster has its default namespaces; made once the store answers.
                 let objects = self.state.objects.clone();
                 ctx.spawn(actix::fut::wrap_future(async move {
@@ -105,6 +131,38 @@ impl Actor for ApiServer {
 
     fn stopping(&mut self, _ctx: &mut Ctx<Self>) -> Running {
         self.serving.stop()
+    }
+}
+
+impl Handler<Delivered> for ApiServer {
+    type Result = ();
+
+    fn handle(&mut self, Delivered(inbound): Delivered, _: &mut Ctx<Self>) {
+        use keelson_transport::frame::from_payload;
+        let reply = inbound.reply;
+        if !matches!(reply, keelson_transport::Reply::Stream { .. }) {
+            return;
+        }
+        match from_payload::<ApiRequest>(&inbound.envelope.payload) {
+            Ok(request) => {
+                let watch = request.is_watch();
+                let answers = door::serve(self.state.clone(), door::caller(inbound.from.as_ref()), request);
+                actix_rt::spawn(door::reply(reply, watch, answers));
+            }
+            Err(e) => {
+                actix_rt::spawn(async move {
+                    let _caller_gone = reply.fail(400, &format!("not an API request: {e}")).await;
+                });
+            }
+        }
+    }
+}
+
+impl Handler<LocalCall> for ApiServer {
+    type Result = actix::MessageResult<LocalCall>;
+
+    fn handle(&mut self, LocalCall(request): LocalCall, _: &mut Ctx<Self>) -> Self::Result {
+        actix::MessageResult(door::serve(self.state.clone(), Ok(self.me.clone()), request))
     }
 }
 

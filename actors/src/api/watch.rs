@@ -119,7 +119,7 @@ pub async fn watch(
     res: &'static Resource,
     ns: Option<&str>,
     req: WatchRequest<'_>,
-) -> Result<impl futures_core::Stream<Item = Result<web::Bytes, actix_web::Error>>, Failure> {
+) -> Result<impl futures_core::Stream<Item = web::Bytes>, Failure> {
     let WatchRequest { resource_version: rv, opts, bookmarks, timeout, as_table } = req;
     let mut sources = Vec::new();
     for replica in &objects.replicas {
@@ -174,7 +174,7 @@ pub async fn watch(
     Ok(futures_util::stream::unfold(watching, |mut w| async move {
         loop {
             if let Some(l) = w.pending.pop_front() {
-                return Some((Ok(l), w));
+                return Some((l, w));
             }
             if w.done || tokio::time::Instant::now() >= w.until {
                 return None;
@@ -194,7 +194,7 @@ pub async fn watch(
                 Some(false) => return None,
                 None if w.bookmarks && tokio::time::Instant::now() < w.until => {
                     let b = w.bookmark();
-                    return Some((Ok(b), w));
+                    return Some((b, w));
                 }
                 None => {}
             }

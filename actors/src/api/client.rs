@@ -1,0 +1,239 @@
+//! The actor door's client: how the scheduler, controllers, kubelets and proxies read,
+//! write and watch objects. On a server member it is a local message to `/api`; from
+//! elsewhere, a QUIC request to a server's `/api`, moving on to the next server when one
+//! cannot be reached (and staying with the one that answered).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use keelson_transport::Transport;
+use serde_json::Value;
+
+use super::door::{ApiRequest, ApiResponse, LocalCall};
+use super::pipeline::Method;
+use super::ApiServer;
+use crate::runtime::{ActorPath, Ref};
+use crate::transport::{RemoteError, RemoteRef};
+
+/// What an API call through the actor door can end in.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// The API answered with a Kubernetes Status (404 NotFound, 409 Conflict, 422 …).
+    #[error("{code} {reason}: {message}")]
+    Status { code: u16, reason: String, message: String },
+    #[error("no API server answered: {0}")]
+    Unreachable(String),
+    #[error("cannot decode the answer: {0}")]
+    Decode(String),
+}
+
+impl ApiError {
+    /// The Status code, if the API answered.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn from_answer(answer: &ApiResponse) -> Self {
+        let v: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        ApiError::Status {
+            code: answer.code,
+            reason: v["reason"].as_str().unwrap_or("Unknown").to_string(),
+            message: v["message"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// One watch event: `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` (or `ERROR`, given as
+/// an [`ApiError`] instead, such as 410 Expired).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEvent {
+    pub kind: String,
+    pub object: Value,
+}
+
+enum Door {
+    Local(Ref<ApiServer>),
+    Remote { servers: Vec<RemoteRef>, preferred: AtomicUsize },
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    door: Arc<Door>,
+    deadline: Duration,
+}
+
+impl ApiClient {
+    /// Through this member's own API actor.
+    pub fn local(api: Ref<ApiServer>) -> Self {
+        Self { door: Arc::new(Door::Local(api)), deadline: Duration::from_secs(10) }
+    }
+
+    /// Through the `/api` of `servers` (member names `transport` can reach); `from` is the
+    /// calling actor's path.
+    pub fn remote(transport: Transport, servers: &[String], from: ActorPath) -> Self {
+        let servers = servers
+            .iter()
+            .map(|s| RemoteRef::new(transport.clone(), ActorPath::root(s).child("api"), from.clone()))
+            .collect();
+        Self {
+            door: Arc::new(Door::Remote { servers, preferred: AtomicUsize::new(0) }),
+            deadline: Duration::from_secs(10),
+        }
+    }
+
+    /// How long one call may take (10 s unless set).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The raw answer (any code); only reaching no server at all is an error.
+    pub async fn send(&self, request: ApiRequest) -> Result<ApiResponse, ApiError> {
+        match &*self.door {
+            Door::Local(api) => {
+                let mut answers = api
+                    .send(LocalCall(request))
+                    .await
+                    .map_err(|e| ApiError::Unreachable(format!("the local API: {e}")))?;
+                answers.recv().await.ok_or_else(|| ApiError::Unreachable("the local API stopped".into()))
+            }
+            Door::Remote { servers, preferred } => {
+                let mut last = String::from("no server is known");
+                let first = preferred.load(Ordering::Relaxed);
+                for i in (0..servers.len()).map(|k| (first + k) % servers.len()) {
+                    match servers[i].request::<_, ApiResponse>(&request, self.deadline).await {
+                        Ok(answer) => {
+                            preferred.store(i, Ordering::Relaxed);
+                            return Ok(answer);
+                        }
+                        Err(e) => last = format!("{}: {e}", servers[i].path()),
+                    }
+                }
+                Err(ApiError::Unreachable(last))
+            }
+        }
+    }
+
+    /// The answer's object on success (2xx), its Status as an error otherwise.
+    pub async fn call(&self, request: ApiRequest) -> Result<Value, ApiError> {
+        let answer = self.send(request).await?;
+        if !(200..300).contains(&answer.code) {
+            return Err(ApiError::from_answer(&answer));
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(ApiRequest::new(Method::Get, path)).await
+    }
+
+    pub async fn create(&self, collection: &str, object: &Value) -> Result<Value, ApiError> {
+        self.call(ApiRequest::new(Method::Post, collection).body("application/json", object.to_string().into_bytes()))
+            .await
+    }
+
+    /// Replaces the object at `path` (optimistic: 409 if its resourceVersion is stale).
+    pub async fn update(&self, path: &str, object: &Value) -> Result<Value, ApiError> {
+        self.call(ApiRequest::new(Method::Put, path).body("application/json", object.to_string().into_bytes())).await
+    }
+
+    /// A merge patch (`application/merge-patch+json`).
+    pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, ApiError> {
+        let request =
+            ApiRequest::new(Method::Patch, path).body("application/merge-patch+json", patch.to_string().into_bytes());
+        self.call(request).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(ApiRequest::new(Method::Delete, path)).await
+    }
+
+    /// Events after `resource_version` (none: the current objects first, as ADDED).
+    /// The stream ends when the watch does; an ERROR event (410 when the version is too
+    /// old) comes as an error item, after which the caller lists again.
+    pub async fn watch(
+        &self,
+        collection: &str,
+        resource_version: Option<&str>,
+        query: &[(&str, &str)],
+    ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
+        let mut request = ApiRequest::new(Method::Get, collection).query("watch", "true");
+        if let Some(rv) = resource_version {
+            request = request.query("resourceVersion", rv);
+        }
+        for (k, v) in query {
+            request = request.query(k, *v);
+        }
+        let answers: BoxStream<'static, Result<ApiResponse, ApiError>> = match &*self.door {
+            Door::Local(api) => {
+                let rx = api
+                    .send(LocalCall(request))
+                    .await
+                    .map_err(|e| ApiError::Unreachable(format!("the local API: {e}")))?;
+                futures_util::stream::unfold(rx, |mut rx| async move { Some((Ok(rx.recv().await?), rx)) }).boxed()
+            }
+            Door::Remote { servers, preferred } => {
+                let mut last = String::from("no server is known");
+                let first = preferred.load(Ordering::Relaxed);
+                let mut opened = None;
+                for i in (0..servers.len()).map(|k| (first + k) % servers.len()) {
+                    match servers[i].stream::<_, ApiResponse>(&request, self.deadline).await {
+                        Ok(s) => {
+                            preferred.store(i, Ordering::Relaxed);
+                            opened = Some(s);
+                            break;
+                        }
+                        Err(e) => last = format!("{}: {e}", servers[i].path()),
+                    }
+                }
+                let stream = opened.ok_or(ApiError::Unreachable(last))?;
+                stream.map(|item| item.map_err(|e: RemoteError| ApiError::Unreachable(e.to_string()))).boxed()
+            }
+        };
+        Ok(answers.map(|answer| event(answer?)).boxed())
+    }
+}
+
+fn event(answer: ApiResponse) -> Result<WatchEvent, ApiError> {
+    if answer.code != 200 {
+        return Err(ApiError::from_answer(&answer));
+    }
+    let mut v: Value = serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
+    let kind = v["type"].as_str().unwrap_or_default().to_string();
+    let object = v["object"].take();
+    if kind == "ERROR" {
+        let code = object["code"].as_u64().unwrap_or(500) as u16;
+        return Err(ApiError::Status {
+            code,
+            reason: object["reason"].as_str().unwrap_or("Unknown").to_string(),
+            message: object["message"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(WatchEvent { kind, object })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_events_and_errors_are_told_apart() {
+        let line = |s: &str| ApiResponse { code: 200, body: s.as_bytes().to_vec() };
+        let e = event(line(r#"{"type":"ADDED","object":{"metadata":{"name":"p"}}}"#)).unwrap();
+        assert_eq!((e.kind.as_str(), e.object["metadata"]["name"].as_str()), ("ADDED", Some("p")));
+        let expired =
+            r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#;
+        assert_eq!(event(line(expired)).unwrap_err().code(), Some(410));
+        let forbidden = ApiResponse { code: 403, body: br#"{"reason":"Forbidden","message":"no"}"#.to_vec() };
+        assert_eq!(
+            event(forbidden).unwrap_err(),
+            ApiError::Status { code: 403, reason: "Forbidden".into(), message: "no".into() }
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The one pipeline both doors feed: route → authorize → decode → validate/admit →
+//! store. A [`Call`] is a request as the pipeline sees it, whichever door it came
+//! through (HTTPS for kubectl and client libraries, actor messages for in-cluster
+//! components); authentication is the door's, since each door proves identity its own
+//! way (bearer token or client certificate; the QUIC peer's certificate).
+
+use actix_web::web::Bytes;
+use futures_util::stream::LocalBoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::auth::{authorize, Request as AuthzRequest, Role, User, Verb};
+use super::discovery;
+use super::http::ApiState;
+use super::resources::{find, Resource};
+use super::status::Failure;
+use super::verbs;
+
+/// The HTTP method a call stands for (the actor door carries it as this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn from_http(m: &actix_web::http::Method) -> Option<Self> {
+        use actix_web::http::Method as M;
+        Some(match *m {
+            M::GET => Method::Get,
+            M::POST => Method::Post,
+            M::PUT => Method::Put,
+            M::PATCH => Method::Patch,
+            M::DELETE => Method::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// One API request.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: Method,
+    /// `/api/v1/namespaces/web/pods/p` and the like.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub content_type: String,
+    pub accept: String,
+    pub body: Bytes,
+}
+
+/// What the pipeline answers: an object (or Status) with its code, or a watch's events.
+pub enum Answer {
+    Value(u16, Value),
+    /// One `{"type":…,"object":…}` line per item, until the watch ends.
+    Watch(LocalBoxStream<'static, Bytes>),
+}
+
+impl From<Failure> for Answer {
+    fn from(f: Failure) -> Self {
+        Answer::Value(f.code, f.to_value())
+    }
+}
+
+/// Runs `call` for `user` (already authenticated by its door).
+pub async fn handle(state: &ApiState, user: &User, call: Call) -> Answer {
+    let segments: Vec<&str> = call.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let found = match segments.as_slice() {
+        ["api"] => Some(discovery::core_versions(&state.address)),
+        ["apis"] => Some(discovery::group_list()),
+        ["api", "v1"] => discovery::resource_list("", "v1"),
+        ["apis", g] => super::resources::groups().contains(g).then(|| discovery::group(g)),
+        ["apis", g, v] => discovery::resource_list(g, v),
+        ["openapi", "v3", rest @ ..] => super::openapi::lookup(rest),
+        ["api", "v1", rest @ ..] => return objects(state, user, &call, "", "v1", rest).await,
+        ["apis", g, v, rest @ ..] => return objects(state, user, &call, g, v, rest).await,
+        _ => None,
+    };
+    match found {
+        Some(v) if call.method == Method::Get => Answer::Value(200, v),
+        Some(_) => Failure::new(405, "MethodNotAllowed", "discovery is read-only").into(),
+        None => Failure::new(404, "NotFound", "the server could not find the requested resource").into(),
+    }
+}
+
+/// Which object (or collection) a path names.
+pub struct Target {
+    pub res: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+fn target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let named = |res: &'static Resource, ns: Option<&str>, tail: &[&str]| {
+        if tail.len() > 2 || (!res.namespaced && ns.is_some()) {
+            return None;
+        }
+        Some(Target {
+            res,
+            namespace: ns.map(str::to_string),
+            name: tail.first().map(|s| s.to_string()),
+            sub: tail.get(1).map(|s| s.to_string()),
+        })
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if find(group, version, plural).is_some_and(|r| r.namespaced) => {
+            named(find(group, version, plural)?, Some(ns), tail)
+        }
+        [plural, tail @ ..] => named(find(group, version, plural)?, None, tail),
+        [] => None,
+    }
+}
+
+pub fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, version: &str, rest: &[&str]) -> Answer {
+    let Some(t) = target(group, version, rest) else {
+        return Failure::new(404, "NotFound", "the server could not find the requested resource").into();
+    };
+    let q = &call.query;
+    // `true`, `1`, or `True` (the Python client's spelling).
+    let truthy = |v: Option<&str>| v.is_some_and(|w| w.eq_ignore_ascii_case("true") || w == "1");
+    let verb = match (call.method, t.name.is_some()) {
+        (Method::Get, true) => Verb::Get,
+        (Method::Get, false) if truthy(param(q, "watch")) => Verb::Watch,
+        (Method::Get, false) => Verb::List,
+        (Method::Post, _) => Verb::Create,
+        (Method::Put, _) => Verb::Update,
+        (Method::Patch, _) => Verb::Patch,
+        (Method::Delete, _) => Verb::Delete,
+    };
+    let body = if call.content_type.starts_with("application/vnd.kubernetes.protobuf") && !call.body.is_empty() {
+        match super::protobuf::decode(&call.body) {
+            Ok(v) => Bytes::from(v.to_string()),
+            Err(e) => return Failure::new(415, "UnsupportedMediaType", format!("the protobuf body: {e}")).into(),
+        }
+    } else {
+        call.body.clone()
+    };
+    if let Err(f) = authorized(state, user, &t, verb, &body).await {
+        return f.into();
+    }
+    let as_table = super::table::wanted(&call.accept);
+    if verb == Verb::Watch {
+        return match verbs::watch(state, &t, q, as_table).await {
+            Ok(stream) => Answer::Watch(stream),
+            Err(f) => f.into(),
+        };
+    }
+    let kind = call.content_type.as_str();
+    let result = match (call.method, &t.name, t.sub.as_deref()) {
+        (Method::Get, None, _) => verbs::list(state, &t, q, as_table).await.map(ok200),
+        (Method::Get, Some(name), None | Some("status")) => verbs::get(state, &t, name, as_table).await.map(ok200),
+        (Method::Post, None, _) => verbs::create(state, &t, q, &body).await.map(|v| (201, v)),
+        (Method::Put, Some(name), None | Some("status")) => verbs::update(state, &t, name, q, &body).await.map(ok200),
+        (Method::Patch, Some(name), None | Some("status")) => {
+            verbs::patch(state, &t, name, kind, &body).await.map(ok200)
+        }
+        (Method::Post, Some(name), Some("binding")) if t.res.plural == "pods" => {
+            verbs::bind(state, &t, name, &body).await.map(|v| (201, v))
+        }
+        (Method::Post, Some(name), Some("eviction")) if t.res.plural == "pods" => {
+            verbs::evict(state, &t, name).await.map(|v| (201, v))
+        }
+        (Method::Delete, Some(name), None) => verbs::delete(state, &t, name, q, &body).await.map(ok200),
+        (Method::Delete, None, None) => verbs::delete_collection(state, &t, q, &body).await.map(ok200),
+        (Method::Get, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {
+            verbs::get_scale(state, &t, name).await.map(ok200)
+        }
+        (Method::Put | Method::Patch, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {
+            verbs::rescale(state, &t, name, call.method == Method::Put, kind, &body).await.map(ok200)
+        }
+        (_, _, Some(sub)) => Err(Failure::new(
+            404,
+            "NotFound",
+            format!("the subresource {sub:?} of {} is not served", t.res.qualified()),
+        )),
+        (m, _, _) => Err(Failure::new(405, "MethodNotAllowed", format!("{m:?} is not supported here"))),
+    };
+    match result {
+        Ok((code, v)) => Answer::Value(code, v),
+        Err(f) => f.into(),
+    }
+}
+
+fn ok200(v: Value) -> (u16, Value) {
+    (200, v)
+}
+
+/// Whether `user` may do `verb` to the target. Node identities need two facts the path
+/// does not hold: which node a pod is bound to now, and the name in a create's body (a
+/// kubelet registers its own Node and Lease; it may create no one else's).
+async fn authorized(state: &ApiState, user: &User, t: &Target, verb: Verb, body: &[u8]) -> Result<(), Failure> {
+    let Role::Node { .. } = user.role else {
+        let request = AuthzRequest {
+            verb,
+            res: t.res,
+            namespace: t.namespace.as_deref(),
+            name: t.name.as_deref(),
+            bound_to: None,
+        };
+        return authorize(user, &request);
+    };
+    let bound_to = match (t.res.plural, &t.name) {
+        ("pods", Some(name)) if verb != Verb::Get => state
+            .objects
+            .get(t.res, t.namespace.as_deref(), name)
+            .await
+            .ok()
+            .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string)),
+        _ => None,
+    };
+    let created: Option<String> = match verb {
+        Verb::Create if t.name.is_none() => {
+            serde_json::from_slice::<Value>(body).ok().and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+        }
+        _ => None,
+    };
+    let request = AuthzRequest {
+        verb,
+        res: t.res,
+        namespace: t.namespace.as_deref(),
+        name: t.name.as_deref().or(created.as_deref()),
+        bound_to: bound_to.as_deref(),
+    };
+    authorize(user, &request)
+}

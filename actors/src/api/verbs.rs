@@ -1,0 +1,361 @@
+//! The verbs on objects: list, get, watch, create, update, patch, delete (one,
+//! a collection, a namespace), and the pod and scale subresources. Each takes a
+//! [`Target`] the pipeline already routed and authorized.
+
+use actix_web::web::Bytes;
+use futures_util::stream::LocalBoxStream;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::http::ApiState;
+use super::objects::{admit, DeleteOptions, ListOptions, Objects, Part};
+use super::patch;
+use super::pipeline::{param, Target};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::Failure;
+
+fn parse_body(body: &[u8]) -> Result<Value, Failure> {
+    serde_json::from_slice(body).map_err(|e| Failure::bad_request(format!("the body is not JSON: {e}")))
+}
+
+fn strict(q: &[(String, String)]) -> bool {
+    param(q, "fieldValidation") == Some("Strict")
+}
+
+pub(super) async fn list(
+    state: &ApiState,
+    t: &Target,
+    q: &[(String, String)],
+    as_table: bool,
+) -> Result<Value, Failure> {
+    let opts = list_options(q)?;
+    let ns = t.namespace.as_deref();
+    // `limit` pages (kubectl asks for 500 at a time); `continue` reads on in the snapshot.
+    let (items, rv, next) = match param(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+        Some(limit) => {
+            let page =
+                state.objects.page(t.res, ns, &opts, limit, param(q, "continue").filter(|c| !c.is_empty())).await?;
+            (page.items, page.resource_version, page.next)
+        }
+        None => {
+            let (items, rv) = state.objects.list(t.res, ns, &opts).await?;
+            (items, rv, None)
+        }
+    };
+    let mut out = if as_table {
+        super::table::table(t.res, &items, &rv)
+    } else {
+        let mut list = json!({
+            "kind": format!("{}List", t.res.kind),
+            "apiVersion": t.res.api_version(),
+            "metadata": {"resourceVersion": rv},
+        });
+        // Moved in, not through `json!` (which would copy every object by serializing it).
+        list["items"] = Value::Array(items);
+        list
+    };
+    if let Some(next) = next {
+        out["metadata"]["continue"] = next.into();
+    }
+    Ok(out)
+}
+
+fn list_options(q: &[(String, String)]) -> Result<ListOptions, Failure> {
+    Ok(ListOptions {
+        labels: LabelSelector::parse(param(q, "labelSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
+        fields: FieldSelector::parse(param(q, "fieldSelector").unwrap_or_default()).map_err(Failure::bad_request)?,
+    })
+}
+
+pub(super) async fn watch(
+    state: &ApiState,
+    t: &Target,
+    q: &[(String, String)],
+    as_table: bool,
+) -> Result<LocalBoxStream<'static, Bytes>, Failure> {
+    let timeout = param(q, "timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(3_600u64);
+    let request = super::watch::WatchRequest {
+        resource_version: param(q, "resourceVersion"),
+        opts: list_options(q)?,
+        bookmarks: param(q, "allowWatchBookmarks").is_some_and(|b| b.eq_ignore_ascii_case("true")),
+        timeout: std::time::Duration::from_secs(timeout.clamp(1, 24 * 3_600)),
+        as_table,
+    };
+    Ok(super::watch::watch(&state.objects, t.res, t.namespace.as_deref(), request).await?.boxed_local())
+}
+
+pub(super) async fn get(state: &ApiState, t: &Target, name: &str, as_table: bool) -> Result<Value, Failure> {
+    let obj = state.objects.get(t.res, t.namespace.as_deref(), name).await?;
+    Ok(match as_table {
+        true => {
+            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+            super::table::table(t.res, &[obj], &rv)
+        }
+        false => obj,
+    })
+}
+
+fn success(code: u16) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
+/// An eviction deletes the pod (no disruption budgets are served, so none refuses it).
+pub(super) async fn evict(state: &ApiState, t: &Target, name: &str) -> Result<Value, Failure> {
+    state.objects.delete(t.res, t.namespace.as_deref(), name).await.map(|_| success(201))
+}
+
+pub(super) async fn get_scale(state: &ApiState, t: &Target, name: &str) -> Result<Value, Failure> {
+    state.objects.get(t.res, t.namespace.as_deref(), name).await.map(|o| scale_of(&o))
+}
+
+pub(super) async fn create(
+    state: &ApiState,
+    t: &Target,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
+    if param(q, "dryRun").is_some() {
+        return Ok(obj);
+    }
+    state.objects.create(t.res, t.namespace.as_deref(), obj).await
+}
+
+pub(super) async fn update(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
+    if obj["metadata"]["name"].as_str() != Some(name) {
+        return Err(Failure::bad_request("the name of the object does not match the name on the URL"));
+    }
+    state.objects.update_part(t.res, t.namespace.as_deref(), name, obj, part(t)).await
+}
+
+fn part(t: &Target) -> Part {
+    if t.sub.as_deref() == Some("status") {
+        Part::Status
+    } else {
+        Part::Main
+    }
+}
+
+/// `pods/<name>/binding`: the scheduler's decision, once — a bound pod stays bound.
+pub(super) async fn bind(state: &ApiState, t: &Target, name: &str, body: &[u8]) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let binding = parse_body(body)?;
+    let Some(node) = binding["target"]["name"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(Failure::invalid(t.res, name, &[("target.name".into(), "Required value".into())]));
+    };
+    for _ in 0..5 {
+        let mut pod = state.objects.get(t.res, ns, name).await?;
+        if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(Failure::new(409, "Conflict", format!("pod {name} is already assigned to node \"{bound}\"")));
+        }
+        pod["spec"]["nodeName"] = node.into();
+        match state.objects.update(t.res, ns, name, pod).await {
+            Ok(mut bound) => {
+                // The PodScheduled condition is status: written through the status part.
+                let condition = json!({"type": "PodScheduled", "status": "True",
+                                       "lastTransitionTime": bound["metadata"]["creationTimestamp"]});
+                let mut conditions = bound["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                conditions.retain(|c| c["type"] != "PodScheduled");
+                conditions.push(condition);
+                bound["status"]["conditions"] = conditions.into();
+                state.objects.update_part(t.res, ns, name, bound, Part::Status).await?;
+                return Ok(success(201));
+            }
+            Err(f) if f.reason == "Conflict" => continue,
+            Err(f) => return Err(f),
+        }
+    }
+    Err(Failure::conflict(t.res, name))
+}
+
+pub(super) async fn patch(state: &ApiState, t: &Target, name: &str, kind: &str, body: &[u8]) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let patch_doc = parse_body(body)?;
+    // Retried on a concurrent change, as the API server does for patches.
+    for _ in 0..5 {
+        let current = state.objects.get(t.res, ns, name).await?;
+        let patched = if kind.starts_with("application/json-patch+json") {
+            patch::json_patch(&current, &patch_doc).map_err(|e| Failure::new(422, "Invalid", e))?
+        } else if kind.starts_with("application/merge-patch+json")
+            || kind.starts_with("application/strategic-merge-patch+json")
+        {
+            patch::merge_patch(&current, &patch_doc)
+        } else {
+            return Err(Failure::new(415, "UnsupportedMediaType", format!("the patch type {kind:?} is not supported")));
+        };
+        let obj = admit(t.res, ns, patched, false)?;
+        match state.objects.update_part(t.res, ns, name, obj, part(t)).await {
+            Err(f) if f.reason == "Conflict" => continue,
+            other => return other,
+        }
+    }
+    Err(Failure::conflict(t.res, name))
+}
+
+/// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) or
+/// the query. Propagation is accepted; dependents are the garbage collector's (P6).
+fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, Failure> {
+    let v: Value = if body.is_empty() { Value::Null } else { parse_body(body)? };
+    let policy = v["propagationPolicy"].as_str().or(param(q, "propagationPolicy"));
+    if let Some(p) = policy.filter(|p| !["Orphan", "Background", "Foreground"].contains(p)) {
+        return Err(Failure::bad_request(format!(
+            "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Orphan\", \"Background\", \"Foreground\""
+        )));
+    }
+    Ok(DeleteOptions {
+        uid: v["preconditions"]["uid"].as_str().map(str::to_string),
+        resource_version: v["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+    })
+}
+
+pub(super) async fn delete(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let opts = delete_options(q, body)?;
+    if t.res.kind != "Namespace" {
+        return state.objects.delete_with(t.res, ns, name, &opts).await;
+    }
+    // A namespace goes Terminating (no new content), its contents are deleted, then it goes.
+    let current = state.objects.get(t.res, None, name).await?;
+    if current["status"]["phase"] == "Terminating" {
+        return Ok(current);
+    }
+    let mut terminating = current.clone();
+    terminating["status"]["phase"] = "Terminating".into();
+    terminating["metadata"]["deletionTimestamp"] = super::objects::rfc3339_now().into();
+    let marked = state.objects.update(t.res, None, name, terminating).await?;
+    let objects = state.objects.clone();
+    let namespace = name.to_string();
+    actix_rt::spawn(async move {
+        for _ in 0..600 {
+            match empty_namespace(&objects, &namespace).await {
+                Ok(true) => {
+                    let namespaces = crate::api::resources::find("", "v1", "namespaces").expect("served");
+                    if let Err(f) = objects.delete(namespaces, None, &namespace).await {
+                        tracing::warn!(namespace = %namespace, error = %f.message, "removing a namespace");
+                    }
+                    return;
+                }
+                Ok(false) => {}
+                Err(f) => tracing::debug!(namespace = %namespace, error = %f.message, "emptying a namespace"),
+            }
+            actix_rt::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        tracing::warn!(namespace = %namespace, "namespace still has content after 10 minutes (finalizers?)");
+    });
+    Ok(marked)
+}
+
+/// Deletes what is in `namespace`; true once nothing is left.
+async fn empty_namespace(objects: &Objects, namespace: &str) -> Result<bool, Failure> {
+    let mut left = 0;
+    for res in crate::api::resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let (items, _) = objects.list(res, Some(namespace), &ListOptions::default()).await?;
+        left += items.len();
+        for item in items.iter().filter(|i| !i["metadata"]["deletionTimestamp"].is_string()) {
+            if let Some(n) = item["metadata"]["name"].as_str() {
+                match objects.delete(res, Some(namespace), n).await {
+                    Ok(_) => {}
+                    Err(f) if f.reason == "NotFound" => {}
+                    Err(f) => return Err(f),
+                }
+            }
+        }
+    }
+    Ok(left == 0)
+}
+
+/// deletecollection: every object the selectors pick, deleted one by one.
+pub(super) async fn delete_collection(
+    state: &ApiState,
+    t: &Target,
+    q: &[(String, String)],
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let opts = delete_options(q, body)?;
+    let (items, rv) = state.objects.list(t.res, t.namespace.as_deref(), &list_options(q)?).await?;
+    let mut gone = Vec::new();
+    for item in items {
+        let (ns, name) =
+            (item["metadata"]["namespace"].as_str(), item["metadata"]["name"].as_str().unwrap_or_default());
+        match state.objects.delete_with(t.res, ns, name, &opts).await {
+            Ok(v) => gone.push(v),
+            Err(f) if f.reason == "NotFound" => {}
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(
+        json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": {"resourceVersion": rv}, "items": gone}),
+    )
+}
+
+/// The `autoscaling/v1` Scale of a deployment or replica set.
+fn scale_of(obj: &Value) -> Value {
+    let m = &obj["metadata"];
+    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|l| l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+            "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+    })
+}
+
+/// Sets `spec.replicas` through the scale subresource: a whole Scale (PUT, at its
+/// resourceVersion) or a patch of one.
+pub(super) async fn rescale(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    put: bool,
+    kind: &str,
+    body: &[u8],
+) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let sent = parse_body(body)?;
+    for _ in 0..5 {
+        let current = state.objects.get(t.res, ns, name).await?;
+        let scale = if put {
+            sent.clone()
+        } else if kind.starts_with("application/json-patch+json") {
+            patch::json_patch(&scale_of(&current), &sent).map_err(|e| Failure::new(422, "Invalid", e))?
+        } else {
+            patch::merge_patch(&scale_of(&current), &sent)
+        };
+        let Some(replicas) = scale["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+            let cause =
+                [("spec.replicas".to_string(), "Invalid value: must be greater than or equal to 0".to_string())];
+            return Err(Failure::invalid(t.res, name, &cause));
+        };
+        let mut obj = current;
+        obj["spec"]["replicas"] = replicas.into();
+        if let Some(rv) = scale["metadata"]["resourceVersion"].as_str().filter(|_| put) {
+            obj["metadata"]["resourceVersion"] = rv.into();
+        }
+        match state.objects.update(t.res, ns, name, obj).await {
+            Ok(updated) => return Ok(scale_of(&updated)),
+            Err(f) if f.reason == "Conflict" && !put => continue,
+            Err(f) => return Err(f),
+        }
+    }
+    Err(Failure::conflict(t.res, name))
+}

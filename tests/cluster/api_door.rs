@@ -1,0 +1,165 @@
+//! The actor door: an in-cluster component (here the test, holding a node identity
+//! "node-a" issued by the cluster CA, as a kubelet will) reads, writes and watches
+//! objects through actor messages over QUIC, and meets the same pipeline kubectl does:
+//! the node may register its own Node and Lease but no other node's; may change pods
+//! bound to it but not others'; gets the same 422 and 409 answers; its watch with a
+//! field selector sees only its pods; its writes are what the HTTPS API serves. When
+//! the server it talks to is cut off, the client moves on to another server.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use keelson_actors::api::{ApiClient, ApiRequest, Method};
+use keelson_actors::runtime::ActorPath;
+use keelson_transport::faults::{Direction, LinkFaults};
+use keelson_transport::tls::{ClusterCa, Identity, Role};
+use keelson_transport::{Transport, TransportConfig};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A QUIC endpoint holding node `name`'s identity, knowing every server member.
+fn node_transport(data: &Path, name: &str) -> (Transport, keelson_transport::TransportRuntime, Vec<String>) {
+    let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap();
+    let ca = ClusterCa::from_pem(read("cluster-id").trim(), &read("ca.crt"), &read("ca.key")).unwrap();
+    let creds = ca.issue(&Identity::new(name, Role::Agent).unwrap()).unwrap();
+    let cfg = TransportConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    let (transport, _inbox, runtime) = Transport::start(&creds, cfg).unwrap();
+    let mut servers = Vec::new();
+    for s in ["server-1", "server-2", "server-3"] {
+        let addr = read(&format!("{s}/quic-addr")).trim().parse().unwrap();
+        transport.add_peer(Identity::new(s, Role::Server).unwrap(), addr);
+        servers.push(s.to_string());
+    }
+    (transport, runtime, servers)
+}
+
+fn pod(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}})
+}
+
+fn status_code<T>(r: Result<T, keelson_actors::api::ApiError>) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(e) => e.code().unwrap_or(0),
+    }
+}
+
+#[test]
+fn components_reach_the_same_pipeline_through_the_actor_door() {
+    let _serial = serial();
+    let scratch = Scratch::new("api-door");
+    let data = scratch.data();
+    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", Duration::from_secs(60));
+    let (transport, _quic, servers) = node_transport(&data, "node-a");
+    let admin_token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string();
+    let admin_url = format!("https://{}", std::fs::read_to_string(data.join("server-1/api-addr")).unwrap().trim());
+    let ca_file = data.join("ca.crt");
+    let curl = |method: &str, path: &str, body: &str| -> (u16, Value) {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&ca_file)
+            .args(["-X", method, "-H", &format!("Authorization: Bearer {admin_token}")])
+            .args(["-H", "Content-Type: application/json", "-w", "\n%{http_code}", "--data-binary", body])
+            .arg(format!("{admin_url}{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(json).unwrap_or(Value::Null))
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = ApiClient::remote(transport.clone(), &servers, ActorPath::root("node-a").child("kubelet"));
+        // The store may still be electing: the door answers 503 until it can serve.
+        let mut ready = false;
+        for _ in 0..100 {
+            if client.get("/api/v1/namespaces/default").await.is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(ready, "the door never served the default namespace");
+
+        // Its own Node and Lease: yes. Another node's: 403, and nothing is written.
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}});
+        let made = client.create("/api/v1/nodes", &node).await.expect("a node registers itself");
+        assert!(made["metadata"]["uid"].is_string(), "the server sets the uid: {made}");
+        let other = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b"}});
+        let refused = client.create("/api/v1/nodes", &other).await.unwrap_err();
+        assert_eq!(refused.code(), Some(403), "{refused}");
+        assert!(refused.to_string().contains("User \"system:node:node-a\" cannot create"), "{refused}");
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                           "metadata": {"name": "node-a", "namespace": "kube-node-lease"},
+                           "spec": {"holderIdentity": "node-a", "leaseDurationSeconds": 40}});
+        client.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease).await.unwrap();
+
+        // Validation is the pipeline's: the same 422 naming the field; 409 on a stale write.
+        let mut bad = made.clone();
+        bad["metadata"]["labels"] = json!({"zone": "not a label value!"});
+        let invalid = client.update("/api/v1/nodes/node-a", &bad).await.unwrap_err();
+        assert_eq!(invalid.code(), Some(422), "{invalid}");
+        assert!(invalid.to_string().contains("metadata.labels"), "{invalid}");
+        let mut stale = made.clone();
+        stale["metadata"]["labels"] = json!({"zone": "a"});
+        client.update("/api/v1/nodes/node-a", &stale).await.unwrap();
+        stale["metadata"]["labels"] = json!({"zone": "b"});
+        assert_eq!(status_code(client.update("/api/v1/nodes/node-a", &stale).await), 409);
+
+        // Pods: made by the admin over HTTPS, one on each node.
+        assert_eq!(curl("POST", "/api/v1/namespaces/default/pods", &pod("pa", "node-a").to_string()).0, 201);
+        assert_eq!(curl("POST", "/api/v1/namespaces/default/pods", &pod("pb", "node-b").to_string()).0, 201);
+
+        // The node's watch of its own pods: the current one first, then its change.
+        let mut events = client
+            .watch("/api/v1/pods", None, &[("fieldSelector", "spec.nodeName=node-a")])
+            .await
+            .expect("the watch opens");
+        let first = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!((first.kind.as_str(), first.object["metadata"]["name"].as_str()), ("ADDED", Some("pa")));
+        let status = json!({"status": {"phase": "Running", "podIP": "10.1.0.7"}});
+        client.merge_patch("/api/v1/namespaces/default/pods/pa/status", &status).await.expect("its own pod");
+        let next = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(next.kind, "MODIFIED");
+        assert_eq!(next.object["status"]["phase"], "Running");
+        let theirs = client.merge_patch("/api/v1/namespaces/default/pods/pb/status", &status).await.unwrap_err();
+        assert_eq!(theirs.code(), Some(403), "{theirs}");
+        // The other node's pod never showed up in this watch, and its change never happened.
+        assert!(tokio::time::timeout(Duration::from_millis(500), events.next()).await.is_err());
+        let (code, pb) = curl("GET", "/api/v1/namespaces/default/pods/pb", "");
+        assert_eq!((code, pb["status"]["phase"].as_str()), (200, Some("Pending")), "{pb}");
+
+        // What the door wrote is what HTTPS serves.
+        let (code, node) = curl("GET", "/api/v1/nodes/node-a", "");
+        assert_eq!((code, node["metadata"]["labels"]["zone"].as_str()), (200, Some("a")));
+        let (_, pa) = curl("GET", "/api/v1/namespaces/default/pods/pa", "");
+        assert_eq!(pa["status"]["podIP"], "10.1.0.7");
+
+        // The raw answer of a missing object: its code and Status, as over HTTPS.
+        let raw = client.send(ApiRequest::new(Method::Get, "/api/v1/namespaces/nope/pods/x")).await.unwrap();
+        assert_eq!(raw.code, 404);
+
+        // Cut server-1 off: the client moves on to another server and keeps working.
+        let s1 = transport.peer_addr("server-1").unwrap();
+        transport.faults().set(s1, Direction::Out, LinkFaults::cut());
+        transport.faults().set(s1, Direction::In, LinkFaults::cut());
+        let client = client.with_deadline(Duration::from_secs(3));
+        let mut served = None;
+        for _ in 0..10 {
+            if let Ok(v) = client.get("/api/v1/namespaces/default/pods/pa").await {
+                served = Some(v);
+                break;
+            }
+        }
+        assert_eq!(served.expect("another server answers")["status"]["phase"], "Running");
+        transport.faults().heal();
+    });
+    transport.close();
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}
