@@ -3,14 +3,15 @@
 //! objects through actor messages over QUIC, and meets the same pipeline kubectl does:
 //! the node may register its own Node and Lease but no other node's; may change pods
 //! bound to it but not others'; gets the same 422 and 409 answers; its watch with a
-//! field selector sees only its pods; its writes are what the HTTPS API serves. When
+//! field selector sees only its pods; its writes are what the HTTPS API serves; the
+//! events it records (a repeat counted) are what `kubectl describe` shows. When
 //! the server it talks to is cut off, the client moves on to another server.
 
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use keelson_actors::api::{ApiClient, ApiRequest, Method};
+use keelson_actors::api::{ApiClient, ApiRequest, EventRecorder, EventType, Method};
 use keelson_actors::runtime::ActorPath;
 use keelson_transport::faults::{Direction, LinkFaults};
 use keelson_transport::tls::{ClusterCa, Identity, Role};
@@ -139,6 +140,40 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
         assert_eq!((code, node["metadata"]["labels"]["zone"].as_str()), (200, Some("a")));
         let (_, pa) = curl("GET", "/api/v1/namespaces/default/pods/pa", "");
         assert_eq!(pa["status"]["podIP"], "10.1.0.7");
+
+        // Events: recorded through the door, a repeat counted on the same event, and
+        // `kubectl describe` shows them as Kubernetes prints them.
+        let recorder = EventRecorder::new(client.clone(), "kubelet", "node-a");
+        let (_, pa) = curl("GET", "/api/v1/namespaces/default/pods/pa", "");
+        for _ in 0..2 {
+            recorder.record(&pa, EventType::Normal, "Started", "Started container c").await.unwrap();
+        }
+        let selector = format!("involvedObject.uid={}", pa["metadata"]["uid"].as_str().unwrap());
+        let (_, events) = curl("GET", &format!("/api/v1/namespaces/default/events?fieldSelector={selector}"), "");
+        let items = events["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{events}");
+        assert_eq!((items[0]["count"].as_i64(), items[0]["source"]["component"].as_str()), (Some(2), Some("kubelet")));
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(data.join("kubeconfig"))
+            .args(["describe", "pod", "pa"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let section = text.split("Events:").nth(1).unwrap_or_else(|| panic!("no Events section:\n{text}"));
+        let header = section.lines().nth(1).unwrap_or_default().split_whitespace().collect::<Vec<_>>();
+        assert_eq!(header, ["Type", "Reason", "Age", "From", "Message"], "{text}");
+        let row = section.lines().nth(3).unwrap_or_default();
+        let cells = row.split_whitespace().collect::<Vec<_>>();
+        assert_eq!((cells[0], cells[1]), ("Normal", "Started"), "{text}");
+        assert!(row.contains("(x2 over") && row.contains("kubelet") && row.ends_with("Started container c"), "{text}");
+
+        // An event must live in its object's namespace (Kubernetes' 422).
+        let stray = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"},
+                           "involvedObject": {"kind": "Pod", "name": "x", "namespace": "kube-system"}});
+        let refused = client.create("/api/v1/namespaces/default/events", &stray).await.unwrap_err();
+        assert_eq!(refused.code(), Some(422), "{refused}");
+        assert!(refused.to_string().contains("does not match event.namespace"), "{refused}");
 
         // The raw answer of a missing object: its code and Status, as over HTTPS.
         let raw = client.send(ApiRequest::new(Method::Get, "/api/v1/namespaces/nope/pods/x")).await.unwrap();

@@ -142,7 +142,8 @@ pub fn authorize(user: &User, r: &Request) -> Result<(), Failure> {
                     "nodes" => r.name == Some(node.as_str()),
                     "leases" => r.namespace == Some("kube-node-lease") && r.name == Some(node.as_str()),
                     "pods" => r.verb != Verb::Create && r.bound_to == Some(node.as_str()),
-                    "events" => r.verb == Verb::Create,
+                    // Recording events: new ones, and counting repeats of its own.
+                    "events" => matches!(r.verb, Verb::Create | Verb::Update | Verb::Patch),
                     _ => false,
                 }
         }

@@ -16,7 +16,8 @@
 //! - `verbs.rs`: what each verb and subresource does;
 //! - `http.rs`: the HTTPS door (authentication by token or client certificate);
 //! - `door.rs`: the actor door (in-cluster components, over QUIC or locally);
-//! - `client.rs`: the actor door's client, for those components.
+//! - `client.rs`: the actor door's client, for those components;
+//! - `recorder.rs`: Events, recorded by components (repeats counted).
 //!
 //! Each incarnation serves the member's listening socket (bound once by the member, so
 //! the port and the kubeconfig that names it survive restarts). A member without HTTPS
@@ -32,6 +33,7 @@ mod openapi;
 mod patch;
 pub mod pipeline;
 mod protobuf;
+pub mod recorder;
 pub mod resources;
 mod selector;
 mod status;
@@ -53,6 +55,7 @@ pub use discovery::MINOR;
 pub use door::{ApiRequest, ApiResponse, LocalCall};
 pub use http::ApiState;
 pub use pipeline::Method;
+pub use recorder::{EventRecorder, EventType};
 
 pub use objects::Objects;
 pub use protobuf::base64;

@@ -141,6 +141,18 @@ pub fn spec_problems(res: &Resource, obj: &Value) -> Vec<(String, String)> {
             containers_problems(&spec["template"]["spec"], "spec.template.spec", &mut out);
         }
         "Job" => containers_problems(&spec["template"]["spec"], "spec.template.spec", &mut out),
+        // As Kubernetes' legacy event validation: an event lives in its object's namespace.
+        "Event" if obj["eventTime"].is_null() => {
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+            let involved = obj["involvedObject"]["namespace"].as_str().unwrap_or_default();
+            let agree = if involved.is_empty() { ns.is_empty() || ns == "default" } else { ns == involved };
+            if !agree {
+                out.push((
+                    "involvedObject.namespace".into(),
+                    format!("Invalid value: {involved:?}: does not match event.namespace"),
+                ));
+            }
+        }
         "Service" => {
             let external = spec["type"] == "ExternalName";
             let headless = spec["clusterIP"] == "None";
