@@ -39,8 +39,11 @@ pub struct EventRecorder {
     host: String,
     /// Events written, by what makes a repeat: (uid or namespace/name, type, reason,
     /// message) → the event's name and count. Bounded: cleared past `MAX_SEEN`.
-    seen: Arc<Mutex<HashMap<(String, EventType, String, String), (String, u64)>>>,
+    seen: Arc<Mutex<HashMap<Repeat, (String, u64)>>>,
 }
+
+/// What makes an event a repeat: the object (uid, or namespace/name), type, reason, message.
+type Repeat = (String, EventType, String, String);
 
 const MAX_SEEN: usize = 4_096;
 
