@@ -4,7 +4,8 @@
 //! the node may register its own Node and Lease but no other node's; may change pods
 //! bound to it but not others'; gets the same 422 and 409 answers; its watch with a
 //! field selector sees only its pods; its writes are what the HTTPS API serves; the
-//! events it records (a repeat counted) are what `kubectl describe` shows. When
+//! events it records (a repeat counted) are what `kubectl describe` shows; a bound pod's
+//! deletion waits for its node (graceful deletion). When
 //! the server it talks to is cut off, the client moves on to another server.
 
 use std::path::Path;
@@ -149,9 +150,9 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
             recorder.record(&pa, EventType::Normal, "Started", "Started container c").await.unwrap();
         }
         let selector = format!("involvedObject.uid={}", pa["metadata"]["uid"].as_str().unwrap());
-        let (_, events) = curl("GET", &format!("/api/v1/namespaces/default/events?fieldSelector={selector}"), "");
-        let items = events["items"].as_array().unwrap();
-        assert_eq!(items.len(), 1, "{events}");
+        let (_, recorded) = curl("GET", &format!("/api/v1/namespaces/default/events?fieldSelector={selector}"), "");
+        let items = recorded["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{recorded}");
         assert_eq!((items[0]["count"].as_i64(), items[0]["source"]["component"].as_str()), (Some(2), Some("kubelet")));
         let out = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
@@ -175,6 +176,33 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
         assert_eq!(refused.code(), Some(422), "{refused}");
         assert!(refused.to_string().contains("does not match event.namespace"), "{refused}");
 
+        // Graceful deletion: a bound pod is marked with its grace period until its node
+        // deletes it with grace 0; a later delete may only shorten the period; another
+        // node may not delete it; a pod no node runs goes at once.
+        let (code, marked) = curl("DELETE", "/api/v1/namespaces/default/pods/pa", "");
+        assert_eq!((code, marked["metadata"]["deletionGracePeriodSeconds"].as_i64()), (200, Some(30)), "{marked}");
+        let seen = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(seen.kind, "MODIFIED");
+        assert!(seen.object["metadata"]["deletionTimestamp"].is_string(), "{:?}", seen.object);
+        let (_, longer) = curl("DELETE", "/api/v1/namespaces/default/pods/pa?gracePeriodSeconds=60", "");
+        assert_eq!(longer["metadata"]["deletionGracePeriodSeconds"], 30, "{longer}");
+        let (_, shorter) = curl("DELETE", "/api/v1/namespaces/default/pods/pa", r#"{"gracePeriodSeconds":5}"#);
+        assert_eq!(shorter["metadata"]["deletionGracePeriodSeconds"], 5, "{shorter}");
+        let not_mine = client.delete_with_grace("/api/v1/namespaces/default/pods/pb", 0).await.unwrap_err();
+        assert_eq!(not_mine.code(), Some(403), "{not_mine}");
+        client.delete_with_grace("/api/v1/namespaces/default/pods/pa", 0).await.expect("its kubelet ends it");
+        let mut last = String::new();
+        while last != "DELETED" {
+            let e = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();
+            last = e.kind;
+        }
+        assert_eq!(curl("GET", "/api/v1/namespaces/default/pods/pa", "").0, 404);
+        let mut unbound = pod("pu", "");
+        unbound["spec"].as_object_mut().unwrap().remove("nodeName");
+        assert_eq!(curl("POST", "/api/v1/namespaces/default/pods", &unbound.to_string()).0, 201);
+        assert_eq!(curl("DELETE", "/api/v1/namespaces/default/pods/pu", "").0, 200);
+        assert_eq!(curl("GET", "/api/v1/namespaces/default/pods/pu", "").0, 404);
+
         // The raw answer of a missing object: its code and Status, as over HTTPS.
         let raw = client.send(ApiRequest::new(Method::Get, "/api/v1/namespaces/nope/pods/x")).await.unwrap();
         assert_eq!(raw.code, 404);
@@ -186,12 +214,12 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
         let client = client.with_deadline(Duration::from_secs(3));
         let mut served = None;
         for _ in 0..10 {
-            if let Ok(v) = client.get("/api/v1/namespaces/default/pods/pa").await {
+            if let Ok(v) = client.get("/api/v1/namespaces/default/pods/pb").await {
                 served = Some(v);
                 break;
             }
         }
-        assert_eq!(served.expect("another server answers")["status"]["phase"], "Running");
+        assert_eq!(served.expect("another server answers")["status"]["phase"], "Pending");
         transport.faults().heal();
     });
     transport.close();

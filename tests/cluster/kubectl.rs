@@ -283,6 +283,18 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
         err,
         "Error from server (Forbidden): nodes \"n2\" is forbidden: User \"system:node:n1\" cannot patch resource \"nodes\" in API group \"\" at the cluster scope\n"
     );
+    // Graceful deletion: pod p is bound to n2, which exists, so it is Terminating until
+    // n2's kubelet ends it (there is none here); `--force --grace-period=0` ends it now.
+    assert_eq!(ok(&kc, &["-n", "web", "delete", "pod", "p", "--wait=false"]), "pod \"p\" deleted\n");
+    let row = ok(&kc, &["-n", "web", "get", "pod", "p", "--no-headers"]);
+    assert_eq!(row.split_whitespace().nth(2), Some("Terminating"), "{row}");
+    let forced = kubectl(&kc, &["-n", "web", "delete", "pod", "p", "--force", "--grace-period=0"]);
+    assert!(forced.status.success());
+    assert_eq!(String::from_utf8_lossy(&forced.stdout), "pod \"p\" force deleted\n");
+    let warning = String::from_utf8_lossy(&forced.stderr);
+    assert!(warning.starts_with("Warning: Immediate deletion does not wait for confirmation"), "{warning}");
+    let gone = fails(&kc, &["-n", "web", "get", "pod", "p"]);
+    assert_eq!(gone, "Error from server (NotFound): pods \"p\" not found\n");
     // A missing required field: Kubernetes' 422, naming the field.
     let no_image = scratch.0.join("no-image.yaml");
     std::fs::write(

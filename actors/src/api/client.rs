@@ -154,6 +154,11 @@ impl ApiClient {
         self.call(ApiRequest::new(Method::Delete, path)).await
     }
 
+    /// A delete with `gracePeriodSeconds` (a kubelet ends a pod's deletion with 0).
+    pub async fn delete_with_grace(&self, path: &str, seconds: i64) -> Result<Value, ApiError> {
+        self.call(ApiRequest::new(Method::Delete, path).query("gracePeriodSeconds", seconds.to_string())).await
+    }
+
     /// Events after `resource_version` (none: the current objects first, as ADDED).
     /// The stream ends when the watch does; an ERROR event (410 when the version is too
     /// old) comes as an error item, after which the caller lists again.

@@ -24,6 +24,21 @@ pub struct Objects {
 pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
+    /// `gracePeriodSeconds`: for pods, how long the kubelet has to stop them.
+    pub grace_period: Option<i64>,
+}
+
+/// How long a pod being deleted is given to stop, as Kubernetes decides it: the
+/// request's grace period, else the pod's `terminationGracePeriodSeconds` (30); none
+/// for a pod no node runs (unscheduled, or already finished), which goes at once.
+fn pod_grace(pod: &Value, asked: Option<i64>) -> i64 {
+    let spec = &pod["spec"];
+    let unscheduled = spec["nodeName"].as_str().is_none_or(str::is_empty);
+    let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    if unscheduled || finished {
+        return 0;
+    }
+    asked.unwrap_or_else(|| spec["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0)
 }
 
 /// One page of a list.
@@ -308,7 +323,7 @@ impl Objects {
                 return Err(Failure::conflict(res, name));
             }
         }
-        for field in ["uid", "creationTimestamp", "deletionTimestamp", "generation"] {
+        for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
             match current["metadata"].get(field) {
                 Some(v) => obj["metadata"][field] = v.clone(),
                 None => {
@@ -324,9 +339,13 @@ impl Objects {
         if let Some(m) = obj["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
-        // Marked for deletion and its last finalizer removed: it goes now.
-        let finished = current["metadata"]["deletionTimestamp"].is_string()
-            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        // Marked for deletion, its last finalizer removed and no grace period running
+        // (a pod's kubelet ends that with a delete): it goes now.
+        let cm = &current["metadata"];
+        let finished = cm["deletionTimestamp"].is_string()
+            && cm["finalizers"].as_array().is_some_and(|f| !f.is_empty())
+            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+            && cm["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0;
         let value = if finished { None } else { Some(&obj) };
         match self.cas(&key, revision, value).await? {
             Outcome::Done { revision, .. } => {
@@ -375,12 +394,22 @@ impl Objects {
                 ));
             }
             let finalizers = meta["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-            let outcome = if finalizers {
-                if meta["deletionTimestamp"].is_string() {
-                    return Ok(current);
-                }
-                current["metadata"]["deletionTimestamp"] = rfc3339_now().into();
-                current["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+            let mut grace = if res.kind == "Pod" { pod_grace(&current, opts.grace_period) } else { 0 };
+            if grace > 0 && !self.node_exists(current["spec"]["nodeName"].as_str().unwrap_or_default()).await? {
+                grace = 0; // no kubelet will ever stop it (Kubernetes' pod GC would force it)
+            }
+            let marked = meta["deletionTimestamp"].is_string();
+            // A pod being deleted gracefully: marked until its kubelet has stopped it (and
+            // deletes it with grace 0). A later delete may only shorten the grace period.
+            let keep = finalizers || grace > 0;
+            let given = meta["deletionGracePeriodSeconds"].as_i64();
+            if keep && marked && given.is_none_or(|g| g <= grace) {
+                return Ok(current);
+            }
+            let outcome = if keep {
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                current["metadata"]["deletionTimestamp"] = rfc3339(at + grace as u64).into();
+                current["metadata"]["deletionGracePeriodSeconds"] = grace.into();
                 if let Some(m) = current["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }
@@ -390,7 +419,7 @@ impl Objects {
             };
             match outcome {
                 Outcome::Done { revision, .. } => {
-                    if finalizers {
+                    if keep {
                         current["metadata"]["resourceVersion"] = revision.to_string().into();
                     }
                     return Ok(current);
@@ -400,6 +429,15 @@ impl Objects {
             }
         }
         Err(Failure::conflict(res, name))
+    }
+
+    async fn node_exists(&self, node: &str) -> Result<bool, Failure> {
+        let nodes = find("", "v1", "nodes").expect("nodes are served");
+        match self.get(nodes, None, node).await {
+            Ok(_) => Ok(true),
+            Err(f) if f.code == 404 => Ok(false),
+            Err(f) => Err(f),
+        }
     }
 
     /// Creates the namespaces every cluster has, if missing.

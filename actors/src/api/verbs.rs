@@ -209,9 +209,19 @@ fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, 
             "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Orphan\", \"Background\", \"Foreground\""
         )));
     }
+    let grace = match v["gracePeriodSeconds"].as_i64() {
+        Some(g) => Some(g),
+        None => match param(q, "gracePeriodSeconds") {
+            Some(g) => Some(g.parse::<i64>().map_err(|_| {
+                Failure::bad_request(format!("gracePeriodSeconds: Invalid value: {g:?}: must be an integer"))
+            })?),
+            None => None,
+        },
+    };
     Ok(DeleteOptions {
         uid: v["preconditions"]["uid"].as_str().map(str::to_string),
         resource_version: v["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+        grace_period: grace,
     })
 }
 
