@@ -175,21 +175,27 @@ pub(super) async fn bind(state: &ApiState, t: &Target, name: &str, body: &[u8]) 
     Err(Failure::conflict(t.res, name))
 }
 
+/// `current` after a patch of content type `kind`; `ty` is the object's schema type
+/// (which fields a strategic merge patch merges by key).
+fn apply_patch(current: &Value, kind: &str, doc: &Value, ty: &str) -> Result<Value, Failure> {
+    let kind = kind.split(';').next().unwrap_or_default().trim();
+    match kind {
+        "application/json-patch+json" => patch::json_patch(current, doc).map_err(|e| Failure::new(422, "Invalid", e)),
+        "application/merge-patch+json" => Ok(patch::merge_patch(current, doc)),
+        "application/strategic-merge-patch+json" => {
+            super::strategic::strategic_merge(current, doc, ty).map_err(Failure::bad_request)
+        }
+        _ => Err(Failure::new(415, "UnsupportedMediaType", format!("the patch type {kind:?} is not supported"))),
+    }
+}
+
 pub(super) async fn patch(state: &ApiState, t: &Target, name: &str, kind: &str, body: &[u8]) -> Result<Value, Failure> {
     let ns = t.namespace.as_deref();
     let patch_doc = parse_body(body)?;
     // Retried on a concurrent change, as the API server does for patches.
     for _ in 0..5 {
         let current = state.objects.get(t.res, ns, name).await?;
-        let patched = if kind.starts_with("application/json-patch+json") {
-            patch::json_patch(&current, &patch_doc).map_err(|e| Failure::new(422, "Invalid", e))?
-        } else if kind.starts_with("application/merge-patch+json")
-            || kind.starts_with("application/strategic-merge-patch+json")
-        {
-            patch::merge_patch(&current, &patch_doc)
-        } else {
-            return Err(Failure::new(415, "UnsupportedMediaType", format!("the patch type {kind:?} is not supported")));
-        };
+        let patched = apply_patch(&current, kind, &patch_doc, t.res.kind)?;
         let obj = admit(t.res, ns, patched, false)?;
         match state.objects.update_part(t.res, ns, name, obj, part(t)).await {
             Err(f) if f.reason == "Conflict" => continue,
@@ -344,13 +350,7 @@ pub(super) async fn rescale(
     let sent = parse_body(body)?;
     for _ in 0..5 {
         let current = state.objects.get(t.res, ns, name).await?;
-        let scale = if put {
-            sent.clone()
-        } else if kind.starts_with("application/json-patch+json") {
-            patch::json_patch(&scale_of(&current), &sent).map_err(|e| Failure::new(422, "Invalid", e))?
-        } else {
-            patch::merge_patch(&scale_of(&current), &sent)
-        };
+        let scale = if put { sent.clone() } else { apply_patch(&scale_of(&current), kind, &sent, "Scale")? };
         let Some(replicas) = scale["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
             let cause =
                 [("spec.replicas".to_string(), "Invalid value: must be greater than or equal to 0".to_string())];
