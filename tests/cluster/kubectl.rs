@@ -15,17 +15,17 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+pub(crate) fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).output().expect("kubectl runs")
 }
 
-fn ok(kubeconfig: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(kubeconfig: &Path, args: &[&str]) -> String {
     let out = kubectl(kubeconfig, args);
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn fails(kubeconfig: &Path, args: &[&str]) -> String {
+pub(crate) fn fails(kubeconfig: &Path, args: &[&str]) -> String {
     let out = kubectl(kubeconfig, args);
     assert!(!out.status.success(), "kubectl {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8(out.stderr).unwrap()

@@ -25,6 +25,7 @@ mod support;
 mod api_door;
 mod api_watch;
 mod kubectl;
+mod kubectl_apply;
 mod launcher;
 mod linearizability;
 mod member;
