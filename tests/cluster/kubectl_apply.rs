@@ -3,7 +3,8 @@
 //! and nothing written; edited (an env value, an image, a port added, a container and a
 //! label removed, containers reordered) → exactly those changes, asserted field by
 //! field on the stored objects, with what the server or another client set kept.
-//! kubectl sends strategic merge patches for these updates (KUBECTL.md §7).
+//! kubectl sends strategic merge patches for these updates (KUBECTL.md §7). `kubectl
+//! diff` shows a pending edit through a server-side dry run and changes nothing.
 
 use std::time::Duration;
 
@@ -188,7 +189,8 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     let main = &containers[1];
     assert_eq!(main["image"], "nginx:1.26");
     assert_eq!(main["env"], serde_json::json!([{"name": "MODE", "value": "fast"}, {"name": "COLOR", "value": "blue"}]));
-    let ports: Vec<i64> = main["ports"].as_array().unwrap().iter().map(|p| p["containerPort"].as_i64().unwrap()).collect();
+    let ports: Vec<i64> =
+        main["ports"].as_array().unwrap().iter().map(|p| p["containerPort"].as_i64().unwrap()).collect();
     assert_eq!(ports, [80, 443]);
     assert_eq!(main["ports"][0]["name"], "http");
     assert_eq!(containers[0]["command"], serde_json::json!(["tail", "-f", "/dev/null"]));
@@ -209,6 +211,21 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     let main = &d["spec"]["template"]["spec"]["containers"][1];
     assert_eq!(main["env"][1]["value"], "green");
     assert_eq!(main["ports"].as_array().map(Vec::len), Some(2), "{d}");
+
+    // `kubectl diff`: the pending change (a server-side dry run), and nothing changes.
+    let before = versions(&kc);
+    std::fs::write(&plan, EDITED.replace("value: blue", "value: green").replace("nginx:1.26", "nginx:1.27")).unwrap();
+    let diff = kubectl(&kc, &["diff", "-f", file]);
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(diff.status.code(), Some(1), "diff exits 1 when there are differences: {text}");
+    assert!(text.contains("-        image: nginx:1.26") && text.contains("+        image: nginx:1.27"), "{text}");
+    let changed: Vec<&str> = text
+        .lines()
+        .filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---"))
+        .collect();
+    assert!(changed.iter().all(|l| l.contains("image: nginx") || l.contains("generation:")), "only the image: {text}");
+    assert_eq!(versions(&kc), before, "a diff writes nothing");
+    assert_eq!(get(&kc, "deploy/web")["spec"]["template"]["spec"]["containers"][1]["image"], "nginx:1.26");
 
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);

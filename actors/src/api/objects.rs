@@ -283,8 +283,22 @@ impl Objects {
         res: &Resource,
         ns: Option<&str>,
         name: &str,
+        obj: Value,
+        part: Part,
+    ) -> Result<Value, Failure> {
+        self.update_with(res, ns, name, obj, part, false).await
+    }
+
+    /// An update of `part`; with `dry_run`, everything but the write (the object as it
+    /// would be). An update that changes nothing writes nothing, as in Kubernetes.
+    pub async fn update_with(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
         mut obj: Value,
         part: Part,
+        dry_run: bool,
     ) -> Result<Value, Failure> {
         let key = res.key(ns, name);
         let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
@@ -346,6 +360,17 @@ impl Objects {
             && cm["finalizers"].as_array().is_some_and(|f| !f.is_empty())
             && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
             && cm["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0;
+        let mut before = current.clone();
+        if let Some(m) = before["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        if dry_run || (!finished && obj == before) {
+            if obj == before {
+                return Ok(current);
+            }
+            obj["metadata"]["resourceVersion"] = revision.to_string().into();
+            return Ok(obj);
+        }
         let value = if finished { None } else { Some(&obj) };
         match self.cas(&key, revision, value).await? {
             Outcome::Done { revision, .. } => {

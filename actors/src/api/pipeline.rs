@@ -160,7 +160,7 @@ async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, versio
         (Method::Post, None, _) => verbs::create(state, &t, q, &body).await.map(|v| (201, v)),
         (Method::Put, Some(name), None | Some("status")) => verbs::update(state, &t, name, q, &body).await.map(ok200),
         (Method::Patch, Some(name), None | Some("status")) => {
-            verbs::patch(state, &t, name, kind, &body).await.map(ok200)
+            verbs::patch(state, &t, name, q, kind, &body).await.map(ok200)
         }
         (Method::Post, Some(name), Some("binding")) if t.res.plural == "pods" => {
             verbs::bind(state, &t, name, &body).await.map(|v| (201, v))

@@ -18,6 +18,11 @@ fn parse_body(body: &[u8]) -> Result<Value, Failure> {
     serde_json::from_slice(body).map_err(|e| Failure::bad_request(format!("the body is not JSON: {e}")))
 }
 
+/// `dryRun=All`: everything but the write (`kubectl diff`, `--dry-run=server`).
+fn dry_run(q: &[(String, String)]) -> bool {
+    param(q, "dryRun").is_some_and(|d| !d.is_empty())
+}
+
 fn strict(q: &[(String, String)]) -> bool {
     param(q, "fieldValidation") == Some("Strict")
 }
@@ -115,7 +120,7 @@ pub(super) async fn create(
     body: &[u8],
 ) -> Result<Value, Failure> {
     let obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
-    if param(q, "dryRun").is_some() {
+    if dry_run(q) {
         return Ok(obj);
     }
     state.objects.create(t.res, t.namespace.as_deref(), obj).await
@@ -132,7 +137,7 @@ pub(super) async fn update(
     if obj["metadata"]["name"].as_str() != Some(name) {
         return Err(Failure::bad_request("the name of the object does not match the name on the URL"));
     }
-    state.objects.update_part(t.res, t.namespace.as_deref(), name, obj, part(t)).await
+    state.objects.update_with(t.res, t.namespace.as_deref(), name, obj, part(t), dry_run(q)).await
 }
 
 fn part(t: &Target) -> Part {
@@ -189,7 +194,14 @@ fn apply_patch(current: &Value, kind: &str, doc: &Value, ty: &str) -> Result<Val
     }
 }
 
-pub(super) async fn patch(state: &ApiState, t: &Target, name: &str, kind: &str, body: &[u8]) -> Result<Value, Failure> {
+pub(super) async fn patch(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    q: &[(String, String)],
+    kind: &str,
+    body: &[u8],
+) -> Result<Value, Failure> {
     let ns = t.namespace.as_deref();
     let patch_doc = parse_body(body)?;
     // Retried on a concurrent change, as the API server does for patches.
@@ -197,7 +209,7 @@ pub(super) async fn patch(state: &ApiState, t: &Target, name: &str, kind: &str, 
         let current = state.objects.get(t.res, ns, name).await?;
         let patched = apply_patch(&current, kind, &patch_doc, t.res.kind)?;
         let obj = admit(t.res, ns, patched, false)?;
-        match state.objects.update_part(t.res, ns, name, obj, part(t)).await {
+        match state.objects.update_with(t.res, ns, name, obj, part(t), dry_run(q)).await {
             Err(f) if f.reason == "Conflict" => continue,
             other => return other,
         }
@@ -240,6 +252,9 @@ pub(super) async fn delete(
 ) -> Result<Value, Failure> {
     let ns = t.namespace.as_deref();
     let opts = delete_options(q, body)?;
+    if dry_run(q) {
+        return state.objects.get(t.res, ns, name).await;
+    }
     if t.res.kind != "Namespace" {
         return state.objects.delete_with(t.res, ns, name, &opts).await;
     }
@@ -303,6 +318,12 @@ pub(super) async fn delete_collection(
     let opts = delete_options(q, body)?;
     let (items, rv) = state.objects.list(t.res, t.namespace.as_deref(), &list_options(q)?).await?;
     let mut gone = Vec::new();
+    let items = if dry_run(q) {
+        gone = items;
+        Vec::new()
+    } else {
+        items
+    };
     for item in items {
         let (ns, name) =
             (item["metadata"]["namespace"].as_str(), item["metadata"]["name"].as_str().unwrap_or_default());
