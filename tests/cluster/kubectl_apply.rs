@@ -4,7 +4,8 @@
 //! label removed, containers reordered) → exactly those changes, asserted field by
 //! field on the stored objects, with what the server or another client set kept.
 //! kubectl sends strategic merge patches for these updates (KUBECTL.md §7). `kubectl
-//! diff` shows a pending edit through a server-side dry run and changes nothing.
+//! diff` shows a pending edit through a server-side dry run and changes nothing; `kubectl
+//! explain` prints nested fields' docs from the OpenAPI schemas.
 
 use std::time::Duration;
 
@@ -226,6 +227,19 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     assert!(changed.iter().all(|l| l.contains("image: nginx") || l.contains("generation:")), "only the image: {text}");
     assert_eq!(versions(&kc), before, "a diff writes nothing");
     assert_eq!(get(&kc, "deploy/web")["spec"]["template"]["spec"]["containers"][1]["image"], "nginx:1.26");
+
+    // `kubectl explain` reads the field docs from the OpenAPI schemas, down to nested fields.
+    let probe = ok(&kc, &["explain", "pod.spec.containers.readinessProbe"]);
+    for line in ["KIND:       Pod", "VERSION:    v1", "FIELD: readinessProbe <Probe>", "DESCRIPTION:", "FIELDS:"] {
+        assert!(probe.lines().any(|l| l == line), "{line:?} missing:\n{probe}");
+    }
+    assert!(probe.contains("Periodic probe of container service readiness"), "{probe}");
+    assert!(probe.contains("  httpGet\t<HTTPGetAction>"), "{probe}");
+    let strategy = ok(&kc, &["explain", "deployment.spec.strategy"]);
+    for line in ["GROUP:      apps", "KIND:       Deployment", "FIELD: strategy <DeploymentStrategy>"] {
+        assert!(strategy.lines().any(|l| l == line), "{line:?} missing:\n{strategy}");
+    }
+    assert!(strategy.contains("  rollingUpdate\t<RollingUpdateDeployment>"), "{strategy}");
 
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);

@@ -22,6 +22,7 @@ use super::status::Failure;
 pub struct ApiState {
     pub objects: Objects,
     pub auth: Arc<Authenticator>,
+    pub openapi: Arc<super::openapi::OpenApi>,
     /// `https://host:port`, as discovery tells clients.
     pub address: String,
 }

@@ -1,8 +1,9 @@
 //! `/<member>/api`: the Kubernetes API gateway of a server member, over HTTPS.
 //!
 //! - `resources.rs`: what is served (discovery's table, paths, store keys);
+//! - `kinds.rs`: each kind's `k8s-openapi` type;
 //! - `discovery.rs`: `/version`, `/api`, `/apis`, resource lists;
-//! - `openapi.rs`: `/openapi/v3`, so kubectl lets the server validate fields;
+//! - `openapi.rs`: `/openapi/v3` with schemas from the types (validation, explain, apply);
 //! - `objects.rs`: objects in the store (server fields, optimistic concurrency) and admission;
 //! - `validate.rs`: names, labels, shapes (the `k8s-openapi` types), unknown fields;
 //! - `selector.rs`: label and field selectors;
@@ -29,6 +30,7 @@ pub mod client;
 mod discovery;
 pub mod door;
 mod http;
+mod kinds;
 mod objects;
 mod openapi;
 mod patch;
@@ -87,7 +89,8 @@ impl ApiServer {
         let address =
             https.as_ref().and_then(|h| h.listener.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
         let auth = Arc::new(auth::Authenticator::new(token));
-        let state = ApiState { objects: Objects { replicas }, auth, address };
+        let openapi = Arc::new(openapi::OpenApi::new());
+        let state = ApiState { objects: Objects { replicas }, auth, openapi, address };
         let me = User { name: format!("system:keelson:{}", cx.path.member()), role: Role::Admin };
         Self { https, state, me, serving: Serving::default() }
     }

@@ -1,8 +1,8 @@
 //! How each field of the served kinds merges under a strategic merge patch: the
 //! `patchStrategy` and `patchMergeKey` tags of the Kubernetes API's Go types, which
-//! `k8s-openapi` does not carry. One table, read by the strategic merge (`strategic.rs`);
-//! the OpenAPI schemas (`x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key`,
-//! which kubectl computes its apply patches from) are to be made from it too.
+//! `k8s-openapi` does not carry. One table, read by the strategic merge (`strategic.rs`)
+//! and written into the OpenAPI schemas (`x-kubernetes-patch-strategy`,
+//! `x-kubernetes-patch-merge-key`) that kubectl computes its apply patches from.
 //!
 //! Source: `k8s.io/api` core/v1, apps/v1, batch/v1 `types.go` (commit 10b39a39, July
 //! 2026) and `k8s.io/apimachinery` pkg/apis/meta/v1 `types.go` (commit eed236ce), every
@@ -118,6 +118,14 @@ pub fn field_meta(ty: &str, field: &str) -> Option<FieldMeta> {
     Some(FieldMeta { ty: child, strategy, key, list })
 }
 
+/// The tagged fields (a patch strategy or merge key) of struct type `ty`.
+pub fn tagged(ty: &str) -> impl Iterator<Item = (&'static str, FieldMeta)> + '_ {
+    TABLE
+        .iter()
+        .filter(move |(t, _, _, s, k)| *t == ty && (!s.is_empty() || k.is_some()))
+        .filter_map(move |(_, f, ..)| Some((*f, field_meta(ty, f)?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +140,8 @@ mod tests {
         // Untagged lists are atomic in Kubernetes: not in the table.
         assert!(field_meta("PodSpec", "tolerations").is_none());
         assert!(field_meta("Container", "envFrom").is_none());
-        assert_eq!(TABLE.iter().filter(|(t, ..)| *t == "Container").count(), 4);
+        assert_eq!(tagged("Container").count(), 4);
+        assert_eq!(tagged("Pod").count(), 0, "spec and status lead on but carry no tags");
         // Every type with rows is a served kind or reached from one (a typo breaks a path).
         let kinds =
             ["Pod", "Deployment", "ReplicaSet", "DaemonSet", "Job", "Service", "Node", "Namespace", "ServiceAccount"];

@@ -74,7 +74,7 @@ pub async fn handle(state: &ApiState, user: &User, call: Call) -> Answer {
         ["api", "v1"] => discovery::resource_list("", "v1"),
         ["apis", g] => super::resources::groups().contains(g).then(|| discovery::group(g)),
         ["apis", g, v] => discovery::resource_list(g, v),
-        ["openapi", "v3", rest @ ..] => super::openapi::lookup(rest),
+        ["openapi", "v3", rest @ ..] => state.openapi.lookup(rest),
         ["api", "v1", rest @ ..] => return objects(state, user, &call, "", "v1", rest).await,
         ["apis", g, v, rest @ ..] => return objects(state, user, &call, g, v, rest).await,
         _ => None,

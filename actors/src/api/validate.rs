@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::kinds::{visit, KindVisitor};
 use super::resources::Resource;
 
 const SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or \
@@ -183,29 +184,15 @@ pub fn spec_problems(res: &Resource, obj: &Value) -> Vec<(String, String)> {
 /// Decodes `obj` into the `k8s-openapi` type of its kind and back: a shape error is a
 /// decode error (400), and the round trip is what the type knows (for strict checks).
 pub fn decode(res: &Resource, obj: &Value) -> Result<Value, String> {
-    use k8s_openapi::api::{apps, batch, coordination, core, discovery};
-    fn round<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Result<Value, String> {
-        let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
-        serde_json::to_value(typed).map_err(|e| e.to_string())
+    struct Round<'a>(&'a Value);
+    impl KindVisitor for Round<'_> {
+        type Out = Result<Value, String>;
+        fn visit<T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema>(self) -> Self::Out {
+            let typed: T = serde_json::from_value(self.0.clone()).map_err(|e| e.to_string())?;
+            serde_json::to_value(typed).map_err(|e| e.to_string())
+        }
     }
-    match res.kind {
-        "Namespace" => round::<core::v1::Namespace>(obj),
-        "Node" => round::<core::v1::Node>(obj),
-        "Pod" => round::<core::v1::Pod>(obj),
-        "Service" => round::<core::v1::Service>(obj),
-        "Endpoints" => round::<core::v1::Endpoints>(obj),
-        "ConfigMap" => round::<core::v1::ConfigMap>(obj),
-        "Secret" => round::<core::v1::Secret>(obj),
-        "Event" => round::<core::v1::Event>(obj),
-        "ServiceAccount" => round::<core::v1::ServiceAccount>(obj),
-        "Deployment" => round::<apps::v1::Deployment>(obj),
-        "ReplicaSet" => round::<apps::v1::ReplicaSet>(obj),
-        "DaemonSet" => round::<apps::v1::DaemonSet>(obj),
-        "Job" => round::<batch::v1::Job>(obj),
-        "Lease" => round::<coordination::v1::Lease>(obj),
-        "EndpointSlice" => round::<discovery::v1::EndpointSlice>(obj),
-        other => Err(format!("no type for kind {other}")),
-    }
+    visit(res.kind, Round(obj)).unwrap_or_else(|| Err(format!("no type for kind {}", res.kind)))
 }
 
 /// The first field of `given` that `known` (its decoded round trip) lacks, as a path
