@@ -244,3 +244,71 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);
 }
+
+/// `kubectl apply --server-side`: the same plan, applied and re-applied; a second field
+/// manager changing a field the first owns gets Kubernetes' conflict, `--force-conflicts`
+/// takes the field over, and `managedFields` shows both managers.
+#[test]
+fn server_side_apply_tracks_managers_and_their_conflicts() {
+    let _one = serial();
+    let scratch = Scratch::new("kubectl-ssa");
+    let data = scratch.data();
+    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", Duration::from_secs(60));
+    let kc = data.join("kubeconfig");
+    eventually("the default namespaces", Duration::from_secs(30), || {
+        kubectl(&kc, &["get", "namespace", "default"]).status.success()
+    });
+    let plan = scratch.0.join("plan.yaml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let file = plan.to_str().unwrap();
+    let applied = "namespace/shop serverside-applied\ndeployment.apps/web serverside-applied\nservice/web serverside-applied\nconfigmap/cfg serverside-applied\nsecret/creds serverside-applied\n";
+    assert_eq!(ok(&kc, &["apply", "--server-side", "-f", file]), applied);
+    let before = versions(&kc);
+    assert_eq!(ok(&kc, &["apply", "--server-side", "-f", file]), applied);
+    assert_eq!(versions(&kc), before, "re-applying the same plan writes nothing");
+
+    // Another manager wants 5 replicas: the field is kubectl's, with another value.
+    let scale = scratch.0.join("scale.yaml");
+    std::fs::write(
+        &scale,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  replicas: 5\n",
+    )
+    .unwrap();
+    let scale = scale.to_str().unwrap();
+    let refused = kubectl(&kc, &["apply", "--server-side", "--field-manager=ops", "-f", scale]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas"),
+        "{err}"
+    );
+    assert!(err.contains("--force-conflicts"), "kubectl's advice follows: {err}");
+    assert_eq!(get(&kc, "deploy/web")["spec"]["replicas"], 2, "a refused apply changes nothing");
+
+    assert_eq!(
+        ok(&kc, &["apply", "--server-side", "--field-manager=ops", "--force-conflicts", "-f", scale]),
+        "deployment.apps/web serverside-applied\n"
+    );
+    let d: Value =
+        serde_json::from_str(&ok(&kc, &["-n", "shop", "get", "deploy/web", "-o", "json", "--show-managed-fields"]))
+            .unwrap();
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25", "the rest stays: {d}");
+    let managers: Vec<(&str, &str)> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["manager"].as_str().unwrap(), e["operation"].as_str().unwrap()))
+        .collect();
+    assert!(managers.contains(&("kubectl", "Apply")) && managers.contains(&("ops", "Apply")), "{managers:?}");
+    let ops = d["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "ops").unwrap();
+    assert_eq!(ops["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
+
+    // Now kubectl's plan (2 replicas) conflicts with ops.
+    let back = kubectl(&kc, &["apply", "--server-side", "-f", file]);
+    assert!(String::from_utf8_lossy(&back.stderr).contains("conflict with \"ops\""));
+
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}

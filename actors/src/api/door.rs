@@ -80,7 +80,13 @@ pub fn caller(from: Option<&keelson_transport::tls::Identity>) -> Result<User, F
 
 /// Runs `request` for `user` through the pipeline; answers (one, or a watch's events)
 /// go to the returned receiver. Runs on the caller's arbiter.
-pub fn serve(state: ApiState, user: Result<User, Failure>, request: ApiRequest) -> mpsc::Receiver<ApiResponse> {
+/// `agent` names the caller (the field manager of its writes unless it names one).
+pub fn serve(
+    state: ApiState,
+    user: Result<User, Failure>,
+    agent: String,
+    request: ApiRequest,
+) -> mpsc::Receiver<ApiResponse> {
     let (tx, rx) = mpsc::channel(64);
     actix_rt::spawn(async move {
         let user = match user {
@@ -96,6 +102,7 @@ pub fn serve(state: ApiState, user: Result<User, Failure>, request: ApiRequest) 
             query: request.query,
             content_type: request.content_type,
             accept: "application/json".into(),
+            agent,
             body: Bytes::from(request.body),
         };
         match pipeline::handle(&state, &user, call).await {

@@ -93,6 +93,7 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
             .unwrap_or_default(),
         content_type: header("content-type"),
         accept: header("accept"),
+        agent: header("user-agent").split('/').next().unwrap_or_default().trim().to_string(),
         body,
     };
     match pipeline::handle(&state, &user, call).await {

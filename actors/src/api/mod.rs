@@ -9,6 +9,7 @@
 //! - `selector.rs`: label and field selectors;
 //! - `patch.rs`: merge and JSON patches (the `json-patch` crate);
 //! - `strategic.rs`, `patch_meta.rs`: strategic merge patch, and which field merges how;
+//! - `apply.rs`: server-side apply and managed fields;
 //! - `protobuf.rs`: protobuf request bodies (kubectl 1.32+'s generators) read into JSON;
 //! - `watch.rs`: watches (chunked events from this member's replicas, resumable);
 //! - `table.rs`: server-side printing (the Table kubectl prints, with Kubernetes' columns);
@@ -25,6 +26,7 @@
 //! the port and the kubeconfig that names it survive restarts). A member without HTTPS
 //! credentials (one that joined and holds no CA key) serves only the actor door.
 
+mod apply;
 mod auth;
 pub mod client;
 mod discovery;
@@ -155,7 +157,8 @@ impl Handler<Delivered> for ApiServer {
         match from_payload::<ApiRequest>(&inbound.envelope.payload) {
             Ok(request) => {
                 let watch = request.is_watch();
-                let answers = door::serve(self.state.clone(), door::caller(inbound.from.as_ref()), request);
+                let agent = inbound.envelope.from.path.rsplit('/').next().unwrap_or_default().to_string();
+                let answers = door::serve(self.state.clone(), door::caller(inbound.from.as_ref()), agent, request);
                 actix_rt::spawn(door::reply(reply, watch, answers));
             }
             Err(e) => {
@@ -171,7 +174,7 @@ impl Handler<LocalCall> for ApiServer {
     type Result = actix::MessageResult<LocalCall>;
 
     fn handle(&mut self, LocalCall(request): LocalCall, _: &mut Ctx<Self>) -> Self::Result {
-        actix::MessageResult(door::serve(self.state.clone(), Ok(self.me.clone()), request))
+        actix::MessageResult(door::serve(self.state.clone(), Ok(self.me.clone()), "keelson".into(), request))
     }
 }
 

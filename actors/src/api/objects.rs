@@ -60,6 +60,22 @@ pub enum Part {
     Status,
 }
 
+/// How a write is made: which part, whether for real, and by which field manager.
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    pub part: Part,
+    /// Everything but the write (`dryRun=All`).
+    pub dry_run: bool,
+    /// Who makes the change: it then owns the fields it changes (`managedFields`).
+    pub manager: Option<&'a str>,
+}
+
+impl Write<'_> {
+    pub fn main() -> Self {
+        Write { part: Part::Main, dry_run: false, manager: None }
+    }
+}
+
 /// A list's filters.
 #[derive(Debug, Default)]
 pub struct ListOptions {
@@ -286,20 +302,20 @@ impl Objects {
         obj: Value,
         part: Part,
     ) -> Result<Value, Failure> {
-        self.update_with(res, ns, name, obj, part, false).await
+        self.update_with(res, ns, name, obj, Write { part, ..Write::main() }).await
     }
 
-    /// An update of `part`; with `dry_run`, everything but the write (the object as it
-    /// would be). An update that changes nothing writes nothing, as in Kubernetes.
+    /// An update as `how` says; a dry run gives the object as it would be. An update
+    /// that changes nothing writes nothing, as in Kubernetes.
     pub async fn update_with(
         &self,
         res: &Resource,
         ns: Option<&str>,
         name: &str,
         mut obj: Value,
-        part: Part,
-        dry_run: bool,
+        how: Write<'_>,
     ) -> Result<Value, Failure> {
+        let (part, dry_run) = (how.part, how.dry_run);
         let key = res.key(ns, name);
         let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
         if res.subresources.contains(&"status") {
@@ -360,6 +376,16 @@ impl Objects {
             && cm["finalizers"].as_array().is_some_and(|f| !f.is_empty())
             && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
             && cm["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0;
+        // Managed fields: kept when the client leaves them out; the manager owns what it changed.
+        if obj["metadata"].get("managedFields").is_none() {
+            if let Some(m) = current["metadata"].get("managedFields") {
+                obj["metadata"]["managedFields"] = m.clone();
+            }
+        }
+        if let Some(manager) = how.manager {
+            obj["metadata"]["managedFields"] =
+                super::apply::track_update(&current, &obj, res.kind, manager, &rfc3339_now());
+        }
         let mut before = current.clone();
         if let Some(m) = before["metadata"].as_object_mut() {
             m.remove("resourceVersion");

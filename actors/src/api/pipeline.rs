@@ -49,6 +49,9 @@ pub struct Call {
     pub query: Vec<(String, String)>,
     pub content_type: String,
     pub accept: String,
+    /// Who the client says it is (HTTP: the User-Agent's first word; the actor door:
+    /// the calling actor's name): the field manager when the request names none.
+    pub agent: String,
     pub body: Bytes,
 }
 
@@ -154,13 +157,19 @@ async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, versio
         };
     }
     let kind = call.content_type.as_str();
+    let manager = param(q, "fieldManager").filter(|m| !m.is_empty()).unwrap_or(match call.agent.as_str() {
+        "" => "unknown",
+        agent => agent,
+    });
     let result = match (call.method, &t.name, t.sub.as_deref()) {
         (Method::Get, None, _) => verbs::list(state, &t, q, as_table).await.map(ok200),
         (Method::Get, Some(name), None | Some("status")) => verbs::get(state, &t, name, as_table).await.map(ok200),
-        (Method::Post, None, _) => verbs::create(state, &t, q, &body).await.map(|v| (201, v)),
-        (Method::Put, Some(name), None | Some("status")) => verbs::update(state, &t, name, q, &body).await.map(ok200),
+        (Method::Post, None, _) => verbs::create(state, &t, q, &body, manager).await.map(|v| (201, v)),
+        (Method::Put, Some(name), None | Some("status")) => {
+            verbs::update(state, &t, name, q, &body, manager).await.map(ok200)
+        }
         (Method::Patch, Some(name), None | Some("status")) => {
-            verbs::patch(state, &t, name, q, kind, &body).await.map(ok200)
+            verbs::patch(state, &t, name, q, kind, &body, manager).await.map(ok200)
         }
         (Method::Post, Some(name), Some("binding")) if t.res.plural == "pods" => {
             verbs::bind(state, &t, name, &body).await.map(|v| (201, v))

@@ -49,10 +49,19 @@ impl Failure {
 
     /// 422: `<Kind> "<name>" is invalid: <field>: <problem>` with one cause per field.
     pub fn invalid(res: &Resource, name: &str, causes: &[(String, String)]) -> Self {
+        let mut f = Self::invalid_named(res.kind, name, causes);
+        if let Some(d) = f.details.as_mut() {
+            d["group"] = res.group.into();
+        }
+        f
+    }
+
+    /// Invalid (422) for a `kind` that is not a served resource (`PatchOptions.meta.k8s.io`).
+    pub fn invalid_named(kind: &str, name: &str, causes: &[(String, String)]) -> Self {
         let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         let message = match text.len() {
-            1 => format!("{} \"{name}\" is invalid: {}", res.kind, text[0]),
-            _ => format!("{} \"{name}\" is invalid: [{}]", res.kind, text.join(", ")),
+            1 => format!("{kind} \"{name}\" is invalid: {}", text[0]),
+            _ => format!("{kind} \"{name}\" is invalid: [{}]", text.join(", ")),
         };
         let causes: Vec<Value> =
             causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect();
@@ -60,7 +69,7 @@ impl Failure {
             code: 422,
             reason: "Invalid",
             message,
-            details: Some(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes})),
+            details: Some(json!({"name": name, "group": "", "kind": kind, "causes": causes})),
         }
     }
 

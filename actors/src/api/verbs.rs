@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::http::ApiState;
-use super::objects::{admit, DeleteOptions, ListOptions, Objects, Part};
+use super::objects::{admit, rfc3339_now, DeleteOptions, ListOptions, Objects, Part, Write};
 use super::patch;
 use super::pipeline::{param, Target};
 use super::selector::{FieldSelector, LabelSelector};
@@ -118,8 +118,11 @@ pub(super) async fn create(
     t: &Target,
     q: &[(String, String)],
     body: &[u8],
+    manager: &str,
 ) -> Result<Value, Failure> {
-    let obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
+    let mut obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
+    obj["metadata"]["managedFields"] =
+        super::apply::track_update(&Value::Null, &obj, t.res.kind, manager, &rfc3339_now());
     if dry_run(q) {
         return Ok(obj);
     }
@@ -132,12 +135,14 @@ pub(super) async fn update(
     name: &str,
     q: &[(String, String)],
     body: &[u8],
+    manager: &str,
 ) -> Result<Value, Failure> {
     let obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
     if obj["metadata"]["name"].as_str() != Some(name) {
         return Err(Failure::bad_request("the name of the object does not match the name on the URL"));
     }
-    state.objects.update_with(t.res, t.namespace.as_deref(), name, obj, part(t), dry_run(q)).await
+    let how = Write { part: part(t), dry_run: dry_run(q), manager: Some(manager) };
+    state.objects.update_with(t.res, t.namespace.as_deref(), name, obj, how).await
 }
 
 fn part(t: &Target) -> Part {
@@ -180,6 +185,69 @@ pub(super) async fn bind(state: &ApiState, t: &Target, name: &str, body: &[u8]) 
     Err(Failure::conflict(t.res, name))
 }
 
+/// Server-side apply: the applied configuration merged in, its fields owned by the
+/// `fieldManager`; the object is created if it does not exist.
+async fn server_side_apply(
+    state: &ApiState,
+    t: &Target,
+    name: &str,
+    q: &[(String, String)],
+    applied: Value,
+) -> Result<Value, Failure> {
+    let ns = t.namespace.as_deref();
+    let Some(manager) = param(q, "fieldManager").filter(|m| !m.is_empty()) else {
+        return Err(Failure::invalid_named(
+            "PatchOptions.meta.k8s.io",
+            "",
+            &[("fieldManager".into(), "Required value: is required for apply patch".into())],
+        ));
+    };
+    if applied["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(Failure::bad_request("the name of the object does not match the name on the URL"));
+    }
+    let force = param(q, "force").is_some_and(|f| f == "true");
+    for _ in 0..5 {
+        let current = match state.objects.get(t.res, ns, name).await {
+            Ok(c) => Some(c),
+            Err(f) if f.code == 404 => None,
+            Err(f) => return Err(f),
+        };
+        let live = current.clone().unwrap_or(Value::Null);
+        let merged = super::apply::apply(&live, &applied, t.res.kind, manager, &rfc3339_now(), force)
+            .map_err(|refused| apply_failure(t, name, &refused))?;
+        let obj = admit(t.res, ns, merged, strict(q))?;
+        let written = match current {
+            None if dry_run(q) => return Ok(obj),
+            None => state.objects.create(t.res, ns, obj).await,
+            Some(_) => {
+                let how = Write { part: part(t), dry_run: dry_run(q), manager: None };
+                state.objects.update_with(t.res, ns, name, obj, how).await
+            }
+        };
+        match written {
+            Err(f) if f.reason == "Conflict" || f.reason == "AlreadyExists" => continue,
+            other => return other,
+        }
+    }
+    Err(Failure::conflict(t.res, name))
+}
+
+fn apply_failure(t: &Target, name: &str, refused: &super::apply::Refused) -> Failure {
+    let super::apply::Refused::Conflicts(conflicts) = refused else {
+        return Failure::bad_request(refused.message());
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| {
+            json!({"reason": "FieldManagerConflict", "field": c.path,
+                   "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version)})
+        })
+        .collect();
+    let mut f = Failure::new(409, "Conflict", refused.message());
+    f.details = Some(json!({"name": name, "group": t.res.group, "kind": t.res.plural, "causes": causes}));
+    f
+}
+
 /// `current` after a patch of content type `kind`; `ty` is the object's schema type
 /// (which fields a strategic merge patch merges by key).
 fn apply_patch(current: &Value, kind: &str, doc: &Value, ty: &str) -> Result<Value, Failure> {
@@ -201,15 +269,20 @@ pub(super) async fn patch(
     q: &[(String, String)],
     kind: &str,
     body: &[u8],
+    manager: &str,
 ) -> Result<Value, Failure> {
     let ns = t.namespace.as_deref();
     let patch_doc = parse_body(body)?;
+    if kind.starts_with("application/apply-patch") {
+        return server_side_apply(state, t, name, q, patch_doc).await;
+    }
     // Retried on a concurrent change, as the API server does for patches.
     for _ in 0..5 {
         let current = state.objects.get(t.res, ns, name).await?;
         let patched = apply_patch(&current, kind, &patch_doc, t.res.kind)?;
         let obj = admit(t.res, ns, patched, false)?;
-        match state.objects.update_with(t.res, ns, name, obj, part(t), dry_run(q)).await {
+        let how = Write { part: part(t), dry_run: dry_run(q), manager: Some(manager) };
+        match state.objects.update_with(t.res, ns, name, obj, how).await {
             Err(f) if f.reason == "Conflict" => continue,
             other => return other,
         }

@@ -1,0 +1,554 @@
+//! Server-side apply (`application/apply-patch+yaml`, `kubectl apply --server-side`):
+//! a manager sends the fields it wants set; the server records which manager owns which
+//! fields (`metadata.managedFields`, `FieldsV1`), refuses to take a field another manager
+//! set to another value (409, naming the manager and the field) unless forced, and
+//! removes the fields a manager applied before and no longer applies, when nobody else
+//! owns them.
+//!
+//! Lists follow the same table as the strategic merge (`patch_meta.rs`): a list merged
+//! by key is a map of elements (`k:{"name":"main"}`), a merged list of primitives is a
+//! set (`v:"a"`), any other list is one field. (Kubernetes keys a few lists by more than
+//! their patch merge key, e.g. container ports by port and protocol; here by the key.)
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map, Value};
+
+use super::patch_meta::{field_meta, ListMerge};
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// `f:<name>`: a field of an object.
+    Field(String),
+    /// `k:{…}`: the element of a keyed list with this key (JSON text, keys sorted).
+    Key(String),
+    /// `v:<json>`: the member of a set of primitives.
+    Value(String),
+    /// `.`: the element itself (its key fields are the element's identity).
+    Itself,
+}
+
+pub type Path = Vec<Step>;
+
+/// The fields a manager owns.
+pub type FieldSet = BTreeSet<Path>;
+
+/// Fields the server owns or that name the object: never part of a manager's set.
+const IDENTITY: &[&str] = &["apiVersion", "kind"];
+const SERVER_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
+
+/// The fields `obj` sets, for an object of schema type `ty`.
+pub fn fields_of(obj: &Value, ty: &str) -> FieldSet {
+    let mut out = FieldSet::new();
+    if let Value::Object(m) = obj {
+        for (k, v) in m {
+            if IDENTITY.contains(&k.as_str()) {
+                continue;
+            }
+            if k == "metadata" {
+                let Value::Object(meta) = v else { continue };
+                let mut kept = meta.clone();
+                kept.retain(|k, _| !SERVER_METADATA.contains(&k.as_str()));
+                walk(&Value::Object(kept), Some("ObjectMeta"), vec![Step::Field(k.clone())], &mut out);
+                continue;
+            }
+            let child = field_meta(ty, k);
+            walk_field(v, child, vec![Step::Field(k.clone())], &mut out);
+        }
+    }
+    out
+}
+
+fn walk_field(v: &Value, meta: Option<super::patch_meta::FieldMeta>, path: Path, out: &mut FieldSet) {
+    let ty = meta.and_then(|m| m.ty);
+    match (v, meta.map_or(ListMerge::Replace, |m| m.list)) {
+        (Value::Array(items), ListMerge::ByKey(key)) => {
+            for item in items {
+                let mut p = path.clone();
+                p.push(Step::Key(key_text(item, key)));
+                let mut me = p.clone();
+                me.push(Step::Itself);
+                out.insert(me);
+                walk(item, ty, p, out);
+            }
+        }
+        (Value::Array(items), ListMerge::Primitives) => {
+            for item in items {
+                let mut p = path.clone();
+                p.push(Step::Value(item.to_string()));
+                out.insert(p);
+            }
+        }
+        (Value::Object(m), _) if !m.is_empty() => walk(v, ty, path, out),
+        _ => {
+            out.insert(path);
+        }
+    }
+}
+
+fn walk(v: &Value, ty: Option<&str>, path: Path, out: &mut FieldSet) {
+    let Value::Object(m) = v else {
+        out.insert(path);
+        return;
+    };
+    for (k, child) in m {
+        let mut p = path.clone();
+        p.push(Step::Field(k.clone()));
+        walk_field(child, ty.and_then(|t| field_meta(t, k)), p, out);
+    }
+}
+
+/// `{"name":"main"}`: the key of a keyed list's element, as FieldsV1 writes it.
+fn key_text(item: &Value, key: &str) -> String {
+    let mut m = Map::new();
+    m.insert(key.to_string(), item.get(key).cloned().unwrap_or(Value::Null));
+    Value::Object(m).to_string()
+}
+
+/// The value at `path` in `obj`, if there is one.
+fn value_at<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for step in path {
+        cur = match step {
+            Step::Field(f) => cur.get(f)?,
+            Step::Key(k) => {
+                let want: Map<String, Value> = serde_json::from_str(k).ok()?;
+                cur.as_array()?.iter().find(|e| want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)))?
+            }
+            Step::Value(v) => {
+                let want: Value = serde_json::from_str(v).ok()?;
+                cur.as_array()?.iter().find(|e| **e == want)?
+            }
+            Step::Itself => cur,
+        };
+    }
+    Some(cur)
+}
+
+/// Removes the field at `path` from `obj` (an element, a set member, or a field).
+fn remove_at(obj: &mut Value, path: &[Step]) {
+    let Some((last, parent)) = path.split_last() else { return };
+    let mut cur = obj;
+    for step in parent {
+        let next = match step {
+            Step::Field(f) => cur.get_mut(f),
+            Step::Key(k) => {
+                let Ok(want) = serde_json::from_str::<Map<String, Value>>(k) else { return };
+                cur.as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|e| want.iter().all(|(wk, wv)| e.get(wk) == Some(wv))))
+            }
+            Step::Value(_) | Step::Itself => None,
+        };
+        let Some(next) = next else { return };
+        cur = next;
+    }
+    match last {
+        Step::Field(f) => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(f);
+            }
+        }
+        Step::Key(k) => {
+            let Ok(want) = serde_json::from_str::<Map<String, Value>>(k) else { return };
+            if let Some(a) = cur.as_array_mut() {
+                a.retain(|e| !want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)));
+            }
+        }
+        Step::Value(v) => {
+            let Ok(want) = serde_json::from_str::<Value>(v) else { return };
+            if let Some(a) = cur.as_array_mut() {
+                a.retain(|e| *e != want);
+            }
+        }
+        Step::Itself => {}
+    }
+}
+
+/// A field set as `FieldsV1` (`{"f:spec":{"f:replicas":{}}}`).
+pub fn to_fields_v1(set: &FieldSet) -> Value {
+    let mut root = Map::new();
+    for path in set {
+        let mut node = &mut root;
+        for step in path {
+            let name = match step {
+                Step::Field(f) => format!("f:{f}"),
+                Step::Key(k) => format!("k:{k}"),
+                Step::Value(v) => format!("v:{v}"),
+                Step::Itself => ".".to_string(),
+            };
+            node = node.entry(name).or_insert_with(|| json!({})).as_object_mut().expect("FieldsV1 nodes are objects");
+        }
+    }
+    Value::Object(root)
+}
+
+/// `FieldsV1` back into a field set.
+pub fn from_fields_v1(v: &Value) -> FieldSet {
+    fn go(v: &Value, path: Path, out: &mut FieldSet) {
+        let Some(m) = v.as_object() else { return };
+        if m.is_empty() && !path.is_empty() {
+            out.insert(path);
+            return;
+        }
+        for (name, child) in m {
+            let step = match name.split_once(':') {
+                _ if name == "." => Step::Itself,
+                Some(("f", f)) => Step::Field(f.to_string()),
+                Some(("k", k)) => Step::Key(k.to_string()),
+                Some(("v", v)) => Step::Value(v.to_string()),
+                _ => continue,
+            };
+            let mut p = path.clone();
+            p.push(step);
+            go(child, p, out);
+        }
+    }
+    let mut out = FieldSet::new();
+    go(v, Vec::new(), &mut out);
+    out
+}
+
+/// A path as Kubernetes prints it in conflicts: `.spec.replicas`,
+/// `.spec.template.spec.containers[name="main"].image`.
+pub fn path_text(path: &[Step]) -> String {
+    let mut s = String::new();
+    for step in path {
+        match step {
+            Step::Field(f) => {
+                s.push('.');
+                s.push_str(f);
+            }
+            Step::Key(k) => {
+                let m: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+                let inner: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                s.push_str(&format!("[{}]", inner.join(",")));
+            }
+            Step::Value(v) => s.push_str(&format!("[={v}]")),
+            Step::Itself => {}
+        }
+    }
+    s
+}
+
+/// One `managedFields` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Managed {
+    pub manager: String,
+    pub operation: String,
+    pub api_version: String,
+    pub time: String,
+    pub fields: FieldSet,
+    pub subresource: Option<String>,
+}
+
+impl Managed {
+    pub fn read(obj: &Value) -> Vec<Managed> {
+        obj["metadata"]["managedFields"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| Managed {
+                        manager: e["manager"].as_str().unwrap_or_default().to_string(),
+                        operation: e["operation"].as_str().unwrap_or("Update").to_string(),
+                        api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+                        time: e["time"].as_str().unwrap_or_default().to_string(),
+                        fields: from_fields_v1(&e["fieldsV1"]),
+                        subresource: e["subresource"].as_str().map(str::to_string),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn write(entries: &[Managed]) -> Value {
+        Value::Array(
+            entries
+                .iter()
+                .filter(|e| !e.fields.is_empty())
+                .map(|e| {
+                    let mut v = json!({
+                        "manager": e.manager, "operation": e.operation, "apiVersion": e.api_version,
+                        "time": e.time, "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(&e.fields),
+                    });
+                    if let Some(s) = &e.subresource {
+                        v["subresource"] = s.clone().into();
+                    }
+                    v
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A field another manager owns with another value than the one applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub manager: String,
+    pub api_version: String,
+    pub path: String,
+}
+
+/// Why an apply was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    Conflicts(Vec<Conflict>),
+    /// The applied configuration cannot be merged (a list element without its key, …).
+    Invalid(String),
+}
+
+impl Refused {
+    /// Kubernetes' message: `Apply failed with 1 conflict: conflict with "m" using apps/v1: .spec.replicas`.
+    pub fn message(&self) -> String {
+        let Refused::Conflicts(c) = self else {
+            let Refused::Invalid(e) = self else { unreachable!() };
+            return e.clone();
+        };
+        if let [one] = c.as_slice() {
+            return format!(
+                "Apply failed with 1 conflict: conflict with \"{}\" using {}: {}",
+                one.manager, one.api_version, one.path
+            );
+        }
+        let mut text = format!("Apply failed with {} conflicts:", c.len());
+        let mut managers: Vec<(&str, &str)> = c.iter().map(|x| (x.manager.as_str(), x.api_version.as_str())).collect();
+        managers.dedup();
+        for (m, v) in managers {
+            text.push_str(&format!(" conflicts with \"{m}\" using {v}:"));
+            for x in c.iter().filter(|x| x.manager == m) {
+                text.push_str(&format!("\n- {}", x.path));
+            }
+        }
+        text
+    }
+}
+
+/// The object after `manager` applies `applied` to `live` (`Value::Null` if there is
+/// none yet), with its managed fields; or why not (conflicts, unless `force`).
+pub fn apply(live: &Value, applied: &Value, ty: &str, manager: &str, now: &str, force: bool) -> Result<Value, Refused> {
+    let wanted = fields_of(applied, ty);
+    let mut entries = Managed::read(live);
+    let mut conflicts = Vec::new();
+    for e in entries.iter().filter(|e| e.manager != manager) {
+        for path in e.fields.intersection(&wanted) {
+            let ours = value_at(applied, path);
+            if value_at(live, path) != ours && !matches!(path.last(), Some(Step::Itself)) {
+                conflicts.push(Conflict {
+                    manager: e.manager.clone(),
+                    api_version: e.api_version.clone(),
+                    path: path_text(path),
+                });
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        return Err(Refused::Conflicts(conflicts));
+    }
+    if force {
+        for e in entries.iter_mut().filter(|e| e.manager != manager) {
+            let taken: Vec<Path> = e
+                .fields
+                .iter()
+                .filter(|p| wanted.contains(*p) && value_at(applied, p) != value_at(live, p))
+                .cloned()
+                .collect();
+            for p in taken {
+                e.fields.remove(&p);
+            }
+        }
+    }
+    // Fields this manager applied before and no longer does, that nobody else owns, go.
+    let before: FieldSet = entries
+        .iter()
+        .filter(|e| e.manager == manager && e.operation == "Apply")
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    let others: FieldSet = entries
+        .iter()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    let mut out = if live.is_object() { live.clone() } else { json!({}) };
+    let mut dropped: Vec<&Path> = before.iter().filter(|p| !wanted.contains(*p) && !others.contains(*p)).collect();
+    // Whole elements first (found by their key, which their own fields' removal would
+    // take away), then fields; what is inside a removed element is gone with it.
+    dropped.sort_by_key(|p| (!matches!(p.last(), Some(Step::Itself)), p.len()));
+    for p in dropped {
+        let p = match p.last() {
+            // An element goes when its identity goes.
+            Some(Step::Itself) => &p[..p.len() - 1],
+            _ => &p[..],
+        };
+        remove_at(&mut out, p);
+        // Maps and lists left empty go too, as Go's `omitempty` drops them.
+        for depth in (1..p.len()).rev() {
+            let parent = &p[..depth];
+            let empty = value_at(&out, parent)
+                .is_some_and(|v| v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty));
+            if !empty {
+                break;
+            }
+            remove_at(&mut out, parent);
+        }
+    }
+    let mut patch = applied.clone();
+    if let Some(m) = patch["metadata"].as_object_mut() {
+        m.remove("managedFields");
+    }
+    out = super::strategic::strategic_merge(&out, &patch, ty).map_err(Refused::Invalid)?;
+    // The same fields applied again keep their time: an apply that changes nothing
+    // changes nothing, not even the timestamp (so nothing is written).
+    let mine = entries.iter().position(|e| e.manager == manager && e.operation == "Apply");
+    let time = match mine.map(|i| &entries[i]) {
+        Some(e) if e.fields == wanted => e.time.clone(),
+        _ => now.to_string(),
+    };
+    let entry = Managed {
+        manager: manager.to_string(),
+        operation: "Apply".into(),
+        api_version: applied["apiVersion"].as_str().unwrap_or_default().to_string(),
+        time,
+        fields: wanted,
+        subresource: None,
+    };
+    match mine {
+        Some(i) => entries[i] = entry,
+        None => entries.push(entry),
+    }
+    out["metadata"]["managedFields"] = Managed::write(&entries);
+    Ok(out)
+}
+
+/// The managed fields after `manager` updated `old` into `new` (an update, patch or
+/// create): it owns every field it changed, and nobody else does any more.
+pub fn track_update(old: &Value, new: &Value, ty: &str, manager: &str, now: &str) -> Value {
+    let before = fields_of(old, ty);
+    let after = fields_of(new, ty);
+    let changed: FieldSet =
+        after.iter().filter(|p| !before.contains(*p) || value_at(old, p) != value_at(new, p)).cloned().collect();
+    let mut entries = Managed::read(old);
+    for e in entries.iter_mut() {
+        // Fields gone from the object are nobody's.
+        e.fields.retain(|p| after.contains(p));
+        if e.manager != manager {
+            e.fields.retain(|p| !changed.contains(p) || matches!(p.last(), Some(Step::Itself)));
+        }
+    }
+    if !changed.is_empty() {
+        match entries.iter_mut().find(|e| e.manager == manager && e.operation == "Update") {
+            Some(e) => {
+                e.fields.extend(changed);
+                e.time = now.to_string();
+            }
+            None => entries.push(Managed {
+                manager: manager.to_string(),
+                operation: "Update".into(),
+                api_version: new["apiVersion"].as_str().unwrap_or_default().to_string(),
+                time: now.to_string(),
+                fields: changed,
+                subresource: None,
+            }),
+        }
+    }
+    Managed::write(&entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(replicas: i64, image: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+               "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "main", "image": image}]}}}})
+    }
+
+    #[test]
+    fn field_sets_read_and_write_as_fields_v1() {
+        let set = fields_of(&deployment(2, "nginx"), "Deployment");
+        let v1 = to_fields_v1(&set);
+        assert_eq!(
+            v1,
+            json!({"f:metadata": {"f:labels": {"f:app": {}}},
+                   "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {
+                       "k:{\"name\":\"main\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}})
+        );
+        assert_eq!(from_fields_v1(&v1), set);
+        let finalizers = fields_of(&json!({"metadata": {"finalizers": ["a"]}}), "ConfigMap");
+        assert_eq!(to_fields_v1(&finalizers), json!({"f:metadata": {"f:finalizers": {"v:\"a\"": {}}}}));
+    }
+
+    #[test]
+    fn apply_owns_conflicts_forces_and_removes_what_it_stops_applying() {
+        let now = "2026-11-29T00:00:00Z";
+        let created = apply(&Value::Null, &deployment(2, "nginx:1"), "Deployment", "alice", now, false).unwrap();
+        assert_eq!(created["metadata"]["managedFields"][0]["manager"], "alice");
+        assert_eq!(created["metadata"]["managedFields"][0]["operation"], "Apply");
+        // Bob sets the same value: shared, no conflict.
+        let mut bob = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+        let shared = apply(&created, &bob, "Deployment", "bob", now, false).unwrap();
+        assert_eq!(shared["metadata"]["managedFields"].as_array().unwrap().len(), 2);
+        // Bob changes alice's field: a conflict naming alice and the field.
+        bob["spec"]["replicas"] = 5.into();
+        let refused = apply(&shared, &bob, "Deployment", "bob", now, false).unwrap_err();
+        let conflict =
+            Conflict { manager: "alice".into(), api_version: "apps/v1".into(), path: ".spec.replicas".into() };
+        assert_eq!(refused, Refused::Conflicts(vec![conflict]));
+        assert_eq!(
+            refused.message(),
+            "Apply failed with 1 conflict: conflict with \"alice\" using apps/v1: .spec.replicas"
+        );
+        // Forced: bob's value, and alice no longer owns it.
+        let forced = apply(&shared, &bob, "Deployment", "bob", now, true).unwrap();
+        assert_eq!(forced["spec"]["replicas"], 5);
+        let alice = Managed::read(&forced).into_iter().find(|e| e.manager == "alice").unwrap();
+        assert!(!alice.fields.iter().any(|p| path_text(p) == ".spec.replicas"));
+        // Alice stops applying her label: it goes (nobody else owns it); the container stays hers.
+        let mut less = deployment(2, "nginx:1");
+        less["metadata"].as_object_mut().unwrap().remove("labels");
+        less["spec"].as_object_mut().unwrap().remove("replicas");
+        let after = apply(&forced, &less, "Deployment", "alice", now, false).unwrap();
+        assert!(after["metadata"]["labels"].is_null(), "{after}");
+        assert_eq!(after["spec"]["replicas"], 5, "bob's field stays");
+        assert_eq!(after["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1");
+        // A container she stops applying goes, element and all.
+        let mut two = deployment(2, "nginx:1");
+        two["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "side", "image": "b"}));
+        let with_side = apply(&after, &two, "Deployment", "alice", now, true).unwrap();
+        assert_eq!(with_side["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 2);
+        let without = apply(&with_side, &deployment(2, "nginx:1"), "Deployment", "alice", now, true).unwrap();
+        assert_eq!(without["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1, "{without}");
+    }
+
+    #[test]
+    fn updates_take_the_fields_they_change() {
+        let now = "2026-11-29T00:00:00Z";
+        let applied = apply(&Value::Null, &deployment(2, "nginx:1"), "Deployment", "alice", now, false).unwrap();
+        let mut scaled = applied.clone();
+        scaled["spec"]["replicas"] = 3.into();
+        scaled["metadata"]["managedFields"] = track_update(&applied, &scaled, "Deployment", "kubectl-scale", now);
+        let entries = Managed::read(&scaled);
+        let scale = entries.iter().find(|e| e.manager == "kubectl-scale").unwrap();
+        assert_eq!(scale.operation, "Update");
+        assert_eq!(scale.fields.iter().map(|p| path_text(p)).collect::<Vec<_>>(), [".spec.replicas"]);
+        let alice = entries.iter().find(|e| e.manager == "alice").unwrap();
+        assert!(!alice.fields.iter().any(|p| path_text(p) == ".spec.replicas"));
+        // Alice applying her old value now conflicts with the scaler.
+        let refused = apply(&scaled, &deployment(2, "nginx:1"), "Deployment", "alice", now, false).unwrap_err();
+        assert!(refused.message().contains("conflict with \"kubectl-scale\""), "{refused:?}");
+    }
+}
