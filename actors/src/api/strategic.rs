@@ -308,6 +308,13 @@ mod tests {
                 want: Ok(json!({"spec": {"containers": [{"name": "n", "image": "n:1"}]}})),
             },
             Case {
+                source: "DOC '$patch: merge' (the default, said explicitly): the map merges",
+                ty: "Pod",
+                original: json!({"metadata": {"labels": {"a": "1"}}}),
+                patch: json!({"metadata": {"labels": {"$patch": "merge", "b": "2"}}}),
+                want: Ok(json!({"metadata": {"labels": {"a": "1", "b": "2"}}})),
+            },
+            Case {
                 source: "DOC '$patch: delete' in a list: the element with that key goes",
                 ty: "Pod",
                 original: two.clone(),
