@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use keelson_actors::api::informer::{key_of, Informer};
 use keelson_actors::api::{ApiClient, ApiRequest, EventRecorder, EventType, Method};
 use keelson_actors::runtime::ActorPath;
 use keelson_transport::faults::{Direction, LinkFaults};
@@ -221,6 +222,119 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
         }
         assert_eq!(served.expect("another server answers")["status"]["phase"], "Pending");
         transport.faults().heal();
+    });
+    transport.close();
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}
+
+/// An informer over the actor door keeps a cache equal to a fresh list while four
+/// writers create, change and delete ConfigMaps, and while the server its watch is on
+/// is stopped and restarted (it resumes on another server from the last version).
+#[test]
+fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
+    let _serial = serial();
+    let scratch = Scratch::new("api-informer");
+    let data = scratch.data();
+    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", Duration::from_secs(60));
+    let (transport, _quic, servers) = node_transport(&data, "server-9");
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string();
+    let url = format!("https://{}", std::fs::read_to_string(data.join("server-2/api-addr")).unwrap().trim());
+    let ca = data.join("ca.crt");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = ApiClient::remote(transport.clone(), &servers, ActorPath::root("server-9").child("test"));
+        for _ in 0..100 {
+            if client.get("/api/v1/namespaces/kube-node-lease").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let informer = Informer::new(client.clone(), "/api/v1/namespaces/default/configmaps", &[]);
+        let cache = informer.cache();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(informer.run(tx));
+        let seen = tokio::spawn(async move {
+            let mut n = 0u64;
+            while rx.recv().await.is_some() {
+                n += 1;
+            }
+            n
+        });
+        // Writers over HTTPS (server-2), the informer's watch on server-1 at first.
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (url, token, ca) = (url.clone(), token.clone(), ca.clone());
+                std::thread::spawn(move || {
+                    let call = |method: &str, path: &str, body: &str| {
+                        std::process::Command::new("curl")
+                            .args(["-sS", "-o", "/dev/null", "--cacert"])
+                            .arg(&ca)
+                            .args(["-X", method, "-H", &format!("Authorization: Bearer {token}")])
+                            .args(["-H", "Content-Type: application/merge-patch+json", "--data-binary", body])
+                            .arg(format!("{url}{path}"))
+                            .status()
+                            .unwrap();
+                    };
+                    for i in 0..30 {
+                        let name = format!("w{w}-{i}");
+                        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                                        "metadata": {"name": name}, "data": {"n": "0"}});
+                        call("POST", "/api/v1/namespaces/default/configmaps", &cm.to_string());
+                        call(
+                            "PATCH",
+                            &format!("/api/v1/namespaces/default/configmaps/{name}"),
+                            r#"{"data":{"n":"1"}}"#,
+                        );
+                        if i % 3 == 0 {
+                            call("DELETE", &format!("/api/v1/namespaces/default/configmaps/{name}"), "");
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        run_ok(&data, &["chaos", "kill", "/up/server-1", "--mode", "stop"]);
+        for w in writers {
+            w.join().unwrap();
+        }
+        // The cache converges on a fresh list: the same keys at the same versions.
+        let fresh = || async {
+            let list = client.get("/api/v1/namespaces/default/configmaps").await.unwrap();
+            let mut v: Vec<(String, String)> = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| (key_of(o), o["metadata"]["resourceVersion"].as_str().unwrap().to_string()))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut last = (Vec::new(), Vec::new());
+        let mut same = false;
+        for _ in 0..100 {
+            let want = fresh().await;
+            let mut have: Vec<(String, String)> = cache
+                .read()
+                .unwrap()
+                .objects
+                .values()
+                .map(|o| (key_of(o), o["metadata"]["resourceVersion"].as_str().unwrap().to_string()))
+                .collect();
+            have.sort();
+            if have == want {
+                same = true;
+                break;
+            }
+            last = (have, want);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(same, "cache {:?}\n   != list {:?}", last.0, last.1);
+        assert_eq!(fresh().await.len(), 80, "120 made, 40 deleted");
+        assert!(cache.read().unwrap().lists >= 1);
+        drop(cache);
+        seen.abort();
     });
     transport.close();
     up.signal(libc::SIGINT);

@@ -20,7 +20,8 @@
 //! - `http.rs`: the HTTPS door (authentication by token or client certificate);
 //! - `door.rs`: the actor door (in-cluster components, over QUIC or locally);
 //! - `client.rs`: the actor door's client, for those components;
-//! - `recorder.rs`: Events, recorded by components (repeats counted).
+//! - `recorder.rs`: Events, recorded by components (repeats counted);
+//! - `informer.rs`: a collection cached in memory by list and watch, changes by key.
 //!
 //! Each incarnation serves the member's listening socket (bound once by the member, so
 //! the port and the kubeconfig that names it survive restarts). A member without HTTPS
@@ -32,6 +33,7 @@ pub mod client;
 mod discovery;
 pub mod door;
 mod http;
+pub mod informer;
 mod kinds;
 mod objects;
 mod openapi;

@@ -1,0 +1,195 @@
+//! An informer, as client-go has: a local copy of one collection (a kind, maybe
+//! namespaced, maybe selected), kept current by a list and then a watch through the
+//! actor door, listing again when the watch's version is too old (410) — so the
+//! scheduler and controllers read from memory and are told what changed.
+//!
+//! Each change is reported by key (`namespace/name`, or `name`), not as an event to
+//! act on: the reader looks the object up in the cache when it gets to the key, so
+//! it always works from the latest state (level-triggered), and a relist reports
+//! exactly what differs from what was cached before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::client::{ApiClient, ApiError};
+use super::door::ApiRequest;
+use super::pipeline::Method;
+
+/// What changed, by key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Added or modified: read the cache for its state now.
+    Upserted(String),
+    /// Gone; its last known state.
+    Deleted(String, Value),
+}
+
+/// The cached objects, by key, and the resourceVersion they are current at.
+#[derive(Debug, Default)]
+pub struct Cache {
+    pub objects: HashMap<String, Value>,
+    pub resource_version: String,
+    /// Lists made so far (the first, and one per expired watch).
+    pub lists: u64,
+}
+
+/// The cache key of an object: `namespace/name`, or `name` if cluster-scoped.
+pub fn key_of(obj: &Value) -> String {
+    let m = &obj["metadata"];
+    match m["namespace"].as_str() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{}", m["name"].as_str().unwrap_or_default()),
+        _ => m["name"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+pub struct Informer {
+    client: ApiClient,
+    /// `/api/v1/pods`, `/apis/apps/v1/namespaces/web/deployments`, …
+    collection: String,
+    /// Selectors (`labelSelector`, `fieldSelector`).
+    query: Vec<(String, String)>,
+    cache: Arc<RwLock<Cache>>,
+}
+
+impl Informer {
+    pub fn new(client: ApiClient, collection: &str, query: &[(&str, &str)]) -> Self {
+        Self {
+            client,
+            collection: collection.to_string(),
+            query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            cache: Arc::default(),
+        }
+    }
+
+    /// The cache this informer keeps (shared: read it any time).
+    pub fn cache(&self) -> Arc<RwLock<Cache>> {
+        self.cache.clone()
+    }
+
+    /// Keeps the cache current for as long as `changes` has a receiver, reporting every
+    /// change on it; API errors are retried with back-off (200 ms doubling to 5 s).
+    pub async fn run(self, changes: mpsc::Sender<Change>) {
+        let mut backoff = Duration::from_millis(200);
+        let mut resume: Option<String> = None;
+        loop {
+            if changes.is_closed() {
+                return;
+            }
+            let rv = match resume.take() {
+                Some(rv) => rv,
+                None => match self.relist(&changes).await {
+                    Ok(rv) => rv,
+                    Err(e) => {
+                        tracing::debug!(collection = %self.collection, error = %e, "list failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            match self.watch(&rv, &changes).await {
+                // The watch ended (its timeout, or the server went): go on from where it was.
+                Ok(last) => {
+                    backoff = Duration::from_millis(200);
+                    resume = Some(last);
+                }
+                Err((e, _)) if e.code() == Some(410) => {
+                    tracing::debug!(collection = %self.collection, "watch expired; listing again");
+                }
+                Err((e, last)) => {
+                    tracing::debug!(collection = %self.collection, error = %e, "watch failed; resuming");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    resume = Some(last);
+                }
+            }
+        }
+    }
+
+    /// Lists, replaces the cache, reports what differs from before; the list's version.
+    async fn relist(&self, changes: &mpsc::Sender<Change>) -> Result<String, ApiError> {
+        let mut request = ApiRequest::new(Method::Get, self.collection.clone());
+        request.query.clone_from(&self.query);
+        let list = self.client.call(request).await?;
+        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        let fresh: HashMap<String, Value> = match list["items"].as_array() {
+            Some(items) => items.iter().map(|o| (key_of(o), o.clone())).collect(),
+            None => HashMap::new(),
+        };
+        let mut reports = Vec::new();
+        {
+            let mut cache = self.cache.write().unwrap();
+            for (k, old) in &cache.objects {
+                if !fresh.contains_key(k) {
+                    reports.push(Change::Deleted(k.clone(), old.clone()));
+                }
+            }
+            for (k, new) in &fresh {
+                if cache.objects.get(k) != Some(new) {
+                    reports.push(Change::Upserted(k.clone()));
+                }
+            }
+            cache.objects = fresh;
+            cache.resource_version.clone_from(&rv);
+            cache.lists += 1;
+        }
+        for r in reports {
+            let _reader_gone = changes.send(r).await;
+        }
+        Ok(rv)
+    }
+
+    /// Follows the watch from `rv`; the last version seen when it ends, or the error
+    /// with the last version seen (to resume from, unless it is a 410).
+    async fn watch(&self, rv: &str, changes: &mpsc::Sender<Change>) -> Result<String, (ApiError, String)> {
+        let mut query: Vec<(&str, &str)> = self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        query.push(("allowWatchBookmarks", "true"));
+        let mut last = rv.to_string();
+        let mut events = self.client.watch(&self.collection, Some(rv), &query).await.map_err(|e| (e, last.clone()))?;
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| (e, last.clone()))?;
+            if let Some(v) = event.object["metadata"]["resourceVersion"].as_str() {
+                last = v.to_string();
+            }
+            let key = key_of(&event.object);
+            let report = {
+                let mut cache = self.cache.write().unwrap();
+                cache.resource_version.clone_from(&last);
+                match event.kind.as_str() {
+                    "ADDED" | "MODIFIED" => {
+                        cache.objects.insert(key.clone(), event.object);
+                        Some(Change::Upserted(key))
+                    }
+                    "DELETED" => {
+                        cache.objects.remove(&key);
+                        Some(Change::Deleted(key, event.object))
+                    }
+                    _ => None, // BOOKMARK: only the version moves
+                }
+            };
+            if let Some(r) = report {
+                if changes.send(r).await.is_err() {
+                    return Ok(last);
+                }
+            }
+        }
+        Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_name_namespaced_and_cluster_objects() {
+        assert_eq!(key_of(&json!({"metadata": {"namespace": "web", "name": "p"}})), "web/p");
+        assert_eq!(key_of(&json!({"metadata": {"name": "node-a"}})), "node-a");
+    }
+}
