@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod controllers;
 pub mod member;
 pub mod process;
 pub mod runtime;

@@ -7,9 +7,11 @@
 //!   /store             the replicated store
 //!     /shard-0 …
 //!   /api               the Kubernetes API (HTTPS door, actor door)
+//!   /leader            the controllers' leader election (fencing epochs)
 //!   /admin             observation, chaos, kv door
 //! ```
-//! A server also runs `/api` (the Kubernetes API: HTTPS and the actor door). Later
+//! A server also runs `/api` (the Kubernetes API: HTTPS and the actor door) and
+//! `/leader` (the election of the member that runs the controllers). Later
 //! issues add `/scheduler`, `/controllers` under a server's root, and
 //! `/kubelet`, `/proxy` under an agent's.
 
@@ -21,6 +23,7 @@ use keelson_transport::Transport;
 
 use crate::admin::AdminDoor;
 use crate::api::{ApiServer, HttpsSetup};
+use crate::controllers::{Election, Elector};
 use crate::process::{ChildProcess, ProcessSpec};
 use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
 use crate::store::{store_tree, Replica, StoreConfig};
@@ -59,12 +62,16 @@ pub fn server_tree(
     let factory = move |cx: &_| ApiServer::new(cx, https.clone(), token.clone(), r.clone());
     let (api, api_ref) = ChildSpec::new("api", Restart::Permanent, factory);
     router.route(&root.child("api"), api_ref);
-    SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(store_spec).child(api).child(door(
-        cfg,
-        listener,
-        Some(transport),
-        replicas,
-    ))
+    // The controllers' leader election, once the store it campaigns in has started.
+    let r = replicas.clone();
+    let elector = move |cx: &_| Elector::new(cx, r.clone(), Election::default());
+    let (leader, _) = ChildSpec::new("leader", Restart::Permanent, elector);
+    SupervisorSpec::new(Strategy::OneForOne, cfg.root)
+        .child(links)
+        .child(store_spec)
+        .child(api)
+        .child(leader)
+        .child(door(cfg, listener, Some(transport), replicas))
 }
 
 /// A member process the launcher keeps running.

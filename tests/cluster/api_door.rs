@@ -24,9 +24,19 @@ use crate::support::*;
 
 /// A QUIC endpoint holding node `name`'s identity, knowing every server member.
 fn node_transport(data: &Path, name: &str) -> (Transport, keelson_transport::TransportRuntime, Vec<String>) {
+    member_transport(data, name, Role::Agent)
+}
+
+/// A QUIC endpoint holding `name`'s identity (as `role`) from the cluster CA, knowing
+/// every server member.
+pub(crate) fn member_transport(
+    data: &Path,
+    name: &str,
+    role: Role,
+) -> (Transport, keelson_transport::TransportRuntime, Vec<String>) {
     let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap();
     let ca = ClusterCa::from_pem(read("cluster-id").trim(), &read("ca.crt"), &read("ca.key")).unwrap();
-    let creds = ca.issue(&Identity::new(name, Role::Agent).unwrap()).unwrap();
+    let creds = ca.issue(&Identity::new(name, role).unwrap()).unwrap();
     let cfg = TransportConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     let (transport, _inbox, runtime) = Transport::start(&creds, cfg).unwrap();
     let mut servers = Vec::new();

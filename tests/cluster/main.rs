@@ -27,6 +27,7 @@ mod api_watch;
 mod kubectl;
 mod kubectl_apply;
 mod launcher;
+mod leader;
 mod linearizability;
 mod member;
 mod python_client;

@@ -66,12 +66,14 @@ enum Door {
 pub struct ApiClient {
     door: Arc<Door>,
     deadline: Duration,
+    /// The fencing epoch every request carries (a controller leader's).
+    epoch: Option<u64>,
 }
 
 impl ApiClient {
     /// Through this member's own API actor.
     pub fn local(api: Ref<ApiServer>) -> Self {
-        Self { door: Arc::new(Door::Local(api)), deadline: Duration::from_secs(10) }
+        Self { door: Arc::new(Door::Local(api)), deadline: Duration::from_secs(10), epoch: None }
     }
 
     /// Through the `/api` of `servers` (member names `transport` can reach); `from` is the
@@ -84,6 +86,7 @@ impl ApiClient {
         Self {
             door: Arc::new(Door::Remote { servers, preferred: AtomicUsize::new(0) }),
             deadline: Duration::from_secs(10),
+            epoch: None,
         }
     }
 
@@ -93,8 +96,16 @@ impl ApiClient {
         self
     }
 
+    /// Every request carries `epoch`: writes are refused (409 `Fenced`) once a newer
+    /// leader has raised the store's epoch.
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = Some(epoch);
+        self
+    }
+
     /// The raw answer (any code); only reaching no server at all is an error.
-    pub async fn send(&self, request: ApiRequest) -> Result<ApiResponse, ApiError> {
+    pub async fn send(&self, mut request: ApiRequest) -> Result<ApiResponse, ApiError> {
+        request.epoch = request.epoch.or(self.epoch);
         match &*self.door {
             Door::Local(api) => {
                 let mut answers = api

@@ -29,11 +29,21 @@ pub struct ApiRequest {
     pub content_type: String,
     /// JSON (Kubernetes objects do not survive bincode; they ride as JSON bytes).
     pub body: Vec<u8>,
+    /// The controller leader's fencing epoch: its writes are refused (409 `Fenced`)
+    /// once a newer leader raised the store's.
+    pub epoch: Option<u64>,
 }
 
 impl ApiRequest {
     pub fn new(method: Method, path: impl Into<String>) -> Self {
-        Self { method, path: path.into(), query: Vec::new(), content_type: "application/json".into(), body: Vec::new() }
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            content_type: "application/json".into(),
+            body: Vec::new(),
+            epoch: None,
+        }
     }
 
     pub fn query(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -103,6 +113,7 @@ pub fn serve(
             content_type: request.content_type,
             accept: "application/json".into(),
             agent,
+            epoch: request.epoch,
             body: Bytes::from(request.body),
         };
         match pipeline::handle(&state, &user, call).await {

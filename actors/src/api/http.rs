@@ -94,6 +94,7 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         content_type: header("content-type"),
         accept: header("accept"),
         agent: header("user-agent").split('/').next().unwrap_or_default().trim().to_string(),
+        epoch: None,
         body,
     };
     match pipeline::handle(&state, &user, call).await {

@@ -94,7 +94,7 @@ impl ApiServer {
             https.as_ref().and_then(|h| h.listener.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
         let auth = Arc::new(auth::Authenticator::new(token));
         let openapi = Arc::new(openapi::OpenApi::new());
-        let state = ApiState { objects: Objects { replicas }, auth, openapi, address };
+        let state = ApiState { objects: Objects { replicas, epoch: None }, auth, openapi, address };
         let me = User { name: format!("system:keelson:{}", cx.path.member()), role: Role::Admin };
         Self { https, state, me, serving: Serving::default() }
     }

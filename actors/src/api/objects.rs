@@ -17,6 +17,9 @@ use crate::store::{shard_of, ClientOp, ClientReply, Execute, Replica};
 #[derive(Clone)]
 pub struct Objects {
     pub replicas: Vec<Ref<Replica>>,
+    /// The fencing epoch this caller's writes carry (a controller leader's); a write
+    /// with an epoch older than its shard's is refused (409 `Fenced`).
+    pub epoch: Option<u64>,
 }
 
 /// What a delete asks for (`DeleteOptions`' preconditions).
@@ -167,7 +170,15 @@ impl Objects {
     async fn cas(&self, key: &str, expected: u64, value: Option<&Value>) -> Result<Outcome, Failure> {
         let value = value.map(|v| serde_json::to_vec(v).unwrap_or_default());
         let op = WriteOp::Cas { key: key.to_string(), expected, value };
-        match self.run(key, ClientOp::Write(Command { epoch: None, op })).await? {
+        match self.run(key, ClientOp::Write(Command { epoch: self.epoch, op })).await? {
+            ClientReply::Written(Outcome::Fenced { current }) => Err(Failure::new(
+                409,
+                "Fenced",
+                format!(
+                    "the write carries leader epoch {}, older than the store's {current}: its leader was replaced",
+                    self.epoch.unwrap_or_default()
+                ),
+            )),
             ClientReply::Written(o) => Ok(o),
             other => Err(Failure::unavailable(format!("unexpected store answer {other:?}"))),
         }

@@ -52,6 +52,8 @@ pub struct Call {
     /// Who the client says it is (HTTP: the User-Agent's first word; the actor door:
     /// the calling actor's name): the field manager when the request names none.
     pub agent: String,
+    /// The fencing epoch the caller's writes carry (the actor door's controllers).
+    pub epoch: Option<u64>,
     pub body: Bytes,
 }
 
@@ -70,6 +72,16 @@ impl From<Failure> for Answer {
 
 /// Runs `call` for `user` (already authenticated by its door).
 pub async fn handle(state: &ApiState, user: &User, call: Call) -> Answer {
+    let fenced;
+    let state = match call.epoch {
+        Some(epoch) => {
+            let mut s = state.clone();
+            s.objects.epoch = Some(epoch);
+            fenced = s;
+            &fenced
+        }
+        None => state,
+    };
     let segments: Vec<&str> = call.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let found = match segments.as_slice() {
         ["api"] => Some(discovery::core_versions(&state.address)),

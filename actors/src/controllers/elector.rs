@@ -1,0 +1,160 @@
+//! `/<server>/leader`: which server member runs the scheduler and controllers.
+//!
+//! Every server member campaigns for one store key, `/keelson/leader/controllers`,
+//! attached to a lease of its own (the store's leader expires leases on its clock, never
+//! a follower's). The member whose transaction creates the key leads; the key's
+//! revision is its **fencing epoch**, raised on every shard before it acts, and carried
+//! by each of its writes (`ApiClient::with_epoch`), so once another member has taken
+//! over, nothing the old leader still sends is written (409 `Fenced`). The leader keeps
+//! its lease alive; when a keep-alive finds the lease gone, or none succeeds for a whole
+//! TTL (cut off), it exits — its supervisor restarts it as a candidate.
+
+use std::time::{Duration, Instant};
+
+use actix::{ActorFutureExt, AsyncContext};
+use serde_json::json;
+
+use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Incarnation, Ref};
+use crate::store::state::{Cmp, Command, Compare, Outcome, Target, TxnOp, WriteOp};
+use crate::store::{shard_of, ClientOp, ClientReply, Execute, Replica};
+
+/// The key the members campaign for.
+pub const LEADER_KEY: &str = "/keelson/leader/controllers";
+
+/// How long a leader's lease lives without a keep-alive, and how often it renews.
+#[derive(Debug, Clone, Copy)]
+pub struct Election {
+    pub ttl: Duration,
+    pub renew: Duration,
+}
+
+impl Default for Election {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(3), renew: Duration::from_millis(750) }
+    }
+}
+
+/// A term of leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Term {
+    pub lease: u64,
+    pub epoch: u64,
+}
+
+pub struct Elector {
+    member: String,
+    replicas: Vec<Ref<Replica>>,
+    election: Election,
+}
+
+impl Elector {
+    pub fn new(cx: &ChildContext, replicas: Vec<Ref<Replica>>, election: Election) -> Self {
+        Self { member: cx.path.member().to_string(), replicas, election }
+    }
+}
+
+/// The store as the elector uses it.
+#[derive(Clone)]
+struct Store {
+    replicas: Vec<Ref<Replica>>,
+}
+
+impl Store {
+    async fn run(&self, key: &str, op: ClientOp) -> Result<ClientReply, String> {
+        let shard = shard_of(key, self.replicas.len() as u32) as usize;
+        self.on(shard, op).await
+    }
+
+    async fn on(&self, shard: usize, op: ClientOp) -> Result<ClientReply, String> {
+        match self.replicas[shard].send(Execute(op)).await {
+            Ok(ClientReply::NoLeader) => Err("the store has no leader".into()),
+            Ok(ClientReply::Error(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn write(&self, key: &str, op: WriteOp) -> Result<Outcome, String> {
+        match self.run(key, ClientOp::Write(Command { epoch: None, op })).await? {
+            ClientReply::Written(o) => Ok(o),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// One try: the term won, or `None` while another member leads.
+    async fn campaign(&self, member: &str, ttl: Duration) -> Result<Option<Term>, String> {
+        if let ClientReply::Item { item: Some(_), .. } =
+            self.run(LEADER_KEY, ClientOp::Get { key: LEADER_KEY.into() }).await?
+        {
+            return Ok(None);
+        }
+        let lease = fastrand::u64(1..);
+        let ttl_ms = ttl.as_millis() as u64;
+        match self.write(LEADER_KEY, WriteOp::LeaseGrant { id: lease, ttl_ms }).await? {
+            Outcome::Lease { granted: true, .. } => {}
+            other => return Err(format!("lease not granted: {other:?}")),
+        }
+        let value = json!({"member": member, "lease": lease}).to_string().into_bytes();
+        let txn = WriteOp::Txn {
+            compares: vec![Compare { key: LEADER_KEY.into(), target: Target::Version(0), cmp: Cmp::Equal }],
+            success: vec![TxnOp::Put { key: LEADER_KEY.into(), value, lease }],
+            failure: vec![],
+        };
+        match self.write(LEADER_KEY, txn).await? {
+            Outcome::Txn { succeeded: true, revision } => {
+                // Every shard refuses the previous leaders' writes from now on.
+                for shard in 0..self.replicas.len() {
+                    let raise = Command { epoch: None, op: WriteOp::RaiseEpoch { epoch: revision } };
+                    self.on(shard, ClientOp::Write(raise)).await?;
+                }
+                Ok(Some(Term { lease, epoch: revision }))
+            }
+            Outcome::Txn { succeeded: false, .. } => {
+                let _ = self.write(LEADER_KEY, WriteOp::LeaseRevoke { id: lease }).await;
+                Ok(None)
+            }
+            other => Err(format!("unexpected outcome {other:?}")),
+        }
+    }
+
+    /// Whether the term's lease is still alive (renewed for a full TTL).
+    async fn keep_alive(&self, term: Term) -> Result<bool, String> {
+        match self.run(LEADER_KEY, ClientOp::KeepAlive { lease: term.lease }).await? {
+            ClientReply::KeptAlive { ttl_ms, .. } => Ok(ttl_ms.is_some()),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
+impl Actor for Elector {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        let store = Store { replicas: self.replicas.clone() };
+        let (member, election) = (self.member.clone(), self.election);
+        let task = async move {
+            let term = loop {
+                match store.campaign(&member, election.ttl).await {
+                    Ok(Some(term)) => break term,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "campaign failed; trying again"),
+                }
+                actix_rt::time::sleep(election.renew).await;
+            };
+            tracing::info!(epoch = term.epoch, "leading the controllers");
+            let mut renewed = Instant::now();
+            loop {
+                actix_rt::time::sleep(election.renew).await;
+                match store.keep_alive(term).await {
+                    Ok(true) => renewed = Instant::now(),
+                    Ok(false) => return format!("lost the controller lease (epoch {})", term.epoch),
+                    Err(e) if renewed.elapsed() >= election.ttl => {
+                        return format!("could not renew the controller lease for {:?}: {e}", election.ttl);
+                    }
+                    Err(_) => {}
+                }
+            }
+        };
+        ctx.spawn(actix::fut::wrap_future(task).map(|why, _: &mut Incarnation<Self>, ctx: &mut Ctx<Self>| {
+            exit(ctx, ExitReason::failed(why));
+        }));
+    }
+}

@@ -1,0 +1,98 @@
+//! The controllers' leader: exactly one server member holds the store key
+//! `/keelson/leader/controllers`; when it stops, another takes over within seconds with
+//! a higher fencing epoch, and from then on writes carrying the old epoch are refused
+//! (409 `Fenced`) and change nothing, while the new epoch's writes go through.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use keelson_actors::api::ApiClient;
+use keelson_actors::runtime::ActorPath;
+use keelson_transport::tls::Role;
+use serde_json::{json, Value};
+
+use crate::api_door::member_transport;
+use crate::support::*;
+
+/// (holder, epoch) of the leader key, if someone leads.
+fn leader(data: &Path) -> Option<(String, u64)> {
+    let out = run(data, &["kv", "get", "/keelson/leader/controllers", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let value: Value = serde_json::from_str(v["value"].as_str()?).ok()?;
+    Some((value["member"].as_str()?.to_string(), v["create_revision"].as_u64()?))
+}
+
+fn cm(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}})
+}
+
+#[test]
+fn a_new_controller_leader_fences_the_old_one() {
+    let _serial = serial();
+    let scratch = Scratch::new("leader");
+    let data = scratch.data();
+    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", Duration::from_secs(60));
+    let mut first = None;
+    eventually("a controller leader", Duration::from_secs(30), || {
+        first = leader(&data);
+        first.is_some()
+    });
+    let (holder, old) = first.unwrap();
+    let (transport, _quic, servers) = member_transport(&data, "server-9", Role::Server);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = ApiClient::remote(transport.clone(), &servers, ActorPath::root("server-9").child("controllers"));
+        let mut made = false;
+        for _ in 0..100 {
+            if client.clone().with_epoch(old).create("/api/v1/namespaces/default/configmaps", &cm("a")).await.is_ok() {
+                made = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(made, "a write at the current epoch goes through");
+    });
+
+    run_ok(&data, &["chaos", "kill", &format!("/up/{holder}"), "--mode", "stop"]);
+    let stopped = Instant::now();
+    let mut next = None;
+    eventually("another leader", Duration::from_secs(20), || {
+        next = leader(&data).filter(|(_, epoch)| *epoch > old);
+        next.is_some()
+    });
+    let (_, new) = next.unwrap();
+    eprintln!("takeover after {:?} (epoch {old} → {new})", stopped.elapsed());
+
+    rt.block_on(async {
+        let client = ApiClient::remote(transport.clone(), &servers, ActorPath::root("server-9").child("controllers"));
+        let mut refused = None;
+        for _ in 0..50 {
+            match client.clone().with_epoch(old).create("/api/v1/namespaces/default/configmaps", &cm("b")).await {
+                Err(e) if e.code() == Some(409) => {
+                    refused = Some(e);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Ok(v) => panic!("the old leader's write went through: {v}"),
+            }
+        }
+        let refused = refused.expect("the old epoch's write is answered");
+        assert!(refused.to_string().contains("Fenced"), "{refused}");
+        let gone = client.get("/api/v1/namespaces/default/configmaps/b").await.unwrap_err();
+        assert_eq!(gone.code(), Some(404), "a fenced write changes nothing");
+        let ok = client.clone().with_epoch(new).create("/api/v1/namespaces/default/configmaps", &cm("c")).await;
+        assert!(ok.is_ok(), "the new leader writes: {ok:?}");
+        // Updates and deletes are fenced too.
+        let mut a = client.get("/api/v1/namespaces/default/configmaps/a").await.unwrap();
+        a["data"]["k"] = "w".into();
+        let stale = client.clone().with_epoch(old).update("/api/v1/namespaces/default/configmaps/a", &a).await;
+        assert_eq!(stale.unwrap_err().code(), Some(409));
+        let deleted = client.clone().with_epoch(old).delete("/api/v1/namespaces/default/configmaps/a").await;
+        assert_eq!(deleted.unwrap_err().code(), Some(409));
+        assert_eq!(client.get("/api/v1/namespaces/default/configmaps/a").await.unwrap()["data"]["k"], "v");
+    });
+    transport.close();
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}
