@@ -105,6 +105,10 @@ impl ApiServer {
         Ok(HttpServer::new(move || App::new().configure(http::routes(state.clone())))
             .on_connect(http::remember_peer)
             .workers(2)
+            // Idle connections stay open as long as Kubernetes' API server keeps them
+            // (90 s): clients pool them (client-go up to 90 s, awc 15 s by default) and a
+            // request sent on one the server has just closed fails.
+            .keep_alive(Duration::from_secs(90))
             .disable_signals()
             .shutdown_timeout(1)
             .listen_rustls_0_23(listener, (*https.tls).clone())?

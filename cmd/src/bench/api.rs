@@ -44,7 +44,10 @@ fn client(data: &crate::datadir::DataDir, limit: usize) -> Result<awc::Client> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = awc::Connector::new().rustls_0_23(Arc::new(tls)).limit(limit);
+    // Pooled connections are dropped before the server would close them idle (90 s), so
+    // a request never goes out on a connection the server already closed.
+    let connector =
+        awc::Connector::new().rustls_0_23(Arc::new(tls)).limit(limit).conn_keep_alive(Duration::from_secs(30));
     Ok(awc::Client::builder().connector(connector).timeout(Duration::from_secs(30)).finish())
 }
 
