@@ -312,9 +312,9 @@ pub enum Refused {
 impl Refused {
     /// Kubernetes' message: `Apply failed with 1 conflict: conflict with "m" using apps/v1: .spec.replicas`.
     pub fn message(&self) -> String {
-        let Refused::Conflicts(c) = self else {
-            let Refused::Invalid(e) = self else { unreachable!() };
-            return e.clone();
+        let c = match self {
+            Refused::Invalid(e) => return e.clone(),
+            Refused::Conflicts(c) => c,
         };
         if let [one] = c.as_slice() {
             return format!(
@@ -323,8 +323,12 @@ impl Refused {
             );
         }
         let mut text = format!("Apply failed with {} conflicts:", c.len());
-        let mut managers: Vec<(&str, &str)> = c.iter().map(|x| (x.manager.as_str(), x.api_version.as_str())).collect();
-        managers.dedup();
+        let mut managers: Vec<(&str, &str)> = Vec::new();
+        for x in c {
+            if !managers.iter().any(|(m, _)| *m == x.manager) {
+                managers.push((x.manager.as_str(), x.api_version.as_str()));
+            }
+        }
         for (m, v) in managers {
             text.push_str(&format!(" conflicts with \"{m}\" using {v}:"));
             for x in c.iter().filter(|x| x.manager == m) {
@@ -532,6 +536,17 @@ mod tests {
         assert_eq!(with_side["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 2);
         let without = apply(&with_side, &deployment(2, "nginx:1"), "Deployment", "alice", now, true).unwrap();
         assert_eq!(without["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1, "{without}");
+    }
+
+    #[test]
+    fn several_conflicts_read_as_kubernetes_writes_them() {
+        let c = |path: &str| Conflict { manager: "kubectl".into(), api_version: "apps/v1".into(), path: path.into() };
+        let refused =
+            Refused::Conflicts(vec![c(".spec.replicas"), c(".spec.template.spec.containers[name=\"main\"].image")]);
+        assert_eq!(
+            refused.message(),
+            "Apply failed with 2 conflicts: conflicts with \"kubectl\" using apps/v1:\n- .spec.replicas\n- .spec.template.spec.containers[name=\"main\"].image"
+        );
     }
 
     #[test]
