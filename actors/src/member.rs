@@ -7,6 +7,7 @@
 //!   /store             the replicated store
 //!     /shard-0 …
 //!   /api               the Kubernetes API (HTTPS door, actor door)
+//!   /controllers       the controllers, while this member leads
 //!   /leader            the controllers' leader election (fencing epochs)
 //!   /admin             observation, chaos, kv door
 //! ```
@@ -61,15 +62,23 @@ pub fn server_tree(
     let r = replicas.clone();
     let factory = move |cx: &_| ApiServer::new(cx, https.clone(), token.clone(), r.clone());
     let (api, api_ref) = ChildSpec::new("api", Restart::Permanent, factory);
-    router.route(&root.child("api"), api_ref);
-    // The controllers' leader election, once the store it campaigns in has started.
+    router.route(&root.child("api"), api_ref.clone());
+    // The controllers' leader election, once the store it campaigns in has started; the
+    // controllers themselves start under `/controllers` while this member leads.
+    let (controllers, controllers_ref) = ChildSpec::supervisor(
+        "controllers",
+        Restart::Permanent,
+        SupervisorSpec::new(Strategy::OneForOne, SupervisorConfig::default()),
+    );
     let r = replicas.clone();
-    let elector = move |cx: &_| Elector::new(cx, r.clone(), Election::default());
+    let elector =
+        move |cx: &_| Elector::new(cx, r.clone(), Election::default(), controllers_ref.clone(), api_ref.clone());
     let (leader, _) = ChildSpec::new("leader", Restart::Permanent, elector);
     SupervisorSpec::new(Strategy::OneForOne, cfg.root)
         .child(links)
         .child(store_spec)
         .child(api)
+        .child(controllers)
         .child(leader)
         .child(door(cfg, listener, Some(transport), replicas))
 }

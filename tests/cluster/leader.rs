@@ -1,7 +1,8 @@
 //! The controllers' leader: exactly one server member holds the store key
 //! `/keelson/leader/controllers`; when it stops, another takes over within seconds with
 //! a higher fencing epoch, and from then on writes carrying the old epoch are refused
-//! (409 `Fenced`) and change nothing, while the new epoch's writes go through.
+//! (409 `Fenced`) and change nothing, while the new epoch's writes go through; the
+//! controllers (here the namespace controller) now run on the new leader.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -91,6 +92,21 @@ fn a_new_controller_leader_fences_the_old_one() {
         let deleted = client.clone().with_epoch(old).delete("/api/v1/namespaces/default/configmaps/a").await;
         assert_eq!(deleted.unwrap_err().code(), Some(409));
         assert_eq!(client.get("/api/v1/namespaces/default/configmaps/a").await.unwrap()["data"]["k"], "v");
+
+        // The controllers moved with the leadership: the new leader's namespace
+        // controller empties and removes a deleted namespace.
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gone"}});
+        client.create("/api/v1/namespaces", &ns).await.unwrap();
+        client.create("/api/v1/namespaces/gone/configmaps", &cm("inside")).await.unwrap();
+        let marked = client.delete("/api/v1/namespaces/gone").await.unwrap();
+        assert_eq!(marked["status"]["phase"], "Terminating", "{marked}");
+        let began = Instant::now();
+        while client.get("/api/v1/namespaces/gone").await.is_ok() {
+            assert!(began.elapsed() < Duration::from_secs(20), "the namespace is still there");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let inside = client.get("/api/v1/namespaces/gone/configmaps/inside").await.unwrap_err();
+        assert_eq!(inside.code(), Some(404));
     });
     transport.close();
     up.signal(libc::SIGINT);

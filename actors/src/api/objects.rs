@@ -271,6 +271,10 @@ impl Objects {
             }
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if res.kind == "Namespace" {
+            // As Kubernetes' namespace strategy: emptied by the namespace controller before it goes.
+            obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        }
         let meta = &mut obj["metadata"];
         meta["uid"] = uid().into();
         meta["creationTimestamp"] = rfc3339_now().into();
@@ -463,7 +467,11 @@ impl Objects {
             let marked = meta["deletionTimestamp"].is_string();
             // A pod being deleted gracefully: marked until its kubelet has stopped it (and
             // deletes it with grace 0). A later delete may only shorten the grace period.
-            let keep = finalizers || grace > 0;
+            // A namespace with spec finalizers goes Terminating; the namespace controller
+            // empties it and finalizes it (`/finalize`), and the delete after that removes it.
+            let namespace =
+                res.kind == "Namespace" && current["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            let keep = finalizers || grace > 0 || namespace;
             let given = meta["deletionGracePeriodSeconds"].as_i64();
             if keep && marked && given.is_none_or(|g| g <= grace) {
                 return Ok(current);
@@ -472,6 +480,9 @@ impl Objects {
                 let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 current["metadata"]["deletionTimestamp"] = rfc3339(at + grace as u64).into();
                 current["metadata"]["deletionGracePeriodSeconds"] = grace.into();
+                if namespace {
+                    current["status"]["phase"] = "Terminating".into();
+                }
                 if let Some(m) = current["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }

@@ -189,6 +189,9 @@ async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, versio
         (Method::Post, Some(name), Some("eviction")) if t.res.plural == "pods" => {
             verbs::evict(state, &t, name).await.map(|v| (201, v))
         }
+        (Method::Put, Some(name), Some("finalize")) if t.res.kind == "Namespace" => {
+            verbs::finalize(state, &t, name, &body).await.map(ok200)
+        }
         (Method::Delete, Some(name), None) => verbs::delete(state, &t, name, q, &body).await.map(ok200),
         (Method::Delete, None, None) => verbs::delete_collection(state, &t, q, &body).await.map(ok200),
         (Method::Get, Some(name), Some("scale")) if t.res.subresources.contains(&"scale") => {

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::http::ApiState;
-use super::objects::{admit, rfc3339_now, DeleteOptions, ListOptions, Objects, Part, Write};
+use super::objects::{admit, rfc3339_now, DeleteOptions, ListOptions, Part, Write};
 use super::patch;
 use super::pipeline::{param, Target};
 use super::selector::{FieldSelector, LabelSelector};
@@ -328,57 +328,24 @@ pub(super) async fn delete(
     if dry_run(q) {
         return state.objects.get(t.res, ns, name).await;
     }
-    if t.res.kind != "Namespace" {
-        return state.objects.delete_with(t.res, ns, name, &opts).await;
-    }
-    // A namespace goes Terminating (no new content), its contents are deleted, then it goes.
-    let current = state.objects.get(t.res, None, name).await?;
-    if current["status"]["phase"] == "Terminating" {
-        return Ok(current);
-    }
-    let mut terminating = current.clone();
-    terminating["status"]["phase"] = "Terminating".into();
-    terminating["metadata"]["deletionTimestamp"] = super::objects::rfc3339_now().into();
-    let marked = state.objects.update(t.res, None, name, terminating).await?;
-    let objects = state.objects.clone();
-    let namespace = name.to_string();
-    actix_rt::spawn(async move {
-        for _ in 0..600 {
-            match empty_namespace(&objects, &namespace).await {
-                Ok(true) => {
-                    let namespaces = crate::api::resources::find("", "v1", "namespaces").expect("served");
-                    if let Err(f) = objects.delete(namespaces, None, &namespace).await {
-                        tracing::warn!(namespace = %namespace, error = %f.message, "removing a namespace");
-                    }
-                    return;
-                }
-                Ok(false) => {}
-                Err(f) => tracing::debug!(namespace = %namespace, error = %f.message, "emptying a namespace"),
-            }
-            actix_rt::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        tracing::warn!(namespace = %namespace, "namespace still has content after 10 minutes (finalizers?)");
-    });
-    Ok(marked)
+    // A namespace goes Terminating here; the namespace controller (on the controllers'
+    // leader) empties it, then finalizes it.
+    state.objects.delete_with(t.res, ns, name, &opts).await
 }
 
-/// Deletes what is in `namespace`; true once nothing is left.
-async fn empty_namespace(objects: &Objects, namespace: &str) -> Result<bool, Failure> {
-    let mut left = 0;
-    for res in crate::api::resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let (items, _) = objects.list(res, Some(namespace), &ListOptions::default()).await?;
-        left += items.len();
-        for item in items.iter().filter(|i| !i["metadata"]["deletionTimestamp"].is_string()) {
-            if let Some(n) = item["metadata"]["name"].as_str() {
-                match objects.delete(res, Some(namespace), n).await {
-                    Ok(_) => {}
-                    Err(f) if f.reason == "NotFound" => {}
-                    Err(f) => return Err(f),
-                }
-            }
-        }
+/// `namespaces/<name>/finalize`: the namespace's `spec.finalizers` as sent; a Terminating
+/// namespace left with none is removed (the namespace controller's last step).
+pub(super) async fn finalize(state: &ApiState, t: &Target, name: &str, body: &[u8]) -> Result<Value, Failure> {
+    let sent = parse_body(body)?;
+    let mut current = state.objects.get(t.res, None, name).await?;
+    let finalizers = sent["spec"]["finalizers"].as_array().cloned().unwrap_or_default();
+    let done = finalizers.is_empty() && current["status"]["phase"] == "Terminating";
+    current["spec"]["finalizers"] = Value::Array(finalizers);
+    let updated = state.objects.update(t.res, None, name, current).await?;
+    if done {
+        return state.objects.delete(t.res, None, name).await;
     }
-    Ok(left == 0)
+    Ok(updated)
 }
 
 /// deletecollection: every object the selectors pick, deleted one by one.

@@ -7,14 +7,20 @@
 //! by each of its writes (`ApiClient::with_epoch`), so once another member has taken
 //! over, nothing the old leader still sends is written (409 `Fenced`). The leader keeps
 //! its lease alive; when a keep-alive finds the lease gone, or none succeeds for a whole
-//! TTL (cut off), it exits — its supervisor restarts it as a candidate.
+//! TTL (cut off), it stops the controllers and exits — its supervisor restarts it as a
+//! candidate. While it leads, the controllers run under `/<server>/controllers`, each
+//! calling this member's API with the leader's epoch.
 
 use std::time::{Duration, Instant};
 
 use actix::{ActorFutureExt, AsyncContext};
 use serde_json::json;
 
-use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Incarnation, Ref};
+use super::namespace::NamespaceController;
+use crate::api::{ApiClient, ApiServer};
+use crate::runtime::{
+    exit, Actor, ChildContext, ChildSpec, Ctx, ExitReason, Incarnation, Ref, Restart, StartChild, StopChild, Supervisor,
+};
 use crate::store::state::{Cmp, Command, Compare, Outcome, Target, TxnOp, WriteOp};
 use crate::store::{shard_of, ClientOp, ClientReply, Execute, Replica};
 
@@ -45,11 +51,35 @@ pub struct Elector {
     member: String,
     replicas: Vec<Ref<Replica>>,
     election: Election,
+    /// Where the controllers run while this member leads (`/<server>/controllers`).
+    controllers: Ref<Supervisor>,
+    /// This member's API, which the controllers call (a local actor message).
+    api: Ref<ApiServer>,
 }
 
 impl Elector {
-    pub fn new(cx: &ChildContext, replicas: Vec<Ref<Replica>>, election: Election) -> Self {
-        Self { member: cx.path.member().to_string(), replicas, election }
+    pub fn new(
+        cx: &ChildContext,
+        replicas: Vec<Ref<Replica>>,
+        election: Election,
+        controllers: Ref<Supervisor>,
+        api: Ref<ApiServer>,
+    ) -> Self {
+        Self { member: cx.path.member().to_string(), replicas, election, controllers, api }
+    }
+}
+
+/// The controllers a leader runs, each writing with the leader's epoch.
+fn controller_specs(client: &ApiClient) -> Vec<ChildSpec> {
+    let c = client.clone();
+    vec![ChildSpec::new("namespace", Restart::Permanent, move |_| NamespaceController::new(c.clone())).0]
+}
+
+const CONTROLLERS: &[&str] = &["namespace"];
+
+async fn stop_controllers(controllers: &Ref<Supervisor>) {
+    for name in CONTROLLERS {
+        let _not_running = controllers.send(StopChild { name: (*name).to_string() }).await;
     }
 }
 
@@ -130,7 +160,10 @@ impl Actor for Elector {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let store = Store { replicas: self.replicas.clone() };
         let (member, election) = (self.member.clone(), self.election);
+        let (controllers, api) = (self.controllers.clone(), self.api.clone());
         let task = async move {
+            // Whatever an earlier incarnation started is not ours to keep.
+            stop_controllers(&controllers).await;
             let term = loop {
                 match store.campaign(&member, election.ttl).await {
                     Ok(Some(term)) => break term,
@@ -140,18 +173,26 @@ impl Actor for Elector {
                 actix_rt::time::sleep(election.renew).await;
             };
             tracing::info!(epoch = term.epoch, "leading the controllers");
+            let client = ApiClient::local(api).with_epoch(term.epoch);
+            for spec in controller_specs(&client) {
+                if let Err(e) = controllers.send(StartChild(spec)).await {
+                    tracing::warn!(error = %e, "cannot start a controller");
+                }
+            }
             let mut renewed = Instant::now();
-            loop {
+            let why = loop {
                 actix_rt::time::sleep(election.renew).await;
                 match store.keep_alive(term).await {
                     Ok(true) => renewed = Instant::now(),
-                    Ok(false) => return format!("lost the controller lease (epoch {})", term.epoch),
+                    Ok(false) => break format!("lost the controller lease (epoch {})", term.epoch),
                     Err(e) if renewed.elapsed() >= election.ttl => {
-                        return format!("could not renew the controller lease for {:?}: {e}", election.ttl);
+                        break format!("could not renew the controller lease for {:?}: {e}", election.ttl);
                     }
                     Err(_) => {}
                 }
-            }
+            };
+            stop_controllers(&controllers).await;
+            why
         };
         ctx.spawn(actix::fut::wrap_future(task).map(|why, _: &mut Incarnation<Self>, ctx: &mut Ctx<Self>| {
             exit(ctx, ExitReason::failed(why));

@@ -1,7 +1,10 @@
-//! The control plane's controllers, on server members. Today: `/leader`, the election
-//! of the one member that runs the scheduler and controllers (issue P6 adds them, as
-//! children that start when this member leads).
+//! The control plane's controllers, on server members: `/leader` elects the one member
+//! that runs them, and starts them under `/controllers` while it leads (each writes
+//! with the leader's fencing epoch). Today: the namespace controller; the scheduler and
+//! the workload controllers are issue P6's.
 
 mod elector;
+mod namespace;
 
 pub use elector::{Election, Elector, Term, LEADER_KEY};
+pub use namespace::NamespaceController;
