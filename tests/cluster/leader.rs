@@ -107,6 +107,29 @@ fn a_new_controller_leader_fences_the_old_one() {
         }
         let inside = client.get("/api/v1/namespaces/gone/configmaps/inside").await.unwrap_err();
         assert_eq!(inside.code(), Some(404));
+
+        // While something inside holds it (a finalizer), the namespace stays Terminating
+        // and refuses new content with Kubernetes' 403; released, it goes.
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "held"}});
+        client.create("/api/v1/namespaces", &ns).await.unwrap();
+        let mut holder = cm("holder");
+        holder["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        client.create("/api/v1/namespaces/held/configmaps", &holder).await.unwrap();
+        client.delete("/api/v1/namespaces/held").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let refused = client.create("/api/v1/namespaces/held/configmaps", &cm("late")).await.unwrap_err();
+        assert_eq!(refused.code(), Some(403), "{refused}");
+        assert!(refused.to_string().contains("because it is being terminated"), "{refused}");
+        let ns_now = client.get("/api/v1/namespaces/held").await.unwrap();
+        assert_eq!(ns_now["status"]["phase"], "Terminating");
+        let mut release = client.get("/api/v1/namespaces/held/configmaps/holder").await.unwrap();
+        release["metadata"]["finalizers"] = json!([]);
+        client.update("/api/v1/namespaces/held/configmaps/holder", &release).await.unwrap();
+        let began = Instant::now();
+        while client.get("/api/v1/namespaces/held").await.is_ok() {
+            assert!(began.elapsed() < Duration::from_secs(20), "the released namespace is still there");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     });
     transport.close();
     up.signal(libc::SIGINT);
