@@ -39,6 +39,14 @@ impl ApiError {
         }
     }
 
+    /// The Status reason, if the API answered (`NotFound`, `Conflict`, `Fenced`, …).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
     fn from_answer(answer: &ApiResponse) -> Self {
         let v: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
         ApiError::Status {
@@ -246,6 +254,7 @@ mod tests {
         let expired =
             r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#;
         assert_eq!(event(line(expired)).unwrap_err().code(), Some(410));
+        assert_eq!(event(line(expired)).unwrap_err().reason(), Some("Expired"));
         let forbidden = ApiResponse { code: 403, body: br#"{"reason":"Forbidden","message":"no"}"#.to_vec() };
         assert_eq!(
             event(forbidden).unwrap_err(),

@@ -92,7 +92,8 @@ impl Actor for NamespaceController {
                             terminating.remove(&ns);
                         }
                         Ok(false) => {}
-                        Err(e) if e.to_string().contains("Fenced") => return,
+                        // Another member leads now: this one's writes are refused from here on.
+                        Err(e) if e.reason() == Some("Fenced") => return,
                         Err(e) => tracing::debug!(namespace = %ns, error = %e, "emptying a namespace"),
                     }
                 }
