@@ -20,7 +20,20 @@ use keelson_transport::tls::{ClusterCa, Identity, Role};
 use keelson_transport::{Transport, TransportConfig};
 use serde_json::{json, Value};
 
+use crate::api_watch::Api;
 use crate::support::*;
+
+/// Waits until the door serves the default namespaces (kube-node-lease is made last):
+/// the store may still be electing, and the door answers 503 until it can serve.
+pub(crate) async fn door_ready(client: &ApiClient) {
+    for _ in 0..100 {
+        if client.get("/api/v1/namespaces/kube-node-lease").await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the door never served the default namespaces");
+}
 
 /// A QUIC endpoint holding node `name`'s identity, knowing every server member.
 fn node_transport(data: &Path, name: &str) -> (Transport, keelson_transport::TransportRuntime, Vec<String>) {
@@ -68,36 +81,12 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
     let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let (transport, _quic, servers) = node_transport(&data, "node-a");
-    let admin_token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string();
-    let admin_url = format!("https://{}", std::fs::read_to_string(data.join("server-1/api-addr")).unwrap().trim());
-    let ca_file = data.join("ca.crt");
-    let curl = |method: &str, path: &str, body: &str| -> (u16, Value) {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--cacert"])
-            .arg(&ca_file)
-            .args(["-X", method, "-H", &format!("Authorization: Bearer {admin_token}")])
-            .args(["-H", "Content-Type: application/json", "-w", "\n%{http_code}", "--data-binary", body])
-            .arg(format!("{admin_url}{path}"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (json, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), serde_json::from_str(json).unwrap_or(Value::Null))
-    };
-
+    let api = Api::of(&data);
+    let curl = |method: &str, path: &str, body: &str| api.call(method, path, "application/json", body);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = ApiClient::remote(transport.clone(), &servers, ActorPath::root("node-a").child("kubelet"));
-        // The store may still be electing: the door answers 503 until it can serve.
-        let mut ready = false;
-        for _ in 0..100 {
-            if client.get("/api/v1/namespaces/kube-node-lease").await.is_ok() {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert!(ready, "the door never served the default namespaces (kube-node-lease is made last)");
+        door_ready(&client).await;
 
         // Its own Node and Lease: yes. Another node's: 403, and nothing is written.
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}});
@@ -249,18 +238,11 @@ fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
     let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let (transport, _quic, servers) = node_transport(&data, "server-9");
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string();
-    let url = format!("https://{}", std::fs::read_to_string(data.join("server-2/api-addr")).unwrap().trim());
-    let ca = data.join("ca.crt");
+    let api = Api::on(&data, "server-2");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let client = ApiClient::remote(transport.clone(), &servers, ActorPath::root("server-9").child("test"));
-        for _ in 0..100 {
-            if client.get("/api/v1/namespaces/kube-node-lease").await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        door_ready(&client).await;
         let informer = Informer::new(client.clone(), "/api/v1/namespaces/default/configmaps", &[]);
         let cache = informer.cache();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
@@ -275,17 +257,10 @@ fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
         // Writers over HTTPS (server-2), the informer's watch on server-1 at first.
         let writers: Vec<_> = (0..4)
             .map(|w| {
-                let (url, token, ca) = (url.clone(), token.clone(), ca.clone());
+                let api = api.clone();
                 std::thread::spawn(move || {
                     let call = |method: &str, path: &str, body: &str| {
-                        std::process::Command::new("curl")
-                            .args(["-sS", "-o", "/dev/null", "--cacert"])
-                            .arg(&ca)
-                            .args(["-X", method, "-H", &format!("Authorization: Bearer {token}")])
-                            .args(["-H", "Content-Type: application/merge-patch+json", "--data-binary", body])
-                            .arg(format!("{url}{path}"))
-                            .status()
-                            .unwrap();
+                        api.call(method, path, "application/merge-patch+json", body);
                     };
                     for i in 0..30 {
                         let name = format!("w{w}-{i}");

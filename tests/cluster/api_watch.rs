@@ -15,15 +15,21 @@ use serde_json::Value;
 
 use crate::support::*;
 
-struct Api {
+#[derive(Clone)]
+pub(crate) struct Api {
     url: String,
     ca: String,
     token: String,
 }
 
 impl Api {
-    fn of(data: &Path) -> Self {
-        let addr = std::fs::read_to_string(data.join("server-1/api-addr")).unwrap();
+    pub(crate) fn of(data: &Path) -> Self {
+        Self::on(data, "server-1")
+    }
+
+    /// The admin's HTTPS API on `member`.
+    pub(crate) fn on(data: &Path, member: &str) -> Self {
+        let addr = std::fs::read_to_string(data.join(member).join("api-addr")).unwrap();
         Self {
             url: format!("https://{}", addr.trim()),
             ca: data.join("ca.crt").display().to_string(),
@@ -31,7 +37,7 @@ impl Api {
         }
     }
 
-    fn call(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
         let out = Command::new("curl")
             .args(["-sS", "--cacert", &self.ca, "-X", method, "-H"])
             .arg(format!("Authorization: Bearer {}", self.token))

@@ -117,19 +117,30 @@ fn key_text(item: &Value, key: &str) -> String {
     Value::Object(m).to_string()
 }
 
+/// Where the element a `k:` or `v:` step names is in `list`.
+fn position(list: &[Value], step: &Step) -> Option<usize> {
+    match step {
+        Step::Key(k) => {
+            let want: Map<String, Value> = serde_json::from_str(k).ok()?;
+            list.iter().position(|e| want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)))
+        }
+        Step::Value(v) => {
+            let want: Value = serde_json::from_str(v).ok()?;
+            list.iter().position(|e| *e == want)
+        }
+        Step::Field(_) | Step::Itself => None,
+    }
+}
+
 /// The value at `path` in `obj`, if there is one.
 fn value_at<'a>(obj: &'a Value, path: &[Step]) -> Option<&'a Value> {
     let mut cur = obj;
     for step in path {
         cur = match step {
             Step::Field(f) => cur.get(f)?,
-            Step::Key(k) => {
-                let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-                cur.as_array()?.iter().find(|e| want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)))?
-            }
-            Step::Value(v) => {
-                let want: Value = serde_json::from_str(v).ok()?;
-                cur.as_array()?.iter().find(|e| **e == want)?
+            Step::Key(_) | Step::Value(_) => {
+                let list = cur.as_array()?;
+                &list[position(list, step)?]
             }
             Step::Itself => cur,
         };
@@ -144,11 +155,10 @@ fn remove_at(obj: &mut Value, path: &[Step]) {
     for step in parent {
         let next = match step {
             Step::Field(f) => cur.get_mut(f),
-            Step::Key(k) => {
-                let Ok(want) = serde_json::from_str::<Map<String, Value>>(k) else { return };
-                cur.as_array_mut()
-                    .and_then(|a| a.iter_mut().find(|e| want.iter().all(|(wk, wv)| e.get(wk) == Some(wv))))
-            }
+            Step::Key(_) => cur.as_array_mut().and_then(|list| {
+                let i = position(list, step)?;
+                list.get_mut(i)
+            }),
             Step::Value(_) | Step::Itself => None,
         };
         let Some(next) = next else { return };
@@ -160,16 +170,11 @@ fn remove_at(obj: &mut Value, path: &[Step]) {
                 m.remove(f);
             }
         }
-        Step::Key(k) => {
-            let Ok(want) = serde_json::from_str::<Map<String, Value>>(k) else { return };
-            if let Some(a) = cur.as_array_mut() {
-                a.retain(|e| !want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)));
-            }
-        }
-        Step::Value(v) => {
-            let Ok(want) = serde_json::from_str::<Value>(v) else { return };
-            if let Some(a) = cur.as_array_mut() {
-                a.retain(|e| *e != want);
+        Step::Key(_) | Step::Value(_) => {
+            if let Some(list) = cur.as_array_mut() {
+                while let Some(i) = position(list, last) {
+                    list.remove(i);
+                }
             }
         }
         Step::Itself => {}

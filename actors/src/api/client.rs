@@ -11,6 +11,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use keelson_transport::Transport;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::door::{ApiRequest, ApiResponse, LocalCall};
 use super::pipeline::Method;
@@ -49,10 +50,15 @@ impl ApiError {
 
     fn from_answer(answer: &ApiResponse) -> Self {
         let v: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        Self::from_status(answer.code, &v)
+    }
+
+    /// From a Kubernetes `Status` object answered with `code`.
+    fn from_status(code: u16, status: &Value) -> Self {
         ApiError::Status {
-            code: answer.code,
-            reason: v["reason"].as_str().unwrap_or("Unknown").to_string(),
-            message: v["message"].as_str().unwrap_or_default().to_string(),
+            code,
+            reason: status["reason"].as_str().unwrap_or("Unknown").to_string(),
+            message: status["message"].as_str().unwrap_or_default().to_string(),
         }
     }
 }
@@ -116,25 +122,12 @@ impl ApiClient {
         request.epoch = request.epoch.or(self.epoch);
         match &*self.door {
             Door::Local(api) => {
-                let mut answers = api
-                    .send(LocalCall(request))
-                    .await
-                    .map_err(|e| ApiError::Unreachable(format!("the local API: {e}")))?;
+                let mut answers = local_answers(api, request).await?;
                 answers.recv().await.ok_or_else(|| ApiError::Unreachable("the local API stopped".into()))
             }
             Door::Remote { servers, preferred } => {
-                let mut last = String::from("no server is known");
-                let first = preferred.load(Ordering::Relaxed);
-                for i in (0..servers.len()).map(|k| (first + k) % servers.len()) {
-                    match servers[i].request::<_, ApiResponse>(&request, self.deadline).await {
-                        Ok(answer) => {
-                            preferred.store(i, Ordering::Relaxed);
-                            return Ok(answer);
-                        }
-                        Err(e) => last = format!("{}: {e}", servers[i].path()),
-                    }
-                }
-                Err(ApiError::Unreachable(last))
+                first_server(servers, preferred, |i| servers[i].request::<_, ApiResponse>(&request, self.deadline))
+                    .await
             }
         }
     }
@@ -196,32 +189,45 @@ impl ApiClient {
         }
         let answers: BoxStream<'static, Result<ApiResponse, ApiError>> = match &*self.door {
             Door::Local(api) => {
-                let rx = api
-                    .send(LocalCall(request))
-                    .await
-                    .map_err(|e| ApiError::Unreachable(format!("the local API: {e}")))?;
+                let rx = local_answers(api, request).await?;
                 futures_util::stream::unfold(rx, |mut rx| async move { Some((Ok(rx.recv().await?), rx)) }).boxed()
             }
             Door::Remote { servers, preferred } => {
-                let mut last = String::from("no server is known");
-                let first = preferred.load(Ordering::Relaxed);
-                let mut opened = None;
-                for i in (0..servers.len()).map(|k| (first + k) % servers.len()) {
-                    match servers[i].stream::<_, ApiResponse>(&request, self.deadline).await {
-                        Ok(s) => {
-                            preferred.store(i, Ordering::Relaxed);
-                            opened = Some(s);
-                            break;
-                        }
-                        Err(e) => last = format!("{}: {e}", servers[i].path()),
-                    }
-                }
-                let stream = opened.ok_or(ApiError::Unreachable(last))?;
+                let stream =
+                    first_server(servers, preferred, |i| servers[i].stream::<_, ApiResponse>(&request, self.deadline))
+                        .await?;
                 stream.map(|item| item.map_err(|e: RemoteError| ApiError::Unreachable(e.to_string()))).boxed()
             }
         };
         Ok(answers.map(|answer| event(answer?)).boxed())
     }
+}
+
+/// This member's API, called with a local message: its answers.
+async fn local_answers(api: &Ref<ApiServer>, request: ApiRequest) -> Result<mpsc::Receiver<ApiResponse>, ApiError> {
+    api.send(LocalCall(request)).await.map_err(|e| ApiError::Unreachable(format!("the local API: {e}")))
+}
+
+/// `attempt` on each server in turn (by index into `servers`), starting with the one
+/// that answered last; the first success (that server is kept for next time), or why
+/// none answered.
+async fn first_server<T, F, Fut>(servers: &[RemoteRef], preferred: &AtomicUsize, attempt: F) -> Result<T, ApiError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RemoteError>>,
+{
+    let mut last = String::from("no server is known");
+    let first = preferred.load(Ordering::Relaxed);
+    for i in (0..servers.len()).map(|k| (first + k) % servers.len()) {
+        match attempt(i).await {
+            Ok(answer) => {
+                preferred.store(i, Ordering::Relaxed);
+                return Ok(answer);
+            }
+            Err(e) => last = format!("{}: {e}", servers[i].path()),
+        }
+    }
+    Err(ApiError::Unreachable(last))
 }
 
 fn event(answer: ApiResponse) -> Result<WatchEvent, ApiError> {
@@ -232,12 +238,7 @@ fn event(answer: ApiResponse) -> Result<WatchEvent, ApiError> {
     let kind = v["type"].as_str().unwrap_or_default().to_string();
     let object = v["object"].take();
     if kind == "ERROR" {
-        let code = object["code"].as_u64().unwrap_or(500) as u16;
-        return Err(ApiError::Status {
-            code,
-            reason: object["reason"].as_str().unwrap_or("Unknown").to_string(),
-            message: object["message"].as_str().unwrap_or_default().to_string(),
-        });
+        return Err(ApiError::from_status(object["code"].as_u64().unwrap_or(500) as u16, &object));
     }
     Ok(WatchEvent { kind, object })
 }

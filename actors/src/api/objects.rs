@@ -11,7 +11,7 @@ use super::validate;
 use crate::runtime::Ref;
 use crate::store::pages::{cursor_text, parse_cursor, read_page, PageError};
 use crate::store::state::{Command, Outcome, WriteOp};
-use crate::store::{shard_of, ClientOp, ClientReply, Execute, Replica};
+use crate::store::{execute, shard_of, ClientOp, ClientReply, Replica};
 
 /// The store as the API uses it: this member's replica of every shard.
 #[derive(Clone)]
@@ -138,14 +138,7 @@ impl Objects {
     }
 
     async fn run(&self, key_or_prefix: &str, op: ClientOp) -> Result<ClientReply, Failure> {
-        let shard = shard_of(key_or_prefix, self.shards());
-        let replica = self.replicas.get(shard as usize).ok_or_else(|| Failure::unavailable("no store here"))?;
-        match replica.send(Execute(op)).await {
-            Ok(ClientReply::NoLeader) => Err(Failure::unavailable("the store has no leader right now; retry")),
-            Ok(ClientReply::Error(e)) => Err(Failure::unavailable(format!("the store: {e}"))),
-            Ok(reply) => Ok(reply),
-            Err(e) => Err(Failure::unavailable(format!("the store replica: {e}"))),
-        }
+        execute(&self.replicas, key_or_prefix, op).await.map_err(Failure::unavailable)
     }
 
     /// A key's raw value (for records that are not Kubernetes objects).
@@ -405,10 +398,10 @@ impl Objects {
         if let Some(m) = before["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
-        if dry_run || (!finished && obj == before) {
-            if obj == before {
-                return Ok(current);
-            }
+        if !finished && obj == before {
+            return Ok(current); // a no-op writes nothing
+        }
+        if dry_run {
             obj["metadata"]["resourceVersion"] = revision.to_string().into();
             return Ok(obj);
         }

@@ -100,13 +100,7 @@ fn schemas(group: &str, version: &str) -> Map<String, Value> {
 fn document(group: &str, version: &str) -> Option<Value> {
     let mut paths = Map::new();
     for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
-        let base = format!("/{}", gv_path(group, version));
-        let path = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
-        paths.insert(path, json!({"patch": operation(r, true)}));
+        paths.insert(format!("{}/{{name}}", r.path(Some("{namespace}"))), json!({"patch": operation(r, true)}));
     }
     if paths.is_empty() {
         return None;
@@ -183,6 +177,9 @@ mod tests {
             assert!(found, "{}", r.kind);
         }
         assert!(api.lookup(&["apis", "nope", "v1"]).is_none());
+        let core = api.lookup(&["api", "v1"]).unwrap();
+        assert!(core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"].is_object());
+        assert!(core["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
         assert_eq!(
             operation(crate::api::resources::find("apps", "v1", "deployments").unwrap(), true)["operationId"],
             "patchAppsV1NamespacedDeployment"

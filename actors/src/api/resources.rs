@@ -89,6 +89,21 @@ impl Resource {
         }
     }
 
+    /// The URL path of this resource's collection in `namespace` (all namespaces, or a
+    /// cluster-scoped resource, when `None`): `/api/v1/namespaces/web/pods`,
+    /// `/apis/apps/v1/deployments`.
+    pub fn path(&self, namespace: Option<&str>) -> String {
+        let base = if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        };
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("{base}/namespaces/{ns}/{}", self.plural),
+            _ => format!("{base}/{}", self.plural),
+        }
+    }
+
     /// The store key prefix of this resource's objects in `namespace` (all namespaces
     /// when `None`). The first five segments decide the shard, so one namespace's
     /// objects of one kind share a shard.

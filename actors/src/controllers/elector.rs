@@ -22,7 +22,7 @@ use crate::runtime::{
     exit, Actor, ChildContext, ChildSpec, Ctx, ExitReason, Incarnation, Ref, Restart, StartChild, StopChild, Supervisor,
 };
 use crate::store::state::{Cmp, Command, Compare, Outcome, Target, TxnOp, WriteOp};
-use crate::store::{shard_of, ClientOp, ClientReply, Execute, Replica};
+use crate::store::{execute, execute_on, ClientOp, ClientReply, Replica};
 
 /// The key the members campaign for.
 pub const LEADER_KEY: &str = "/keelson/leader/controllers";
@@ -91,17 +91,7 @@ struct Store {
 
 impl Store {
     async fn run(&self, key: &str, op: ClientOp) -> Result<ClientReply, String> {
-        let shard = shard_of(key, self.replicas.len() as u32) as usize;
-        self.on(shard, op).await
-    }
-
-    async fn on(&self, shard: usize, op: ClientOp) -> Result<ClientReply, String> {
-        match self.replicas[shard].send(Execute(op)).await {
-            Ok(ClientReply::NoLeader) => Err("the store has no leader".into()),
-            Ok(ClientReply::Error(e)) => Err(e),
-            Ok(reply) => Ok(reply),
-            Err(e) => Err(e.to_string()),
-        }
+        execute(&self.replicas, key, op).await
     }
 
     async fn write(&self, key: &str, op: WriteOp) -> Result<Outcome, String> {
@@ -133,9 +123,9 @@ impl Store {
         match self.write(LEADER_KEY, txn).await? {
             Outcome::Txn { succeeded: true, revision } => {
                 // Every shard refuses the previous leaders' writes from now on.
-                for shard in 0..self.replicas.len() {
+                for replica in &self.replicas {
                     let raise = Command { epoch: None, op: WriteOp::RaiseEpoch { epoch: revision } };
-                    self.on(shard, ClientOp::Write(raise)).await?;
+                    execute_on(replica, ClientOp::Write(raise)).await?;
                 }
                 Ok(Some(Term { lease, epoch: revision }))
             }

@@ -31,11 +31,7 @@ impl NamespaceController {
 async fn empty(client: &ApiClient, ns: &str) -> Result<bool, ApiError> {
     let mut left = 0;
     for res in RESOURCES.iter().filter(|r| r.namespaced) {
-        let base = match res.group {
-            "" => format!("/api/{}", res.version),
-            g => format!("/apis/{g}/{}", res.version),
-        };
-        let collection = format!("{base}/namespaces/{ns}/{}", res.plural);
+        let collection = res.path(Some(ns));
         let list = client.get(&collection).await?;
         for item in list["items"].as_array().into_iter().flatten() {
             left += 1;

@@ -101,6 +101,23 @@ pub fn store_tree(
     (ChildSpec::supervisor("store", Restart::Permanent, spec).0, refs)
 }
 
+/// Runs `op` on the shard of `key` through this member's replicas: the answer, or why
+/// there is none (no leader right now, the store's error, the replica not running).
+pub async fn execute(replicas: &[Ref<Replica>], key: &str, op: ClientOp) -> Result<ClientReply, String> {
+    let shard = shard_of(key, replicas.len() as u32) as usize;
+    execute_on(replicas.get(shard).ok_or("no store replica on this member")?, op).await
+}
+
+/// Runs `op` through one shard's replica (see [`execute`]).
+pub async fn execute_on(replica: &Ref<Replica>, op: ClientOp) -> Result<ClientReply, String> {
+    match replica.send(Execute(op)).await {
+        Ok(ClientReply::NoLeader) => Err("the store has no leader right now; retry".into()),
+        Ok(ClientReply::Error(e)) => Err(format!("the store: {e}")),
+        Ok(reply) => Ok(reply),
+        Err(e) => Err(format!("the store replica: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
