@@ -6,11 +6,15 @@
 //! - [`transport`]: the member's side of QUIC: routing inbound messages, remote
 //!   references, and the actors that keep links up.
 //! - [`store`]: the replicated, sharded configuration store (openraft + redb).
-//! - [`member`]: the tree of one `keelson server` process.
+//! - [`api`]: the Kubernetes API gateway, its actor door and client, informers.
+//! - [`controllers`]: the leader election, the scheduler and the controllers.
+//! - [`kubelet`]: a node agent's kubelet (today: hollow nodes).
+//! - [`member`]: the trees of `keelson server` and `keelson agent` processes.
 
 pub mod admin;
 pub mod api;
 pub mod controllers;
+pub mod kubelet;
 pub mod member;
 pub mod process;
 pub mod runtime;

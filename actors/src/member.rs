@@ -12,19 +12,25 @@
 //!   /admin             observation, chaos, kv door
 //! ```
 //! A server also runs `/api` (the Kubernetes API: HTTPS and the actor door) and
-//! `/leader` (the election of the member that runs the controllers). Later
-//! issues add `/scheduler`, `/controllers` under a server's root, and
-//! `/kubelet`, `/proxy` under an agent's.
+//! `/leader` (the election of the member that runs the controllers).
+//!
+//! ```text
+//! /<agent>             root, one_for_one
+//!   /transport         its links to the servers
+//!   /kubelet           its node(s): today the hollow kubelet
+//!   /admin
+//! ```
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use keelson_config::{MemberConfig, SupervisorConfig};
+use keelson_config::{ControlPlaneConfig, MemberConfig, SupervisorConfig};
 use keelson_transport::Transport;
 
 use crate::admin::AdminDoor;
-use crate::api::{ApiServer, HttpsSetup};
+use crate::api::{ApiClient, ApiServer, HttpsSetup};
 use crate::controllers::{Election, Elector};
+use crate::kubelet::{HollowConfig, HollowKubelet};
 use crate::process::{ChildProcess, ProcessSpec};
 use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
 use crate::store::{store_tree, Replica, StoreConfig};
@@ -51,6 +57,7 @@ pub fn server_tree(
     admission: Option<Admission>,
     store: &StoreConfig,
     https: Option<HttpsSetup>,
+    control: ControlPlaneConfig,
 ) -> SupervisorSpec {
     let root = ActorPath::root(&cfg.name);
     // The transport first (the store's raft talks through it), then the store, then
@@ -60,7 +67,7 @@ pub fn server_tree(
     // The API: HTTPS where this member has credentials for it, the actor door always.
     let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
     let r = replicas.clone();
-    let factory = move |cx: &_| ApiServer::new(cx, https.clone(), token.clone(), r.clone());
+    let factory = move |cx: &_| ApiServer::new(cx, https.clone(), token.clone(), r.clone(), control);
     let (api, api_ref) = ChildSpec::new("api", Restart::Permanent, factory);
     router.route(&root.child("api"), api_ref.clone());
     // The controllers' leader election, once the store it campaigns in has started; the
@@ -81,6 +88,29 @@ pub fn server_tree(
         .child(controllers)
         .child(leader)
         .child(door(cfg, listener, Some(transport), replicas))
+}
+
+/// One node agent (`keelson agent`): its transport to the servers, then its kubelet,
+/// which calls the servers' actor door (`servers`: their member names).
+pub fn agent_tree(
+    cfg: &MemberConfig,
+    listener: Arc<TcpListener>,
+    transport: Transport,
+    router: Arc<Router>,
+    servers: Vec<String>,
+    hollow: HollowConfig,
+) -> SupervisorSpec {
+    let root = ActorPath::root(&cfg.name);
+    let links = transport_tree(&root, transport.clone(), router, None, SupervisorConfig::default());
+    let client = ApiClient::remote(transport.clone(), &servers, root.child("kubelet"));
+    let factory = move |cx: &_| HollowKubelet::new(cx, client.clone(), hollow.clone());
+    let (kubelet, _) = ChildSpec::new("kubelet", Restart::Permanent, factory);
+    SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(kubelet).child(door(
+        cfg,
+        listener,
+        Some(transport),
+        Vec::new(),
+    ))
 }
 
 /// A member process the launcher keeps running.

@@ -55,6 +55,8 @@ pub enum Command {
     Up(UpArgs),
     /// Run one control-plane member (what `up` runs for each server).
     Server(ServerArgs),
+    /// Run one node agent (today: `--hollow N` simulated nodes, for scale tests).
+    Agent(AgentArgs),
     /// Print every running member's supervision tree.
     Tree {
         /// Redraw every --interval.
@@ -115,6 +117,44 @@ pub struct UpArgs {
     /// Snapshot the store (and compact its log) every this many entries.
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_every: u64,
+    /// Also run an agent (`hollow`) with this many hollow nodes (`hollow.0` …): simulated
+    /// nodes that run nothing, tainted so only pods that tolerate `keelson.dev/hollow` land there.
+    #[arg(long, default_value_t = 0)]
+    pub hollow: u32,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// This agent's name (its node is `NAME`; its hollow nodes are `NAME.0`, `NAME.1`, …).
+    #[arg(long)]
+    pub name: String,
+    /// Where the admin door listens (port 0: any free port, written to the data folder).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
+    /// Restarts the root supervisor tolerates (N/DURATION) before the process exits non-zero.
+    #[arg(long, default_value = "10/10s", value_parser = parse_intensity)]
+    pub root_intensity: Intensity,
+    /// Where the QUIC endpoint listens (UDP; port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub quic_listen: SocketAddr,
+    /// A server member: NAME=HOST:PORT of its QUIC endpoint (repeat for each).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub peers: Vec<(String, SocketAddr)>,
+    /// Join the cluster of the server whose QUIC endpoint is at HOST:PORT (first start only).
+    #[arg(long, requires = "token")]
+    pub join: Option<SocketAddr>,
+    /// The join token (`keelson token create` on a server of that cluster).
+    #[arg(long, env = "KEELSON_JOIN_TOKEN")]
+    pub token: Option<String>,
+    /// Run this many hollow nodes instead of a real one.
+    #[arg(long, default_value_t = 0)]
+    pub hollow: u32,
+    /// How often each node renews its heartbeat Lease.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// The Lease's life: a node silent this long is lost (NotReady, its pods evicted).
+    #[arg(long, default_value_t = 2)]
+    pub lease_seconds: u32,
 }
 
 #[derive(Args)]
@@ -158,6 +198,10 @@ pub struct ServerArgs {
     /// Snapshot the store (and compact its log) every this many entries.
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_every: u64,
+    /// How long pods stay on a node found lost before they are evicted and replaced,
+    /// unless they say otherwise (the not-ready/unreachable tolerations every pod gets).
+    #[arg(long, default_value_t = 1)]
+    pub default_toleration_seconds: u64,
 }
 
 #[derive(Subcommand)]

@@ -20,10 +20,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use keelson_actors::api::HttpsSetup;
-use keelson_actors::member::server_tree;
+use keelson_actors::kubelet::HollowConfig;
+use keelson_actors::member::{agent_tree, server_tree};
 use keelson_actors::store::StoreConfig;
 use keelson_actors::transport::{Admission, Router};
-use keelson_config::{AdminConfig, Backoff, MemberConfig, SupervisorConfig};
+use keelson_config::{AdminConfig, Backoff, ControlPlaneConfig, HeartbeatConfig, MemberConfig, SupervisorConfig};
 use keelson_transport::tls::{Identity, Role};
 use keelson_transport::{Transport, TransportConfig};
 use std::sync::Arc;
@@ -52,7 +53,7 @@ fn api_setup(data: &DataDir, name: &str, listen: std::net::SocketAddr) -> Result
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = !matches!(cli.command, Command::Up(_) | Command::Server(_));
+    let quiet = !matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_));
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code as u8),
@@ -77,6 +78,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Up(args) => up::run(args, &data_dir, cli.log_format.as_str()),
         Command::Server(args) => server(args, &data_dir),
+        Command::Agent(args) => agent(args, &data_dir),
         Command::Tree { watch, interval, json } => {
             let data = DataDir::existing(&data_dir)?;
             block_on(observe::tree(&data, json, watch.then_some(interval)))
@@ -205,7 +207,58 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     }
     .validate()?;
     let api = api_setup(&data, &args.name, args.api_listen)?;
-    let code = member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store, api), None);
+    let control = ControlPlaneConfig { default_toleration_seconds: args.default_toleration_seconds };
+    let code =
+        member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store, api, control), None);
+    transport.close();
+    code
+}
+
+fn agent(args: cli::AgentArgs, data_dir: &std::path::Path) -> Result<i32> {
+    keelson_config::validate_name(&args.name)?;
+    if args.hollow == 0 {
+        anyhow::bail!("a real kubelet is not built yet (issue P7): run hollow nodes with --hollow N");
+    }
+    let heartbeat = HeartbeatConfig { renew: args.heartbeat, lease_seconds: args.lease_seconds }.validate()?;
+    let data = DataDir::open(data_dir)?;
+    let cfg = MemberConfig {
+        name: args.name.clone(),
+        data_dir: data.member_dir(&args.name)?,
+        admin: AdminConfig { listen: args.admin_listen, token: data.token()? },
+        root: SupervisorConfig {
+            intensity: args.root_intensity,
+            backoff: Backoff::default(),
+            seed: std::process::id() as u64,
+        },
+    }
+    .validate()?;
+    let identity = Identity::new(&args.name, Role::Agent)?;
+    let socket = std::net::UdpSocket::bind(args.quic_listen)
+        .with_context(|| format!("cannot bind QUIC on {}", args.quic_listen))?;
+    let quic = socket.local_addr()?;
+    let (creds, mut peers) = match (pki::stored(&data, &identity)?, args.join) {
+        (Some(creds), _) => (creds, joined::peers(&data, &identity)?),
+        (None, Some(addr)) => joined::join(&data, &identity, addr, args.token.as_deref().unwrap_or_default(), quic)?,
+        (None, None) => (pki::credentials(&data, &pki::ca(&data)?, &identity)?, Vec::new()),
+    };
+    peers.extend(args.peers.iter().map(|(n, a)| (Identity { name: n.clone(), role: Role::Server }, *a)));
+    let servers: Vec<String> =
+        peers.iter().filter(|(id, _)| id.role == Role::Server).map(|(id, _)| id.name.clone()).collect();
+    if servers.is_empty() {
+        anyhow::bail!("no server to talk to: give --peer NAME=HOST:PORT or --join HOST:PORT --token T");
+    }
+    let tcfg = TransportConfig { listen: args.quic_listen, ..TransportConfig::default() };
+    let (transport, inbox, _quic_runtime) =
+        Transport::start_with_socket(&creds, tcfg, socket).with_context(|| format!("cannot start QUIC on {quic}"))?;
+    for (id, addr) in peers {
+        transport.add_peer(id, addr);
+    }
+    let router = Router::new();
+    router.pump(inbox, transport.runtime());
+    tracing::info!(quic = %transport.local_addr(), servers = ?servers, nodes = args.hollow, "agent up");
+    let t = transport.clone();
+    let hollow = HollowConfig::new(args.hollow, heartbeat);
+    let code = member::run(cfg, &data, move |cfg, l| agent_tree(cfg, l, t, router, servers, hollow), None);
     transport.close();
     code
 }

@@ -63,6 +63,24 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         }
         members.push(MemberProcess { name: name.clone(), spec: ProcessSpec { program: exe.clone(), args: argv, log } });
     }
+    let mut waits = names.clone();
+    if args.hollow > 0 {
+        let name = "hollow".to_string();
+        data.remove_door(&name);
+        let log = data.member_dir(&name)?.join("keelson.log");
+        let mut argv = ["agent", "--name", &name, "--log-format", log_format].map(String::from).to_vec();
+        argv.extend([
+            "--data-dir".into(),
+            data.root().display().to_string(),
+            "--hollow".into(),
+            args.hollow.to_string(),
+        ]);
+        for (peer, addr) in &quic {
+            argv.extend(["--peer".into(), format!("{peer}={addr}")]);
+        }
+        members.push(MemberProcess { name: name.clone(), spec: ProcessSpec { program: exe.clone(), args: argv, log } });
+        waits.push(name);
+    }
     let cfg = MemberConfig {
         name: "up".into(),
         data_dir: data.member_dir("up")?,
@@ -78,7 +96,7 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
     let restart = if args.no_restart { Restart::Temporary } else { Restart::Permanent };
     let root = data.root().to_path_buf();
     let on_ready: OnReady =
-        Box::new(move |door, registry| report(root, door, names, token, kubeconfig, registry).boxed_local());
+        Box::new(move |door, registry| report(root, door, waits, token, kubeconfig, registry).boxed_local());
     member::run(cfg, &data, move |cfg, l| launcher_tree(cfg, l, members, restart), Some(on_ready))
 }
 

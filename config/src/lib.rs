@@ -317,3 +317,46 @@ mod tests {
         assert!(ok.validate().is_ok());
     }
 }
+
+/// What the control plane decides on behalf of workloads: admission defaults, and how
+/// soon a silent node counts as lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneConfig {
+    /// The `tolerationSeconds` of the not-ready/unreachable tolerations every pod gets
+    /// unless it says otherwise (Kubernetes: 300): how long its pods stay on a node
+    /// found lost before they are evicted and replaced elsewhere.
+    pub default_toleration_seconds: u64,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self { default_toleration_seconds: 1 }
+    }
+}
+
+/// A node's heartbeat: how often its kubelet renews its Lease, and the lease's life
+/// (`leaseDurationSeconds`): once that passes unrenewed, the node lifecycle controller
+/// calls it lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatConfig {
+    pub renew: Duration,
+    pub lease_seconds: u32,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self { renew: Duration::from_millis(500), lease_seconds: 2 }
+    }
+}
+
+impl HeartbeatConfig {
+    pub fn validate(self) -> Result<Self> {
+        if self.lease_seconds == 0 {
+            return Err(invalid("lease_seconds", "must be at least 1"));
+        }
+        if self.renew.is_zero() || self.renew >= Duration::from_secs(self.lease_seconds.into()) {
+            return Err(invalid("renew", format!("must be above 0 and below the lease ({} s)", self.lease_seconds)));
+        }
+        Ok(self)
+    }
+}

@@ -1,7 +1,8 @@
 //! Who is asking, and whether they may: bearer tokens (the admin token, or tokens kept
 //! hashed in the store with a role), and three roles — admin, read-only, and node
 //! identities that may change only their own Node, their own Lease and pods bound to
-//! them.
+//! them. An agent identity `a` owns the node `a` and the nodes `a.<anything>` (an agent
+//! of hollow nodes runs many; member names hold no dots, so no two agents share one).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -131,6 +132,11 @@ pub struct Request<'a> {
     pub bound_to: Option<&'a str>,
 }
 
+/// Whether the agent `agent` speaks for the node `name`: its own, or one of its `agent.<x>`.
+fn owns(agent: &str, name: Option<&str>) -> bool {
+    name.is_some_and(|n| n == agent || n.strip_prefix(agent).is_some_and(|rest| rest.starts_with('.')))
+}
+
 /// Allowed, or Kubernetes' 403.
 pub fn authorize(user: &User, r: &Request) -> Result<(), Failure> {
     let allowed = match &user.role {
@@ -139,9 +145,9 @@ pub fn authorize(user: &User, r: &Request) -> Result<(), Failure> {
         Role::Node { node } => {
             r.verb.reads()
                 || match r.res.plural {
-                    "nodes" => r.name == Some(node.as_str()),
-                    "leases" => r.namespace == Some("kube-node-lease") && r.name == Some(node.as_str()),
-                    "pods" => r.verb != Verb::Create && r.bound_to == Some(node.as_str()),
+                    "nodes" => owns(node, r.name),
+                    "leases" => r.namespace == Some("kube-node-lease") && owns(node, r.name),
+                    "pods" => r.verb != Verb::Create && owns(node, r.bound_to),
                     // Recording events: new ones, and counting repeats of its own.
                     "events" => matches!(r.verb, Verb::Create | Verb::Update | Verb::Patch),
                     _ => false,
@@ -203,6 +209,10 @@ mod tests {
         );
         assert!(authorize(&node, &req(Verb::Update, "nodes", None, Some("n1"), None)).is_ok());
         assert!(authorize(&node, &req(Verb::Update, "nodes", None, Some("n2"), None)).is_err());
+        // An agent's hollow nodes are `<agent>.<x>`; `n10` is another agent's.
+        assert!(authorize(&node, &req(Verb::Update, "nodes", None, Some("n1.7"), None)).is_ok());
+        assert!(authorize(&node, &req(Verb::Update, "nodes", None, Some("n10"), None)).is_err());
+        assert!(authorize(&node, &req(Verb::Patch, "pods", Some("web"), Some("p"), Some("n1.7"))).is_ok());
         assert!(authorize(&node, &req(Verb::Update, "leases", Some("kube-node-lease"), Some("n1"), None)).is_ok());
         assert!(authorize(&node, &req(Verb::Patch, "pods", Some("web"), Some("p"), Some("n1"))).is_ok());
         let f = authorize(&node, &req(Verb::Patch, "pods", Some("web"), Some("p"), Some("n2"))).unwrap_err();

@@ -57,6 +57,7 @@ use std::time::Duration;
 
 use actix::{AsyncContext, Running};
 use actix_web::{App, HttpServer};
+use keelson_config::ControlPlaneConfig;
 
 pub use auth::{token_hash, Role, TokenRecord, User, TOKENS_PREFIX};
 pub use client::{ApiClient, ApiError};
@@ -66,7 +67,7 @@ pub use http::ApiState;
 pub use pipeline::Method;
 pub use recorder::{EventRecorder, EventType};
 
-pub use objects::Objects;
+pub use objects::{micro_time_now, parse_time, rfc3339, rfc3339_now, unix_now, Objects};
 pub use protobuf::base64;
 
 use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Handler, Ref, Serves, Serving};
@@ -89,12 +90,23 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    pub fn new(cx: &ChildContext, https: Option<HttpsSetup>, token: Arc<str>, replicas: Vec<Ref<Replica>>) -> Self {
+    pub fn new(
+        cx: &ChildContext,
+        https: Option<HttpsSetup>,
+        token: Arc<str>,
+        replicas: Vec<Ref<Replica>>,
+        control: ControlPlaneConfig,
+    ) -> Self {
         let address =
             https.as_ref().and_then(|h| h.listener.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
         let auth = Arc::new(auth::Authenticator::new(token));
         let openapi = Arc::new(openapi::OpenApi::new());
-        let state = ApiState { objects: Objects { replicas, epoch: None }, auth, openapi, address };
+        let state = ApiState {
+            objects: Objects { replicas, epoch: None, toleration_seconds: control.default_toleration_seconds as i64 },
+            auth,
+            openapi,
+            address,
+        };
         let me = User { name: format!("system:keelson:{}", cx.path.member()), role: Role::Admin };
         Self { https, state, me, serving: Serving::default() }
     }

@@ -20,6 +20,8 @@ pub struct Objects {
     /// The fencing epoch this caller's writes carry (a controller leader's); a write
     /// with an epoch older than its shard's is refused (409 `Fenced`).
     pub epoch: Option<u64>,
+    /// The default `tolerationSeconds` pods get for not-ready/unreachable nodes.
+    pub toleration_seconds: i64,
 }
 
 /// What a delete asks for (`DeleteOptions`' preconditions).
@@ -29,6 +31,41 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `gracePeriodSeconds`: for pods, how long the kubelet has to stop them.
     pub grace_period: Option<i64>,
+    /// `propagationPolicy`: `Orphan` and `Foreground` hold the object with a finalizer
+    /// (`orphan`, `foregroundDeletion`) until the garbage collector has released or
+    /// deleted its dependents; `Background` (or none) deletes it now and the collector
+    /// deletes the dependents afterwards.
+    pub propagation: Option<String>,
+}
+
+/// Kubernetes' DefaultTolerationSeconds admission: a pod that does not tolerate its node
+/// turning not-ready or unreachable (NoExecute) tolerates it for `seconds`, after which
+/// the node lifecycle controller evicts it.
+fn default_tolerations(pod: &mut Value, seconds: i64) {
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let tolerated = pod["spec"]["tolerations"].as_array().is_some_and(|ts| {
+            ts.iter().any(|t| {
+                (t["key"] == key || (t["key"].is_null() && t["operator"] == "Exists"))
+                    && (t["effect"].is_null() || t["effect"] == "" || t["effect"] == "NoExecute")
+            })
+        });
+        if !tolerated {
+            let t = json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds});
+            match pod["spec"]["tolerations"].as_array_mut() {
+                Some(ts) => ts.push(t),
+                None => pod["spec"]["tolerations"] = json!([t]),
+            }
+        }
+    }
+}
+
+/// The finalizer a propagation policy puts on the object being deleted.
+fn propagation_finalizer(policy: Option<&str>) -> Option<&'static str> {
+    match policy {
+        Some("Orphan") => Some("orphan"),
+        Some("Foreground") => Some("foregroundDeletion"),
+        _ => None,
+    }
 }
 
 /// How long a pod being deleted is given to stop, as Kubernetes decides it: the
@@ -89,6 +126,38 @@ pub struct ListOptions {
 /// Now, as Kubernetes writes times.
 pub fn rfc3339_now() -> String {
     rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Now with microseconds, as Kubernetes writes a `MicroTime` (a Lease's `renewTime`).
+pub fn micro_time_now() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = rfc3339(now.as_secs());
+    format!("{}.{:06}Z", secs.trim_end_matches('Z'), now.subsec_micros())
+}
+
+/// Seconds since the epoch of a time Kubernetes wrote (`Time` or `MicroTime`, UTC).
+pub fn parse_time(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = s[19..s.len() - 1].strip_prefix('.').map_or(Some(0.0), |f| format!("0.{f}").parse::<f64>().ok())?;
+    // Days since 1970-01-01 from a civil date (the inverse of `rfc3339`'s).
+    let y = y - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) as f64 + frac)
+}
+
+/// Seconds since the epoch, now.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Seconds since the epoch as Kubernetes writes times (`2026-11-29T14:41:07Z`).
@@ -281,7 +350,10 @@ impl Objects {
         match res.kind {
             "Namespace" => obj["status"] = json!({"phase": "Active"}),
             // A new pod waits to be scheduled, whatever status its creator sent.
-            "Pod" => obj["status"] = json!({"phase": "Pending"}),
+            "Pod" => {
+                obj["status"] = json!({"phase": "Pending"});
+                default_tolerations(&mut obj, self.toleration_seconds);
+            }
             _ => {}
         }
         match self.cas(&res.key(ns, &name), 0, Some(&obj)).await? {
@@ -452,12 +524,21 @@ impl Objects {
                     format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"),
                 ));
             }
+            let marked = meta["deletionTimestamp"].is_string();
+            if let Some(f) = propagation_finalizer(opts.propagation.as_deref()).filter(|_| !marked) {
+                let list = current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                if !list.iter().any(|x| x == f) {
+                    let mut list = list;
+                    list.push(f.into());
+                    current["metadata"]["finalizers"] = list.into();
+                }
+            }
+            let meta = &current["metadata"];
             let finalizers = meta["finalizers"].as_array().is_some_and(|f| !f.is_empty());
             let mut grace = if res.kind == "Pod" { pod_grace(&current, opts.grace_period) } else { 0 };
             if grace > 0 && !self.node_exists(current["spec"]["nodeName"].as_str().unwrap_or_default()).await? {
                 grace = 0; // no kubelet will ever stop it (Kubernetes' pod GC would force it)
             }
-            let marked = meta["deletionTimestamp"].is_string();
             // A pod being deleted gracefully: marked until its kubelet has stopped it (and
             // deletes it with grace 0). A later delete may only shorten the grace period.
             // A namespace with spec finalizers goes Terminating; the namespace controller
@@ -588,6 +669,21 @@ pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> 
         }
     }
     Ok(obj)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn times_read_back_as_written() {
+        for secs in [0, 951_782_400, 1_795_960_867, 4_102_444_800] {
+            assert_eq!(parse_time(&rfc3339(secs)), Some(secs as f64));
+        }
+        assert_eq!(parse_time("2026-11-29T14:41:07.250000Z"), Some(1_795_963_267.25));
+        assert!(parse_time(&micro_time_now()).is_some_and(|t| (t - unix_now()).abs() < 5.0));
+        assert_eq!(parse_time("yesterday"), None);
+    }
 }
 
 #[cfg(test)]

@@ -291,7 +291,8 @@ pub(super) async fn patch(
 }
 
 /// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) or
-/// the query. Propagation is accepted; dependents are the garbage collector's (P6).
+/// the query. Dependents are the garbage collector's (the legacy `orphanDependents: true`
+/// is the Orphan policy).
 fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, Failure> {
     let v: Value = if body.is_empty() { Value::Null } else { parse_body(body)? };
     let policy = v["propagationPolicy"].as_str().or(param(q, "propagationPolicy"));
@@ -313,6 +314,9 @@ fn delete_options(q: &[(String, String)], body: &[u8]) -> Result<DeleteOptions, 
         uid: v["preconditions"]["uid"].as_str().map(str::to_string),
         resource_version: v["preconditions"]["resourceVersion"].as_str().map(str::to_string),
         grace_period: grace,
+        propagation: policy
+            .map(str::to_string)
+            .or_else(|| (v["orphanDependents"] == Value::Bool(true)).then(|| "Orphan".to_string())),
     })
 }
 

@@ -17,6 +17,7 @@ use actix::{ActorFutureExt, AsyncContext};
 use serde_json::json;
 
 use super::namespace::NamespaceController;
+use super::scheduler::Scheduler;
 use crate::api::{ApiClient, ApiServer};
 use crate::runtime::{
     exit, Actor, ChildContext, ChildSpec, Ctx, ExitReason, Incarnation, Ref, Restart, StartChild, StopChild, Supervisor,
@@ -71,11 +72,15 @@ impl Elector {
 
 /// The controllers a leader runs, each writing with the leader's epoch.
 fn controller_specs(client: &ApiClient) -> Vec<ChildSpec> {
-    let c = client.clone();
-    vec![ChildSpec::new("namespace", Restart::Permanent, move |_| NamespaceController::new(c.clone())).0]
+    fn spec<A: Actor>(name: &str, client: &ApiClient, make: fn(ApiClient) -> A) -> ChildSpec {
+        let c = client.clone();
+        ChildSpec::new(name, Restart::Permanent, move |_| make(c.clone())).0
+    }
+    vec![spec(CONTROLLERS[0], client, NamespaceController::new), spec(CONTROLLERS[1], client, Scheduler::new)]
 }
 
-const CONTROLLERS: &[&str] = &["namespace"];
+/// Their names (children of `/<server>/controllers`), in `controller_specs`' order.
+const CONTROLLERS: &[&str] = &["namespace", "scheduler"];
 
 async fn stop_controllers(controllers: &Ref<Supervisor>) {
     for name in CONTROLLERS {

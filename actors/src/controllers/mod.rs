@@ -4,7 +4,11 @@
 //! the workload controllers are issue P6's.
 
 mod elector;
+pub mod labels;
 mod namespace;
+pub mod quantity;
+pub mod scheduler;
 
 pub use elector::{Election, Elector, Term, LEADER_KEY};
 pub use namespace::NamespaceController;
+pub use scheduler::Scheduler;

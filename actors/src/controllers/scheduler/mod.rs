@@ -1,0 +1,263 @@
+//! `/<server>/controllers/scheduler`: puts unscheduled pods on nodes.
+//!
+//! Two informers (nodes; all pods) keep the cluster view (`fit.rs`) current. Pods
+//! without a node and for this scheduler (`schedulerName` unset or
+//! `default-scheduler`) wait in a queue; each is decided in turn against the view,
+//! assumed onto its node at once (so the next decision sees it), and bound through
+//! the binding subresource with many bindings in flight at a time — which the store
+//! commits together, so under load binding goes in batches. A binding that fails
+//! releases the assumption and the pod is tried again. A pod that fits nowhere gets
+//! the PodScheduled=False condition and a `FailedScheduling` event saying why, and is
+//! tried again whenever a node changes or a placed pod goes (and every 10 s).
+
+pub mod fit;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::AsyncContext;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::api::informer::{Change, Informer};
+use crate::api::{rfc3339_now, ApiClient, ApiError, EventRecorder, EventType};
+use crate::runtime::{Actor, Ctx};
+use fit::{unschedulable_message, Cluster, PodInfo};
+
+/// Bindings written at once.
+const IN_FLIGHT: usize = 256;
+/// How often pods that fit nowhere are tried again even if nothing seemed to change.
+const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(10);
+
+pub struct Scheduler {
+    client: ApiClient,
+}
+
+impl Scheduler {
+    pub fn new(client: ApiClient) -> Self {
+        Self { client }
+    }
+}
+
+/// How a binding ended.
+struct Bound {
+    key: String,
+    result: Result<(), ApiError>,
+}
+
+/// Whether this scheduler should place `pod` now.
+fn wants_placing(pod: &Value) -> bool {
+    let name = pod["spec"]["schedulerName"].as_str().unwrap_or("default-scheduler");
+    pod["spec"]["nodeName"].as_str().unwrap_or_default().is_empty()
+        && name == "default-scheduler"
+        && !pod["metadata"]["deletionTimestamp"].is_string()
+        && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
+fn pod_path(pod: &Value) -> String {
+    format!(
+        "/api/v1/namespaces/{}/pods/{}",
+        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+        pod["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+struct Queue {
+    cluster: Cluster,
+    active: VecDeque<String>,
+    queued: HashSet<String>,
+    unschedulable: HashSet<String>,
+    /// Bindings written but not yet seen by the informer: pod → node.
+    assumed: HashMap<String, String>,
+}
+
+impl Queue {
+    fn push(&mut self, key: String) {
+        if self.queued.insert(key.clone()) {
+            self.active.push_back(key);
+        }
+    }
+
+    fn retry_unschedulable(&mut self) {
+        for key in std::mem::take(&mut self.unschedulable) {
+            self.push(key);
+        }
+    }
+
+    fn on_node(&mut self, change: Change, nodes: &HashMap<String, Value>) {
+        match change {
+            Change::Upserted(name) => {
+                if let Some(n) = nodes.get(&name) {
+                    self.cluster.set_node(n);
+                }
+            }
+            Change::Deleted(name, _) => self.cluster.remove_node(&name),
+        }
+        self.retry_unschedulable();
+    }
+
+    /// A binding that failed releases its node; the pod is tried again unless it is
+    /// gone or was bound meanwhile (the informer then says what it is now).
+    fn on_bound(&mut self, b: Bound) {
+        let Err(e) = b.result else { return };
+        self.assumed.remove(&b.key);
+        self.cluster.unplace(&b.key);
+        if !matches!(e.code(), Some(404 | 409)) {
+            tracing::debug!(pod = %b.key, error = %e, "binding failed; trying again");
+            self.push(b.key);
+        }
+    }
+
+    fn on_pod(&mut self, change: Change, pods: &HashMap<String, Value>) {
+        match change {
+            Change::Upserted(key) => {
+                let Some(pod) = pods.get(&key) else { return };
+                let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+                let terminal = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+                if !node.is_empty() {
+                    self.assumed.remove(&key);
+                    self.unschedulable.remove(&key);
+                    if terminal {
+                        self.cluster.unplace(&key);
+                        self.retry_unschedulable();
+                    } else {
+                        self.cluster.place(PodInfo::from(&key, pod), node);
+                    }
+                } else if wants_placing(pod) && !self.assumed.contains_key(&key) && !self.unschedulable.contains(&key) {
+                    self.push(key);
+                }
+            }
+            Change::Deleted(key, _) => {
+                self.assumed.remove(&key);
+                self.unschedulable.remove(&key);
+                if self.cluster.placed.contains_key(&key) {
+                    self.cluster.unplace(&key);
+                    self.retry_unschedulable();
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Scheduler {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        let nodes = Informer::new(self.client.clone(), "/api/v1/nodes", &[]);
+        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[]);
+        let (node_cache, pod_cache) = (nodes.cache(), pods.cache());
+        let (node_tx, mut node_rx) = mpsc::channel(1024);
+        let (pod_tx, mut pod_rx) = mpsc::channel(8192);
+        ctx.spawn(actix::fut::wrap_future(nodes.run(node_tx)));
+        ctx.spawn(actix::fut::wrap_future(pods.run(pod_tx)));
+        let client = self.client.clone();
+        let recorder = EventRecorder::new(client.clone(), "default-scheduler", "");
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let mut q = Queue {
+                cluster: Cluster::default(),
+                active: VecDeque::new(),
+                queued: HashSet::new(),
+                unschedulable: HashSet::new(),
+                assumed: HashMap::new(),
+            };
+            let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<Bound>();
+            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+            let mut retry = tokio::time::interval(RETRY_UNSCHEDULABLE);
+            loop {
+                // Take in everything that changed, then decide as many pods as are queued.
+                while let Ok(c) = node_rx.try_recv() {
+                    let nodes = node_cache.read().unwrap();
+                    q.on_node(c, &nodes.objects);
+                }
+                while let Ok(c) = pod_rx.try_recv() {
+                    let pods = pod_cache.read().unwrap();
+                    q.on_pod(c, &pods.objects);
+                }
+                while let Ok(b) = bound_rx.try_recv() {
+                    q.on_bound(b);
+                }
+                if let Some(key) = q.active.pop_front() {
+                    q.queued.remove(&key);
+                    let Some(pod) = pod_cache.read().unwrap().objects.get(&key).cloned() else { continue };
+                    if !wants_placing(&pod) || q.assumed.contains_key(&key) {
+                        continue;
+                    }
+                    let info = PodInfo::from(&key, &pod);
+                    match q.cluster.choose(&info) {
+                        Ok(node) => {
+                            q.cluster.place(info, &node);
+                            q.assumed.insert(key.clone(), node.clone());
+                            let permit = slots.clone().acquire_owned().await.expect("never closed");
+                            let (client, tx) = (client.clone(), bound_tx.clone());
+                            actix_rt::spawn(async move {
+                                let result = bind(&client, &pod, &node).await;
+                                drop(permit);
+                                let _scheduler_gone = tx.send(Bound { key, result });
+                            });
+                        }
+                        Err(reasons) => {
+                            let message = unschedulable_message(q.cluster.nodes.len(), &reasons);
+                            q.unschedulable.insert(key);
+                            let (client, recorder) = (client.clone(), recorder.clone());
+                            actix_rt::spawn(async move { unschedulable(&client, &recorder, &pod, &message).await });
+                        }
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    c = node_rx.recv() => match c {
+                        Some(c) => { let nodes = node_cache.read().unwrap(); q.on_node(c, &nodes.objects); }
+                        None => return,
+                    },
+                    c = pod_rx.recv() => match c {
+                        Some(c) => { let pods = pod_cache.read().unwrap(); q.on_pod(c, &pods.objects); }
+                        None => return,
+                    },
+                    Some(b) = bound_rx.recv() => q.on_bound(b),
+                    _ = retry.tick() => q.retry_unschedulable(),
+                }
+            }
+        }));
+    }
+}
+
+async fn bind(client: &ApiClient, pod: &Value, node: &str) -> Result<(), ApiError> {
+    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"]},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    client.create(&format!("{}/binding", pod_path(pod)), &binding).await.map(drop)
+}
+
+/// Says why `pod` waits: its PodScheduled condition and a FailedScheduling event.
+async fn unschedulable(client: &ApiClient, recorder: &EventRecorder, pod: &Value, message: &str) {
+    let already = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "PodScheduled" && c["message"] == message);
+    if !already {
+        let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                               "message": message, "lastTransitionTime": rfc3339_now(), "lastProbeTime": null});
+        let patch = json!({"status": {"conditions": [condition]}});
+        if let Err(e) = client.merge_patch(&format!("{}/status", pod_path(pod)), &patch).await {
+            tracing::debug!(error = %e, "cannot mark a pod unschedulable");
+        }
+    }
+    if let Err(e) = recorder.record(pod, EventType::Warning, "FailedScheduling", message).await {
+        tracing::debug!(error = %e, "cannot record FailedScheduling");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unbound_live_pods_of_this_scheduler_are_placed() {
+        let pod = |spec: Value, meta: Value| json!({"metadata": meta, "spec": spec, "status": {"phase": "Pending"}});
+        assert!(wants_placing(&pod(json!({}), json!({}))));
+        assert!(!wants_placing(&pod(json!({"nodeName": "n1"}), json!({}))));
+        assert!(!wants_placing(&pod(json!({"schedulerName": "other"}), json!({}))));
+        assert!(wants_placing(&pod(json!({"schedulerName": "default-scheduler"}), json!({}))));
+        assert!(!wants_placing(&pod(json!({}), json!({"deletionTimestamp": "2026-11-29T00:00:00Z"}))));
+    }
+}

@@ -1,0 +1,330 @@
+//! `/<agent>/kubelet` of a hollow agent: N simulated nodes, as Kubernetes' kubemark and
+//! kwok have, for scale tests and benchmarks. Each node registers (labelled and
+//! tainted `keelson.dev/hollow=true`, so only pods that tolerate it land there),
+//! renews its heartbeat Lease, and reports the pods bound to it Running without
+//! running anything; a pod annotated `keelson.dev/hollow-phase: Succeeded` (or
+//! `Failed`) ends so at once, which is how tests drive Jobs. A pod being deleted is
+//! let go at once (the delete with grace 0 a kubelet makes once its containers stop).
+//!
+//! One actor stands for all of an agent's hollow nodes: one pod watch and one node
+//! watch feed it, rather than one per node, so 5,000 nodes cost the API two watches.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::AsyncContext;
+use futures_util::StreamExt;
+use keelson_config::HeartbeatConfig;
+use serde_json::{json, Value};
+
+use crate::api::informer::{Change, Informer};
+use crate::api::{micro_time_now, rfc3339_now, ApiClient, ApiError};
+use crate::runtime::{Actor, ChildContext, Ctx};
+
+/// The label and taint every hollow node carries.
+pub const HOLLOW_KEY: &str = "keelson.dev/hollow";
+/// The annotation that tells a hollow node how a pod ends (`Succeeded`, `Failed`).
+pub const PHASE_ANNOTATION: &str = "keelson.dev/hollow-phase";
+
+/// How many writes a hollow agent keeps in flight.
+const IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct HollowConfig {
+    /// How many nodes; they are named `<agent>.<i>`.
+    pub nodes: u32,
+    pub heartbeat: HeartbeatConfig,
+    /// Each node's capacity (`cpu`, `memory`, `pods`).
+    pub cpu: String,
+    pub memory: String,
+    pub pods: u32,
+}
+
+impl HollowConfig {
+    pub fn new(nodes: u32, heartbeat: HeartbeatConfig) -> Self {
+        Self { nodes, heartbeat, cpu: "4".into(), memory: "16Gi".into(), pods: 110 }
+    }
+}
+
+pub struct HollowKubelet {
+    agent: String,
+    client: ApiClient,
+    cfg: Arc<HollowConfig>,
+}
+
+impl HollowKubelet {
+    pub fn new(cx: &ChildContext, client: ApiClient, cfg: HollowConfig) -> Self {
+        Self { agent: cx.path.member().to_string(), client, cfg: Arc::new(cfg) }
+    }
+}
+
+fn node_names(agent: &str, n: u32) -> Vec<String> {
+    (0..n).map(|i| format!("{agent}.{i}")).collect()
+}
+
+/// A stable made-up address for a node (`10.250.x.y`) or a pod (`10.x.y.z`).
+fn address(seed: &str, prefix: &[u8]) -> String {
+    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let bytes = h.to_be_bytes();
+    let mut parts: Vec<u8> = prefix.to_vec();
+    parts.extend(bytes.iter().rev().take(4 - prefix.len()).map(|b| b.max(&1)));
+    parts.iter().map(u8::to_string).collect::<Vec<_>>().join(".")
+}
+
+fn ready_condition(now: &str) -> Value {
+    json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+           "message": "kubelet is posting ready status (hollow)",
+           "lastHeartbeatTime": now, "lastTransitionTime": now})
+}
+
+fn node_object(name: &str, cfg: &HollowConfig) -> Value {
+    let now = rfc3339_now();
+    let capacity = json!({"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.pods.to_string()});
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+            HOLLOW_KEY: "true"}},
+        "spec": {"taints": [{"key": HOLLOW_KEY, "value": "true", "effect": "NoSchedule"}]},
+        "status": {
+            "capacity": capacity, "allocatable": capacity,
+            "conditions": [ready_condition(&now)],
+            "addresses": [{"type": "InternalIP", "address": address(name, &[10, 250])},
+                          {"type": "Hostname", "address": name}],
+            "nodeInfo": {"kubeletVersion": format!("v1.{}.0-keelson", crate::api::MINOR),
+                         "kubeProxyVersion": "", "containerRuntimeVersion": "hollow://1",
+                         "osImage": "keelson hollow node", "operatingSystem": "linux", "architecture": "amd64",
+                         "kernelVersion": "", "machineID": name, "systemUUID": name, "bootID": name},
+        }
+    })
+}
+
+fn lease_path(node: &str) -> String {
+    format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}")
+}
+
+/// Registers `node` (or finds it registered) and its Lease.
+async fn register(client: &ApiClient, node: &str, cfg: &HollowConfig) -> Result<(), ApiError> {
+    match client.create("/api/v1/nodes", &node_object(node, cfg)).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(409) => {}
+        Err(e) => return Err(e),
+    }
+    renew(client, node, cfg.heartbeat).await
+}
+
+/// Renews `node`'s heartbeat Lease (making it if it is not there).
+async fn renew(client: &ApiClient, node: &str, hb: HeartbeatConfig) -> Result<(), ApiError> {
+    let spec = json!({"holderIdentity": node, "leaseDurationSeconds": hb.lease_seconds, "renewTime": micro_time_now()});
+    match client.merge_patch(&lease_path(node), &json!({"spec": spec})).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(404) => {
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                               "metadata": {"name": node, "namespace": "kube-node-lease"}, "spec": spec});
+            match client.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == Some(409) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The status a hollow node reports for `pod`: Running, or how its annotation says it ends.
+fn pod_status(pod: &Value, node_ip: &str) -> Value {
+    let now = rfc3339_now();
+    let ends =
+        pod["metadata"]["annotations"][PHASE_ANNOTATION].as_str().filter(|p| ["Succeeded", "Failed"].contains(p));
+    let containers = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            let state = match ends {
+                None => json!({"running": {"startedAt": now}}),
+                Some(phase) => json!({"terminated": {
+                    "exitCode": i32::from(phase == "Failed"), "reason": if phase == "Failed" { "Error" } else { "Completed" },
+                    "startedAt": now, "finishedAt": now}}),
+            };
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": ends.is_none(),
+                   "started": ends.is_none(), "restartCount": 0, "state": state,
+                   "containerID": format!("hollow://{uid}-{}", c["name"].as_str().unwrap_or_default())})
+        })
+        .collect();
+    let ready = if ends.is_none() { "True" } else { "False" };
+    let condition = |t: &str, s: &str| json!({"type": t, "status": s, "lastTransitionTime": now});
+    let key = format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap_or_default(), uid);
+    json!({"status": {
+        "phase": ends.unwrap_or("Running"),
+        "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
+                       condition("ContainersReady", ready), condition("Ready", ready)],
+        "hostIP": node_ip, "podIP": address(&key, &[10]), "podIPs": [{"ip": address(&key, &[10])}],
+        "startTime": now, "containerStatuses": statuses,
+    }})
+}
+
+/// What a hollow node does about `pod` now, if anything.
+enum PodWork {
+    Report(Value),
+    Release,
+}
+
+fn work_for(pod: &Value, mine: &HashSet<String>) -> Option<PodWork> {
+    let node = pod["spec"]["nodeName"].as_str()?;
+    if !mine.contains(node) {
+        return None;
+    }
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        return Some(PodWork::Release);
+    }
+    match pod["status"]["phase"].as_str() {
+        Some("Succeeded" | "Failed") => None,
+        Some("Running") if pod["status"]["podIP"].is_string() => None,
+        _ => Some(PodWork::Report(pod_status(pod, &address(node, &[10, 250])))),
+    }
+}
+
+impl Actor for HollowKubelet {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        let names = node_names(&self.agent, self.cfg.nodes);
+        let mine: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
+        let (client, cfg) = (self.client.clone(), self.cfg.clone());
+
+        // Register, then heartbeat every node; a node the node lifecycle controller marked
+        // not ready is reported ready again once its heartbeat is back.
+        let nodes = Informer::new(client.clone(), "/api/v1/nodes", &[("labelSelector", &format!("{HOLLOW_KEY}=true"))]);
+        let node_cache = nodes.cache();
+        let (node_tx, mut node_changes) = tokio::sync::mpsc::channel(1024);
+        ctx.spawn(actix::fut::wrap_future(nodes.run(node_tx)));
+        ctx.spawn(actix::fut::wrap_future(async move { while node_changes.recv().await.is_some() {} }));
+        let (c, n, cf) = (client.clone(), names.clone(), cfg.clone());
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let mut pending = n.clone();
+            while !pending.is_empty() {
+                let failed: Vec<String> = futures_util::stream::iter(pending)
+                    .map(|node| {
+                        let (c, cf) = (c.clone(), cf.clone());
+                        async move { register(&c, &node, &cf).await.err().map(|e| (node, e)) }
+                    })
+                    .buffer_unordered(IN_FLIGHT)
+                    .filter_map(|r| async move { r })
+                    .map(|(node, e)| {
+                        tracing::debug!(node = %node, error = %e, "cannot register yet");
+                        node
+                    })
+                    .collect()
+                    .await;
+                pending = failed;
+                if !pending.is_empty() {
+                    actix_rt::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            tracing::info!(nodes = n.len(), "hollow nodes registered");
+            loop {
+                actix_rt::time::sleep(cf.heartbeat.renew).await;
+                let not_ready: HashSet<String> = {
+                    let cache = node_cache.read().unwrap();
+                    cache
+                        .objects
+                        .values()
+                        .filter(|node| {
+                            !node["status"]["conditions"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                        .filter_map(|node| node["metadata"]["name"].as_str().map(str::to_string))
+                        .collect()
+                };
+                futures_util::stream::iter(n.iter())
+                    .for_each_concurrent(IN_FLIGHT, |node| {
+                        let (c, hb, stale) = (c.clone(), cf.heartbeat, not_ready.contains(node));
+                        async move {
+                            if let Err(e) = renew(&c, node, hb).await {
+                                tracing::debug!(node = %node, error = %e, "heartbeat failed");
+                            } else if stale {
+                                let patch = json!({"status": {"conditions": [ready_condition(&rfc3339_now())]}});
+                                let _next_beat_retries =
+                                    c.merge_patch(&format!("/api/v1/nodes/{node}/status"), &patch).await;
+                            }
+                        }
+                    })
+                    .await;
+            }
+        }));
+
+        // Pods bound to these nodes: reported Running (or ended), or let go when deleted.
+        let pods = Informer::new(client.clone(), "/api/v1/pods", &[("fieldSelector", "spec.nodeName!=")]);
+        let pod_cache = pods.cache();
+        let (tx, changes) = tokio::sync::mpsc::channel(4096);
+        ctx.spawn(actix::fut::wrap_future(pods.run(tx)));
+        let keys = futures_util::stream::unfold(changes, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        ctx.spawn(actix::fut::wrap_future(keys.for_each_concurrent(IN_FLIGHT, move |change| {
+            let (client, cache, mine) = (client.clone(), pod_cache.clone(), mine.clone());
+            async move {
+                let Change::Upserted(key) = change else { return };
+                let Some(pod) = cache.read().unwrap().objects.get(&key).cloned() else { return };
+                let Some(work) = work_for(&pod, &mine) else { return };
+                let path = format!(
+                    "/api/v1/namespaces/{}/pods/{}",
+                    pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+                    pod["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                let done = match work {
+                    PodWork::Report(status) => client.merge_patch(&format!("{path}/status"), &status).await.map(drop),
+                    PodWork::Release => client.delete_with_grace(&path, 0).await.map(drop),
+                };
+                match done {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some(404) || e.code() == Some(409) => {}
+                    Err(e) => tracing::debug!(pod = %key, error = %e, "hollow pod update failed"),
+                }
+            }
+        })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(node: &str, annotations: Value) -> Value {
+        json!({"metadata": {"name": "p", "namespace": "web", "uid": "u1", "annotations": annotations},
+               "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+               "status": {"phase": "Pending"}})
+    }
+
+    #[test]
+    fn hollow_nodes_report_their_pods_and_no_others() {
+        let mine: HashSet<String> = node_names("hollow", 2).into_iter().collect();
+        assert!(mine.contains("hollow.1"));
+        assert!(work_for(&pod("other.0", json!({})), &mine).is_none());
+        let Some(PodWork::Report(s)) = work_for(&pod("hollow.0", json!({})), &mine) else { panic!("reported") };
+        assert_eq!(s["status"]["phase"], "Running");
+        assert_eq!(s["status"]["containerStatuses"][0]["ready"], true);
+        assert!(s["status"]["podIP"].as_str().unwrap().starts_with("10."));
+        let ended = pod("hollow.0", json!({PHASE_ANNOTATION: "Failed"}));
+        let Some(PodWork::Report(s)) = work_for(&ended, &mine) else { panic!("reported") };
+        assert_eq!(s["status"]["phase"], "Failed");
+        assert_eq!(s["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 1);
+        let mut running = pod("hollow.0", json!({}));
+        running["status"] = s["status"].clone();
+        running["status"]["phase"] = "Running".into();
+        assert!(work_for(&running, &mine).is_none(), "reported once");
+        running["metadata"]["deletionTimestamp"] = "2026-11-29T00:00:00Z".into();
+        assert!(matches!(work_for(&running, &mine), Some(PodWork::Release)));
+    }
+
+    #[test]
+    fn hollow_nodes_are_labelled_and_tainted() {
+        let n = node_object("hollow.3", &HollowConfig::new(1, HeartbeatConfig::default()));
+        assert_eq!(n["metadata"]["labels"][HOLLOW_KEY], "true");
+        assert_eq!(n["spec"]["taints"][0]["effect"], "NoSchedule");
+        assert_eq!(n["status"]["allocatable"]["pods"], "110");
+        let ip = n["status"]["addresses"][0]["address"].as_str().unwrap();
+        assert!(ip.starts_with("10.250.") && ip.split('.').count() == 4);
+    }
+}
