@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::namespace::NamespaceController;
 use super::scheduler::Scheduler;
+use super::{DeploymentController, GarbageCollector, NodeLifecycleController, ReplicaSetController};
 use crate::api::{ApiClient, ApiServer};
 use crate::runtime::{
     exit, Actor, ChildContext, ChildSpec, Ctx, ExitReason, Incarnation, Ref, Restart, StartChild, StopChild, Supervisor,
@@ -76,11 +77,19 @@ fn controller_specs(client: &ApiClient) -> Vec<ChildSpec> {
         let c = client.clone();
         ChildSpec::new(name, Restart::Permanent, move |_| make(c.clone())).0
     }
-    vec![spec(CONTROLLERS[0], client, NamespaceController::new), spec(CONTROLLERS[1], client, Scheduler::new)]
+    vec![
+        spec(CONTROLLERS[0], client, NamespaceController::new),
+        spec(CONTROLLERS[1], client, Scheduler::new),
+        spec(CONTROLLERS[2], client, ReplicaSetController::new),
+        spec(CONTROLLERS[3], client, DeploymentController::new),
+        spec(CONTROLLERS[4], client, GarbageCollector::new),
+        spec(CONTROLLERS[5], client, NodeLifecycleController::new),
+    ]
 }
 
 /// Their names (children of `/<server>/controllers`), in `controller_specs`' order.
-const CONTROLLERS: &[&str] = &["namespace", "scheduler"];
+const CONTROLLERS: &[&str] =
+    &["namespace", "scheduler", "replicaset", "deployment", "garbage-collector", "node-lifecycle"];
 
 async fn stop_controllers(controllers: &Ref<Supervisor>) {
     for name in CONTROLLERS {

@@ -1,14 +1,25 @@
 //! The control plane's controllers, on server members: `/leader` elects the one member
 //! that runs them, and starts them under `/controllers` while it leads (each writes
-//! with the leader's fencing epoch). Today: the namespace controller; the scheduler and
-//! the workload controllers are issue P6's.
+//! with the leader's fencing epoch): namespace, scheduler, replicaset, deployment,
+//! garbage-collector, node-lifecycle. Each is an actor fed by informers, reconciling
+//! one key at a time from a work queue (level-triggered: it reads the latest state).
 
+pub mod deployment;
 mod elector;
+mod gc;
 pub mod labels;
 mod namespace;
+pub mod nodelifecycle;
 pub mod quantity;
+mod queue;
+mod replicaset;
 pub mod scheduler;
+pub mod workload;
 
+pub use deployment::DeploymentController;
 pub use elector::{Election, Elector, Term, LEADER_KEY};
+pub use gc::GarbageCollector;
 pub use namespace::NamespaceController;
+pub use nodelifecycle::NodeLifecycleController;
+pub use replicaset::ReplicaSetController;
 pub use scheduler::Scheduler;

@@ -1,0 +1,260 @@
+//! `/<server>/controllers/node-lifecycle`: notices nodes that stopped heartbeating and
+//! moves their pods elsewhere.
+//!
+//! A node's kubelet renews its Lease in `kube-node-lease`; this controller notes when it
+//! *saw* each renewal (its own clock, so clock skew between machines does not matter,
+//! as in Kubernetes). A node silent for longer than its lease's `leaseDurationSeconds`
+//! gets Ready=Unknown ("Kubelet stopped posting node status.") and the
+//! `node.kubernetes.io/unreachable:NoExecute` taint; the taint goes again when the
+//! heartbeat is back (the kubelet reports itself Ready). Pods on a node with a NoExecute
+//! taint they do not tolerate are evicted at once; those that tolerate it for
+//! `tolerationSeconds` (every pod does, by the API's default tolerations) once that
+//! passes — and their controllers replace them elsewhere. A node that never had a
+//! Lease (registered by hand) is not judged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::AsyncContext;
+use serde_json::{json, Value};
+
+use super::scheduler::fit::{tolerates, Taint};
+use super::workload::{deleting, is_active, name, namespace};
+use crate::api::informer::{Cache, Change, Informer};
+use crate::api::{parse_time, rfc3339_now, unix_now, ApiClient, ApiError, EventRecorder, EventType};
+use crate::runtime::{Actor, Ctx};
+
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+const TICK: Duration = Duration::from_millis(250);
+
+pub struct NodeLifecycleController {
+    client: ApiClient,
+}
+
+impl NodeLifecycleController {
+    pub fn new(client: ApiClient) -> Self {
+        Self { client }
+    }
+}
+
+type Shared = std::sync::Arc<std::sync::RwLock<Cache>>;
+
+/// When a node's heartbeat was last seen to move, and how long it may be silent.
+struct Heartbeat {
+    renew: String,
+    seen: Instant,
+    lease: Duration,
+}
+
+fn ready_status(node: &Value) -> Option<&str> {
+    node["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?["status"].as_str()
+}
+
+fn has_taint(node: &Value, key: &str) -> bool {
+    node["spec"]["taints"].as_array().is_some_and(|ts| ts.iter().any(|t| t["key"] == key))
+}
+
+/// When `pod` must go from a node with these NoExecute `taints` (seconds since the
+/// epoch; `None`: it may stay).
+pub fn eviction_time(pod: &Value, taints: &[Value]) -> Option<f64> {
+    let mut at: Option<f64> = None;
+    for t in taints.iter().filter(|t| t["effect"] == "NoExecute") {
+        let taint = Taint {
+            key: t["key"].as_str().unwrap_or_default().into(),
+            value: t["value"].as_str().unwrap_or_default().into(),
+            effect: "NoExecute".into(),
+        };
+        let tolerations = &pod["spec"]["tolerations"];
+        if !tolerates(tolerations, &taint) {
+            return Some(0.0);
+        }
+        // The shortest tolerationSeconds among the tolerations that match; none: forever.
+        let seconds = tolerations
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| tolerates(&json!([x]), &taint))
+            .map(|x| x["tolerationSeconds"].as_i64())
+            .collect::<Vec<_>>();
+        if seconds.iter().any(Option::is_none) {
+            continue;
+        }
+        let secs = seconds.into_iter().flatten().min().unwrap_or(0).max(0) as f64;
+        let added = t["timeAdded"].as_str().and_then(parse_time).unwrap_or_else(unix_now);
+        at = Some(at.map_or(added + secs, |a: f64| a.min(added + secs)));
+    }
+    at
+}
+
+struct State {
+    client: ApiClient,
+    recorder: EventRecorder,
+    nodes: Shared,
+    leases: Shared,
+    pods: Shared,
+    beats: HashMap<String, Heartbeat>,
+}
+
+impl State {
+    fn on_lease(&mut self, change: Change) {
+        match change {
+            Change::Upserted(key) => {
+                let Some(lease) = self.leases.read().unwrap().objects.get(&key).cloned() else { return };
+                let node = name(&lease).to_string();
+                let renew = lease["spec"]["renewTime"].as_str().unwrap_or_default().to_string();
+                let lease_for = Duration::from_secs(lease["spec"]["leaseDurationSeconds"].as_u64().unwrap_or(40));
+                let moved = self.beats.get(&node).is_none_or(|b| b.renew != renew);
+                if moved {
+                    self.beats.insert(node, Heartbeat { renew, seen: Instant::now(), lease: lease_for });
+                }
+            }
+            Change::Deleted(key, _) => {
+                self.beats.remove(key.rsplit('/').next().unwrap_or_default());
+            }
+        }
+    }
+
+    async fn tick(&mut self) -> Result<(), ApiError> {
+        let nodes: Vec<Value> = self.nodes.read().unwrap().objects.values().cloned().collect();
+        for node in &nodes {
+            let n = name(node).to_string();
+            let Some(beat) = self.beats.get(&n) else { continue };
+            let silent = beat.seen.elapsed() > beat.lease;
+            if silent && (ready_status(node) != Some("Unknown") || !has_taint(node, UNREACHABLE)) {
+                self.mark_lost(node, beat.seen.elapsed()).await?;
+            } else if !silent && has_taint(node, UNREACHABLE) && ready_status(node) == Some("True") {
+                let taints: Vec<&Value> = node["spec"]["taints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["key"] != UNREACHABLE)
+                    .collect();
+                self.client.merge_patch(&format!("/api/v1/nodes/{n}"), &json!({"spec": {"taints": taints}})).await?;
+                tracing::info!(node = %n, "heartbeat back; untainted");
+            }
+        }
+        // Evictions from nodes with NoExecute taints.
+        let now = unix_now();
+        let tainted: HashMap<String, Vec<Value>> = nodes
+            .iter()
+            .filter_map(|n| {
+                let ts: Vec<Value> =
+                    n["spec"]["taints"].as_array()?.iter().filter(|t| t["effect"] == "NoExecute").cloned().collect();
+                (!ts.is_empty()).then(|| (name(n).to_string(), ts))
+            })
+            .collect();
+        if tainted.is_empty() {
+            return Ok(());
+        }
+        let due: Vec<Value> = {
+            let pods = self.pods.read().unwrap();
+            pods.objects
+                .values()
+                .filter(|p| is_active(p) && !deleting(p))
+                .filter(|p| {
+                    let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+                    tainted.get(node).and_then(|ts| eviction_time(p, ts)).is_some_and(|at| at <= now)
+                })
+                .cloned()
+                .collect()
+        };
+        for pod in due {
+            let path = format!("/api/v1/namespaces/{}/pods/{}", namespace(&pod), name(&pod));
+            match self.client.delete(&path).await {
+                Ok(_) => {
+                    let message = format!("Marking for deletion Pod {}/{}", namespace(&pod), name(&pod));
+                    let _best_effort =
+                        self.recorder.record(&pod, EventType::Normal, "TaintManagerEviction", &message).await;
+                }
+                Err(e) if e.code() == Some(404) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_lost(&self, node: &Value, silent: Duration) -> Result<(), ApiError> {
+        let n = name(node);
+        let now = rfc3339_now();
+        let mut conditions: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        conditions.retain(|c| c["type"] != "Ready");
+        conditions.push(json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.", "lastHeartbeatTime": now, "lastTransitionTime": now}));
+        self.client
+            .merge_patch(&format!("/api/v1/nodes/{n}/status"), &json!({"status": {"conditions": conditions}}))
+            .await?;
+        if !has_taint(node, UNREACHABLE) {
+            let mut taints: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+            taints.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": now}));
+            self.client.merge_patch(&format!("/api/v1/nodes/{n}"), &json!({"spec": {"taints": taints}})).await?;
+        }
+        tracing::info!(node = %n, silent_ms = silent.as_millis() as u64, "node lost: NotReady, tainted unreachable");
+        let message = format!("Node {n} status is now: NodeNotReady");
+        let _best_effort = self.recorder.record(node, EventType::Normal, "NodeNotReady", &message).await;
+        Ok(())
+    }
+}
+
+impl Actor for NodeLifecycleController {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        let nodes = Informer::new(self.client.clone(), "/api/v1/nodes", &[]);
+        let leases =
+            Informer::new(self.client.clone(), "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &[]);
+        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[("fieldSelector", "spec.nodeName!=")]);
+        let mut state = State {
+            client: self.client.clone(),
+            recorder: EventRecorder::new(self.client.clone(), "node-controller", ""),
+            nodes: nodes.cache(),
+            leases: leases.cache(),
+            pods: pods.cache(),
+            beats: HashMap::new(),
+        };
+        let (n_tx, mut n_rx) = tokio::sync::mpsc::channel(1024);
+        let (l_tx, mut l_rx) = tokio::sync::mpsc::channel(4096);
+        let (p_tx, mut p_rx) = tokio::sync::mpsc::channel(8192);
+        ctx.spawn(actix::fut::wrap_future(nodes.run(n_tx)));
+        ctx.spawn(actix::fut::wrap_future(leases.run(l_tx)));
+        ctx.spawn(actix::fut::wrap_future(pods.run(p_tx)));
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tokio::select! {
+                    c = l_rx.recv() => match c { Some(c) => state.on_lease(c), None => return },
+                    c = n_rx.recv() => if c.is_none() { return },
+                    c = p_rx.recv() => if c.is_none() { return },
+                    _ = tick.tick() => {
+                        while let Ok(c) = l_rx.try_recv() {
+                            state.on_lease(c);
+                        }
+                        if let Err(e) = state.tick().await {
+                            if e.reason() == Some("Fenced") {
+                                return;
+                            }
+                            tracing::debug!(error = %e, "node lifecycle pass failed");
+                        }
+                    }
+                }
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_leave_tainted_nodes_when_their_toleration_runs_out() {
+        let taint = json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": "2026-11-29T10:00:00Z"});
+        let added = parse_time("2026-11-29T10:00:00Z").unwrap();
+        let pod = |tolerations: Value| json!({"spec": {"tolerations": tolerations}});
+        assert_eq!(eviction_time(&pod(json!([])), &[taint.clone()]), Some(0.0));
+        let for_five =
+            json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]);
+        assert_eq!(eviction_time(&pod(for_five), &[taint.clone()]), Some(added + 5.0));
+        let forever = json!([{"operator": "Exists"}]);
+        assert_eq!(eviction_time(&pod(forever), &[taint.clone()]), None);
+        let no_schedule = json!({"key": "x", "effect": "NoSchedule"});
+        assert_eq!(eviction_time(&pod(json!([])), &[no_schedule]), None);
+    }
+}
