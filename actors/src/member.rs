@@ -47,6 +47,14 @@ fn door(
     ChildSpec::new("admin", Restart::Permanent, factory).0
 }
 
+/// What a server member's components are configured with.
+pub struct ServerParts {
+    pub store: StoreConfig,
+    /// The HTTPS door's socket and TLS, where this member has the CA's key.
+    pub https: Option<HttpsSetup>,
+    pub control: ControlPlaneConfig,
+}
+
 /// One control-plane member (`keelson server`): its door, then its transport subtree;
 /// `admission` lets it admit new members (it needs the CA's key).
 pub fn server_tree(
@@ -55,10 +63,10 @@ pub fn server_tree(
     transport: Transport,
     router: Arc<Router>,
     admission: Option<Admission>,
-    store: &StoreConfig,
-    https: Option<HttpsSetup>,
-    control: ControlPlaneConfig,
+    parts: ServerParts,
 ) -> SupervisorSpec {
+    let ServerParts { store, https, control } = parts;
+    let store = &store;
     let root = ActorPath::root(&cfg.name);
     // The transport first (the store's raft talks through it), then the store, then
     // the door that serves both: started in this order, stopped in reverse.

@@ -155,6 +155,12 @@ pub struct AgentArgs {
     /// The Lease's life: a node silent this long is lost (NotReady, its pods evicted).
     #[arg(long, default_value_t = 2)]
     pub lease_seconds: u32,
+    /// Each hollow node's CPU (a Kubernetes quantity).
+    #[arg(long, default_value = "4")]
+    pub cpu: String,
+    /// Each hollow node's memory (a Kubernetes quantity).
+    #[arg(long, default_value = "16Gi")]
+    pub memory: String,
 }
 
 #[derive(Args)]

@@ -103,15 +103,20 @@ impl DataDir {
         serde_json::from_slice(&bytes).with_context(|| format!("{} is not a door file", path.display()))
     }
 
-    /// Every member's door whose process is alive, the launcher first.
-    /// The door of `member`, or of the first running server member (not the launcher).
+    /// The door of `member`, or of the first running server member (one that keeps a
+    /// store here: not the launcher, not an agent).
     pub fn server_door(&self, member: Option<&str>) -> Result<DoorFile> {
         match member {
             Some(m) => self.door(m),
-            None => self.doors()?.into_iter().find(|d| d.member != "up").context("no running server member found"),
+            None => self
+                .doors()?
+                .into_iter()
+                .find(|d| d.member != "up" && self.root.join(&d.member).join("store").is_dir())
+                .context("no running server member found"),
         }
     }
 
+    /// Every member's door whose process is alive, the launcher first.
     pub fn doors(&self) -> Result<Vec<DoorFile>> {
         let mut doors = Vec::new();
         for entry in std::fs::read_dir(&self.root)? {

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use keelson_actors::api::HttpsSetup;
 use keelson_actors::kubelet::HollowConfig;
-use keelson_actors::member::{agent_tree, server_tree};
+use keelson_actors::member::{agent_tree, server_tree, ServerParts};
 use keelson_actors::store::StoreConfig;
 use keelson_actors::transport::{Admission, Router};
 use keelson_config::{AdminConfig, Backoff, ControlPlaneConfig, HeartbeatConfig, MemberConfig, SupervisorConfig};
@@ -208,8 +208,12 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     .validate()?;
     let api = api_setup(&data, &args.name, args.api_listen)?;
     let control = ControlPlaneConfig { default_toleration_seconds: args.default_toleration_seconds };
-    let code =
-        member::run(cfg, &data, move |cfg, l| server_tree(cfg, l, t, router, admission, &store, api, control), None);
+    let code = member::run(
+        cfg,
+        &data,
+        move |cfg, l| server_tree(cfg, l, t, router, admission, ServerParts { store, https: api, control }),
+        None,
+    );
     transport.close();
     code
 }
@@ -257,7 +261,16 @@ fn agent(args: cli::AgentArgs, data_dir: &std::path::Path) -> Result<i32> {
     router.pump(inbox, transport.runtime());
     tracing::info!(quic = %transport.local_addr(), servers = ?servers, nodes = args.hollow, "agent up");
     let t = transport.clone();
-    let hollow = HollowConfig::new(args.hollow, heartbeat);
+    for (what, q) in [("--cpu", &args.cpu), ("--memory", &args.memory)] {
+        if keelson_actors::controllers::quantity::parse(q).is_none() {
+            anyhow::bail!("{what} {q:?} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)");
+        }
+    }
+    let hollow = HollowConfig {
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        ..HollowConfig::new(args.hollow, heartbeat)
+    };
     let code = member::run(cfg, &data, move |cfg, l| agent_tree(cfg, l, t, router, servers, hollow), None);
     transport.close();
     code

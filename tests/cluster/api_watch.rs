@@ -51,7 +51,7 @@ impl Api {
     }
 
     /// Watch lines on a channel, from a curl that runs until killed.
-    fn watch(&self, path: &str) -> (std::process::Child, mpsc::Receiver<Value>) {
+    pub(crate) fn watch(&self, path: &str) -> (std::process::Child, mpsc::Receiver<Value>) {
         let mut child = Command::new("curl")
             .args(["-sSN", "--cacert", &self.ca, "-H"])
             .arg(format!("Authorization: Bearer {}", self.token))

@@ -18,7 +18,9 @@
 //!   acknowledged write across a SIGKILL of its leader and across a full stop and
 //!   start of the cluster, and refuses garbage with a 400;
 //! - the store's histories of reads, writes and compare-and-swaps stay linearizable
-//!   while its leader is killed, cut off, and its links lose packets.
+//!   while its leader is killed, cut off, and its links lose packets;
+//! - the scheduler and controllers place, scale, roll out and back, and collect
+//!   workloads on hollow nodes, and replace what lost nodes and a lost leader held.
 
 mod support;
 
@@ -36,3 +38,4 @@ mod store_api;
 mod store_history;
 mod store_members;
 mod transport;
+mod workloads;

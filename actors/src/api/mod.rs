@@ -5,6 +5,7 @@
 //! - `discovery.rs`: `/version`, `/api`, `/apis`, resource lists;
 //! - `openapi.rs`: `/openapi/v3` with schemas from the types (validation, explain, apply);
 //! - `objects.rs`: objects in the store (server fields, optimistic concurrency) and admission;
+//! - `defaults.rs`: the defaults Kubernetes fills in (strategies, pod spec fields);
 //! - `validate.rs`: names, labels, shapes (the `k8s-openapi` types), unknown fields;
 //! - `selector.rs`: label and field selectors;
 //! - `patch.rs`: merge and JSON patches (the `json-patch` crate);
@@ -30,6 +31,7 @@
 mod apply;
 mod auth;
 pub mod client;
+mod defaults;
 mod discovery;
 pub mod door;
 mod http;

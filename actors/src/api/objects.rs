@@ -668,6 +668,7 @@ pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> 
             )));
         }
     }
+    super::defaults::apply(res.kind, &mut obj);
     Ok(obj)
 }
 

@@ -18,7 +18,10 @@ use serde_json::json;
 
 use super::namespace::NamespaceController;
 use super::scheduler::Scheduler;
-use super::{DeploymentController, GarbageCollector, NodeLifecycleController, ReplicaSetController};
+use super::{
+    DaemonSetController, DeploymentController, GarbageCollector, JobController, NodeLifecycleController,
+    ReplicaSetController,
+};
 use crate::api::{ApiClient, ApiServer};
 use crate::runtime::{
     exit, Actor, ChildContext, ChildSpec, Ctx, ExitReason, Incarnation, Ref, Restart, StartChild, StopChild, Supervisor,
@@ -84,12 +87,14 @@ fn controller_specs(client: &ApiClient) -> Vec<ChildSpec> {
         spec(CONTROLLERS[3], client, DeploymentController::new),
         spec(CONTROLLERS[4], client, GarbageCollector::new),
         spec(CONTROLLERS[5], client, NodeLifecycleController::new),
+        spec(CONTROLLERS[6], client, DaemonSetController::new),
+        spec(CONTROLLERS[7], client, JobController::new),
     ]
 }
 
 /// Their names (children of `/<server>/controllers`), in `controller_specs`' order.
 const CONTROLLERS: &[&str] =
-    &["namespace", "scheduler", "replicaset", "deployment", "garbage-collector", "node-lifecycle"];
+    &["namespace", "scheduler", "replicaset", "deployment", "garbage-collector", "node-lifecycle", "daemonset", "job"];
 
 async fn stop_controllers(controllers: &Ref<Supervisor>) {
     for name in CONTROLLERS {

@@ -1,12 +1,14 @@
 //! The control plane's controllers, on server members: `/leader` elects the one member
 //! that runs them, and starts them under `/controllers` while it leads (each writes
 //! with the leader's fencing epoch): namespace, scheduler, replicaset, deployment,
-//! garbage-collector, node-lifecycle. Each is an actor fed by informers, reconciling
+//! garbage-collector, node-lifecycle, daemonset, job. Each is an actor fed by informers, reconciling
 //! one key at a time from a work queue (level-triggered: it reads the latest state).
 
+mod daemonset;
 pub mod deployment;
 mod elector;
 mod gc;
+mod job;
 pub mod labels;
 mod namespace;
 pub mod nodelifecycle;
@@ -16,9 +18,11 @@ mod replicaset;
 pub mod scheduler;
 pub mod workload;
 
+pub use daemonset::DaemonSetController;
 pub use deployment::DeploymentController;
 pub use elector::{Election, Elector, Term, LEADER_KEY};
 pub use gc::GarbageCollector;
+pub use job::JobController;
 pub use namespace::NamespaceController;
 pub use nodelifecycle::NodeLifecycleController;
 pub use replicaset::ReplicaSetController;

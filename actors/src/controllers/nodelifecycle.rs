@@ -248,12 +248,12 @@ mod tests {
         let taint = json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": "2026-11-29T10:00:00Z"});
         let added = parse_time("2026-11-29T10:00:00Z").unwrap();
         let pod = |tolerations: Value| json!({"spec": {"tolerations": tolerations}});
-        assert_eq!(eviction_time(&pod(json!([])), &[taint.clone()]), Some(0.0));
+        assert_eq!(eviction_time(&pod(json!([])), std::slice::from_ref(&taint)), Some(0.0));
         let for_five =
             json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]);
-        assert_eq!(eviction_time(&pod(for_five), &[taint.clone()]), Some(added + 5.0));
+        assert_eq!(eviction_time(&pod(for_five), std::slice::from_ref(&taint)), Some(added + 5.0));
         let forever = json!([{"operator": "Exists"}]);
-        assert_eq!(eviction_time(&pod(forever), &[taint.clone()]), None);
+        assert_eq!(eviction_time(&pod(forever), std::slice::from_ref(&taint)), None);
         let no_schedule = json!({"key": "x", "effect": "NoSchedule"});
         assert_eq!(eviction_time(&pod(json!([])), &[no_schedule]), None);
     }

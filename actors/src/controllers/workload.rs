@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn pods_are_deleted_unscheduled_pending_unready_and_newest_first() {
-        let mut pods = vec![
+        let mut pods = [
             pod("n1", "Running", true, "2026-01-01T00:00:00Z"),
             pod("n1", "Running", true, "2026-01-02T00:00:00Z"),
             pod("n1", "Running", false, "2026-01-01T00:00:00Z"),

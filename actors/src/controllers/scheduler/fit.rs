@@ -283,7 +283,7 @@ impl Cluster {
             for (term, subject, owner_ns) in own
                 .iter()
                 .map(|t| (t, other, &pod.namespace))
-                .chain(other.anti_affinity().iter().map(|t| (t, pod, &other.namespace)).collect::<Vec<_>>().into_iter())
+                .chain(other.anti_affinity().iter().map(|t| (t, pod, &other.namespace)).collect::<Vec<_>>())
             {
                 let namespaces: Vec<&str> =
                     term["namespaces"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -351,7 +351,7 @@ impl Cluster {
             .as_ref()
             .map_or(0, |o| feasible.iter().map(|n| n.owners.get(o).copied().unwrap_or(0)).max().unwrap_or(0));
         let score = |n: &NodeInfo| -> u64 {
-            let free = |cap: u64, used: u64| if cap == 0 { 0 } else { cap.saturating_sub(used) * 100 / cap };
+            let free = |cap: u64, used: u64| (cap.saturating_sub(used) * 100).checked_div(cap).unwrap_or(0);
             let least =
                 (free(n.cpu, n.score_cpu + pod.score_cpu()) + free(n.memory, n.score_memory + pod.score_memory())) / 2;
             let spread = match &pod.owner {
