@@ -419,6 +419,8 @@ pub enum BenchCommand {
     Store(crate::bench::StoreBenchArgs),
     /// The Kubernetes API over HTTPS: pod creates/s, a 10,000-pod `kubectl get pods -A`, watch fan-out.
     Api(crate::bench::ApiBenchArgs),
+    /// Scheduling: decisions/s in memory, pods bound/s over thousands of hollow nodes, node loss to pods moved.
+    Scheduler(crate::bench::SchedulerBenchArgs),
     /// The echo peer `bench transport` starts (not for direct use).
     #[command(hide = true)]
     TransportPeer(crate::bench::TransportPeerArgs),

@@ -66,6 +66,11 @@ impl LabelSelector {
     }
 
     /// Whether an object with these `labels` (a JSON map, or null) is selected.
+    /// Selects everything (no requirements).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, labels: &Value) -> bool {
         let get = |k: &str| labels.get(k).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
@@ -102,6 +107,11 @@ impl FieldSelector {
     /// The `metadata.name` this selector pins, if it does.
     pub fn name(&self) -> Option<&str> {
         self.0.iter().find(|(p, eq, _)| p == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())
+    }
+
+    /// Selects everything (no requirements).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

@@ -62,8 +62,16 @@ impl Watching {
                             v["metadata"]["resourceVersion"] = rv.clone().into();
                             Some(v)
                         };
-                        let before = e.prev.as_ref().and_then(|p| parse(&p.data)).filter(|o| self.selected(o));
                         let after = e.value.as_deref().and_then(parse).filter(|o| self.selected(o));
+                        // The previous state is read only when it matters: to know whether a
+                        // selected watch saw it before, or to send it as DELETED. (Parsing it
+                        // for every event of every watch cost a fair share of the server.)
+                        let everything = self.opts.labels.is_empty() && self.opts.fields.is_empty();
+                        let before = match &e.prev {
+                            Some(_) if everything && after.is_some() => Some(Value::Null),
+                            Some(p) => parse(&p.data).filter(|o| self.selected(o)),
+                            None => None,
+                        };
                         let event = match (e.kind, before, after) {
                             (EventKind::Put, None, Some(now)) => Some(("ADDED", now)),
                             (EventKind::Put, Some(_), Some(now)) => Some(("MODIFIED", now)),

@@ -10,6 +10,7 @@
 //! `maxUnavailable` at a time, OnDelete leaves them until they are deleted.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::AsyncContext;
@@ -23,8 +24,9 @@ use super::scheduler::fit::{tolerates, Taint};
 use super::workload::{
     controller_uid, deleting, is_active, is_available, name, namespace, owner_reference, pod_from_template, uid,
 };
-use crate::api::informer::{Cache, Change, Informer};
+use crate::api::informer::{Cache, Change};
 use crate::api::{ApiClient, ApiError};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 
 pub const HASH_LABEL: &str = "controller-revision-hash";
@@ -32,11 +34,12 @@ const PENDING_EXPIRE: Duration = Duration::from_secs(15);
 
 pub struct DaemonSetController {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl DaemonSetController {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -257,33 +260,27 @@ impl State {
 
 impl Actor for DaemonSetController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let sets = Informer::new(self.client.clone(), "/apis/apps/v1/daemonsets", &[]);
-        let nodes = Informer::new(self.client.clone(), "/api/v1/nodes", &[]);
-        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[]);
+        let (sets_cache, mut sets_rx) = self.informers.subscribe("/apis/apps/v1/daemonsets", &[]);
+        let (nodes_cache, mut nodes_rx) = self.informers.subscribe("/api/v1/nodes", &[]);
+        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
         let mut state = State {
             client: self.client.clone(),
-            sets: sets.cache(),
-            nodes: nodes.cache(),
-            pods: pods.cache(),
+            sets: sets_cache,
+            nodes: nodes_cache,
+            pods: pods_cache,
             pending: HashMap::new(),
             queue: WorkQueue::default(),
         };
-        let (s_tx, mut s_rx) = tokio::sync::mpsc::channel(1024);
-        let (n_tx, mut n_rx) = tokio::sync::mpsc::channel(1024);
-        let (p_tx, mut p_rx) = tokio::sync::mpsc::channel(8192);
-        ctx.spawn(actix::fut::wrap_future(sets.run(s_tx)));
-        ctx.spawn(actix::fut::wrap_future(nodes.run(n_tx)));
-        ctx.spawn(actix::fut::wrap_future(pods.run(p_tx)));
         ctx.spawn(actix::fut::wrap_future(async move {
             loop {
-                while let Ok(c) = p_rx.try_recv() {
+                while let Ok(c) = pods_rx.try_recv() {
                     state.on_pod(c);
                 }
-                while let Ok(Change::Upserted(k) | Change::Deleted(k, _)) = s_rx.try_recv() {
+                while let Ok(Change::Upserted(k) | Change::Deleted(k, _)) = sets_rx.try_recv() {
                     state.queue.push(k);
                 }
                 let mut nodes_moved = false;
-                while n_rx.try_recv().is_ok() {
+                while nodes_rx.try_recv().is_ok() {
                     nodes_moved = true;
                 }
                 if nodes_moved {
@@ -302,12 +299,12 @@ impl Actor for DaemonSetController {
                 let due =
                     state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
                 tokio::select! {
-                    c = p_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
-                    c = s_rx.recv() => match c {
+                    c = pods_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
+                    c = sets_rx.recv() => match c {
                         Some(Change::Upserted(k) | Change::Deleted(k, _)) => state.queue.push(k),
                         None => return,
                     },
-                    c = n_rx.recv() => match c { Some(_) => state.all_sets(), None => return },
+                    c = nodes_rx.recv() => match c { Some(_) => state.all_sets(), None => return },
                     _ = tokio::time::sleep_until(due) => {}
                 }
             }

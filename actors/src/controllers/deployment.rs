@@ -18,6 +18,7 @@
 //! `progressDeadlineSeconds` pass without progress).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::AsyncContext;
@@ -26,8 +27,9 @@ use serde_json::{json, Value};
 use super::labels::matches;
 use super::queue::WorkQueue;
 use super::workload::{controller_ref, controller_uid, deleting, name, namespace, owner_reference, uid};
-use crate::api::informer::{Cache, Change, Informer};
+use crate::api::informer::{Cache, Change};
 use crate::api::{parse_time, rfc3339_now, unix_now, ApiClient, ApiError};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -41,11 +43,12 @@ const NOT_COPIED: &[&str] =
 
 pub struct DeploymentController {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl DeploymentController {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -626,34 +629,28 @@ impl State {
 
 impl Actor for DeploymentController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let deployments = Informer::new(self.client.clone(), "/apis/apps/v1/deployments", &[]);
-        let sets = Informer::new(self.client.clone(), "/apis/apps/v1/replicasets", &[]);
-        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[]);
+        let (deployments_cache, mut deployments_rx) = self.informers.subscribe("/apis/apps/v1/deployments", &[]);
+        let (sets_cache, mut sets_rx) = self.informers.subscribe("/apis/apps/v1/replicasets", &[]);
+        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
         let mut state = State {
             client: self.client.clone(),
-            deployments: deployments.cache(),
-            sets: sets.cache(),
-            pods: pods.cache(),
+            deployments: deployments_cache,
+            sets: sets_cache,
+            pods: pods_cache,
             queue: WorkQueue::default(),
         };
-        let (d_tx, mut d_rx) = tokio::sync::mpsc::channel(1024);
-        let (s_tx, mut s_rx) = tokio::sync::mpsc::channel(1024);
-        let (p_tx, mut p_rx) = tokio::sync::mpsc::channel(8192);
-        ctx.spawn(actix::fut::wrap_future(deployments.run(d_tx)));
-        ctx.spawn(actix::fut::wrap_future(sets.run(s_tx)));
-        ctx.spawn(actix::fut::wrap_future(pods.run(p_tx)));
         ctx.spawn(actix::fut::wrap_future(async move {
             // Recreate waits for old pods to go: a pod going concerns its ReplicaSet's Deployment.
             let mut pod_owner: HashMap<String, String> = HashMap::new();
             loop {
                 let mut changes = Vec::new();
-                while let Ok(c) = d_rx.try_recv() {
+                while let Ok(c) = deployments_rx.try_recv() {
                     changes.push((0, c));
                 }
-                while let Ok(c) = s_rx.try_recv() {
+                while let Ok(c) = sets_rx.try_recv() {
                     changes.push((1, c));
                 }
-                while let Ok(c) = p_rx.try_recv() {
+                while let Ok(c) = pods_rx.try_recv() {
                     changes.push((2, c));
                 }
                 for (from, c) in changes {
@@ -672,9 +669,9 @@ impl Actor for DeploymentController {
                 let due =
                     state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
                 let (from, c) = tokio::select! {
-                    c = d_rx.recv() => (0, c),
-                    c = s_rx.recv() => (1, c),
-                    c = p_rx.recv() => (2, c),
+                    c = deployments_rx.recv() => (0, c),
+                    c = sets_rx.recv() => (1, c),
+                    c = pods_rx.recv() => (2, c),
                     _ = tokio::time::sleep_until(due) => continue,
                 };
                 match c {

@@ -19,8 +19,8 @@ use serde_json::json;
 use super::namespace::NamespaceController;
 use super::scheduler::Scheduler;
 use super::{
-    DaemonSetController, DeploymentController, GarbageCollector, JobController, NodeLifecycleController,
-    ReplicaSetController,
+    ControllerContext, DaemonSetController, DeploymentController, GarbageCollector, JobController,
+    NodeLifecycleController, ReplicaSetController, SharedInformers,
 };
 use crate::api::{ApiClient, ApiServer};
 use crate::runtime::{
@@ -76,9 +76,11 @@ impl Elector {
 
 /// The controllers a leader runs, each writing with the leader's epoch.
 fn controller_specs(client: &ApiClient) -> Vec<ChildSpec> {
-    fn spec<A: Actor>(name: &str, client: &ApiClient, make: fn(ApiClient) -> A) -> ChildSpec {
-        let c = client.clone();
-        ChildSpec::new(name, Restart::Permanent, move |_| make(c.clone())).0
+    let cx = ControllerContext { client: client.clone(), informers: SharedInformers::new(client.clone()) };
+    let client = &cx;
+    fn spec<A: Actor>(name: &str, cx: &ControllerContext, make: fn(ControllerContext) -> A) -> ChildSpec {
+        let cx = cx.clone();
+        ChildSpec::new(name, Restart::Permanent, move |_| make(cx.clone())).0
     }
     vec![
         spec(CONTROLLERS[0], client, NamespaceController::new),

@@ -15,14 +15,17 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use actix::AsyncContext;
 use serde_json::{json, Value};
 
 use super::queue::WorkQueue;
 use super::workload::{deleting, name, uid};
-use crate::api::informer::{Cache, Change, Informer};
+use crate::api::informer::{Cache, Change};
 use crate::api::resources::{Resource, RESOURCES};
 use crate::api::{ApiClient, ApiError, ApiRequest, Method};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 
 /// Kinds that own nothing and are owned by nothing worth collecting (or change too
@@ -31,11 +34,12 @@ const SKIPPED: &[&str] = &["events", "leases", "namespaces"];
 
 pub struct GarbageCollector {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl GarbageCollector {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -282,11 +286,9 @@ impl Actor for GarbageCollector {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Change)>(8192);
         let mut kinds = Vec::new();
         for res in RESOURCES.iter().filter(|r| !SKIPPED.contains(&r.plural)) {
-            let informer = Informer::new(self.client.clone(), &res.path(None), &[]);
+            let (cache, mut one_rx) = self.informers.subscribe(&res.path(None), &[]);
             let index = kinds.len();
-            kinds.push((res, informer.cache()));
-            let (one_tx, mut one_rx) = tokio::sync::mpsc::channel(1024);
-            ctx.spawn(actix::fut::wrap_future(informer.run(one_tx)));
+            kinds.push((res, cache));
             let tx = tx.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
                 while let Some(c) = one_rx.recv().await {

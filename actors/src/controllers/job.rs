@@ -9,6 +9,7 @@
 //! exponential back-off first).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::AsyncContext;
@@ -20,19 +21,21 @@ use super::workload::{
     controller_ref, controller_uid, deleting, is_active, is_ready, name, namespace, owner_reference, pod_from_template,
     uid,
 };
-use crate::api::informer::{Cache, Change, Informer};
+use crate::api::informer::{Cache, Change};
 use crate::api::{parse_time, rfc3339_now, unix_now, ApiClient, ApiError};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 
 const EXPECTATIONS_EXPIRE: Duration = Duration::from_secs(15);
 
 pub struct JobController {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl JobController {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -206,26 +209,22 @@ impl State {
 
 impl Actor for JobController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let jobs = Informer::new(self.client.clone(), "/apis/batch/v1/jobs", &[]);
-        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[]);
+        let (jobs_cache, mut jobs_rx) = self.informers.subscribe("/apis/batch/v1/jobs", &[]);
+        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
         let mut state = State {
             client: self.client.clone(),
-            jobs: jobs.cache(),
-            pods: pods.cache(),
+            jobs: jobs_cache,
+            pods: pods_cache,
             expect: HashMap::new(),
             seen: HashSet::new(),
             queue: WorkQueue::default(),
         };
-        let (j_tx, mut j_rx) = tokio::sync::mpsc::channel(1024);
-        let (p_tx, mut p_rx) = tokio::sync::mpsc::channel(8192);
-        ctx.spawn(actix::fut::wrap_future(jobs.run(j_tx)));
-        ctx.spawn(actix::fut::wrap_future(pods.run(p_tx)));
         ctx.spawn(actix::fut::wrap_future(async move {
             loop {
-                while let Ok(c) = p_rx.try_recv() {
+                while let Ok(c) = pods_rx.try_recv() {
                     state.on_pod(c);
                 }
-                while let Ok(Change::Upserted(k) | Change::Deleted(k, _)) = j_rx.try_recv() {
+                while let Ok(Change::Upserted(k) | Change::Deleted(k, _)) = jobs_rx.try_recv() {
                     state.queue.push(k);
                 }
                 if let Some(key) = state.queue.pop() {
@@ -241,8 +240,8 @@ impl Actor for JobController {
                 let due =
                     state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
                 tokio::select! {
-                    c = p_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
-                    c = j_rx.recv() => match c {
+                    c = pods_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
+                    c = jobs_rx.recv() => match c {
                         Some(Change::Upserted(k) | Change::Deleted(k, _)) => state.queue.push(k),
                         None => return,
                     },

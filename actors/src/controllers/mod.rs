@@ -1,8 +1,9 @@
 //! The control plane's controllers, on server members: `/leader` elects the one member
 //! that runs them, and starts them under `/controllers` while it leads (each writes
 //! with the leader's fencing epoch): namespace, scheduler, replicaset, deployment,
-//! garbage-collector, node-lifecycle, daemonset, job. Each is an actor fed by informers, reconciling
-//! one key at a time from a work queue (level-triggered: it reads the latest state).
+//! garbage-collector, node-lifecycle, daemonset, job. Each is an actor fed by informers
+//! (shared among them: one watch per collection), reconciling one key at a time from a
+//! work queue (level-triggered: it reads the latest state).
 
 mod daemonset;
 pub mod deployment;
@@ -16,6 +17,7 @@ pub mod quantity;
 mod queue;
 mod replicaset;
 pub mod scheduler;
+mod shared;
 pub mod workload;
 
 pub use daemonset::DaemonSetController;
@@ -27,3 +29,16 @@ pub use namespace::NamespaceController;
 pub use nodelifecycle::NodeLifecycleController;
 pub use replicaset::ReplicaSetController;
 pub use scheduler::Scheduler;
+pub use shared::SharedInformers;
+
+use std::sync::Arc;
+
+use crate::api::ApiClient;
+
+/// What every controller of one leadership term gets: the API (writing with the term's
+/// fencing epoch) and the term's shared informers.
+#[derive(Clone)]
+pub struct ControllerContext {
+    pub client: ApiClient,
+    pub informers: Arc<SharedInformers>,
+}

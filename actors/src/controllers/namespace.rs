@@ -9,21 +9,25 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use actix::AsyncContext;
 use serde_json::json;
 
-use crate::api::informer::{Change, Informer};
+use crate::api::informer::Change;
 use crate::api::resources::RESOURCES;
 use crate::api::{ApiClient, ApiError};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 
 pub struct NamespaceController {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl NamespaceController {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -60,10 +64,7 @@ async fn empty(client: &ApiClient, ns: &str) -> Result<bool, ApiError> {
 
 impl Actor for NamespaceController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let informer = Informer::new(self.client.clone(), "/api/v1/namespaces", &[]);
-        let cache = informer.cache();
-        let (tx, mut changes) = tokio::sync::mpsc::channel(256);
-        ctx.spawn(actix::fut::wrap_future(informer.run(tx)));
+        let (cache, mut changes) = self.informers.subscribe("/api/v1/namespaces", &[]);
         let client = self.client.clone();
         ctx.spawn(actix::fut::wrap_future(async move {
             let mut terminating: BTreeSet<String> = BTreeSet::new();

@@ -13,6 +13,7 @@
 //! Lease (registered by hand) is not judged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::AsyncContext;
@@ -20,8 +21,9 @@ use serde_json::{json, Value};
 
 use super::scheduler::fit::{tolerates, Taint};
 use super::workload::{deleting, is_active, name, namespace};
-use crate::api::informer::{Cache, Change, Informer};
+use crate::api::informer::{Cache, Change};
 use crate::api::{parse_time, rfc3339_now, unix_now, ApiClient, ApiError, EventRecorder, EventType};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -29,11 +31,12 @@ const TICK: Duration = Duration::from_millis(250);
 
 pub struct NodeLifecycleController {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl NodeLifecycleController {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -115,45 +118,54 @@ impl State {
     }
 
     async fn tick(&mut self) -> Result<(), ApiError> {
-        let nodes: Vec<Value> = self.nodes.read().unwrap().objects.values().cloned().collect();
-        for node in &nodes {
-            let n = name(node).to_string();
-            let Some(beat) = self.beats.get(&n) else { continue };
-            let silent = beat.seen.elapsed() > beat.lease;
-            if silent && (ready_status(node) != Some("Unknown") || !has_taint(node, UNREACHABLE)) {
-                self.mark_lost(node, beat.seen.elapsed()).await?;
-            } else if !silent && has_taint(node, UNREACHABLE) && ready_status(node) == Some("True") {
-                let taints: Vec<&Value> = node["spec"]["taints"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| t["key"] != UNREACHABLE)
-                    .collect();
-                self.client.merge_patch(&format!("/api/v1/nodes/{n}"), &json!({"spec": {"taints": taints}})).await?;
-                tracing::info!(node = %n, "heartbeat back; untainted");
+        // Under the read lock, only what needs a write is copied out (the pass runs four
+        // times a second over every node).
+        let (lost, back, tainted) = {
+            let nodes = self.nodes.read().unwrap();
+            let (mut lost, mut back) = (Vec::new(), Vec::new());
+            let mut tainted: HashMap<String, Vec<Value>> = HashMap::new();
+            for node in nodes.objects.values() {
+                let n = name(node);
+                if let Some(ts) = node["spec"]["taints"].as_array() {
+                    let no_execute: Vec<Value> = ts.iter().filter(|t| t["effect"] == "NoExecute").cloned().collect();
+                    if !no_execute.is_empty() {
+                        tainted.insert(n.to_string(), no_execute);
+                    }
+                }
+                let Some(beat) = self.beats.get(n) else { continue };
+                let silent = beat.seen.elapsed() > beat.lease;
+                if silent && (ready_status(node) != Some("Unknown") || !has_taint(node, UNREACHABLE)) {
+                    lost.push((node.clone(), beat.seen.elapsed()));
+                } else if !silent && has_taint(node, UNREACHABLE) && ready_status(node) == Some("True") {
+                    back.push(node.clone());
+                }
             }
+            (lost, back, tainted)
+        };
+        for (node, silent) in lost {
+            self.mark_lost(&node, silent).await?;
+        }
+        for node in back {
+            let n = name(&node);
+            let taints: Vec<&Value> =
+                node["spec"]["taints"].as_array().into_iter().flatten().filter(|t| t["key"] != UNREACHABLE).collect();
+            self.client.merge_patch(&format!("/api/v1/nodes/{n}"), &json!({"spec": {"taints": taints}})).await?;
+            tracing::info!(node = %n, "heartbeat back; untainted");
         }
         // Evictions from nodes with NoExecute taints.
-        let now = unix_now();
-        let tainted: HashMap<String, Vec<Value>> = nodes
-            .iter()
-            .filter_map(|n| {
-                let ts: Vec<Value> =
-                    n["spec"]["taints"].as_array()?.iter().filter(|t| t["effect"] == "NoExecute").cloned().collect();
-                (!ts.is_empty()).then(|| (name(n).to_string(), ts))
-            })
-            .collect();
         if tainted.is_empty() {
             return Ok(());
         }
+        let now = unix_now();
         let due: Vec<Value> = {
             let pods = self.pods.read().unwrap();
             pods.objects
                 .values()
-                .filter(|p| is_active(p) && !deleting(p))
                 .filter(|p| {
                     let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
-                    tainted.get(node).and_then(|ts| eviction_time(p, ts)).is_some_and(|at| at <= now)
+                    tainted.get(node).is_some_and(|ts| {
+                        is_active(p) && !deleting(p) && eviction_time(p, ts).is_some_and(|at| at <= now)
+                    })
                 })
                 .cloned()
                 .collect()
@@ -197,33 +209,28 @@ impl State {
 
 impl Actor for NodeLifecycleController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let nodes = Informer::new(self.client.clone(), "/api/v1/nodes", &[]);
-        let leases =
-            Informer::new(self.client.clone(), "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &[]);
-        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[("fieldSelector", "spec.nodeName!=")]);
+        let (nodes_cache, mut nodes_rx) = self.informers.subscribe("/api/v1/nodes", &[]);
+        let (leases_cache, mut leases_rx) =
+            self.informers.subscribe("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &[]);
+        let (pods_cache, mut pods_rx) =
+            self.informers.subscribe("/api/v1/pods", &[("fieldSelector", "spec.nodeName!=")]);
         let mut state = State {
             client: self.client.clone(),
             recorder: EventRecorder::new(self.client.clone(), "node-controller", ""),
-            nodes: nodes.cache(),
-            leases: leases.cache(),
-            pods: pods.cache(),
+            nodes: nodes_cache,
+            leases: leases_cache,
+            pods: pods_cache,
             beats: HashMap::new(),
         };
-        let (n_tx, mut n_rx) = tokio::sync::mpsc::channel(1024);
-        let (l_tx, mut l_rx) = tokio::sync::mpsc::channel(4096);
-        let (p_tx, mut p_rx) = tokio::sync::mpsc::channel(8192);
-        ctx.spawn(actix::fut::wrap_future(nodes.run(n_tx)));
-        ctx.spawn(actix::fut::wrap_future(leases.run(l_tx)));
-        ctx.spawn(actix::fut::wrap_future(pods.run(p_tx)));
         ctx.spawn(actix::fut::wrap_future(async move {
             let mut tick = tokio::time::interval(TICK);
             loop {
                 tokio::select! {
-                    c = l_rx.recv() => match c { Some(c) => state.on_lease(c), None => return },
-                    c = n_rx.recv() => if c.is_none() { return },
-                    c = p_rx.recv() => if c.is_none() { return },
+                    c = leases_rx.recv() => match c { Some(c) => state.on_lease(c), None => return },
+                    c = nodes_rx.recv() => if c.is_none() { return },
+                    c = pods_rx.recv() => if c.is_none() { return },
                     _ = tick.tick() => {
-                        while let Ok(c) = l_rx.try_recv() {
+                        while let Ok(c) = leases_rx.try_recv() {
                             state.on_lease(c);
                         }
                         if let Err(e) = state.tick().await {

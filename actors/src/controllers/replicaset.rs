@@ -12,6 +12,7 @@
 //! flight are never counted twice and it never owns more than it asked for.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::AsyncContext;
@@ -24,8 +25,9 @@ use super::workload::{
     controller_ref, controller_uid, deleting, deletion_order, is_active, is_available, is_ready, name, namespace,
     owner_reference, pod_from_template, uid,
 };
-use crate::api::informer::{key_of, Cache, Change, Informer};
+use crate::api::informer::{key_of, Cache, Change};
 use crate::api::{ApiClient, ApiError};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 
 const EXPECTATIONS_EXPIRE: Duration = Duration::from_secs(15);
@@ -34,11 +36,12 @@ const BURST: usize = 500;
 
 pub struct ReplicaSetController {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl ReplicaSetController {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -293,27 +296,23 @@ impl State {
 
 impl Actor for ReplicaSetController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let sets = Informer::new(self.client.clone(), "/apis/apps/v1/replicasets", &[]);
-        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[]);
+        let (sets_cache, mut sets_rx) = self.informers.subscribe("/apis/apps/v1/replicasets", &[]);
+        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
         let mut state = State {
             client: self.client.clone(),
-            sets: sets.cache(),
-            pods: pods.cache(),
+            sets: sets_cache,
+            pods: pods_cache,
             expect: HashMap::new(),
             seen: HashSet::new(),
             going: HashSet::new(),
             queue: WorkQueue::default(),
         };
-        let (set_tx, mut set_rx) = tokio::sync::mpsc::channel(1024);
-        let (pod_tx, mut pod_rx) = tokio::sync::mpsc::channel(8192);
-        ctx.spawn(actix::fut::wrap_future(sets.run(set_tx)));
-        ctx.spawn(actix::fut::wrap_future(pods.run(pod_tx)));
         ctx.spawn(actix::fut::wrap_future(async move {
             loop {
-                while let Ok(c) = pod_rx.try_recv() {
+                while let Ok(c) = pods_rx.try_recv() {
                     state.on_pod(c);
                 }
-                while let Ok(c) = set_rx.try_recv() {
+                while let Ok(c) = sets_rx.try_recv() {
                     match c {
                         Change::Upserted(k) => state.queue.push(k),
                         Change::Deleted(k, _) => {
@@ -334,8 +333,8 @@ impl Actor for ReplicaSetController {
                 let due =
                     state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
                 tokio::select! {
-                    c = pod_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
-                    c = set_rx.recv() => match c {
+                    c = pods_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
+                    c = sets_rx.recv() => match c {
                         Some(Change::Upserted(k)) => state.queue.push(k),
                         Some(Change::Deleted(k, _)) => { state.expect.remove(&k); }
                         None => return,

@@ -26,13 +26,13 @@ pub struct ApiBenchArgs {
     pub watches: usize,
 }
 
-struct Api {
-    url: String,
-    token: String,
-    client: awc::Client,
+pub(super) struct Api {
+    pub(super) url: String,
+    pub(super) token: String,
+    pub(super) client: awc::Client,
 }
 
-fn client(data: &crate::datadir::DataDir, limit: usize) -> Result<awc::Client> {
+pub(super) fn client(data: &crate::datadir::DataDir, limit: usize) -> Result<awc::Client> {
     let ca = std::fs::read_to_string(data.root().join("ca.crt"))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
@@ -57,7 +57,7 @@ fn pod(name: &str) -> serde_json::Value {
 }
 
 impl Api {
-    async fn post(&self, path: &str, body: &serde_json::Value) -> Result<u16> {
+    pub(super) async fn post(&self, path: &str, body: &serde_json::Value) -> Result<u16> {
         let mut r = self
             .client
             .post(format!("{}{path}", self.url))

@@ -2,10 +2,12 @@
 
 mod actors;
 mod api;
+mod scheduler;
 mod store;
 mod transport;
 
 pub use actors::{actors, ActorBenchArgs};
 pub use api::{api, ApiBenchArgs};
+pub use scheduler::{scheduler, SchedulerBenchArgs};
 pub use store::{store, StoreBenchArgs};
 pub use transport::{transport, transport_peer, TransportBenchArgs, TransportPeerArgs};

@@ -97,6 +97,8 @@ pub struct PodInfo {
     /// The controller owning it (its uid), for spreading.
     pub owner: Option<String>,
     pub spec: Value,
+    /// Its required pod anti-affinity terms.
+    pub anti: Vec<Value>,
 }
 
 impl PodInfo {
@@ -129,6 +131,10 @@ impl PodInfo {
             memory: sum(units, "memory"),
             owner,
             spec: pod["spec"].clone(),
+            anti: pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -146,13 +152,6 @@ impl PodInfo {
         } else {
             self.memory
         }
-    }
-
-    fn anti_affinity(&self) -> Vec<Value> {
-        self.spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
     }
 }
 
@@ -179,6 +178,8 @@ pub struct Cluster {
     pub placed: HashMap<String, (String, PodInfo)>,
     /// Where the next search starts (round robin over the nodes).
     next: usize,
+    /// How many placed pods have anti-affinity terms (none: nothing to check).
+    with_anti: usize,
 }
 
 impl Cluster {
@@ -210,11 +211,13 @@ impl Cluster {
                 *n.owners.entry(o.clone()).or_default() += 1;
             }
         }
+        self.with_anti += usize::from(!pod.anti.is_empty());
         self.placed.insert(pod.key.clone(), (node.to_string(), pod));
     }
 
     pub fn unplace(&mut self, key: &str) {
         let Some((node, pod)) = self.placed.remove(key) else { return };
+        self.with_anti -= usize::from(!pod.anti.is_empty());
         if let Some(n) = self.nodes.get_mut(&node) {
             n.used_cpu -= pod.cpu;
             n.used_memory -= pod.memory;
@@ -272,9 +275,8 @@ impl Cluster {
     fn anti_affinity_blocked(&self, pod: &PodInfo) -> HashSet<String> {
         let mut blocked = HashSet::new();
         let mut domains: Vec<(String, String)> = Vec::new(); // (topology key, value) closed
-        let own = pod.anti_affinity();
-        let others_have_terms = self.placed.values().any(|(_, p)| !p.anti_affinity().is_empty());
-        if own.is_empty() && !others_have_terms {
+        let own = &pod.anti;
+        if own.is_empty() && self.with_anti == 0 {
             return blocked;
         }
         for (node, other) in self.placed.values() {
@@ -283,7 +285,7 @@ impl Cluster {
             for (term, subject, owner_ns) in own
                 .iter()
                 .map(|t| (t, other, &pod.namespace))
-                .chain(other.anti_affinity().iter().map(|t| (t, pod, &other.namespace)).collect::<Vec<_>>())
+                .chain(other.anti.iter().map(|t| (t, pod, &other.namespace)))
             {
                 let namespaces: Vec<&str> =
                     term["namespaces"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();

@@ -20,8 +20,9 @@ use actix::AsyncContext;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::api::informer::{Change, Informer};
+use crate::api::informer::Change;
 use crate::api::{rfc3339_now, ApiClient, ApiError, EventRecorder, EventType};
+use crate::controllers::{ControllerContext, SharedInformers};
 use crate::runtime::{Actor, Ctx};
 use fit::{unschedulable_message, Cluster, PodInfo};
 
@@ -32,11 +33,12 @@ const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(10);
 
 pub struct Scheduler {
     client: ApiClient,
+    informers: Arc<SharedInformers>,
 }
 
 impl Scheduler {
-    pub fn new(client: ApiClient) -> Self {
-        Self { client }
+    pub fn new(cx: ControllerContext) -> Self {
+        Self { client: cx.client, informers: cx.informers }
     }
 }
 
@@ -142,13 +144,8 @@ impl Queue {
 
 impl Actor for Scheduler {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let nodes = Informer::new(self.client.clone(), "/api/v1/nodes", &[]);
-        let pods = Informer::new(self.client.clone(), "/api/v1/pods", &[]);
-        let (node_cache, pod_cache) = (nodes.cache(), pods.cache());
-        let (node_tx, mut node_rx) = mpsc::channel(1024);
-        let (pod_tx, mut pod_rx) = mpsc::channel(8192);
-        ctx.spawn(actix::fut::wrap_future(nodes.run(node_tx)));
-        ctx.spawn(actix::fut::wrap_future(pods.run(pod_tx)));
+        let (node_cache, mut nodes_rx) = self.informers.subscribe("/api/v1/nodes", &[]);
+        let (pod_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
         let client = self.client.clone();
         let recorder = EventRecorder::new(client.clone(), "default-scheduler", "");
         ctx.spawn(actix::fut::wrap_future(async move {
@@ -164,11 +161,11 @@ impl Actor for Scheduler {
             let mut retry = tokio::time::interval(RETRY_UNSCHEDULABLE);
             loop {
                 // Take in everything that changed, then decide as many pods as are queued.
-                while let Ok(c) = node_rx.try_recv() {
+                while let Ok(c) = nodes_rx.try_recv() {
                     let nodes = node_cache.read().unwrap();
                     q.on_node(c, &nodes.objects);
                 }
-                while let Ok(c) = pod_rx.try_recv() {
+                while let Ok(c) = pods_rx.try_recv() {
                     let pods = pod_cache.read().unwrap();
                     q.on_pod(c, &pods.objects);
                 }
@@ -204,11 +201,11 @@ impl Actor for Scheduler {
                     continue;
                 }
                 tokio::select! {
-                    c = node_rx.recv() => match c {
+                    c = nodes_rx.recv() => match c {
                         Some(c) => { let nodes = node_cache.read().unwrap(); q.on_node(c, &nodes.objects); }
                         None => return,
                     },
-                    c = pod_rx.recv() => match c {
+                    c = pods_rx.recv() => match c {
                         Some(c) => { let pods = pod_cache.read().unwrap(); q.on_pod(c, &pods.objects); }
                         None => return,
                     },

@@ -1,0 +1,313 @@
+//! `keelson bench scheduler`: how fast pods get placed, and how fast a lost node's
+//! pods come back elsewhere.
+//!
+//! 1. In memory: the scheduler's own decisions per second over `--nodes` nodes (the
+//!    filter and score of `fit.rs`, no I/O), for what the algorithm alone costs.
+//! 2. End to end: `keelson up` (3 servers) and one agent of `--nodes` hollow nodes; then
+//!    `--pods` pods created over HTTPS by 64 clients while a watch notes when each is
+//!    bound: pods bound per second and the time from a pod's creation to its binding.
+//! 3. Node loss: a Deployment of 20 on one agent's 2 nodes, a second agent joins, the
+//!    first is stopped (SIGSTOP): the time until all 20 run on the second agent's nodes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use futures_util::StreamExt;
+use keelson_actors::controllers::scheduler::fit::{Cluster, PodInfo};
+use serde_json::{json, Value};
+
+use super::api::{client, Api};
+use super::store::{pct, Keelson};
+
+#[derive(Args)]
+pub struct SchedulerBenchArgs {
+    /// Hollow nodes.
+    #[arg(long, default_value_t = 5_000)]
+    pub nodes: u32,
+    /// Pods created and placed.
+    #[arg(long, default_value_t = 100_000)]
+    pub pods: usize,
+    /// Clients creating pods.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+}
+
+fn node(i: u32) -> Value {
+    json!({"metadata": {"name": format!("n{i}"), "labels": {"kubernetes.io/hostname": format!("n{i}")}},
+           "spec": {"taints": [{"key": "keelson.dev/hollow", "value": "true", "effect": "NoSchedule"}]},
+           "status": {"allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                      "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "sched"}},
+           "spec": {"tolerations": [{"key": "keelson.dev/hollow", "operator": "Exists"}],
+                    "containers": [{"name": "c", "image": "busybox",
+                                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
+}
+
+/// Decisions per second of the scheduler's filter and score over `nodes` nodes.
+fn in_memory(nodes: u32, pods: usize) -> f64 {
+    let mut cluster = Cluster::default();
+    for i in 0..nodes {
+        cluster.set_node(&node(i));
+    }
+    let began = Instant::now();
+    for i in 0..pods {
+        let p = PodInfo::from(&format!("bench/p{i}"), &pod(&format!("p{i}")));
+        if let Ok(n) = cluster.choose(&p) {
+            cluster.place(p, &n);
+        }
+    }
+    pods as f64 / began.elapsed().as_secs_f64()
+}
+
+/// Starts `keelson agent` with `nodes` hollow nodes, talking to the three servers.
+fn agent(data: &Path, name: &str, nodes: u32, heartbeat: &str, lease: &str) -> Result<Child> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "agent",
+        "--name",
+        name,
+        "--hollow",
+        &nodes.to_string(),
+        "--heartbeat",
+        heartbeat,
+        "--lease-seconds",
+        lease,
+    ]);
+    cmd.arg("--data-dir").arg(data);
+    for s in ["server-1", "server-2", "server-3"] {
+        let addr = std::fs::read_to_string(data.join(s).join("quic-addr")).with_context(|| format!("{s}'s address"))?;
+        cmd.args(["--peer", &format!("{s}={}", addr.trim())]);
+    }
+    Ok(cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+}
+
+impl Api {
+    async fn get_json(&self, path: &str) -> Result<Value> {
+        let mut r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(serde_json::from_slice(&r.body().limit(1 << 30).await?)?)
+    }
+
+    /// Nodes whose names start with `prefix` and are Ready.
+    async fn ready_nodes(&self, prefix: &str) -> Result<usize> {
+        let nodes = self.get_json("/api/v1/nodes").await?;
+        Ok(nodes["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["metadata"]["name"].as_str().is_some_and(|s| s.starts_with(prefix)))
+            .filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count())
+    }
+
+    async fn wait_ready(&self, prefix: &str, n: usize) -> Result<Duration> {
+        let began = Instant::now();
+        while self.ready_nodes(prefix).await? < n {
+            if began.elapsed() > Duration::from_secs(600) {
+                bail!("{n} nodes {prefix}* were not Ready within 10 minutes");
+            }
+            actix_rt::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(began.elapsed())
+    }
+
+    /// Each pod's first event with a node: pod name → when, until `n` are bound.
+    async fn bindings(&self, ns: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>> {
+        let url = format!("{}/api/v1/namespaces/{ns}/pods?watch=true", self.url);
+        let mut resp = self
+            .client
+            .get(url)
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        actix_rt::spawn(async move {
+            let mut buf = Vec::new();
+            let mut bound = std::collections::HashSet::new();
+            while let Some(Ok(chunk)) = resp.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    let v: Value = serde_json::from_slice(&line).unwrap_or_default();
+                    let o = &v["object"];
+                    if o["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                        let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                        if bound.insert(name.clone()) && tx.send((name, Instant::now())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
+    let decisions = in_memory(args.nodes, 20_000);
+    println!("scheduling decisions in memory over {} nodes: {decisions:.0}/s (20,000 pods)", args.nodes);
+    let dir = std::env::temp_dir().join(format!("keelson-bench-scheduler-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = actix_rt::System::new().block_on(async {
+        let keelson = Keelson::start(&dir)?;
+        let data = keelson.data.root().to_path_buf();
+        let addr = std::fs::read_to_string(data.join("server-1/api-addr"))?;
+        let api = Api {
+            url: format!("https://{}", addr.trim()),
+            token: keelson.token.clone(),
+            client: client(&keelson.data, 256)?,
+        };
+        actix_rt::time::sleep(Duration::from_secs(3)).await;
+
+        // Node loss first, on a small cluster of two agents.
+        let mut lost = agent(&data, "lost", 2, "500ms", "2")?;
+        api.wait_ready("lost.", 2).await?;
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "moving"},
+            "spec": {"replicas": 20, "selector": {"matchLabels": {"app": "moving"}},
+                     "template": {"metadata": {"labels": {"app": "moving"}},
+                                  "spec": {"tolerations": [{"key": "keelson.dev/hollow", "operator": "Exists"}],
+                                           "containers": [{"name": "c", "image": "busybox"}]}}}});
+        if api.post("/apis/apps/v1/namespaces/default/deployments", &deployment).await? != 201 {
+            bail!("could not create the Deployment");
+        }
+        let running_on = |pods: &Value, prefix: &str| {
+            pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| p["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with(prefix)))
+                .count()
+        };
+        while running_on(&api.get_json("/api/v1/namespaces/default/pods?labelSelector=app%3Dmoving").await?, "lost.")
+            < 20
+        {
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut kept = agent(&data, "kept", 2, "500ms", "2")?;
+        api.wait_ready("kept.", 2).await?;
+        unsafe { libc::kill(lost.id() as i32, libc::SIGSTOP) };
+        let stopped = Instant::now();
+        while running_on(&api.get_json("/api/v1/namespaces/default/pods?labelSelector=app%3Dmoving").await?, "kept.")
+            < 20
+        {
+            if stopped.elapsed() > Duration::from_secs(120) {
+                bail!("the pods did not move within 2 minutes");
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "node loss: 20 pods running on other nodes {:.1} s after their 2 nodes stopped (lease 2 s, toleration 1 s)",
+            stopped.elapsed().as_secs_f64()
+        );
+        let _ = lost.kill();
+        let _ = lost.wait();
+        let _ = kept.kill();
+        let _ = kept.wait();
+        let _ = api
+            .client
+            .delete(format!("{}/apis/apps/v1/namespaces/default/deployments/moving", api.url))
+            .bearer_auth(&api.token)
+            .send()
+            .await;
+
+        // Throughput: many hollow nodes (slow heartbeats, as at scale), then the pods.
+        let mut hollow = agent(&data, "hollow", args.nodes, "20s", "60")?;
+        let took = api.wait_ready("hollow.", args.nodes as usize).await?;
+        eprintln!("{} hollow nodes Ready after {:.1} s", args.nodes, took.as_secs_f64());
+        if api
+            .post(
+                "/api/v1/namespaces",
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sched"}}),
+            )
+            .await?
+            != 201
+        {
+            bail!("could not create the sched namespace");
+        }
+        let mut bound_rx = api.bindings("sched").await?;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let created: std::sync::Mutex<HashMap<String, Instant>> = std::sync::Mutex::default();
+        let began = Instant::now();
+        let workers = (0..args.clients).map(|_| async {
+            let mut errors = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= args.pods {
+                    return errors;
+                }
+                let name = format!("p{i}");
+                match api.post("/api/v1/namespaces/sched/pods", &pod(&name)).await {
+                    Ok(201) => {
+                        created.lock().unwrap().insert(name, Instant::now());
+                    }
+                    _ => errors += 1,
+                }
+                if i % 10_000 == 9_999 {
+                    eprintln!("  … {} pods created", i + 1);
+                }
+            }
+        });
+        let errors: usize = futures_util::future::join_all(workers).await.into_iter().sum();
+        let create_secs = began.elapsed().as_secs_f64();
+        let made = args.pods - errors;
+        let mut bound_at: HashMap<String, Instant> = HashMap::new();
+        while bound_at.len() < made {
+            match tokio::time::timeout(Duration::from_secs(60), bound_rx.recv()).await {
+                Ok(Some((name, at))) => {
+                    bound_at.insert(name, at);
+                }
+                _ => bail!("only {} of {made} pods were bound", bound_at.len()),
+            }
+        }
+        let first = bound_at.values().min().copied().unwrap_or(began);
+        let last = bound_at.values().max().copied().unwrap_or(began);
+        let created = created.into_inner().unwrap();
+        let mut lat: Vec<Duration> =
+            bound_at.iter().filter_map(|(n, at)| created.get(n).map(|c| at.saturating_duration_since(*c))).collect();
+        lat.sort();
+        println!(
+            "{} pods created over HTTPS by {} clients in {create_secs:.1} s: {:.0}/s ({errors} errors)",
+            made,
+            args.clients,
+            made as f64 / create_secs
+        );
+        println!(
+            "bound: {:.0} pods/s from the first binding to the last ({:.1} s), {:.0}/s from the first create",
+            made as f64 / (last - first).as_secs_f64(),
+            (last - first).as_secs_f64(),
+            made as f64 / (last - began).as_secs_f64()
+        );
+        println!(
+            "creation → binding: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        );
+        let _ = hollow.kill();
+        let _ = hollow.wait();
+        Ok::<_, anyhow::Error>(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
