@@ -99,7 +99,8 @@ impl Informer {
                     resume = Some(last);
                 }
                 Err((e, _)) if e.code() == Some(410) => {
-                    tracing::debug!(collection = %self.collection, "watch expired; listing again");
+                    // Fell more than the store's event window behind: costly at scale, so told.
+                    tracing::info!(collection = %self.collection, "watch expired; listing again");
                 }
                 Err((e, last)) => {
                     tracing::debug!(collection = %self.collection, error = %e, "watch failed; resuming");

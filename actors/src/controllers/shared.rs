@@ -14,6 +14,8 @@ use crate::api::informer::{Cache, Change, Informer};
 use crate::api::ApiClient;
 
 type Subscribers = Arc<Mutex<Vec<mpsc::UnboundedSender<Change>>>>;
+/// A collection and its selectors.
+type Watched = (String, Vec<(String, String)>);
 
 struct Entry {
     cache: Arc<RwLock<Cache>>,
@@ -22,7 +24,7 @@ struct Entry {
 
 pub struct SharedInformers {
     client: ApiClient,
-    entries: Mutex<HashMap<(String, Vec<(String, String)>), Entry>>,
+    entries: Mutex<HashMap<Watched, Entry>>,
 }
 
 impl SharedInformers {
@@ -37,7 +39,7 @@ impl SharedInformers {
         collection: &str,
         query: &[(&str, &str)],
     ) -> (Arc<RwLock<Cache>>, mpsc::UnboundedReceiver<Change>) {
-        let key = (collection.to_string(), query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let key: Watched = (collection.to_string(), query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
         let (tx, rx) = mpsc::unbounded_channel();
         let mut entries = self.entries.lock().unwrap();
         if let Some(e) = entries.get(&key) {

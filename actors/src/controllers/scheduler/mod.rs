@@ -8,7 +8,7 @@
 //! commits together, so under load binding goes in batches. A binding that fails
 //! releases the assumption and the pod is tried again. A pod that fits nowhere gets
 //! the PodScheduled=False condition and a `FailedScheduling` event saying why, and is
-//! tried again whenever a node changes or a placed pod goes (and every 10 s).
+//! tried again whenever a node changes or a placed pod goes (and every 60 s; Kubernetes: at most 5 min).
 
 pub mod fit;
 
@@ -29,7 +29,7 @@ use fit::{unschedulable_message, Cluster, PodInfo};
 /// Bindings written at once.
 const IN_FLIGHT: usize = 256;
 /// How often pods that fit nowhere are tried again even if nothing seemed to change.
-const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(10);
+const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(60);
 
 pub struct Scheduler {
     client: ApiClient,
