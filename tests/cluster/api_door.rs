@@ -259,8 +259,16 @@ fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
             .map(|w| {
                 let api = api.clone();
                 std::thread::spawn(move || {
+                    // A write the API could not make while server-1 was stopping (no raft
+                    // leader yet: 5xx, or no answer) is tried again; any other answer is final.
                     let call = |method: &str, path: &str, body: &str| {
-                        api.call(method, path, "application/merge-patch+json", body);
+                        for _ in 0..100 {
+                            let (code, _) = api.call(method, path, "application/merge-patch+json", body);
+                            if code != 0 && code < 500 {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
                     };
                     for i in 0..30 {
                         let name = format!("w{w}-{i}");

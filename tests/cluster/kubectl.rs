@@ -151,8 +151,11 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     assert_eq!(header(&ok(&kc, &["-n", "gen", "get", "secrets"])), "NAME TYPE DATA AGE");
     assert_eq!(header(&ok(&kc, &["get", "cm", "-A"])), "NAMESPACE NAME DATA AGE");
     assert_eq!(header(&ok(&kc, &["get", "ns"])), "NAME STATUS AGE");
-    let row = ok(&kc, &["-n", "gen", "get", "deploy", "d", "--no-headers"]);
-    assert_eq!(row.split_whitespace().take(4).collect::<Vec<_>>(), ["d", "0/5", "0", "0"], "{row}");
+    // No node runs pods here: the Deployment's five are made (up to date) and none is ready.
+    eventually("the deployment's pods made", Duration::from_secs(30), || {
+        let row = ok(&kc, &["-n", "gen", "get", "deploy", "d", "--no-headers"]);
+        row.split_whitespace().take(4).collect::<Vec<_>>() == ["d", "0/5", "5", "0"]
+    });
     let described = ok(&kc, &["-n", "gen", "describe", "cm", "c"]);
     assert!(described.contains("Name:         c") && described.contains("Events:  <none>"), "{described}");
 

@@ -39,7 +39,8 @@ impl SharedInformers {
         collection: &str,
         query: &[(&str, &str)],
     ) -> (Arc<RwLock<Cache>>, mpsc::UnboundedReceiver<Change>) {
-        let key: Watched = (collection.to_string(), query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let key: Watched =
+            (collection.to_string(), query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
         let (tx, rx) = mpsc::unbounded_channel();
         let mut entries = self.entries.lock().unwrap();
         if let Some(e) = entries.get(&key) {

@@ -23,7 +23,7 @@ def main(kubeconfig: str) -> None:
         started.set()
         for event in w.stream(core.list_namespaced_pod, ns, timeout_seconds=20):
             seen.append((event["type"], event["object"].metadata.name))
-            if len(seen) >= 3:
+            if event["type"] == "DELETED":
                 w.stop()
 
     t = threading.Thread(target=follow)
@@ -46,7 +46,8 @@ def main(kubeconfig: str) -> None:
     core.delete_namespaced_pod("p1", ns)
     print("pod deleted")
     t.join(timeout=30)
-    assert seen == [("ADDED", "p1"), ("MODIFIED", "p1"), ("DELETED", "p1")], seen
+    # The label patch is a MODIFIED; the scheduler may add its own (no node fits here).
+    assert seen[0] == ("ADDED", "p1") and seen[-1] == ("DELETED", "p1") and ("MODIFIED", "p1") in seen, seen
     print("watch saw", seen)
 
     deployment = client.V1Deployment(
