@@ -10,7 +10,12 @@ use crate::client::DoorClient;
 use crate::datadir::DataDir;
 
 pub async fn list(data: &DataDir) -> Result<String> {
-    let doors: Vec<_> = data.doors()?.into_iter().filter(|d| d.member != "up").collect();
+    // Server members: those keeping a store here (not the launcher, not node agents).
+    let doors: Vec<_> = data
+        .doors()?
+        .into_iter()
+        .filter(|d| d.member != "up" && data.root().join(&d.member).join("store").is_dir())
+        .collect();
     let first = doors.first().context("no running server member found (start one with `keelson up`)")?;
     let client = DoorClient::new(data.token()?);
     let (code, status) = client.call(first, "GET", "/kv/status", None).await?;
