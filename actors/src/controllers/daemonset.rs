@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use super::deployment::template_hash;
 use super::labels::node_selector_matches;
 use super::queue::WorkQueue;
+use super::run::{run, Reconcile};
 use super::scheduler::fit::{tolerates, Taint};
 use super::workload::{
     controller_uid, deleting, is_active, is_available, name, namespace, owner_reference, pod_from_template, uid,
@@ -258,57 +259,43 @@ impl State {
     }
 }
 
+impl Reconcile for State {
+    const WHAT: &'static str = "daemonset";
+
+    fn queue(&mut self) -> &mut WorkQueue {
+        &mut self.queue
+    }
+
+    fn on_change(&mut self, source: usize, change: Change) {
+        match (source, change) {
+            (0, Change::Upserted(k) | Change::Deleted(k, _)) => self.queue.push(k),
+            // A node came, went or changed: every DaemonSet may want it (or not) now.
+            (1, _) => self.all_sets(),
+            (_, c) => self.on_pod(c),
+        }
+    }
+
+    async fn reconcile(&mut self, key: &str) -> Result<(), ApiError> {
+        self.sync(key).await
+    }
+}
+
 impl Actor for DaemonSetController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let (sets_cache, mut sets_rx) = self.informers.subscribe("/apis/apps/v1/daemonsets", &[]);
-        let (nodes_cache, mut nodes_rx) = self.informers.subscribe("/api/v1/nodes", &[]);
-        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
-        let mut state = State {
+        let (caches, changes) = self.informers.subscribe_all(&[
+            ("/apis/apps/v1/daemonsets", &[]),
+            ("/api/v1/nodes", &[]),
+            ("/api/v1/pods", &[]),
+        ]);
+        let state = State {
             client: self.client.clone(),
-            sets: sets_cache,
-            nodes: nodes_cache,
-            pods: pods_cache,
+            sets: caches[0].clone(),
+            nodes: caches[1].clone(),
+            pods: caches[2].clone(),
             pending: HashMap::new(),
             queue: WorkQueue::default(),
         };
-        ctx.spawn(actix::fut::wrap_future(async move {
-            loop {
-                while let Ok(c) = pods_rx.try_recv() {
-                    state.on_pod(c);
-                }
-                while let Ok(Change::Upserted(k) | Change::Deleted(k, _)) = sets_rx.try_recv() {
-                    state.queue.push(k);
-                }
-                let mut nodes_moved = false;
-                while nodes_rx.try_recv().is_ok() {
-                    nodes_moved = true;
-                }
-                if nodes_moved {
-                    state.all_sets();
-                }
-                if let Some(key) = state.queue.pop() {
-                    if let Err(e) = state.sync(&key).await {
-                        if e.reason() == Some("Fenced") {
-                            return;
-                        }
-                        tracing::debug!(daemonset = %key, error = %e, "sync failed; again in 1 s");
-                        state.queue.push_after(key, Duration::from_secs(1));
-                    }
-                    continue;
-                }
-                let due =
-                    state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
-                tokio::select! {
-                    c = pods_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
-                    c = sets_rx.recv() => match c {
-                        Some(Change::Upserted(k) | Change::Deleted(k, _)) => state.queue.push(k),
-                        None => return,
-                    },
-                    c = nodes_rx.recv() => match c { Some(_) => state.all_sets(), None => return },
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-            }
-        }));
+        ctx.spawn(actix::fut::wrap_future(run(state, caches, changes)));
     }
 }
 

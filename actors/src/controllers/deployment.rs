@@ -26,7 +26,8 @@ use serde_json::{json, Value};
 
 use super::labels::matches;
 use super::queue::WorkQueue;
-use super::workload::{controller_ref, controller_uid, deleting, name, namespace, owner_reference, uid};
+use super::run::{run, Reconcile};
+use super::workload::{concerned, controller_ref, controller_uid, deleting, name, namespace, owner_reference, uid};
 use crate::api::informer::{Cache, Change};
 use crate::api::{parse_time, rfc3339_now, unix_now, ApiClient, ApiError};
 use crate::controllers::{ControllerContext, SharedInformers};
@@ -235,27 +236,15 @@ struct State {
     deployments: Shared,
     sets: Shared,
     pods: Shared,
+    /// Pod → its ReplicaSet's key: a Recreate rollout waits for old pods to go, and a pod
+    /// going concerns its ReplicaSet's Deployment.
+    pod_owner: HashMap<String, String>,
     queue: WorkQueue,
 }
 
 impl State {
     fn deployments_of_set(&self, rs: &Value) -> Vec<String> {
-        let ns = namespace(rs);
-        if let Some(r) = controller_ref(rs) {
-            return if r["kind"] == "Deployment" {
-                vec![format!("{ns}/{}", r["name"].as_str().unwrap_or_default())]
-            } else {
-                vec![]
-            };
-        }
-        let ds = self.deployments.read().unwrap();
-        ds.objects
-            .iter()
-            .filter(|(k, d)| {
-                k.starts_with(&format!("{ns}/")) && matches(&d["spec"]["selector"], &rs["metadata"]["labels"])
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
+        concerned(rs, "Deployment", &self.deployments)
     }
 
     fn sets_path(ns: &str) -> String {
@@ -627,65 +616,44 @@ impl State {
     }
 }
 
+impl Reconcile for State {
+    const WHAT: &'static str = "deployment";
+
+    fn queue(&mut self) -> &mut WorkQueue {
+        &mut self.queue
+    }
+
+    fn on_change(&mut self, source: usize, change: Change) {
+        State::on_change(self, source, change);
+    }
+
+    async fn reconcile(&mut self, key: &str) -> Result<(), ApiError> {
+        self.sync(key).await
+    }
+}
+
 impl Actor for DeploymentController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let (deployments_cache, mut deployments_rx) = self.informers.subscribe("/apis/apps/v1/deployments", &[]);
-        let (sets_cache, mut sets_rx) = self.informers.subscribe("/apis/apps/v1/replicasets", &[]);
-        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
-        let mut state = State {
+        let (caches, changes) = self.informers.subscribe_all(&[
+            ("/apis/apps/v1/deployments", &[]),
+            ("/apis/apps/v1/replicasets", &[]),
+            ("/api/v1/pods", &[]),
+        ]);
+        let state = State {
             client: self.client.clone(),
-            deployments: deployments_cache,
-            sets: sets_cache,
-            pods: pods_cache,
+            deployments: caches[0].clone(),
+            sets: caches[1].clone(),
+            pods: caches[2].clone(),
+            pod_owner: HashMap::new(),
             queue: WorkQueue::default(),
         };
-        ctx.spawn(actix::fut::wrap_future(async move {
-            // Recreate waits for old pods to go: a pod going concerns its ReplicaSet's Deployment.
-            let mut pod_owner: HashMap<String, String> = HashMap::new();
-            loop {
-                let mut changes = Vec::new();
-                while let Ok(c) = deployments_rx.try_recv() {
-                    changes.push((0, c));
-                }
-                while let Ok(c) = sets_rx.try_recv() {
-                    changes.push((1, c));
-                }
-                while let Ok(c) = pods_rx.try_recv() {
-                    changes.push((2, c));
-                }
-                for (from, c) in changes {
-                    state.on_change(from, c, &mut pod_owner);
-                }
-                if let Some(key) = state.queue.pop() {
-                    if let Err(e) = state.sync(&key).await {
-                        if e.reason() == Some("Fenced") {
-                            return;
-                        }
-                        tracing::debug!(deployment = %key, error = %e, "sync failed; again in 1 s");
-                        state.queue.push_after(key, Duration::from_secs(1));
-                    }
-                    continue;
-                }
-                let due =
-                    state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
-                let (from, c) = tokio::select! {
-                    c = deployments_rx.recv() => (0, c),
-                    c = sets_rx.recv() => (1, c),
-                    c = pods_rx.recv() => (2, c),
-                    _ = tokio::time::sleep_until(due) => continue,
-                };
-                match c {
-                    Some(c) => state.on_change(from, c, &mut pod_owner),
-                    None => return,
-                }
-            }
-        }));
+        ctx.spawn(actix::fut::wrap_future(run(state, caches, changes)));
     }
 }
 
 impl State {
     /// Queues the Deployments a change concerns (0: a Deployment, 1: a ReplicaSet, 2: a pod).
-    fn on_change(&mut self, from: u8, change: Change, pod_owner: &mut HashMap<String, String>) {
+    fn on_change(&mut self, from: usize, change: Change) {
         match (from, change) {
             (0, Change::Upserted(k) | Change::Deleted(k, _)) => self.queue.push(k),
             (1, Change::Upserted(k)) => {
@@ -702,12 +670,12 @@ impl State {
             (_, Change::Upserted(k)) => {
                 if let Some(rs) = self.pods.read().unwrap().objects.get(&k).and_then(controller_ref) {
                     let ns = k.split('/').next().unwrap_or_default();
-                    pod_owner.insert(k.clone(), format!("{ns}/{}", rs["name"].as_str().unwrap_or_default()));
+                    self.pod_owner.insert(k.clone(), format!("{ns}/{}", rs["name"].as_str().unwrap_or_default()));
                 }
             }
             (_, Change::Deleted(k, _)) => {
                 // A Recreate rollout waits for old pods to go.
-                if let Some(rs_key) = pod_owner.remove(&k) {
+                if let Some(rs_key) = self.pod_owner.remove(&k) {
                     let rs = self.sets.read().unwrap().objects.get(&rs_key).cloned();
                     for d in rs.map(|rs| self.deployments_of_set(&rs)).unwrap_or_default() {
                         let recreate = self

@@ -21,6 +21,7 @@ use actix::AsyncContext;
 use serde_json::{json, Value};
 
 use super::queue::WorkQueue;
+use super::run::{run, Reconcile};
 use super::workload::{deleting, name, uid};
 use crate::api::informer::{Cache, Change};
 use crate::api::resources::{Resource, RESOURCES};
@@ -281,54 +282,38 @@ impl State {
     }
 }
 
+impl Reconcile for State {
+    const WHAT: &'static str = "garbage-collector";
+
+    fn queue(&mut self) -> &mut WorkQueue {
+        &mut self.queue
+    }
+
+    fn on_change(&mut self, source: usize, change: Change) {
+        State::on_change(self, source, change);
+    }
+
+    async fn reconcile(&mut self, key: &str) -> Result<(), ApiError> {
+        self.sync(key).await
+    }
+}
+
 impl Actor for GarbageCollector {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Change)>(8192);
-        let mut kinds = Vec::new();
-        for res in RESOURCES.iter().filter(|r| !SKIPPED.contains(&r.plural)) {
-            let (cache, mut one_rx) = self.informers.subscribe(&res.path(None), &[]);
-            let index = kinds.len();
-            kinds.push((res, cache));
-            let tx = tx.clone();
-            ctx.spawn(actix::fut::wrap_future(async move {
-                while let Some(c) = one_rx.recv().await {
-                    if tx.send((index, c)).await.is_err() {
-                        return;
-                    }
-                }
-            }));
-        }
-        let mut state = State {
+        let watched: Vec<&'static Resource> = RESOURCES.iter().filter(|r| !SKIPPED.contains(&r.plural)).collect();
+        let paths: Vec<String> = watched.iter().map(|r| r.path(None)).collect();
+        let collections: Vec<(&str, &[(&str, &str)])> = paths.iter().map(|p| (p.as_str(), &[][..])).collect();
+        let (caches, changes) = self.informers.subscribe_all(&collections);
+        let caches_for_sync = caches.clone();
+        let state = State {
             client: self.client.clone(),
-            kinds,
+            kinds: watched.into_iter().zip(caches).collect(),
             objects: HashMap::new(),
             dependents: HashMap::new(),
             owners: HashMap::new(),
             queue: WorkQueue::default(),
         };
-        ctx.spawn(actix::fut::wrap_future(async move {
-            loop {
-                while let Ok((k, c)) = rx.try_recv() {
-                    state.on_change(k, c);
-                }
-                if let Some(work) = state.queue.pop() {
-                    if let Err(e) = state.sync(&work).await {
-                        if e.reason() == Some("Fenced") {
-                            return;
-                        }
-                        tracing::debug!(item = %work, error = %e, "collection failed; again in 1 s");
-                        state.queue.push_after(work, Duration::from_secs(1));
-                    }
-                    continue;
-                }
-                let due =
-                    state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
-                tokio::select! {
-                    c = rx.recv() => match c { Some((k, c)) => state.on_change(k, c), None => return },
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-            }
-        }));
+        ctx.spawn(actix::fut::wrap_future(run(state, caches_for_sync, changes)));
     }
 }
 

@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use super::queue::WorkQueue;
+use super::run::{run, Reconcile};
 use super::workload::{
     controller_ref, controller_uid, deleting, is_active, is_ready, name, namespace, owner_reference, pod_from_template,
     uid,
@@ -207,48 +208,37 @@ impl State {
     }
 }
 
+impl Reconcile for State {
+    const WHAT: &'static str = "job";
+
+    fn queue(&mut self) -> &mut WorkQueue {
+        &mut self.queue
+    }
+
+    fn on_change(&mut self, source: usize, change: Change) {
+        match (source, change) {
+            (0, Change::Upserted(k) | Change::Deleted(k, _)) => self.queue.push(k),
+            (_, c) => self.on_pod(c),
+        }
+    }
+
+    async fn reconcile(&mut self, key: &str) -> Result<(), ApiError> {
+        self.sync(key).await
+    }
+}
+
 impl Actor for JobController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let (jobs_cache, mut jobs_rx) = self.informers.subscribe("/apis/batch/v1/jobs", &[]);
-        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
-        let mut state = State {
+        let (caches, changes) = self.informers.subscribe_all(&[("/apis/batch/v1/jobs", &[]), ("/api/v1/pods", &[])]);
+        let state = State {
             client: self.client.clone(),
-            jobs: jobs_cache,
-            pods: pods_cache,
+            jobs: caches[0].clone(),
+            pods: caches[1].clone(),
             expect: HashMap::new(),
             seen: HashSet::new(),
             queue: WorkQueue::default(),
         };
-        ctx.spawn(actix::fut::wrap_future(async move {
-            loop {
-                while let Ok(c) = pods_rx.try_recv() {
-                    state.on_pod(c);
-                }
-                while let Ok(Change::Upserted(k) | Change::Deleted(k, _)) = jobs_rx.try_recv() {
-                    state.queue.push(k);
-                }
-                if let Some(key) = state.queue.pop() {
-                    if let Err(e) = state.sync(&key).await {
-                        if e.reason() == Some("Fenced") {
-                            return;
-                        }
-                        tracing::debug!(job = %key, error = %e, "sync failed; again in 1 s");
-                        state.queue.push_after(key, Duration::from_secs(1));
-                    }
-                    continue;
-                }
-                let due =
-                    state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
-                tokio::select! {
-                    c = pods_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
-                    c = jobs_rx.recv() => match c {
-                        Some(Change::Upserted(k) | Change::Deleted(k, _)) => state.queue.push(k),
-                        None => return,
-                    },
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-            }
-        }));
+        ctx.spawn(actix::fut::wrap_future(run(state, caches, changes)));
     }
 }
 

@@ -16,6 +16,7 @@ pub mod nodelifecycle;
 pub mod quantity;
 mod queue;
 mod replicaset;
+mod run;
 pub mod scheduler;
 mod shared;
 pub mod workload;
@@ -34,6 +35,9 @@ pub use shared::SharedInformers;
 use std::sync::Arc;
 
 use crate::api::ApiClient;
+
+/// An informer's cache, shared.
+pub type SharedCache = Arc<std::sync::RwLock<crate::api::informer::Cache>>;
 
 /// What every controller of one leadership term gets: the API (writing with the term's
 /// fencing epoch) and the term's shared informers.

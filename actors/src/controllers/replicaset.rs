@@ -21,9 +21,10 @@ use serde_json::{json, Value};
 
 use super::labels::matches;
 use super::queue::WorkQueue;
+use super::run::{run, Reconcile};
 use super::workload::{
-    controller_ref, controller_uid, deleting, deletion_order, is_active, is_available, is_ready, name, namespace,
-    owner_reference, pod_from_template, uid,
+    concerned, controller_ref, controller_uid, deleting, deletion_order, is_active, is_available, is_ready, name,
+    namespace, owner_reference, pod_from_template, uid,
 };
 use crate::api::informer::{key_of, Cache, Change};
 use crate::api::{ApiClient, ApiError};
@@ -76,22 +77,7 @@ struct State {
 impl State {
     /// The ReplicaSets a pod concerns: its controller, or (an orphan) those selecting it.
     fn owners_of(&self, pod: &Value) -> Vec<String> {
-        let ns = namespace(pod);
-        if let Some(r) = controller_ref(pod) {
-            return if r["kind"] == "ReplicaSet" {
-                vec![format!("{ns}/{}", r["name"].as_str().unwrap_or_default())]
-            } else {
-                vec![]
-            };
-        }
-        let sets = self.sets.read().unwrap();
-        sets.objects
-            .iter()
-            .filter(|(k, rs)| {
-                k.starts_with(&format!("{ns}/")) && matches(&rs["spec"]["selector"], &pod["metadata"]["labels"])
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
+        concerned(pod, "ReplicaSet", &self.sets)
     }
 
     fn on_pod(&mut self, change: Change) {
@@ -294,55 +280,42 @@ impl State {
     }
 }
 
+impl Reconcile for State {
+    const WHAT: &'static str = "replicaset";
+
+    fn queue(&mut self) -> &mut WorkQueue {
+        &mut self.queue
+    }
+
+    fn on_change(&mut self, source: usize, change: Change) {
+        match (source, change) {
+            (0, Change::Upserted(k)) => self.queue.push(k),
+            (0, Change::Deleted(k, _)) => {
+                self.expect.remove(&k);
+            }
+            (_, c) => self.on_pod(c),
+        }
+    }
+
+    async fn reconcile(&mut self, key: &str) -> Result<(), ApiError> {
+        self.sync(key).await
+    }
+}
+
 impl Actor for ReplicaSetController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
-        let (sets_cache, mut sets_rx) = self.informers.subscribe("/apis/apps/v1/replicasets", &[]);
-        let (pods_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
-        let mut state = State {
+        let (caches, changes) =
+            self.informers.subscribe_all(&[("/apis/apps/v1/replicasets", &[]), ("/api/v1/pods", &[])]);
+        let state = State {
             client: self.client.clone(),
-            sets: sets_cache,
-            pods: pods_cache,
+            sets: caches[0].clone(),
+            pods: caches[1].clone(),
             expect: HashMap::new(),
             seen: HashSet::new(),
             going: HashSet::new(),
             queue: WorkQueue::default(),
         };
-        ctx.spawn(actix::fut::wrap_future(async move {
-            loop {
-                while let Ok(c) = pods_rx.try_recv() {
-                    state.on_pod(c);
-                }
-                while let Ok(c) = sets_rx.try_recv() {
-                    match c {
-                        Change::Upserted(k) => state.queue.push(k),
-                        Change::Deleted(k, _) => {
-                            state.expect.remove(&k);
-                        }
-                    }
-                }
-                if let Some(key) = state.queue.pop() {
-                    if let Err(e) = state.sync(&key).await {
-                        if e.reason() == Some("Fenced") {
-                            return;
-                        }
-                        tracing::debug!(replicaset = %key, error = %e, "sync failed; again in 1 s");
-                        state.queue.push_after(key, Duration::from_secs(1));
-                    }
-                    continue;
-                }
-                let due =
-                    state.queue.next_due().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
-                tokio::select! {
-                    c = pods_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
-                    c = sets_rx.recv() => match c {
-                        Some(Change::Upserted(k)) => state.queue.push(k),
-                        Some(Change::Deleted(k, _)) => { state.expect.remove(&k); }
-                        None => return,
-                    },
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-            }
-        }));
+        ctx.spawn(actix::fut::wrap_future(run(state, caches, changes)));
     }
 }
 

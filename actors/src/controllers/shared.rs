@@ -14,6 +14,8 @@ use crate::api::informer::{Cache, Change, Informer};
 use crate::api::ApiClient;
 
 type Subscribers = Arc<Mutex<Vec<mpsc::UnboundedSender<Change>>>>;
+/// Caches of several collections, and their changes tagged with the collection's index.
+pub type Merged = (Vec<Arc<RwLock<Cache>>>, mpsc::UnboundedReceiver<(usize, Change)>);
 /// A collection and its selectors.
 type Watched = (String, Vec<(String, String)>);
 
@@ -72,5 +74,33 @@ impl SharedInformers {
         });
         entries.insert(key, Entry { cache: cache.clone(), subscribers });
         (cache, rx)
+    }
+
+    /// Several collections at once: their caches, in order, and one stream of their
+    /// changes, each tagged with its collection's index.
+    pub fn subscribe_all(&self, collections: &[(&str, &[(&str, &str)])]) -> Merged {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut caches = Vec::new();
+        for (index, (collection, query)) in collections.iter().enumerate() {
+            let (cache, mut one) = self.subscribe(collection, query);
+            caches.push(cache);
+            let tx = tx.clone();
+            actix_rt::spawn(async move {
+                loop {
+                    tokio::select! {
+                        c = one.recv() => match c {
+                            Some(c) => {
+                                if tx.send((index, c)).is_err() {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        },
+                        _ = tx.closed() => return, // the subscriber is gone
+                    }
+                }
+            });
+        }
+        (caches, rx)
     }
 }

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::labels::matches;
 use crate::api::{parse_time, unix_now};
 
 /// The controller reference of `obj` (the ownerReference with `controller: true`).
@@ -13,6 +14,28 @@ pub fn controller_ref(obj: &Value) -> Option<&Value> {
 /// The uid of `obj`'s controller, if it has one.
 pub fn controller_uid(obj: &Value) -> Option<&str> {
     controller_ref(obj).and_then(|r| r["uid"].as_str())
+}
+
+/// The keys (`namespace/name`) of the `kind` controllers `obj` concerns: its controller
+/// if it has one of that kind, else (an orphan) those in `owners` whose selector
+/// matches it, which may adopt it.
+pub fn concerned(obj: &Value, kind: &str, owners: &super::SharedCache) -> Vec<String> {
+    let ns = namespace(obj);
+    if let Some(r) = controller_ref(obj) {
+        return if r["kind"] == kind {
+            vec![format!("{ns}/{}", r["name"].as_str().unwrap_or_default())]
+        } else {
+            vec![]
+        };
+    }
+    let prefix = format!("{ns}/");
+    let owners = owners.read().unwrap();
+    owners
+        .objects
+        .iter()
+        .filter(|(k, o)| k.starts_with(&prefix) && matches(&o["spec"]["selector"], &obj["metadata"]["labels"]))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// A controller reference to `owner` (whose kind is `kind` in `api_version`).
