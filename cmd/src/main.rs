@@ -147,29 +147,59 @@ fn block_on(fut: impl std::future::Future<Output = Result<()>>) -> Result<i32> {
     actix_rt::System::new().block_on(fut).map(|()| 0)
 }
 
+/// What a member process (server or agent) starts from: its configuration, its bound
+/// QUIC socket, its credentials (kept from before, issued here by the CA, or got by
+/// joining with a token) and the members it knows.
+struct MemberStart {
+    cfg: MemberConfig,
+    socket: std::net::UdpSocket,
+    quic: std::net::SocketAddr,
+    creds: keelson_transport::tls::Credentials,
+    peers: Vec<(Identity, std::net::SocketAddr)>,
+}
+
+impl MemberStart {
+    fn new(
+        data: &DataDir,
+        identity: Identity,
+        (admin_listen, root_intensity): (std::net::SocketAddr, keelson_config::Intensity),
+        quic_listen: std::net::SocketAddr,
+        join: Option<(std::net::SocketAddr, String)>,
+    ) -> Result<Self> {
+        let cfg = MemberConfig {
+            name: identity.name.clone(),
+            data_dir: data.member_dir(&identity.name)?,
+            admin: AdminConfig { listen: admin_listen, token: data.token()? },
+            root: SupervisorConfig {
+                intensity: root_intensity,
+                backoff: Backoff::default(),
+                seed: std::process::id() as u64,
+            },
+        }
+        .validate()?;
+        let socket =
+            std::net::UdpSocket::bind(quic_listen).with_context(|| format!("cannot bind QUIC on {quic_listen}"))?;
+        let quic = socket.local_addr()?;
+        let (creds, peers) = match (pki::stored(data, &identity)?, join) {
+            (Some(creds), _) => (creds, joined::peers(data, &identity)?),
+            (None, Some((addr, token))) => joined::join(data, &identity, addr, &token, quic)?,
+            (None, None) => (pki::credentials(data, &pki::ca(data)?, &identity)?, Vec::new()),
+        };
+        Ok(Self { cfg, socket, quic, creds, peers })
+    }
+}
+
 fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     keelson_config::validate_name(&args.name)?;
     let data = DataDir::open(data_dir)?;
-    let cfg = MemberConfig {
-        name: args.name.clone(),
-        data_dir: data.member_dir(&args.name)?,
-        admin: AdminConfig { listen: args.admin_listen, token: data.token()? },
-        root: SupervisorConfig {
-            intensity: args.root_intensity,
-            backoff: Backoff::default(),
-            seed: std::process::id() as u64,
-        },
-    }
-    .validate()?;
-    let identity = Identity::new(&args.name, Role::Server)?;
-    let socket = std::net::UdpSocket::bind(args.quic_listen)
-        .with_context(|| format!("cannot bind QUIC on {}", args.quic_listen))?;
-    let quic = socket.local_addr()?;
-    let (creds, mut peers) = match (pki::stored(&data, &identity)?, args.join) {
-        (Some(creds), _) => (creds, joined::peers(&data, &identity)?),
-        (None, Some(addr)) => joined::join(&data, &identity, addr, args.token.as_deref().unwrap_or_default(), quic)?,
-        (None, None) => (pki::credentials(&data, &pki::ca(&data)?, &identity)?, Vec::new()),
-    };
+    let m = MemberStart::new(
+        &data,
+        Identity::new(&args.name, Role::Server)?,
+        (args.admin_listen, args.root_intensity),
+        args.quic_listen,
+        args.join.map(|a| (a, args.token.clone().unwrap_or_default())),
+    )?;
+    let MemberStart { cfg, socket, quic, creds, mut peers } = m;
     // A member holding the CA's key can admit new members.
     let admission = pki::ca_if_present(&data)?
         .filter(|ca| ca.cert_pem == creds.ca_pem)
@@ -226,26 +256,14 @@ fn agent(args: cli::AgentArgs, data_dir: &std::path::Path) -> Result<i32> {
     }
     let heartbeat = HeartbeatConfig { renew: args.heartbeat, lease_seconds: args.lease_seconds }.validate()?;
     let data = DataDir::open(data_dir)?;
-    let cfg = MemberConfig {
-        name: args.name.clone(),
-        data_dir: data.member_dir(&args.name)?,
-        admin: AdminConfig { listen: args.admin_listen, token: data.token()? },
-        root: SupervisorConfig {
-            intensity: args.root_intensity,
-            backoff: Backoff::default(),
-            seed: std::process::id() as u64,
-        },
-    }
-    .validate()?;
-    let identity = Identity::new(&args.name, Role::Agent)?;
-    let socket = std::net::UdpSocket::bind(args.quic_listen)
-        .with_context(|| format!("cannot bind QUIC on {}", args.quic_listen))?;
-    let quic = socket.local_addr()?;
-    let (creds, mut peers) = match (pki::stored(&data, &identity)?, args.join) {
-        (Some(creds), _) => (creds, joined::peers(&data, &identity)?),
-        (None, Some(addr)) => joined::join(&data, &identity, addr, args.token.as_deref().unwrap_or_default(), quic)?,
-        (None, None) => (pki::credentials(&data, &pki::ca(&data)?, &identity)?, Vec::new()),
-    };
+    let m = MemberStart::new(
+        &data,
+        Identity::new(&args.name, Role::Agent)?,
+        (args.admin_listen, args.root_intensity),
+        args.quic_listen,
+        args.join.map(|a| (a, args.token.clone().unwrap_or_default())),
+    )?;
+    let MemberStart { cfg, socket, quic, creds, mut peers } = m;
     peers.extend(args.peers.iter().map(|(n, a)| (Identity { name: n.clone(), role: Role::Server }, *a)));
     let servers: Vec<String> =
         peers.iter().filter(|(id, _)| id.role == Role::Server).map(|(id, _)| id.name.clone()).collect();
