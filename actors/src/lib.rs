@@ -8,12 +8,15 @@
 //! - [`store`]: the replicated, sharded configuration store (openraft + redb).
 //! - [`api`]: the Kubernetes API gateway, its actor door and client, informers.
 //! - [`controllers`]: the leader election, the scheduler and the controllers.
-//! - [`kubelet`]: a node agent's kubelet (today: hollow nodes).
+//! - [`kubelet`]: a node agent's kubelet and its pod workers (or hollow nodes).
+//! - [`cri`]: container runtimes behind one trait (the process runtime and its shim),
+//!   pod networks, container logs.
 //! - [`member`]: the trees of `keelson server` and `keelson agent` processes.
 
 pub mod admin;
 pub mod api;
 pub mod controllers;
+pub mod cri;
 pub mod kubelet;
 pub mod member;
 pub mod process;

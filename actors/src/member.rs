@@ -17,20 +17,22 @@
 //! ```text
 //! /<agent>             root, one_for_one
 //!   /transport         its links to the servers
-//!   /kubelet           its node(s): today the hollow kubelet
+//!   /kubelet           its node: /node (registration, pods' network, log streams)
+//!     /pod/<ns>/<name> one worker per pod; or, for a hollow agent, its simulated nodes
 //!   /admin
 //! ```
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use keelson_config::{ControlPlaneConfig, MemberConfig, SupervisorConfig};
+use keelson_config::{ControlPlaneConfig, KubeletConfig, MemberConfig, SupervisorConfig};
 use keelson_transport::Transport;
 
 use crate::admin::AdminDoor;
 use crate::api::{ApiClient, ApiServer, HttpsSetup};
 use crate::controllers::{Election, Elector};
-use crate::kubelet::{HollowConfig, HollowKubelet};
+use crate::cri::ContainerRuntime;
+use crate::kubelet::{kubelet_tree, HollowConfig, HollowKubelet};
 use crate::process::{ChildProcess, ProcessSpec};
 use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
 use crate::store::{store_tree, Replica, StoreConfig};
@@ -74,8 +76,8 @@ pub fn server_tree(
     let (store_spec, replicas) = store_tree(&root, store, transport.clone(), &router);
     // The API: HTTPS where this member has credentials for it, the actor door always.
     let token: Arc<str> = Arc::from(cfg.admin.token.as_str());
-    let r = replicas.clone();
-    let factory = move |cx: &_| ApiServer::new(cx, https.clone(), token.clone(), r.clone(), control);
+    let (r, t) = (replicas.clone(), transport.clone());
+    let factory = move |cx: &_| ApiServer::new(cx, https.clone(), token.clone(), r.clone(), control, Some(t.clone()));
     let (api, api_ref) = ChildSpec::new("api", Restart::Permanent, factory);
     router.route(&root.child("api"), api_ref.clone());
     // The controllers' leader election, once the store it campaigns in has started; the
@@ -86,8 +88,9 @@ pub fn server_tree(
         SupervisorSpec::new(Strategy::OneForOne, SupervisorConfig::default()),
     );
     let r = replicas.clone();
-    let elector =
-        move |cx: &_| Elector::new(cx, r.clone(), Election::default(), controllers_ref.clone(), api_ref.clone());
+    let elector = move |cx: &_| {
+        Elector::new(cx, r.clone(), Election::default(), control, controllers_ref.clone(), api_ref.clone())
+    };
     let (leader, _) = ChildSpec::new("leader", Restart::Permanent, elector);
     SupervisorSpec::new(Strategy::OneForOne, cfg.root)
         .child(links)
@@ -98,6 +101,12 @@ pub fn server_tree(
         .child(door(cfg, listener, Some(transport), replicas))
 }
 
+/// What an agent's node runs: real containers through a runtime, or hollow nodes.
+pub enum AgentNode {
+    Real { runtime: Arc<dyn ContainerRuntime>, cfg: Arc<KubeletConfig> },
+    Hollow(HollowConfig),
+}
+
 /// One node agent (`keelson agent`): its transport to the servers, then its kubelet,
 /// which calls the servers' actor door (`servers`: their member names).
 pub fn agent_tree(
@@ -106,13 +115,18 @@ pub fn agent_tree(
     transport: Transport,
     router: Arc<Router>,
     servers: Vec<String>,
-    hollow: HollowConfig,
+    node: AgentNode,
 ) -> SupervisorSpec {
     let root = ActorPath::root(&cfg.name);
-    let links = transport_tree(&root, transport.clone(), router, None, SupervisorConfig::default());
+    let links = transport_tree(&root, transport.clone(), router.clone(), None, SupervisorConfig::default());
     let client = ApiClient::remote(transport.clone(), &servers, root.child("kubelet"));
-    let factory = move |cx: &_| HollowKubelet::new(cx, client.clone(), hollow.clone());
-    let (kubelet, _) = ChildSpec::new("kubelet", Restart::Permanent, factory);
+    let kubelet = match node {
+        AgentNode::Real { runtime, cfg } => kubelet_tree(&root, client, runtime, cfg, &router),
+        AgentNode::Hollow(hollow) => {
+            let factory = move |cx: &_| HollowKubelet::new(cx, client.clone(), hollow.clone());
+            ChildSpec::new("kubelet", Restart::Permanent, factory).0
+        }
+    };
     SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(kubelet).child(door(
         cfg,
         listener,

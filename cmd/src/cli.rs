@@ -55,8 +55,11 @@ pub enum Command {
     Up(UpArgs),
     /// Run one control-plane member (what `up` runs for each server).
     Server(ServerArgs),
-    /// Run one node agent (today: `--hollow N` simulated nodes, for scale tests).
+    /// Run one node agent: a kubelet running pods (or `--hollow N` simulated nodes).
     Agent(AgentArgs),
+    /// Own one container of the process runtime (started by the kubelet, not by hand).
+    #[command(hide = true)]
+    Shim { dir: PathBuf },
     /// Print every running member's supervision tree.
     Tree {
         /// Redraw every --interval.
@@ -117,10 +120,22 @@ pub struct UpArgs {
     /// Snapshot the store (and compact its log) every this many entries.
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_every: u64,
+    /// How many node agents to run (`agent-1` …), each a node that runs pods.
+    #[arg(long, default_value_t = 2)]
+    pub agents: u32,
     /// Also run an agent (`hollow`) with this many hollow nodes (`hollow.0` …): simulated
     /// nodes that run nothing, tainted so only pods that tolerate `keelson.dev/hollow` land there.
     #[arg(long, default_value_t = 0)]
     pub hollow: u32,
+    /// The agents' container runtime.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// How the agents give pods addresses (see `keelson agent --help`).
+    #[arg(long, value_enum, default_value_t = NetworkKind::Auto)]
+    pub network: NetworkKind,
+    /// The agents' first restart back-off (see `keelson agent --help`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub restart_backoff: Duration,
 }
 
 #[derive(Args)]
@@ -149,18 +164,65 @@ pub struct AgentArgs {
     /// Run this many hollow nodes instead of a real one.
     #[arg(long, default_value_t = 0)]
     pub hollow: u32,
+    /// The container runtime.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// How pods get addresses: their own network namespaces on a bridge (needs root),
+    /// loopback addresses, or auto (namespaces when running as root).
+    #[arg(long, value_enum, default_value_t = NetworkKind::Auto)]
+    pub network: NetworkKind,
+    /// How many pods the node takes.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// The first wait before restarting a container that exited; it doubles on each
+    /// exit up to --restart-backoff-max (Kubernetes: 10s and 5m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub restart_backoff: Duration,
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub restart_backoff_max: Duration,
     /// How often each node renews its heartbeat Lease.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub heartbeat: Duration,
     /// The Lease's life: a node silent this long is lost (NotReady, its pods evicted).
     #[arg(long, default_value_t = 2)]
     pub lease_seconds: u32,
-    /// Each hollow node's CPU (a Kubernetes quantity).
-    #[arg(long, default_value = "4")]
-    pub cpu: String,
-    /// Each hollow node's memory (a Kubernetes quantity).
-    #[arg(long, default_value = "16Gi")]
-    pub memory: String,
+    /// The node's CPU (a Kubernetes quantity; default: this machine's, or 4 for hollow nodes).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// The node's memory (a Kubernetes quantity; default: this machine's, or 16Gi for hollow nodes).
+    #[arg(long)]
+    pub memory: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum RuntimeKind {
+    /// Each container a process on this machine, owned by a small shim (no daemon needed).
+    Process,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum NetworkKind {
+    Auto,
+    Netns,
+    Loopback,
+}
+
+impl NetworkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Netns => "netns",
+            Self::Loopback => "loopback",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -208,6 +270,12 @@ pub struct ServerArgs {
     /// unless they say otherwise (the not-ready/unreachable tolerations every pod gets).
     #[arg(long, default_value_t = 1)]
     pub default_toleration_seconds: u64,
+    /// The pods' address range, one block of it per node.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: keelson_config::Cidr,
+    /// The size of each node's block (a prefix length).
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
 }
 
 #[derive(Subcommand)]

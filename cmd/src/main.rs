@@ -20,17 +20,22 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use keelson_actors::api::HttpsSetup;
+use keelson_actors::cri::ProcessRuntime;
 use keelson_actors::kubelet::HollowConfig;
-use keelson_actors::member::{agent_tree, server_tree, ServerParts};
+use keelson_actors::member::{agent_tree, server_tree, AgentNode, ServerParts};
 use keelson_actors::store::StoreConfig;
 use keelson_actors::transport::{Admission, Router};
-use keelson_config::{AdminConfig, Backoff, ControlPlaneConfig, HeartbeatConfig, MemberConfig, SupervisorConfig};
+use keelson_config::{
+    AdminConfig, Backoff, ControlPlaneConfig, HeartbeatConfig, KubeletConfig, MemberConfig, PodNetworkMode,
+    SupervisorConfig,
+};
 use keelson_transport::tls::{Identity, Role};
 use keelson_transport::{Transport, TransportConfig};
 use std::sync::Arc;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat, MemberCommand, TokenCommand};
+use cli::{BenchCommand, ChaosCommand, Cli, Command, LogFormat, MemberCommand, NetworkKind, TokenCommand};
 use datadir::DataDir;
 
 /// The member's HTTPS API: bound now (so the port is known before anything serves),
@@ -53,6 +58,10 @@ fn api_setup(data: &DataDir, name: &str, listen: std::net::SocketAddr) -> Result
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Shim { dir } = &cli.command {
+        // The shim stays small: no logging set-up, no runtime; it only watches its container.
+        return ExitCode::from(keelson_actors::cri::shim::run(dir) as u8);
+    }
     let quiet = !matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_));
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     match dispatch(cli) {
@@ -79,6 +88,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Up(args) => up::run(args, &data_dir, cli.log_format.as_str()),
         Command::Server(args) => server(args, &data_dir),
         Command::Agent(args) => agent(args, &data_dir),
+        Command::Shim { .. } => unreachable!("dispatched in main"),
         Command::Tree { watch, interval, json } => {
             let data = DataDir::existing(&data_dir)?;
             block_on(observe::tree(&data, json, watch.then_some(interval)))
@@ -238,7 +248,12 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     }
     .validate()?;
     let api = api_setup(&data, &args.name, args.api_listen)?;
-    let control = ControlPlaneConfig { default_toleration_seconds: args.default_toleration_seconds };
+    let control = ControlPlaneConfig {
+        default_toleration_seconds: args.default_toleration_seconds,
+        cluster_cidr: args.cluster_cidr,
+        node_cidr_prefix: args.node_cidr_mask_size,
+    }
+    .validate()?;
     let code = member::run(
         cfg,
         &data,
@@ -251,11 +266,22 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
 
 fn agent(args: cli::AgentArgs, data_dir: &std::path::Path) -> Result<i32> {
     keelson_config::validate_name(&args.name)?;
-    if args.hollow == 0 {
-        anyhow::bail!("a real kubelet is not built yet (issue P7): run hollow nodes with --hollow N");
-    }
     let heartbeat = HeartbeatConfig { renew: args.heartbeat, lease_seconds: args.lease_seconds }.validate()?;
+    for (what, q) in [("--cpu", &args.cpu), ("--memory", &args.memory)] {
+        if let Some(q) = q.as_deref().filter(|q| keelson_actors::controllers::quantity::parse(q).is_none()) {
+            anyhow::bail!("{what} {q:?} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)");
+        }
+    }
     let data = DataDir::open(data_dir)?;
+    let node = if args.hollow > 0 {
+        AgentNode::Hollow(HollowConfig {
+            cpu: args.cpu.clone().unwrap_or_else(|| "4".into()),
+            memory: args.memory.clone().unwrap_or_else(|| "16Gi".into()),
+            ..HollowConfig::new(args.hollow, heartbeat)
+        })
+    } else {
+        real_node(&args, &data, heartbeat)?
+    };
     let m = MemberStart::new(
         &data,
         Identity::new(&args.name, Role::Agent)?,
@@ -278,19 +304,51 @@ fn agent(args: cli::AgentArgs, data_dir: &std::path::Path) -> Result<i32> {
     }
     let router = Router::new();
     router.pump(inbox, transport.runtime());
-    tracing::info!(quic = %transport.local_addr(), servers = ?servers, nodes = args.hollow, "agent up");
+    tracing::info!(quic = %transport.local_addr(), servers = ?servers, hollow = args.hollow, "agent up");
     let t = transport.clone();
-    for (what, q) in [("--cpu", &args.cpu), ("--memory", &args.memory)] {
-        if keelson_actors::controllers::quantity::parse(q).is_none() {
-            anyhow::bail!("{what} {q:?} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)");
-        }
-    }
-    let hollow = HollowConfig {
-        cpu: args.cpu.clone(),
-        memory: args.memory.clone(),
-        ..HollowConfig::new(args.hollow, heartbeat)
+    let stop = match &node {
+        AgentNode::Real { runtime, cfg } => Some((runtime.clone(), cfg.clone())),
+        AgentNode::Hollow(_) => None,
     };
-    let code = member::run(cfg, &data, move |cfg, l| agent_tree(cfg, l, t, router, servers, hollow), None);
+    let code = member::run(cfg, &data, move |cfg, l| agent_tree(cfg, l, t, router, servers, node), None);
     transport.close();
+    // Stopped on purpose (not killed): the node's containers and network go too.
+    if let (Ok(0), Some((runtime, cfg))) = (&code, stop) {
+        tracing::info!("stopping this node's containers and taking its pod network down");
+        keelson_actors::kubelet::stop_everything(runtime.as_ref(), &cfg, &args.name, Duration::from_secs(5));
+    }
     code
+}
+
+/// The kubelet of a real node: its runtime (this binary is each container's shim) and
+/// configuration.
+fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) -> Result<AgentNode> {
+    // /proc/self belongs to the effective user.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
+    let network = match args.network {
+        NetworkKind::Netns if !root => anyhow::bail!("--network netns needs root (network namespaces and a bridge)"),
+        NetworkKind::Netns => PodNetworkMode::Netns,
+        NetworkKind::Loopback => PodNetworkMode::Loopback,
+        NetworkKind::Auto if root => PodNetworkMode::Netns,
+        NetworkKind::Auto => PodNetworkMode::Loopback,
+    };
+    let (cpu, memory) = keelson_actors::kubelet::node::machine_capacity();
+    let dir = data.member_dir(&args.name)?.join("kubelet");
+    let cfg = KubeletConfig {
+        heartbeat,
+        network,
+        root_dir: dir.clone(),
+        cpu: args.cpu.clone().unwrap_or(cpu),
+        memory: args.memory.clone().unwrap_or(memory),
+        pods: args.max_pods,
+        restart_backoff_base: args.restart_backoff,
+        restart_backoff_max: args.restart_backoff_max.max(args.restart_backoff),
+        sync_every: Duration::from_secs(1),
+    }
+    .validate()?;
+    keelson_actors::cri::process::become_subreaper().context("cannot become the containers' subreaper")?;
+    let shim = std::env::current_exe().context("cannot find this program's own path (the shim)")?;
+    let runtime = ProcessRuntime::new(dir.join("containers"), shim)?;
+    tracing::info!(runtime = args.runtime.as_str(), network = ?network, "node runtime ready");
+    Ok(AgentNode::Real { runtime: Arc::new(runtime), cfg: Arc::new(cfg) })
 }

@@ -64,20 +64,39 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         members.push(MemberProcess { name: name.clone(), spec: ProcessSpec { program: exe.clone(), args: argv, log } });
     }
     let mut waits = names.clone();
+    let agent_argv = |name: &str, extra: &[String]| {
+        let mut argv = ["agent", "--name", name, "--log-format", log_format].map(String::from).to_vec();
+        argv.extend(["--data-dir".into(), data.root().display().to_string()]);
+        argv.extend(extra.iter().cloned());
+        for (peer, addr) in &quic {
+            argv.extend(["--peer".into(), format!("{peer}={addr}")]);
+        }
+        argv
+    };
+    let agents: Vec<String> = (1..=args.agents).map(|i| format!("agent-{i}")).collect();
+    let agent_quic = quic_ports(&data, &agents)?;
+    for name in &agents {
+        data.remove_door(name);
+        let log = data.member_dir(name)?.join("keelson.log");
+        let extra = [
+            "--runtime".to_string(),
+            args.runtime.as_str().into(),
+            "--network".into(),
+            args.network.as_str().into(),
+            "--restart-backoff".into(),
+            format!("{}ms", args.restart_backoff.as_millis()),
+            "--quic-listen".into(),
+            agent_quic[name].to_string(),
+        ];
+        let argv = agent_argv(name, &extra);
+        members.push(MemberProcess { name: name.clone(), spec: ProcessSpec { program: exe.clone(), args: argv, log } });
+        waits.push(name.clone());
+    }
     if args.hollow > 0 {
         let name = "hollow".to_string();
         data.remove_door(&name);
         let log = data.member_dir(&name)?.join("keelson.log");
-        let mut argv = ["agent", "--name", &name, "--log-format", log_format].map(String::from).to_vec();
-        argv.extend([
-            "--data-dir".into(),
-            data.root().display().to_string(),
-            "--hollow".into(),
-            args.hollow.to_string(),
-        ]);
-        for (peer, addr) in &quic {
-            argv.extend(["--peer".into(), format!("{peer}={addr}")]);
-        }
+        let argv = agent_argv(&name, &["--hollow".to_string(), args.hollow.to_string()]);
         members.push(MemberProcess { name: name.clone(), spec: ProcessSpec { program: exe.clone(), args: argv, log } });
         waits.push(name);
     }
@@ -92,7 +111,12 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         },
     }
     .validate()?;
-    println!("keelson: starting {} server(s) in {}", args.servers, data.root().display());
+    println!(
+        "keelson: starting {} server(s) and {} agent(s) in {}",
+        args.servers,
+        args.agents + u32::from(args.hollow > 0),
+        data.root().display()
+    );
     let restart = if args.no_restart { Restart::Temporary } else { Restart::Permanent };
     let root = data.root().to_path_buf();
     let on_ready: OnReady =
@@ -136,7 +160,7 @@ async fn report(
     say("keelson: ready");
     while let Ok(e) = events.recv().await {
         let member = e.path.name();
-        if !e.path.as_str().starts_with("/up/server-") {
+        if e.path.as_str().matches('/').count() != 2 || e.path.as_str().starts_with("/up/admin") {
             continue;
         }
         match e.event {

@@ -326,11 +326,99 @@ pub struct ControlPlaneConfig {
     /// unless it says otherwise (Kubernetes: 300): how long its pods stay on a node
     /// found lost before they are evicted and replaced elsewhere.
     pub default_toleration_seconds: u64,
+    /// The pods' address range, cut into one `node_cidr_prefix` block per node
+    /// (Kubernetes' `--cluster-cidr` and `--node-cidr-mask-size`).
+    pub cluster_cidr: Cidr,
+    pub node_cidr_prefix: u8,
 }
 
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
-        Self { default_toleration_seconds: 1 }
+        Self {
+            default_toleration_seconds: 1,
+            cluster_cidr: Cidr::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16),
+            node_cidr_prefix: 24,
+        }
+    }
+}
+
+impl ControlPlaneConfig {
+    pub fn validate(self) -> Result<Self> {
+        if self.node_cidr_prefix < self.cluster_cidr.prefix || self.node_cidr_prefix > 30 {
+            return Err(invalid(
+                "node_cidr_prefix",
+                format!("must lie between the cluster range's /{} and /30", self.cluster_cidr.prefix),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// An IPv4 block, `10.244.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cidr {
+    pub base: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// The block of `prefix` bits holding `addr` (host bits cleared).
+    pub fn new(addr: std::net::Ipv4Addr, prefix: u8) -> Self {
+        let prefix = prefix.min(32);
+        Self { base: std::net::Ipv4Addr::from(u32::from(addr) & Self::mask(prefix)), prefix }
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix))
+        }
+    }
+
+    /// How many addresses it spans.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - u32::from(self.prefix))
+    }
+
+    /// Its `i`-th address (0: the block's own address).
+    pub fn nth(&self, i: u64) -> Option<std::net::Ipv4Addr> {
+        (i < self.size()).then(|| std::net::Ipv4Addr::from(u32::from(self.base) + i as u32))
+    }
+
+    pub fn contains(&self, addr: std::net::Ipv4Addr) -> bool {
+        u32::from(addr) & Self::mask(self.prefix) == u32::from(self.base)
+    }
+
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.base) || other.contains(self.base)
+    }
+
+    /// Its `i`-th sub-block of `prefix` bits.
+    pub fn subnet(&self, prefix: u8, i: u64) -> Option<Cidr> {
+        if prefix < self.prefix || prefix > 32 || i >= 1u64 << (prefix - self.prefix) {
+            return None;
+        }
+        let step = 1u64 << (32 - u32::from(prefix));
+        Some(Cidr { base: std::net::Ipv4Addr::from(u32::from(self.base) + (i * step) as u32), prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || invalid("cidr", format!("{s:?} is not an IPv4 block such as 10.244.0.0/16"));
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+        Ok(Self::new(addr, prefix))
     }
 }
 
@@ -358,5 +446,75 @@ impl HeartbeatConfig {
             return Err(invalid("renew", format!("must be above 0 and below the lease ({} s)", self.lease_seconds)));
         }
         Ok(self)
+    }
+}
+
+/// How a node's pods get their addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodNetworkMode {
+    /// Each pod in its own network namespace on a bridge the agent makes (needs root):
+    /// pods bind any address and port, side by side.
+    Netns,
+    /// Each pod gets its own loopback address (127.x.y.z) and shares the host's network:
+    /// works unprivileged; pods must bind their `POD_IP`.
+    Loopback,
+}
+
+/// What a node's kubelet runs with (`keelson agent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletConfig {
+    pub heartbeat: HeartbeatConfig,
+    pub network: PodNetworkMode,
+    /// Where containers' files (specs, logs, exit records) and address claims live.
+    pub root_dir: PathBuf,
+    /// The node's capacity (Kubernetes quantities) and pod count.
+    pub cpu: String,
+    pub memory: String,
+    pub pods: u32,
+    /// The first wait before restarting a container that exited (doubling each time up
+    /// to `restart_backoff_max`; Kubernetes: 10 s and 300 s).
+    pub restart_backoff_base: Duration,
+    pub restart_backoff_max: Duration,
+    /// How often a pod worker looks at its containers (exits, probes due).
+    pub sync_every: Duration,
+}
+
+impl KubeletConfig {
+    pub fn validate(self) -> Result<Self> {
+        self.heartbeat.validate()?;
+        if self.restart_backoff_base.is_zero() || self.restart_backoff_max < self.restart_backoff_base {
+            return Err(invalid("restart_backoff", "the base must be above 0 and at most the maximum"));
+        }
+        if self.pods == 0 {
+            return Err(invalid("pods", "must be at least 1"));
+        }
+        if self.sync_every.is_zero() {
+            return Err(invalid("sync_every", "must be above 0"));
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::*;
+
+    #[test]
+    fn blocks_parse_split_and_contain() {
+        let c: Cidr = "10.244.7.9/16".parse().unwrap();
+        assert_eq!(c.to_string(), "10.244.0.0/16");
+        assert_eq!(c.subnet(24, 3).unwrap().to_string(), "10.244.3.0/24");
+        assert!(c.subnet(24, 256).is_none());
+        let n = c.subnet(24, 3).unwrap();
+        assert_eq!(n.nth(1).unwrap().to_string(), "10.244.3.1");
+        assert!(n.contains("10.244.3.200".parse().unwrap()) && !n.contains("10.244.4.1".parse().unwrap()));
+        assert!(c.overlaps(&n) && n.overlaps(&c) && !n.overlaps(&c.subnet(24, 4).unwrap()));
+        for bad in ["10.244.0.0", "10.244.0.0/33", "x/8", "10.244.0/16"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
+        }
+        let mut cp = ControlPlaneConfig::default();
+        assert!(cp.validate().is_ok());
+        cp.node_cidr_prefix = 8;
+        assert!(cp.validate().is_err());
     }
 }

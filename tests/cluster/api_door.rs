@@ -78,7 +78,7 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
     let _serial = serial();
     let scratch = Scratch::new("api-door");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let (transport, _quic, servers) = node_transport(&data, "node-a");
     let api = Api::of(&data);
@@ -235,7 +235,7 @@ fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
     let _serial = serial();
     let scratch = Scratch::new("api-informer");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let (transport, _quic, servers) = node_transport(&data, "server-9");
     let api = Api::on(&data, "server-2");

@@ -103,7 +103,7 @@ fn collect(rx: &mpsc::Receiver<Value>, want: usize) -> Vec<Value> {
 fn run(shards: &str) {
     let scratch = Scratch::new(&format!("apiwatch-{shards}"));
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up", "--shards", shards], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--shards", shards], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let api = Api::of(&data);
     eventually("the API answers", Duration::from_secs(60), || {
@@ -212,7 +212,7 @@ fn pod_status_is_a_subresource_a_pod_binds_once_and_eviction_deletes() {
     let _one = serial();
     let scratch = Scratch::new("apistatus");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let api = Api::of(&data);
     eventually("the API answers", Duration::from_secs(60), || {

@@ -71,7 +71,7 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     let _one = serial();
     let scratch = Scratch::new("kubectl");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     let line = up.wait_for_line("export KUBECONFIG=", Duration::from_secs(60));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let kc = std::path::PathBuf::from(line.rsplit_once("KUBECONFIG=").unwrap().1.trim());

@@ -148,7 +148,7 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     let _one = serial();
     let scratch = Scratch::new("kubectl-apply");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let kc = data.join("kubeconfig");
     eventually("the default namespaces", Duration::from_secs(30), || {
@@ -253,7 +253,7 @@ fn server_side_apply_tracks_managers_and_their_conflicts() {
     let _one = serial();
     let scratch = Scratch::new("kubectl-ssa");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let kc = data.join("kubeconfig");
     eventually("the default namespaces", Duration::from_secs(30), || {

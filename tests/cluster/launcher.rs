@@ -11,7 +11,7 @@ fn up_tree_chaos_and_a_clean_stop() {
     let _one = serial();
     let scratch = Scratch::new("up");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up", "--servers", "2"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--servers", "2"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
 
     // The tree shows the launcher and both members.
@@ -71,7 +71,7 @@ fn up_tree_chaos_and_a_clean_stop() {
     assert_eq!(actor(&data, "/server-1/admin").unwrap()["kills"].as_u64().unwrap(), before);
 
     // A second `up` on the same folder refuses.
-    let second = run(&data, &["up", "--servers", "1"]);
+    let second = run(&data, &["up", "--agents", "0", "--servers", "1"]);
     assert_eq!(second.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 
@@ -91,7 +91,7 @@ fn a_member_left_alone_is_not_restarted_with_no_restart() {
     let _one = serial();
     let scratch = Scratch::new("norestart");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up", "--servers", "1", "--no-restart"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--servers", "1", "--no-restart"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     let pid = door(&data, "server-1")["pid"].as_u64().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -34,7 +34,7 @@ fn a_new_controller_leader_fences_the_old_one() {
     let _serial = serial();
     let scratch = Scratch::new("leader");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let mut first = None;
     eventually("a controller leader", Duration::from_secs(30), || {
@@ -154,7 +154,7 @@ fn a_partitioned_controller_leader_stops_and_is_fenced_off() {
     let _serial = serial();
     let scratch = Scratch::new("leader-partition");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let mut first = None;
     eventually("a controller leader", Duration::from_secs(30), || {

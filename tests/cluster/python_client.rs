@@ -19,7 +19,7 @@ fn the_official_python_client_creates_lists_watches_and_deletes() {
     let _one = serial();
     let scratch = Scratch::new("python");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     let line = up.wait_for_line("export KUBECONFIG=", Duration::from_secs(60));
     up.wait_for_line("keelson: ready", Duration::from_secs(60));
     let kubeconfig = line.rsplit_once("KUBECONFIG=").unwrap().1.trim().to_string();

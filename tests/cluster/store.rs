@@ -96,7 +96,7 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
     let scratch = Scratch::new("store");
     let data = scratch.data();
     let members = ["server-1", "server-2", "server-3"];
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     eventually("a leader", START, || leader(&data, &members).is_some());
 
@@ -176,7 +176,7 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
     // Stop everything, start again on the same data: nothing acknowledged is lost.
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);
-    let mut again = Running::start(&data, &["up"], &scratch.0.join("up2.log"));
+    let mut again = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up2.log"));
     again.wait_for_line("keelson: ready", START);
     eventually("a leader after the restart", START, || leader(&data, &members).is_some());
     let stored = list(&data, "server-2", "/load/");
@@ -206,7 +206,7 @@ fn four_shards_watches_fencing_and_a_partitioned_leader() {
     let data = scratch.data();
     let members = ["server-1", "server-2", "server-3"];
     // No restarts: at the end, one member is killed and stays down.
-    let mut up = Running::start(&data, &["up", "--shards", "4", "--no-restart"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--shards", "4", "--no-restart"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     eventually("every shard has a leader", START, || {
         let l = leaders(&data);
@@ -331,7 +331,7 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
     let members = ["server-1", "server-2", "server-3"];
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     for round in 0..rounds() {
-        let mut up = Running::start(&data, &["up"], &scratch.0.join(format!("up-{round}.log")));
+        let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join(format!("up-{round}.log")));
         up.wait_for_line("keelson: ready", START);
         eventually("a leader", START, || leader(&data, &members).is_some());
         // Everything acknowledged in earlier rounds is still there.
@@ -371,7 +371,7 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
         acked.extend(mine);
         // Members' door files survive a SIGKILL; they are stale, and `up` starts anyway.
     }
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up-last.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up-last.log"));
     up.wait_for_line("keelson: ready", START);
     eventually("a leader", START, || leader(&data, &members).is_some());
     for m in members {
@@ -390,7 +390,7 @@ fn a_member_that_fell_behind_a_compacted_log_catches_up_from_a_snapshot() {
     let scratch = Scratch::new("snapshot");
     let data = scratch.data();
     let members = ["server-1", "server-2", "server-3"];
-    let mut up = Running::start(&data, &["up", "--snapshot-every", "100"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--snapshot-every", "100"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     eventually("a leader", START, || leader(&data, &members).is_some());
     let lead = leader(&data, &members).unwrap();

@@ -28,7 +28,7 @@ fn transactions_leases_and_lists_that_read_one_snapshot() {
     let _one = serial();
     let scratch = Scratch::new("kvapi");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up", "--shards", "2"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--shards", "2"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     eventually("both shards lead", START, || {
         matches!(call(&data, "server-1", "GET", "/kv/status", b""), Some((200, v))

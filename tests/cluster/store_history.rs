@@ -118,7 +118,7 @@ fn the_store_is_linearizable_under_leader_kills_partitions_and_loss() {
     let _one = serial();
     let scratch = Scratch::new("history");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     eventually("a leader", START, || leader(&data, &MEMBERS).is_some());
 

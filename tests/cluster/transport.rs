@@ -19,7 +19,7 @@ fn three_members_exchange_messages_survive_kills_and_partitions() {
     let _one = serial();
     let scratch = Scratch::new("quic");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up", "--servers", "3"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--servers", "3"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
 
     // Every member reaches every other: request/response, and a streamed reply.
@@ -93,7 +93,7 @@ fn a_new_member_joins_with_a_token_and_a_revoked_one_is_refused() {
     let _one = serial();
     let scratch = Scratch::new("join");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up", "--servers", "2"], &scratch.0.join("up.log"));
+    let mut up = Running::start(&data, &["up", "--agents", "0", "--servers", "2"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
 
     let token = run_ok(&data, &["token", "create", "--ttl", "10m", "--description", "for server-9"]).trim().to_string();

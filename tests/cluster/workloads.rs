@@ -76,7 +76,7 @@ fn placement(kubeconfig: &Path, selector: &str) -> BTreeMap<String, usize> {
 
 fn up(scratch: &Scratch, args: &[&str]) -> (Running, PathBuf) {
     let data = scratch.data();
-    let mut all = vec!["up"];
+    let mut all = vec!["up", "--agents", "0"];
     all.extend(args);
     let mut up = Running::start(&data, &all, &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(90));

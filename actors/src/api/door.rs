@@ -120,6 +120,13 @@ pub fn serve(
             Answer::Value(code, v) => {
                 let _caller_gone = tx.send(ApiResponse { code, body: v.to_string().into_bytes() }).await;
             }
+            Answer::Text(mut bytes) => {
+                let mut body = Vec::new();
+                while let Some(b) = bytes.next().await {
+                    body.extend_from_slice(&b);
+                }
+                let _caller_gone = tx.send(ApiResponse { code: 200, body }).await;
+            }
             Answer::Watch(mut events) => {
                 while let Some(line) = events.next().await {
                     let body = line.strip_suffix(b"\n").unwrap_or(&line).to_vec();

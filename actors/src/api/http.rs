@@ -25,6 +25,9 @@ pub struct ApiState {
     pub openapi: Arc<super::openapi::OpenApi>,
     /// `https://host:port`, as discovery tells clients.
     pub address: String,
+    /// This member's name, and its transport to the nodes' kubelets (logs, exec).
+    pub member: String,
+    pub transport: Option<keelson_transport::Transport>,
 }
 
 pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
@@ -103,6 +106,9 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         }
         Answer::Watch(events) => {
             HttpResponse::Ok().content_type("application/json").streaming(events.map(Ok::<_, actix_web::Error>))
+        }
+        Answer::Text(bytes) => {
+            HttpResponse::Ok().content_type("text/plain").streaming(bytes.map(Ok::<_, actix_web::Error>))
         }
     }
 }

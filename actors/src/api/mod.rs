@@ -21,6 +21,7 @@
 //! - `http.rs`: the HTTPS door (authentication by token or client certificate);
 //! - `door.rs`: the actor door (in-cluster components, over QUIC or locally);
 //! - `client.rs`: the actor door's client, for those components;
+//! - `logs.rs`: container logs, streamed from the pod's kubelet;
 //! - `recorder.rs`: Events, recorded by components (repeats counted);
 //! - `informer.rs`: a collection cached in memory by list and watch, changes by key.
 //!
@@ -37,6 +38,7 @@ pub mod door;
 mod http;
 pub mod informer;
 mod kinds;
+mod logs;
 mod objects;
 mod openapi;
 mod patch;
@@ -98,6 +100,7 @@ impl ApiServer {
         token: Arc<str>,
         replicas: Vec<Ref<Replica>>,
         control: ControlPlaneConfig,
+        transport: Option<keelson_transport::Transport>,
     ) -> Self {
         let address =
             https.as_ref().and_then(|h| h.listener.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
@@ -108,6 +111,8 @@ impl ApiServer {
             auth,
             openapi,
             address,
+            member: cx.path.member().to_string(),
+            transport,
         };
         let me = User { name: format!("system:keelson:{}", cx.path.member()), role: Role::Admin };
         Self { https, state, me, serving: Serving::default() }

@@ -62,6 +62,8 @@ pub enum Answer {
     Value(u16, Value),
     /// One `{"type":…,"object":…}` line per item, until the watch ends.
     Watch(LocalBoxStream<'static, Bytes>),
+    /// Plain text as it comes (a container's log).
+    Text(LocalBoxStream<'static, Bytes>),
 }
 
 impl From<Failure> for Answer {
@@ -162,6 +164,14 @@ async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, versio
         return f.into();
     }
     let as_table = super::table::wanted(&call.accept);
+    if let (Method::Get, Some(name), Some("log")) = (call.method, &t.name, t.sub.as_deref()) {
+        if t.res.plural == "pods" {
+            return match super::logs::logs(state, &t, name, q).await {
+                Ok(stream) => Answer::Text(stream),
+                Err(f) => f.into(),
+            };
+        }
+    }
     if verb == Verb::Watch {
         return match verbs::watch(state, &t, q, as_table).await {
             Ok(stream) => Answer::Watch(stream),

@@ -77,6 +77,10 @@ impl Failure {
         Self::new(400, "BadRequest", message)
     }
 
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
     }

@@ -198,6 +198,92 @@ fn map_len(v: &Value) -> i64 {
     v.as_object().map_or(0, |o| o.len() as i64)
 }
 
+/// A pod's STATUS, ready containers and RESTARTS as kubectl's printer makes them: init
+/// containers first (`Init:1/2`, `Init:CrashLoopBackOff`), then the containers' waiting
+/// or terminated reasons (`CrashLoopBackOff`, `Error`, `Completed`, `ExitCode:3`),
+/// `Terminating` while being deleted; restarts with the last one's age (`2 (5s ago)`).
+fn pod_status_column(o: &Value, now: u64) -> (String, usize, String) {
+    let status = &o["status"];
+    let mut reason = status["reason"].as_str().or(status["phase"].as_str()).unwrap_or("Pending").to_string();
+    let mut restarts = 0;
+    let mut last_restart: Option<u64> = None;
+    let mut note_restart = |c: &Value| {
+        restarts += int(&c["restartCount"]);
+        if let Some(t) = c["lastState"]["terminated"]["finishedAt"].as_str().and_then(parse_time) {
+            last_restart = Some(last_restart.map_or(t, |l: u64| l.max(t)));
+        }
+    };
+    let inits = status["initContainerStatuses"].as_array().cloned().unwrap_or_default();
+    let init_total = o["spec"]["initContainers"].as_array().map_or(0, Vec::len);
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        note_restart(c);
+        let term = &c["state"]["terminated"];
+        let waiting = c["state"]["waiting"]["reason"].as_str().filter(|r| !r.is_empty() && *r != "PodInitializing");
+        if term.is_object() && int(&term["exitCode"]) == 0 {
+            continue;
+        }
+        initializing = true;
+        reason = if term.is_object() {
+            match term["reason"].as_str().filter(|r| !r.is_empty()) {
+                Some(r) => format!("Init:{r}"),
+                None if int(&term["signal"]) != 0 => format!("Init:Signal:{}", int(&term["signal"])),
+                None => format!("Init:ExitCode:{}", int(&term["exitCode"])),
+            }
+        } else if let Some(w) = waiting {
+            format!("Init:{w}")
+        } else {
+            format!("Init:{i}/{init_total}")
+        };
+        break;
+    }
+    let initialized = status["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Initialized" && c["status"] == "True"));
+    let mut ready = 0;
+    if !initializing || initialized {
+        restarts = 0;
+        last_restart = None;
+        let mut has_running = false;
+        let statuses = status["containerStatuses"].as_array().cloned().unwrap_or_default();
+        for c in statuses.iter().rev() {
+            restarts += int(&c["restartCount"]);
+            if let Some(t) = c["lastState"]["terminated"]["finishedAt"].as_str().and_then(parse_time) {
+                last_restart = Some(last_restart.map_or(t, |l: u64| l.max(t)));
+            }
+            let (waiting, term) = (&c["state"]["waiting"], &c["state"]["terminated"]);
+            if let Some(r) = waiting["reason"].as_str().filter(|r| !r.is_empty()) {
+                reason = r.to_string();
+            } else if let Some(r) = term["reason"].as_str().filter(|r| !r.is_empty()) {
+                reason = r.to_string();
+            } else if term.is_object() {
+                reason = if int(&term["signal"]) != 0 {
+                    format!("Signal:{}", int(&term["signal"]))
+                } else {
+                    format!("ExitCode:{}", int(&term["exitCode"]))
+                };
+            } else if c["ready"] == true && c["state"]["running"].is_object() {
+                has_running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && has_running {
+            let pod_ready = status["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            reason = if pod_ready { "Running" } else { "NotReady" }.into();
+        }
+    }
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        reason = if status["reason"] == "NodeLost" { "Unknown" } else { "Terminating" }.into();
+    }
+    let restarts = match last_restart {
+        Some(t) if restarts > 0 => format!("{restarts} ({} ago)", human(now as i64 - t as i64)),
+        _ => restarts.to_string(),
+    };
+    (reason, ready, restarts)
+}
+
 /// The cells after NAME for one object.
 fn cells(kind: &str, o: &Value, now: u64) -> Vec<Value> {
     let age = age(o, now);
@@ -205,23 +291,12 @@ fn cells(kind: &str, o: &Value, now: u64) -> Vec<Value> {
     let status = &o["status"];
     match kind {
         "Pod" => {
-            let statuses = status["containerStatuses"].as_array().cloned().unwrap_or_default();
             let total = spec["containers"].as_array().map_or(0, Vec::len);
-            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses.iter().map(|c| int(&c["restartCount"])).sum();
-            let waiting = statuses.iter().find_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_string));
-            let mut phase = status["reason"]
-                .as_str()
-                .map(str::to_string)
-                .or(waiting)
-                .unwrap_or_else(|| status["phase"].as_str().unwrap_or("Pending").to_string());
-            if o["metadata"]["deletionTimestamp"].is_string() {
-                phase = "Terminating".into();
-            }
+            let (phase, ready, restarts) = pod_status_column(o, now);
             vec![
                 format!("{ready}/{total}").into(),
                 phase.into(),
-                restarts.to_string().into(),
+                restarts.into(),
                 age.into(),
                 status["podIP"].as_str().unwrap_or("<none>").into(),
                 spec["nodeName"].as_str().unwrap_or("<none>").into(),
@@ -510,7 +585,7 @@ mod tests {
         let pods = find("", "v1", "pods").unwrap();
         let pod = json!({"metadata": {"name": "p", "namespace": "ns", "creationTimestamp": rfc3339(now() - 30)},
             "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
-            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1}]}});
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2, "state": {"running": {}}}, {"ready": false, "restartCount": 1, "state": {"running": {}}}]}});
         let t = table(pods, &[pod], "7");
         let names: Vec<&str> =
             t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -521,6 +596,21 @@ mod tests {
             (Some("p"), Some("1/2"), Some("Running"), Some("3"))
         );
         assert_eq!((cells[5].as_str(), cells[6].as_str()), (Some("10.0.0.5"), Some("n1")));
+        // As kubectl's printer: waiting reasons, init progress, restarts with their age.
+        let crashing = json!({"metadata": {"name": "c"}, "spec": {"containers": [{"name": "a"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"ready": false, "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "finishedAt": rfc3339(now() - 5)}}}]}});
+        let (status, ready, restarts) = pod_status_column(&crashing, now());
+        assert_eq!((status.as_str(), ready, restarts.as_str()), ("CrashLoopBackOff", 0, "4 (5s ago)"));
+        let init = json!({"metadata": {"name": "i"}, "spec": {"initContainers": [{"name": "x"}, {"name": "y"}]},
+            "status": {"phase": "Pending", "initContainerStatuses": [
+                {"restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"restartCount": 0, "state": {"running": {}}}]}});
+        assert_eq!(pod_status_column(&init, now()).0, "Init:1/2");
+        let failed = json!({"metadata": {"name": "f"}, "status": {"phase": "Failed",
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 3}}}]}});
+        assert_eq!(pod_status_column(&failed, now()).0, "ExitCode:3");
         assert_eq!(t["rows"][0]["object"]["metadata"]["namespace"], "ns");
         let deployments = find("apps", "v1", "deployments").unwrap();
         let d = json!({"metadata": {"name": "d"}, "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "d"}}, "template": {"spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}}}, "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});

@@ -14,12 +14,13 @@
 use std::time::{Duration, Instant};
 
 use actix::{ActorFutureExt, AsyncContext};
+use keelson_config::ControlPlaneConfig;
 use serde_json::json;
 
 use super::namespace::NamespaceController;
 use super::scheduler::Scheduler;
 use super::{
-    ControllerContext, DaemonSetController, DeploymentController, GarbageCollector, JobController,
+    ControllerContext, DaemonSetController, DeploymentController, GarbageCollector, JobController, NodeIpamController,
     NodeLifecycleController, ReplicaSetController, SharedInformers,
 };
 use crate::api::{ApiClient, ApiServer};
@@ -56,6 +57,8 @@ pub struct Elector {
     member: String,
     replicas: Vec<Ref<Replica>>,
     election: Election,
+    /// What the controllers are configured with (pod ranges, default tolerations).
+    control: ControlPlaneConfig,
     /// Where the controllers run while this member leads (`/<server>/controllers`).
     controllers: Ref<Supervisor>,
     /// This member's API, which the controllers call (a local actor message).
@@ -67,16 +70,17 @@ impl Elector {
         cx: &ChildContext,
         replicas: Vec<Ref<Replica>>,
         election: Election,
+        control: ControlPlaneConfig,
         controllers: Ref<Supervisor>,
         api: Ref<ApiServer>,
     ) -> Self {
-        Self { member: cx.path.member().to_string(), replicas, election, controllers, api }
+        Self { member: cx.path.member().to_string(), replicas, election, control, controllers, api }
     }
 }
 
 /// The controllers a leader runs, each writing with the leader's epoch.
-fn controller_specs(client: &ApiClient) -> Vec<ChildSpec> {
-    let cx = ControllerContext { client: client.clone(), informers: SharedInformers::new(client.clone()) };
+fn controller_specs(client: &ApiClient, control: ControlPlaneConfig) -> Vec<ChildSpec> {
+    let cx = ControllerContext { client: client.clone(), informers: SharedInformers::new(client.clone()), control };
     let client = &cx;
     fn spec<A: Actor>(name: &str, cx: &ControllerContext, make: fn(ControllerContext) -> A) -> ChildSpec {
         let cx = cx.clone();
@@ -91,12 +95,22 @@ fn controller_specs(client: &ApiClient) -> Vec<ChildSpec> {
         spec(CONTROLLERS[5], client, NodeLifecycleController::new),
         spec(CONTROLLERS[6], client, DaemonSetController::new),
         spec(CONTROLLERS[7], client, JobController::new),
+        spec(CONTROLLERS[8], client, NodeIpamController::new),
     ]
 }
 
 /// Their names (children of `/<server>/controllers`), in `controller_specs`' order.
-const CONTROLLERS: &[&str] =
-    &["namespace", "scheduler", "replicaset", "deployment", "garbage-collector", "node-lifecycle", "daemonset", "job"];
+const CONTROLLERS: &[&str] = &[
+    "namespace",
+    "scheduler",
+    "replicaset",
+    "deployment",
+    "garbage-collector",
+    "node-lifecycle",
+    "daemonset",
+    "job",
+    "node-ipam",
+];
 
 async fn stop_controllers(controllers: &Ref<Supervisor>) {
     for name in CONTROLLERS {
@@ -170,7 +184,7 @@ impl Store {
 impl Actor for Elector {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let store = Store { replicas: self.replicas.clone() };
-        let (member, election) = (self.member.clone(), self.election);
+        let (member, election, control) = (self.member.clone(), self.election, self.control);
         let (controllers, api) = (self.controllers.clone(), self.api.clone());
         let task = async move {
             // Whatever an earlier incarnation started is not ours to keep.
@@ -185,7 +199,7 @@ impl Actor for Elector {
             };
             tracing::info!(epoch = term.epoch, "leading the controllers");
             let client = ApiClient::local(api).with_epoch(term.epoch);
-            for spec in controller_specs(&client) {
+            for spec in controller_specs(&client, control) {
                 if let Err(e) = controllers.send(StartChild(spec)).await {
                     tracing::warn!(error = %e, "cannot start a controller");
                 }

@@ -12,6 +12,7 @@ mod gc;
 mod job;
 pub mod labels;
 mod namespace;
+mod nodeipam;
 pub mod nodelifecycle;
 pub mod quantity;
 mod queue;
@@ -27,6 +28,7 @@ pub use elector::{Election, Elector, Term, LEADER_KEY};
 pub use gc::GarbageCollector;
 pub use job::JobController;
 pub use namespace::NamespaceController;
+pub use nodeipam::NodeIpamController;
 pub use nodelifecycle::NodeLifecycleController;
 pub use replicaset::ReplicaSetController;
 pub use scheduler::Scheduler;
@@ -45,4 +47,5 @@ pub type SharedCache = Arc<std::sync::RwLock<crate::api::informer::Cache>>;
 pub struct ControllerContext {
     pub client: ApiClient,
     pub informers: Arc<SharedInformers>,
+    pub control: keelson_config::ControlPlaneConfig,
 }

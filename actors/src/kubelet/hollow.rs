@@ -18,8 +18,9 @@ use futures_util::StreamExt;
 use keelson_config::HeartbeatConfig;
 use serde_json::{json, Value};
 
+use super::node::{ready_condition, register, renew};
 use crate::api::informer::{Change, Informer};
-use crate::api::{micro_time_now, rfc3339_now, ApiClient, ApiError};
+use crate::api::{rfc3339_now, ApiClient, ApiError};
 use crate::runtime::{Actor, ChildContext, Ctx};
 
 /// The label and taint every hollow node carries.
@@ -72,12 +73,6 @@ fn address(seed: &str, prefix: &[u8]) -> String {
     parts.iter().map(u8::to_string).collect::<Vec<_>>().join(".")
 }
 
-fn ready_condition(now: &str) -> Value {
-    json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
-           "message": "kubelet is posting ready status (hollow)",
-           "lastHeartbeatTime": now, "lastTransitionTime": now})
-}
-
 fn node_object(name: &str, cfg: &HollowConfig) -> Value {
     let now = rfc3339_now();
     let capacity = json!({"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.pods.to_string()});
@@ -89,7 +84,7 @@ fn node_object(name: &str, cfg: &HollowConfig) -> Value {
         "spec": {"taints": [{"key": HOLLOW_KEY, "value": "true", "effect": "NoSchedule"}]},
         "status": {
             "capacity": capacity, "allocatable": capacity,
-            "conditions": [ready_condition(&now)],
+            "conditions": [ready_condition(&now, "kubelet is posting ready status (hollow)")],
             "addresses": [{"type": "InternalIP", "address": address(name, &[10, 250])},
                           {"type": "Hostname", "address": name}],
             "nodeInfo": {"kubeletVersion": format!("v1.{}.0-keelson", crate::api::MINOR),
@@ -100,36 +95,10 @@ fn node_object(name: &str, cfg: &HollowConfig) -> Value {
     })
 }
 
-fn lease_path(node: &str) -> String {
-    format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}")
-}
-
 /// Registers `node` (or finds it registered) and its Lease.
-async fn register(client: &ApiClient, node: &str, cfg: &HollowConfig) -> Result<(), ApiError> {
-    match client.create("/api/v1/nodes", &node_object(node, cfg)).await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(409) => {}
-        Err(e) => return Err(e),
-    }
+async fn register_hollow(client: &ApiClient, node: &str, cfg: &HollowConfig) -> Result<(), ApiError> {
+    register(client, &node_object(node, cfg)).await?;
     renew(client, node, cfg.heartbeat).await
-}
-
-/// Renews `node`'s heartbeat Lease (making it if it is not there).
-async fn renew(client: &ApiClient, node: &str, hb: HeartbeatConfig) -> Result<(), ApiError> {
-    let spec = json!({"holderIdentity": node, "leaseDurationSeconds": hb.lease_seconds, "renewTime": micro_time_now()});
-    match client.merge_patch(&lease_path(node), &json!({"spec": spec})).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(404) => {
-            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                               "metadata": {"name": node, "namespace": "kube-node-lease"}, "spec": spec});
-            match client.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.code() == Some(409) => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// The status a hollow node reports for `pod`: Running, or how its annotation says it ends.
@@ -206,7 +175,7 @@ impl Actor for HollowKubelet {
                 let failed: Vec<String> = futures_util::stream::iter(pending)
                     .map(|node| {
                         let (c, cf) = (c.clone(), cf.clone());
-                        async move { register(&c, &node, &cf).await.err().map(|e| (node, e)) }
+                        async move { register_hollow(&c, &node, &cf).await.err().map(|e| (node, e)) }
                     })
                     .buffer_unordered(IN_FLIGHT)
                     .filter_map(|r| async move { r })
@@ -246,7 +215,8 @@ impl Actor for HollowKubelet {
                             if let Err(e) = renew(&c, node, hb).await {
                                 tracing::debug!(node = %node, error = %e, "heartbeat failed");
                             } else if stale {
-                                let patch = json!({"status": {"conditions": [ready_condition(&rfc3339_now())]}});
+                                let ready = ready_condition(&rfc3339_now(), "kubelet is posting ready status (hollow)");
+                                let patch = json!({"status": {"conditions": [ready]}});
                                 let _next_beat_retries =
                                     c.merge_patch(&format!("/api/v1/nodes/{node}/status"), &patch).await;
                             }

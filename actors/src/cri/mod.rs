@@ -1,0 +1,146 @@
+//! Container runtimes, behind one trait the kubelet's pod workers drive.
+//!
+//! - [`ContainerRuntime`]: start a container, look at it, signal and stop it, run a
+//!   command beside it, find its log; what every runtime (process, later Docker) does.
+//! - `process.rs`: the embedded default. Each container is a child process of its own
+//!   small shim (`shim.rs`, this binary run as `keelson shim`), which owns the process,
+//!   writes its output and exit status to files and outlives the agent, so a restarted
+//!   kubelet finds its containers still running and adopts them.
+//! - `logs.rs`: container logs in the CRI format (`<time> stdout F <line>`) and the
+//!   reading `kubectl logs` asks for (tail, since, timestamps, follow).
+//! - `network.rs`: pod addresses: a network namespace per pod on a bridge of the
+//!   node's (as root), or a loopback address per pod.
+
+pub mod logs;
+pub mod network;
+pub mod process;
+pub mod shim;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use network::{PodAddress, PodNetwork};
+pub use process::ProcessRuntime;
+
+/// What a runtime can fail at; `CreateContainer` is the user's to fix (shown as the
+/// container's `CreateContainerError`), the rest are the node's.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    CreateContainer(String),
+    #[error("no container {0}")]
+    NotFound(String),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| RuntimeError::Io { context, source }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// One container to run: what the pod's spec says, resolved (env expanded, command
+/// and args joined), and where it lives (its pod, its network).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub pod_uid: String,
+    /// `<namespace>/<name>` of its pod (for people reading the node's files).
+    pub pod: String,
+    pub name: String,
+    /// Which run of this container in its pod this is (0, 1, … — restarts count up).
+    pub attempt: u32,
+    pub image: String,
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    /// The network namespace to run in (`/run/netns/…`), if the pod has its own.
+    pub netns: Option<PathBuf>,
+}
+
+impl ContainerSpec {
+    /// The container's id, unique on its node: `<pod uid>.<name>.<attempt>`.
+    pub fn id(&self) -> String {
+        format!("{}.{}.{}", self.pod_uid, self.name, self.attempt)
+    }
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub code: i32,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Kubernetes' reason: `Completed`, `Error`, `StartError`, `OOMKilled`.
+    pub reason: String,
+    pub message: Option<String>,
+    pub finished_at: String,
+}
+
+/// A container as its runtime sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub pod_uid: String,
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    pub started_at: Option<String>,
+    /// Its main process, while it runs.
+    pub pid: Option<u32>,
+    pub exit: Option<Exit>,
+}
+
+impl ContainerStatus {
+    pub fn running(&self) -> bool {
+        self.exit.is_none()
+    }
+}
+
+/// A command's result (exec probes, `kubectl exec` without a terminal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// `None`: it ran past its timeout and was killed.
+    pub code: Option<i32>,
+    pub output: Vec<u8>,
+}
+
+/// What the kubelet asks of a container runtime. Every call is a future so runtimes
+/// that talk to a daemon (Docker) fit beside ones that work on local files.
+pub trait ContainerRuntime: Send + Sync {
+    /// `process://0.1.0` (the node's `containerRuntimeVersion`), and the prefix of ids.
+    fn version(&self) -> String;
+    fn scheme(&self) -> &'static str;
+    /// Starts `spec`; answers once it runs (or failed to start, as an exited status).
+    fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<ContainerStatus>>;
+    fn status(&self, id: &str) -> BoxFuture<'_, Result<ContainerStatus>>;
+    /// Every container this runtime keeps on the node, running or not.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerStatus>>>;
+    /// Sends `signal` to the container's processes.
+    fn signal(&self, id: &str, signal: i32) -> BoxFuture<'_, Result<()>>;
+    /// SIGTERM, then SIGKILL once `grace` has passed; answers once it has exited.
+    fn stop(&self, id: &str, grace: Duration) -> BoxFuture<'_, Result<ContainerStatus>>;
+    /// Forgets an exited container and its files.
+    fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>>;
+    /// Where its output is (CRI log format).
+    fn log_path(&self, id: &str) -> PathBuf;
+    /// Runs `argv` beside the container (its environment, directory and network),
+    /// killed after `timeout`.
+    fn exec(&self, id: &str, argv: Vec<String>, timeout: Duration) -> BoxFuture<'_, Result<ExecOutput>>;
+    /// The command to run `argv` beside the container with a terminal or pipes of the
+    /// caller's (`kubectl exec`): program, arguments, environment, directory.
+    fn exec_command(&self, id: &str, argv: Vec<String>) -> BoxFuture<'_, Result<std::process::Command>>;
+}

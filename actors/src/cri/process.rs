@@ -1,0 +1,314 @@
+//! The `process` runtime: each container is a process on the node's own filesystem,
+//! owned by a shim (`shim.rs`) that outlives the agent. Everything about a container
+//! is in its folder, `<root>/<id>/`, so the runtime keeps no state of its own: a
+//! restarted kubelet lists the folders and finds its containers as they are.
+//!
+//! The agent is a child subreaper (`become_subreaper`): a container whose shim was
+//! killed is re-parented to the agent, not to init, and the agent reaps it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::shim::{start_ticks, write_json, Started};
+use super::{ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, Exit, Result, RuntimeError};
+
+/// How long a start may take before the runtime gives up on it.
+const START_WAIT: Duration = Duration::from_secs(10);
+
+pub struct ProcessRuntime {
+    root: PathBuf,
+    /// The program run as the shim (`<it> shim <dir>`): this binary.
+    shim: PathBuf,
+}
+
+/// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`).
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with an integer argument; no memory is passed.
+    match unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Reaps `pid` if it is an exited child of ours (a container re-parented to us).
+fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid on one pid with WNOHANG; it only reaps that child if exited.
+    unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+impl ProcessRuntime {
+    pub fn new(root: PathBuf, shim: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&root).map_err(RuntimeError::io(format!("cannot make {}", root.display())))?;
+        Ok(Self { root, shim })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// The container in `dir` as its files tell it. A container whose shim is gone
+    /// without writing its exit is ended here (its processes killed, the exit written).
+    fn inspect(&self, id: &str) -> Result<ContainerStatus> {
+        let dir = self.dir(id);
+        let spec: ContainerSpec =
+            read_json(&dir.join("spec.json")).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        let started: Option<Started> = read_json(&dir.join("started.json"));
+        let mut exit: Option<Exit> = read_json(&dir.join("exit.json"));
+        if exit.is_none() {
+            let shim_alive = std::fs::read_to_string(dir.join("shim.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .is_some_and(|pid| start_ticks(pid).is_some());
+            let created_long_ago = std::fs::metadata(dir.join("spec.json"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > START_WAIT);
+            if !shim_alive && (started.is_some() || created_long_ago) {
+                // The shim died (killed from outside): its container goes with it.
+                if let Some(s) = &started {
+                    if start_ticks(s.pid) == Some(s.start_ticks) {
+                        // SAFETY: signalling the container's own process group.
+                        unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
+                    }
+                    reap(s.pid);
+                }
+                let lost = Exit {
+                    code: 137,
+                    signal: Some(libc::SIGKILL),
+                    reason: "Error".into(),
+                    message: Some("the container's shim was lost".into()),
+                    finished_at: super::logs::timestamp_now(),
+                };
+                let _ = write_json(&dir, "exit.json", &lost);
+                exit = Some(lost);
+            }
+        } else if let Some(s) = &started {
+            reap(s.pid);
+        }
+        Ok(ContainerStatus {
+            id: id.to_string(),
+            pod_uid: spec.pod_uid,
+            name: spec.name,
+            attempt: spec.attempt,
+            image: spec.image,
+            started_at: started.as_ref().map(|s| s.started_at.clone()),
+            pid: started.as_ref().filter(|_| exit.is_none()).map(|s| s.pid),
+            exit,
+        })
+    }
+
+    /// Signals the container's process group, if it still runs.
+    fn kill(&self, id: &str, signal: i32) -> Result<()> {
+        let started: Option<Started> = read_json(&self.dir(id).join("started.json"));
+        if let Some(s) = started.filter(|s| start_ticks(s.pid) == Some(s.start_ticks)) {
+            // SAFETY: signalling the container's own process group (its pid is its pgid).
+            unsafe { libc::kill(-(s.pid as i32), signal) };
+        }
+        Ok(())
+    }
+
+    async fn start_container(&self, spec: ContainerSpec) -> Result<ContainerStatus> {
+        if spec.argv.is_empty() {
+            return Err(RuntimeError::CreateContainer(format!(
+                "the process runtime runs a container's command on the node: container {:?} (image {:?}) has no `command`",
+                spec.name, spec.image
+            )));
+        }
+        let id = spec.id();
+        let dir = self.dir(&id);
+        if dir.join("spec.json").exists() {
+            // Started before (a kubelet that restarted mid-start): it is that one.
+            return self.inspect(&id);
+        }
+        if let Some(wd) = &spec.working_dir {
+            if !Path::new(wd).is_dir() {
+                return Err(RuntimeError::CreateContainer(format!("workingDir {wd:?} is not a folder on this node")));
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("cannot make {}", dir.display())))?;
+        write_json(&dir, "spec.json", &spec).map_err(RuntimeError::io("cannot write the container's spec"))?;
+        let mut cmd = Command::new(&self.shim);
+        cmd.arg("shim").arg(&dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: setsid between fork and exec: the shim leads its own session.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(RuntimeError::io(format!("cannot start {}", self.shim.display())))?;
+        // The shim is our child: reap it when it ends.
+        std::thread::spawn(move || child.wait());
+        let until = tokio::time::Instant::now() + START_WAIT;
+        loop {
+            if dir.join("started.json").exists() || dir.join("exit.json").exists() {
+                return self.inspect(&id);
+            }
+            if tokio::time::Instant::now() > until {
+                self.kill(&id, libc::SIGKILL)?;
+                return Err(RuntimeError::CreateContainer("the container did not start within 10 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<ContainerStatus> {
+        let status = self.inspect(id)?;
+        if !status.running() {
+            return Ok(status);
+        }
+        self.kill(id, libc::SIGTERM)?;
+        let until = tokio::time::Instant::now() + grace;
+        let mut killed = false;
+        loop {
+            let s = self.inspect(id)?;
+            if !s.running() {
+                return Ok(s);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until && !killed {
+                self.kill(id, libc::SIGKILL)?;
+                killed = true;
+            }
+            if now >= until + Duration::from_secs(5) {
+                return Err(RuntimeError::Io {
+                    context: format!("container {id}"),
+                    source: std::io::Error::other("still running 5 s after SIGKILL"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A command that runs `argv` as the container's processes run: its environment,
+    /// working directory and network namespace.
+    fn command(&self, id: &str, argv: &[String]) -> Result<Command> {
+        let spec: ContainerSpec =
+            read_json(&self.dir(id).join("spec.json")).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+        let (program, args) =
+            argv.split_first().ok_or_else(|| RuntimeError::CreateContainer("no command to run".into()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(spec.working_dir.as_deref().unwrap_or("/"));
+        let netns = match &spec.netns {
+            Some(ns) => Some(std::fs::File::open(ns).map_err(RuntimeError::io(format!("{}", ns.display())))?),
+            None => None,
+        };
+        // SAFETY: setns and setpgid only, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if let Some(ns) = &netns {
+                    if libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    async fn exec_in(&self, id: &str, argv: Vec<String>, timeout: Duration) -> Result<ExecOutput> {
+        let mut cmd = self.command(id, &argv)?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().map_err(|e| RuntimeError::CreateContainer(format!("cannot run {argv:?}: {e}")))?;
+        let pid = child.id() as i32;
+        let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
+        match tokio::time::timeout(timeout, waited).await {
+            Ok(Ok(Ok(out))) => {
+                let mut output = out.stdout;
+                output.extend(out.stderr);
+                Ok(ExecOutput { code: Some(out.status.code().unwrap_or(137)), output })
+            }
+            Ok(Ok(Err(e))) => Err(RuntimeError::io("exec")(e)),
+            Ok(Err(e)) => Err(RuntimeError::io("exec")(std::io::Error::other(e.to_string()))),
+            Err(_elapsed) => {
+                // SAFETY: the command's own process group.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                Ok(ExecOutput { code: None, output: Vec::new() })
+            }
+        }
+    }
+}
+
+impl ContainerRuntime for ProcessRuntime {
+    fn version(&self) -> String {
+        format!("process://{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn scheme(&self) -> &'static str {
+        "process"
+    }
+
+    fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<ContainerStatus>> {
+        self.start_container(spec).boxed()
+    }
+
+    fn status(&self, id: &str) -> BoxFuture<'_, Result<ContainerStatus>> {
+        let r = self.inspect(id);
+        async move { r }.boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerStatus>>> {
+        let listed = std::fs::read_dir(&self.root).map_err(RuntimeError::io(format!("{}", self.root.display())));
+        let out = listed.map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|name| !name.starts_with('.'))
+                .filter_map(|id| self.inspect(&id).ok())
+                .collect()
+        });
+        async move { out }.boxed()
+    }
+
+    fn signal(&self, id: &str, signal: i32) -> BoxFuture<'_, Result<()>> {
+        let r = self.kill(id, signal);
+        async move { r }.boxed()
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> BoxFuture<'_, Result<ContainerStatus>> {
+        let id = id.to_string();
+        async move { self.stop_container(&id, grace).await }.boxed()
+    }
+
+    fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>> {
+        let dir = self.dir(id);
+        let r = match self.inspect(id) {
+            Ok(s) if s.running() => Err(RuntimeError::CreateContainer(format!("container {id} still runs"))),
+            Ok(_) | Err(RuntimeError::NotFound(_)) => match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(RuntimeError::io(format!("cannot remove {}", dir.display()))(e))
+                }
+                _ => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        async move { r }.boxed()
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("log")
+    }
+
+    fn exec(&self, id: &str, argv: Vec<String>, timeout: Duration) -> BoxFuture<'_, Result<ExecOutput>> {
+        let id = id.to_string();
+        async move { self.exec_in(&id, argv, timeout).await }.boxed()
+    }
+
+    fn exec_command(&self, id: &str, argv: Vec<String>) -> BoxFuture<'_, Result<Command>> {
+        let r = self.command(id, &argv);
+        async move { r }.boxed()
+    }
+}

@@ -1,0 +1,191 @@
+//! `keelson shim <dir>`: the small process that owns one container of the process
+//! runtime, as containerd's shims do.
+//!
+//! The kubelet starts it in its own session (so Ctrl-C on a terminal and the agent's
+//! death do not reach it) and it starts the container: the program of `spec.json`, in
+//! its own process group, its network namespace entered first. It then writes what the
+//! kubelet needs to files, never pipes to the agent, so nothing dies of SIGPIPE when
+//! the agent does and a restarted kubelet can pick the container up again:
+//!
+//! - `shim.pid`: the shim's pid;
+//! - `started.json`: the container's pid, its start time in clock ticks since boot (so
+//!   a reused pid is told apart) and when it started;
+//! - `log`: its stdout and stderr, line by line in the CRI format (`logs.rs`);
+//! - `exit.json`: how it ended, written once (by rename) when it has.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::logs::{cri_line, timestamp_now};
+use super::{ContainerSpec, Exit};
+
+/// A line longer than this is written in parts (`P`), as CRI runtimes do.
+const MAX_LINE: usize = 16 * 1024;
+
+/// `started.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Started {
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: tells this process from a later one given its pid.
+    pub start_ticks: u64,
+    pub started_at: String,
+}
+
+/// The start time (clock ticks since boot) of `pid`, if it is alive and not a zombie.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: read after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Writes `value` to `dir/name` atomically (a reader sees all of it or nothing).
+pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+    std::fs::rename(tmp, dir.join(name))
+}
+
+/// Runs the shim for the container in `dir`; its exit code.
+pub fn run(dir: &Path) -> i32 {
+    match serve(dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = std::fs::write(dir.join("shim.err"), e.to_string());
+            let exit = Exit {
+                code: 128,
+                signal: None,
+                reason: "StartError".into(),
+                message: Some(format!("the container's shim failed: {e}")),
+                finished_at: timestamp_now(),
+            };
+            let _ = write_json(dir, "exit.json", &exit);
+            1
+        }
+    }
+}
+
+fn ignore_signals() {
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE] {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no handler to be unsafe in.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
+fn serve(dir: &Path) -> std::io::Result<()> {
+    ignore_signals();
+    let spec: ContainerSpec = serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
+    std::fs::write(dir.join("shim.pid"), std::process::id().to_string())?;
+    let log = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(dir.join("log"))?));
+    let fail = |message: String| {
+        let exit = Exit {
+            code: 128,
+            signal: None,
+            reason: "StartError".into(),
+            message: Some(message),
+            finished_at: timestamp_now(),
+        };
+        write_json(dir, "exit.json", &exit)
+    };
+    if let Some(ns) = &spec.netns {
+        let f = File::open(ns)?;
+        // SAFETY: setns on a file descriptor we hold open; it changes only this (single-
+        // threaded) process's network namespace, which its child then inherits.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return fail(format!("cannot enter the pod's network namespace {}: {e}", ns.display()));
+        }
+    }
+    let Some((program, args)) = spec.argv.split_first() else {
+        return fail("no command to run".into());
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(spec.working_dir.as_deref().unwrap_or("/"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls (setpgid, signal) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!("failed to start {program:?}: {e}"));
+        }
+    };
+    let started =
+        Started { pid: child.id(), start_ticks: start_ticks(child.id()).unwrap_or(0), started_at: timestamp_now() };
+    write_json(dir, "started.json", &started)?;
+    let (done_tx, done_rx) = mpsc::channel();
+    let streams: Vec<(&'static str, Box<dyn Read + Send>)> = vec![
+        ("stdout", Box::new(child.stdout.take().expect("piped"))),
+        ("stderr", Box::new(child.stderr.take().expect("piped"))),
+    ];
+    for (stream, pipe) in streams {
+        let (log, done) = (log.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            copy_lines(stream, pipe, &log);
+            let _ = done.send(());
+        });
+    }
+    let status = child.wait()?;
+    // Output still buffered in the pipes is written before the exit is; a grandchild
+    // that kept the pipes open does not hold the exit back for long.
+    for _ in 0..2 {
+        let _ = done_rx.recv_timeout(Duration::from_secs(1));
+    }
+    let (code, signal) = match (status.code(), status.signal()) {
+        (Some(c), _) => (c, None),
+        (None, Some(s)) => (128 + s, Some(s)),
+        (None, None) => (255, None),
+    };
+    let exit = Exit {
+        code,
+        signal,
+        reason: if code == 0 { "Completed" } else { "Error" }.into(),
+        message: None,
+        finished_at: timestamp_now(),
+    };
+    write_json(dir, "exit.json", &exit)
+}
+
+/// Copies `pipe` to `log` a line at a time, each line stamped and tagged.
+fn copy_lines(stream: &str, pipe: Box<dyn Read + Send>, log: &Mutex<File>) {
+    let mut reader = BufReader::with_capacity(MAX_LINE, pipe);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let n = match reader.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let full = line[n - 1] == b'\n';
+        let text = if full { &line[..n - 1] } else { &line[..] };
+        let entry = cri_line(&timestamp_now(), stream, full, text);
+        if let Ok(mut f) = log.lock() {
+            let _ = f.write_all(&entry);
+        }
+    }
+}

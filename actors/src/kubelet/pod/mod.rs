@@ -1,0 +1,13 @@
+//! One pod on a node: its worker actor and the pure parts it stands on.
+//!
+//! - `worker.rs`: the actor (`/<agent>/kubelet/pod/<namespace>/<name>`);
+//! - `env.rs`: environments and command lines as Kubernetes builds them;
+//! - `probe.rs`: liveness, readiness and startup probes;
+//! - `status.rs`: the pod's status from its containers.
+
+pub mod env;
+pub mod probe;
+pub mod status;
+mod worker;
+
+pub use worker::{PodChanged, PodWorker};
