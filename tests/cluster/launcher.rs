@@ -91,7 +91,8 @@ fn a_member_left_alone_is_not_restarted_with_no_restart() {
     let _one = serial();
     let scratch = Scratch::new("norestart");
     let data = scratch.data();
-    let mut up = Running::start(&data, &["up", "--agents", "0", "--servers", "1", "--no-restart"], &scratch.0.join("up.log"));
+    let mut up =
+        Running::start(&data, &["up", "--agents", "0", "--servers", "1", "--no-restart"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     let pid = door(&data, "server-1")["pid"].as_u64().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGKILL) };

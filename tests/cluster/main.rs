@@ -20,7 +20,9 @@
 //! - the store's histories of reads, writes and compare-and-swaps stay linearizable
 //!   while its leader is killed, cut off, and its links lose packets;
 //! - the scheduler and controllers place, scale, roll out and back, and collect
-//!   workloads on hollow nodes, and replace what lost nodes and a lost leader held.
+//!   workloads on hollow nodes, and replace what lost nodes and a lost leader held;
+//! - real agents run pods as processes: addresses, logs, restarts and back-off, probes,
+//!   graceful deletion, adoption after kill -9, rollouts, and a clean stop.
 
 mod support;
 
@@ -28,6 +30,7 @@ mod api_door;
 mod api_watch;
 mod kubectl;
 mod kubectl_apply;
+mod kubelet;
 mod launcher;
 mod leader;
 mod linearizability;

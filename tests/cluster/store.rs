@@ -206,7 +206,8 @@ fn four_shards_watches_fencing_and_a_partitioned_leader() {
     let data = scratch.data();
     let members = ["server-1", "server-2", "server-3"];
     // No restarts: at the end, one member is killed and stays down.
-    let mut up = Running::start(&data, &["up", "--agents", "0", "--shards", "4", "--no-restart"], &scratch.0.join("up.log"));
+    let mut up =
+        Running::start(&data, &["up", "--agents", "0", "--shards", "4", "--no-restart"], &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", START);
     eventually("every shard has a leader", START, || {
         let l = leaders(&data);

@@ -14,7 +14,11 @@ fn a_joined_member_is_added_to_the_store_votes_and_is_removed() {
     let data = scratch.data();
     let members = ["server-1", "server-2", "server-3"];
     // No restarts: a member killed below stays down.
-    let mut up = Running::start(&data, &["up", "--agents", "0", "--no-restart", "--snapshot-every", "100"], &scratch.0.join("up.log"));
+    let mut up = Running::start(
+        &data,
+        &["up", "--agents", "0", "--no-restart", "--snapshot-every", "100"],
+        &scratch.0.join("up.log"),
+    );
     up.wait_for_line("keelson: ready", START);
     eventually("a leader", START, || leader(&data, &members).is_some());
     for i in 0..250 {

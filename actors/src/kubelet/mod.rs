@@ -9,16 +9,16 @@
 //!
 //! A hollow agent runs `hollow.rs` instead: simulated nodes for scale tests.
 
-pub mod hollow;
 mod agent;
+pub mod hollow;
 pub mod node;
 pub mod pod;
 pub mod serve;
 
 use std::sync::Arc;
 
-pub use hollow::{HollowConfig, HollowKubelet, HOLLOW_KEY, PHASE_ANNOTATION};
 pub use agent::{stop_everything, Kubelet, NodeShared};
+pub use hollow::{HollowConfig, HollowKubelet, HOLLOW_KEY, PHASE_ANNOTATION};
 pub use serve::{Header, KubeletRequest, KUBELET_PATH};
 
 use keelson_config::{KubeletConfig, SupervisorConfig};

@@ -1,0 +1,418 @@
+//! The kubelet and the process runtime, driven with the real kubectl against
+//! `keelson up` with real agents (issue P7):
+//!
+//! - the example Deployment (3 × `python3 -m http.server`, binding 0.0.0.0 in its own
+//!   network namespace as root; binding its `POD_IP` in loopback mode) runs across both
+//!   nodes and every pod answers HTTP at its pod IP from the host;
+//! - `kubectl logs` (`--tail`, `-f`, `--previous`); a container killed from outside is
+//!   restarted (RESTARTS 1); one that exits at once reaches CrashLoopBackOff with its
+//!   back-off doubling; a failing liveness probe restarts, a failing readiness probe
+//!   only makes the pod NotReady; init containers run first;
+//! - a graceful delete: Terminating, SIGTERM, SIGKILL after the grace period, nothing
+//!   left; kill -9 of an agent: its containers are adopted, not started again; a
+//!   rolling update and `rollout undo`; a frozen agent's pods come back on the other
+//!   node; Ctrl-C leaves no process, namespace or bridge behind.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::kubectl::{kubectl, ok};
+use crate::support::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn up(scratch: &Scratch, network: &str) -> (Running, PathBuf) {
+    let data = scratch.data();
+    let args = ["up", "--servers", "1", "--agents", "2", "--restart-backoff", "1s", "--network", network];
+    let mut up = Running::start(&data, &args, &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", Duration::from_secs(90));
+    (up, data.join("kubeconfig"))
+}
+
+fn get(kubeconfig: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["get"];
+    all.extend(args);
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&ok(kubeconfig, &all)).unwrap()
+}
+
+fn pods(kubeconfig: &Path, selector: &str) -> Vec<Value> {
+    get(kubeconfig, &["pods", "-l", selector])["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn apply(kubeconfig: &Path, scratch: &Path, name: &str, yaml: &str) {
+    let file = scratch.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    ok(kubeconfig, &["apply", "-f", file.to_str().unwrap()]);
+}
+
+/// An HTTP GET from the host; the status code.
+fn http_status(ip: &str, port: u16, path: &str) -> Option<u16> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&format!("{ip}:{port}").parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_ready(kubeconfig: &Path, selector: &str, n: usize, limit: Duration) -> Vec<Value> {
+    let mut last = Vec::new();
+    eventually(&format!("{n} ready pods {selector}"), limit, || {
+        last = pods(kubeconfig, selector).into_iter().filter(ready).collect();
+        last.len() == n
+    });
+    last
+}
+
+/// The container's main process, from the process runtime's files.
+fn container_pid(data: &Path, node: &str, uid: &str, container: &str, attempt: u32) -> Option<i32> {
+    let dir = data.join(node).join("kubelet/containers").join(format!("{uid}.{container}.{attempt}"));
+    let started: Value = serde_json::from_slice(&std::fs::read(dir.join("started.json")).ok()?).ok()?;
+    started["pid"].as_i64().map(|p| p as i32)
+}
+
+fn attempts(data: &Path, node: &str, uid: &str) -> usize {
+    std::fs::read_dir(data.join(node).join("kubelet/containers"))
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(uid)).count())
+        .unwrap_or(0)
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn status_of(kubeconfig: &Path, pod: &str) -> Value {
+    get(kubeconfig, &["pod", pod])["status"].clone()
+}
+
+/// The example, as it is (netns) or binding its pod IP (loopback: pods share the host's ports).
+fn example(network: &str) -> String {
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/web.yaml")).unwrap();
+    match network {
+        "loopback" => yaml.replace("\"--bind\", \"0.0.0.0\"", "\"--bind\", \"$(POD_IP)\""),
+        _ => yaml,
+    }
+}
+
+fn web_answers(kubeconfig: &Path) -> Vec<Value> {
+    let web = wait_ready(kubeconfig, "app=web", 3, Duration::from_secs(60));
+    for p in &web {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let mut code = None;
+        eventually(&format!("pod {ip} answers HTTP"), Duration::from_secs(10), || {
+            code = http_status(ip, 8000, "/");
+            code == Some(200)
+        });
+    }
+    web
+}
+
+fn no_leftovers(data: &Path) {
+    let ours = |cmd: &str| cmd.contains(data.to_str().unwrap()) || cmd.contains("keelson-kt-");
+    let procs: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| ours(c))
+        .collect();
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+}
+
+fn lifecycle(network: &str) {
+    let _one = serial();
+    let scratch = Scratch::new(&format!("kubelet-{network}"));
+    let data = scratch.data();
+    let (mut up, kc) = up(&scratch, network);
+    eventually("2 Ready nodes with pod CIDRs", Duration::from_secs(60), || {
+        let nodes = get(&kc, &["nodes"])["items"].as_array().cloned().unwrap_or_default();
+        nodes.len() == 2 && nodes.iter().all(|n| ready(n) && n["spec"]["podCIDR"].is_string())
+    });
+
+    // The example: 3 pods across both nodes, each answering at its own address.
+    apply(&kc, &scratch.0, "web", &example(network));
+    let web = web_answers(&kc);
+    let nodes: std::collections::BTreeSet<&str> = web.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+    assert_eq!(nodes.len(), 2, "spread over both nodes: {nodes:?}");
+    let ips: std::collections::BTreeSet<&str> = web.iter().filter_map(|p| p["status"]["podIP"].as_str()).collect();
+    assert_eq!(ips.len(), 3, "one address per pod");
+    if network == "loopback" {
+        assert!(ips.iter().all(|ip| ip.starts_with("127.")), "{ips:?}");
+    }
+    let table = ok(&kc, &["get", "pods", "-o", "wide"]);
+    assert_eq!(table.matches("Running").count(), 3, "{table}");
+
+    // Logs: the tail, a follower that sees a new line live, the previous run's.
+    let first = web[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let ip = web[0]["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!(http_status(&ip, 8000, "/before"), Some(404));
+    let tail = ok(&kc, &["logs", &first, "--tail", "1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let all = ok(&kc, &["logs", &first, "--timestamps"]);
+    assert!(all.contains("GET /before"), "{all}");
+    assert!(all.lines().all(|l| l.split(' ').next().is_some_and(|t| t.ends_with('Z'))), "{all}");
+    let mut follower = std::process::Command::new("kubectl")
+        .args(["logs", "-f", &first])
+        .env("KUBECONFIG", &kc)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http_status(&ip, 8000, "/followed-live"), Some(404));
+    let began = Instant::now();
+    let mut seen = String::new();
+    while !seen.contains("GET /followed-live") && began.elapsed() < Duration::from_secs(10) {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push_str(&chunk);
+        }
+    }
+    assert!(seen.contains("GET /followed-live"), "kubectl logs -f saw: {seen}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Killed from outside: restarted, RESTARTS 1, the previous run's log kept.
+    let (node, uid) = (web[0]["spec"]["nodeName"].as_str().unwrap(), web[0]["metadata"]["uid"].as_str().unwrap());
+    let pid = container_pid(&data, node, uid, "web", 0).expect("the container's pid");
+    // SAFETY: killing the test's own container process.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eventually("the killed container restarted", Duration::from_secs(20), || {
+        let s = status_of(&kc, &first);
+        s["containerStatuses"][0]["restartCount"] == 1 && s["containerStatuses"][0]["state"]["running"].is_object()
+    });
+    let s = status_of(&kc, &first);
+    assert_eq!(s["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 137, "{s}");
+    let previous = ok(&kc, &["logs", &first, "--previous"]);
+    assert!(previous.contains("GET /followed-live"), "{previous}");
+    let row = ok(&kc, &["get", "pod", &first, "--no-headers"]);
+    assert!(row.split_whitespace().nth(3) == Some("1"), "RESTARTS 1: {row}");
+    wait_ready(&kc, "app=web", 3, Duration::from_secs(30));
+
+    // Crash loop, liveness, readiness and init containers.
+    let marker = format!("keelson-kt-{}", std::process::id());
+    apply(
+        &kc,
+        &scratch.0,
+        "probes",
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: crash, labels: {{t: crash}}}}
+spec:
+  containers: [{{name: c, image: busybox, command: [sh, -c, 'echo crashing; exit 1']}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: live, labels: {{t: live}}}}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: [sleep, '3600']
+    livenessProbe: {{exec: {{command: [test, -e, /nonexistent-{marker}]}}, periodSeconds: 1, failureThreshold: 2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unready, labels: {{t: unready}}}}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: [sleep, '3600']
+    readinessProbe: {{tcpSocket: {{port: 9}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: init, labels: {{t: init}}}}
+spec:
+  initContainers:
+  - {{name: first, image: busybox, command: [sh, -c, 'sleep 1; date +%s%N > /tmp/{marker}-init']}}
+  containers:
+  - {{name: main, image: busybox, command: [sh, -c, 'cat /tmp/{marker}-init && echo main-ran; rm -f /tmp/{marker}-init; sleep 3600']}}
+"
+        ),
+    );
+    let mut messages = Vec::new();
+    let mut restart_times: Vec<(i64, Instant)> = Vec::new();
+    eventually("CrashLoopBackOff with doubling back-off", Duration::from_secs(40), || {
+        let s = status_of(&kc, "crash");
+        let c = &s["containerStatuses"][0];
+        let n = c["restartCount"].as_i64().unwrap_or(0);
+        if restart_times.last().is_none_or(|(m, _)| *m < n) {
+            restart_times.push((n, Instant::now()));
+        }
+        if let Some(m) = c["state"]["waiting"]["message"].as_str() {
+            let m = m.split(" restarting").next().unwrap_or_default().to_string();
+            if !messages.contains(&m) {
+                messages.push(m);
+            }
+        }
+        n >= 4 && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    assert!(messages.contains(&"back-off 2s".to_string()), "{messages:?}");
+    assert!(messages.contains(&"back-off 4s".to_string()), "{messages:?}");
+    let gap = |a: i64, b: i64| {
+        let at = |n: i64| restart_times.iter().find(|(m, _)| *m >= n).map(|(_, t)| *t).unwrap();
+        at(b).duration_since(at(a))
+    };
+    assert!(gap(3, 4) >= Duration::from_millis(3500), "the 4th restart waited 4 s: {:?}", gap(3, 4));
+    assert!(gap(3, 4) > gap(2, 3), "back-off grew: {:?} then {:?}", gap(2, 3), gap(3, 4));
+    let row = ok(&kc, &["get", "pod", "crash", "--no-headers"]);
+    assert!(row.contains("CrashLoopBackOff"), "{row}");
+    assert!(ok(&kc, &["describe", "pod", "crash"]).contains("Back-off restarting failed container c"));
+    assert!(ok(&kc, &["logs", "crash", "--previous"]).contains("crashing"));
+
+    eventually("a failing liveness probe restarts", Duration::from_secs(20), || {
+        status_of(&kc, "live")["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0) >= 1
+    });
+    assert!(ok(&kc, &["describe", "pod", "live"]).contains("Liveness probe failed"));
+    let s = status_of(&kc, "unready");
+    assert_eq!(s["phase"], "Running");
+    assert_eq!(s["containerStatuses"][0]["ready"], false, "{s}");
+    assert_eq!(s["containerStatuses"][0]["restartCount"], 0, "readiness never restarts: {s}");
+    assert!(ok(&kc, &["get", "pod", "unready", "--no-headers"]).contains("0/1"));
+    eventually("the main container ran after the init container", Duration::from_secs(20), || {
+        kubectl(&kc, &["logs", "init", "-c", "main"]).stdout.windows(8).any(|w| w == b"main-ran")
+    });
+    let s = status_of(&kc, "init");
+    assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed", "{s}");
+    let init_done = s["initContainerStatuses"][0]["state"]["terminated"]["finishedAt"].as_str().unwrap().to_string();
+    let main_began = s["containerStatuses"][0]["state"]["running"]["startedAt"].as_str().unwrap().to_string();
+    assert!(init_done <= main_began, "init ended {init_done}, main began {main_began}");
+    ok(&kc, &["delete", "pod", "crash", "live", "unready", "init", "--grace-period", "1"]);
+
+    // A graceful delete of a pod that ignores SIGTERM: Terminating, then SIGKILL after 3 s.
+    apply(
+        &kc,
+        &scratch.0,
+        "stubborn",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: stubborn, labels: {t: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers: [{name: c, image: busybox, command: [sh, -c, 'trap \"echo got TERM\" TERM; while true; do sleep 0.2; done']}]
+",
+    );
+    let s = wait_ready(&kc, "t=stubborn", 1, Duration::from_secs(30));
+    let (node, uid) = (s[0]["spec"]["nodeName"].as_str().unwrap(), s[0]["metadata"]["uid"].as_str().unwrap());
+    let pid = container_pid(&data, node, uid, "c", 0).unwrap();
+    let began = Instant::now();
+    ok(&kc, &["delete", "pod", "stubborn", "--wait=false"]);
+    let row = ok(&kc, &["get", "pod", "stubborn", "--no-headers"]);
+    assert!(row.contains("Terminating"), "{row}");
+    eventually("the pod is gone", Duration::from_secs(20), || {
+        !kubectl(&kc, &["get", "pod", "stubborn"]).status.success()
+    });
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(2500), "SIGTERM was ignored, so it took the grace period: {took:?}");
+    assert!(!alive(pid), "the container was killed after the grace period");
+    assert_eq!(attempts(&data, node, uid), 0, "its files are gone");
+
+    // kill -9 of an agent: its containers run on and are adopted, not started again.
+    let web = wait_ready(&kc, "app=web", 3, Duration::from_secs(30));
+    let on_1: Vec<(String, i32, usize)> = web
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "agent-1")
+        .map(|p| {
+            let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+            let restarts = p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap() as u32;
+            let pid = container_pid(&data, "agent-1", &uid, "web", restarts).unwrap();
+            let n = attempts(&data, "agent-1", &uid);
+            (uid, pid, n)
+        })
+        .collect();
+    assert!(!on_1.is_empty());
+    let agent_pid = door(&data, "agent-1")["pid"].as_i64().unwrap() as i32;
+    // SAFETY: killing the test's own agent process.
+    unsafe { libc::kill(agent_pid, libc::SIGKILL) };
+    up.wait_for_line("keelson: agent-1 restarted", Duration::from_secs(30));
+    eventually("agent-1 adopted its pods", Duration::from_secs(30), || {
+        std::fs::read_to_string(data.join("agent-1/keelson.log"))
+            .is_ok_and(|l| l.contains("adopted the pod's running containers"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    for (uid, pid, n) in &on_1 {
+        assert!(alive(*pid), "container {pid} of {uid} still runs");
+        assert_eq!(attempts(&data, "agent-1", uid), *n, "no container started again for {uid}");
+    }
+    web_answers(&kc);
+
+    // A rolling update (a new env value) and its undo, followed by rollout status.
+    ok(&kc, &["set", "env", "deployment/web", "GREETING=bonjour"]);
+    ok(&kc, &["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    let web = web_answers(&kc);
+    assert!(web.iter().all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "bonjour"));
+    ok(&kc, &["rollout", "undo", "deployment/web"]);
+    ok(&kc, &["rollout", "status", "deployment/web", "--timeout", "90s"]);
+    let web = web_answers(&kc);
+    assert!(web.iter().all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "hello"));
+
+    // An agent that stops answering (frozen): its pods are replaced on the other node.
+    let agent_pid = door(&data, "agent-2")["pid"].as_i64().unwrap() as i32;
+    // SAFETY: freezing and thawing the test's own agent process.
+    unsafe { libc::kill(agent_pid, libc::SIGSTOP) };
+    eventually("3 ready web pods, all on agent-1", Duration::from_secs(60), || {
+        let live: Vec<Value> = pods(&kc, "app=web").into_iter().filter(ready).collect();
+        live.len() == 3 && live.iter().all(|p| p["spec"]["nodeName"] == "agent-1")
+    });
+    unsafe { libc::kill(agent_pid, libc::SIGCONT) };
+    web_answers(&kc);
+    eventually("the frozen node's old pods are gone once it is back", Duration::from_secs(60), || {
+        pods(&kc, "app=web").len() == 3
+    });
+
+    // Ctrl-C: everything stops, and nothing is left behind.
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    no_leftovers(&data);
+    let netns = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&netns).contains("keelson-"),
+        "namespaces left: {}",
+        String::from_utf8_lossy(&netns)
+    );
+    let links = std::process::Command::new("ip").args(["-br", "link"]).output().map(|o| o.stdout).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&links).contains("kls"), "bridges left");
+}
+
+#[test]
+fn pods_run_restart_log_and_stop_in_their_own_network_namespaces() {
+    if !is_root() {
+        eprintln!("skipped: network namespaces need root (CI runs as root); the loopback test covers the rest");
+        return;
+    }
+    lifecycle("netns");
+}
+
+#[test]
+fn pods_run_restart_log_and_stop_on_loopback_addresses() {
+    lifecycle("loopback");
+}
