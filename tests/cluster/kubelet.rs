@@ -124,6 +124,86 @@ fn web_answers(kubeconfig: &Path) -> Vec<Value> {
     web
 }
 
+/// kubectl on a terminal of its own (a pseudo-terminal the test holds), as a person runs it.
+struct Terminal {
+    controller: std::fs::File,
+    child: std::process::Child,
+    seen: String,
+    output: std::sync::mpsc::Receiver<String>,
+}
+
+impl Terminal {
+    fn run(kubeconfig: &Path, args: &[&str]) -> Self {
+        use std::os::fd::FromRawFd;
+        let (mut c, mut t) = (0, 0);
+        let size = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: openpty fills in two descriptors we then own.
+        assert_eq!(unsafe { libc::openpty(&mut c, &mut t, std::ptr::null_mut(), std::ptr::null(), &size) }, 0);
+        // SAFETY: both descriptors are ours.
+        let (controller, terminal) = unsafe { (std::fs::File::from_raw_fd(c), std::fs::File::from_raw_fd(t)) };
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.args(args).env("KUBECONFIG", kubeconfig);
+        cmd.stdin(terminal.try_clone().unwrap()).stdout(terminal.try_clone().unwrap()).stderr(terminal);
+        // SAFETY: setsid and TIOCSCTTY between fork and exec: the terminal becomes kubectl's.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let mut reader = controller.try_clone().unwrap();
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { controller, child, seen: String::new(), output }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        write!(self.controller, "{line}\r").unwrap();
+    }
+
+    fn expect(&mut self, text: &str) {
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(10) {
+            if let Some(i) = self.seen.find(text) {
+                self.seen.drain(..i + text.len());
+                return;
+            }
+            if let Ok(chunk) = self.output.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push_str(&chunk);
+            }
+        }
+        panic!("the terminal never showed {text:?}; it showed {:?}", self.seen);
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads the winsize we own; the kernel tells kubectl (SIGWINCH).
+        unsafe { libc::ioctl(self.controller.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    }
+
+    fn wait(&mut self) -> Option<i32> {
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(15) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
 fn no_leftovers(data: &Path) {
     let ours = |cmd: &str| cmd.contains(data.to_str().unwrap()) || cmd.contains("keelson-kt-");
     let procs: Vec<String> = std::fs::read_dir("/proc")
@@ -197,6 +277,24 @@ fn lifecycle(network: &str) {
     assert!(seen.contains("GET /followed-live"), "kubectl logs -f saw: {seen}");
     let _ = follower.kill();
     let _ = follower.wait();
+
+    // exec: a command's output and exit code, and a shell on a terminal that resizes.
+    let host = std::fs::read_to_string("/etc/hostname").unwrap();
+    assert_eq!(ok(&kc, &["exec", &first, "--", "cat", "/etc/hostname"]), host);
+    let out = kubectl(&kc, &["exec", &first, "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
+    let mut shell = Terminal::run(&kc, &["exec", "-it", &first, "--", "sh"]);
+    shell.type_line("echo hello-$((6*7)); stty size");
+    shell.expect("hello-42");
+    shell.expect("24 80");
+    shell.resize(30, 100);
+    std::thread::sleep(Duration::from_millis(500));
+    shell.type_line("stty size");
+    shell.expect("30 100");
+    shell.type_line("exit 4");
+    assert_eq!(shell.wait(), Some(4), "the shell's exit code is kubectl's");
 
     // Killed from outside: restarted, RESTARTS 1, the previous run's log kept.
     let (node, uid) = (web[0]["spec"]["nodeName"].as_str().unwrap(), web[0]["metadata"]["uid"].as_str().unwrap());

@@ -59,6 +59,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
                 "status" => (r.kind, r.group, r.version, &["get", "patch", "update"]),
                 "log" => ("Pod", "", "v1", &["get"]),
+                "exec" => ("PodExecOptions", "", "v1", &["create", "get"]),
                 "binding" => ("Binding", "", "v1", &["create"]),
                 "eviction" => ("Eviction", "policy", "v1", &["create"]),
                 _ => continue,

@@ -38,6 +38,8 @@ pub fn routes(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(ok))
             .route("/readyz", web::get().to(ok))
             .route("/livez", web::get().to(ok))
+            .route("/api/v1/namespaces/{ns}/pods/{name}/exec", web::get().to(super::exec::handle))
+            .route("/api/v1/namespaces/{ns}/pods/{name}/exec", web::post().to(super::exec::handle))
             .default_service(web::to(dispatch));
     }
 }
@@ -61,7 +63,7 @@ pub fn remember_peer(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensi
 }
 
 /// The user behind the request's bearer token or client certificate, or the 401 to answer.
-async fn authenticate(req: &HttpRequest, state: &ApiState) -> Result<User, Failure> {
+pub(super) async fn authenticate(req: &HttpRequest, state: &ApiState) -> Result<User, Failure> {
     let unauthorized = || Failure::new(401, "Unauthorized", "Unauthorized");
     if req.headers().get("authorization").is_none() {
         if let Some(PeerIdentity(id)) = req.conn_data::<PeerIdentity>() {

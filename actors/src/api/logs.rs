@@ -61,7 +61,7 @@ pub fn options(q: &[(String, String)]) -> Result<LogOptions, Failure> {
 }
 
 /// Which container the request is for, and its status in the pod.
-fn container<'a>(pod: &'a Value, asked: Option<&str>) -> Result<(String, &'a Value), Failure> {
+pub(super) fn container<'a>(pod: &'a Value, asked: Option<&str>) -> Result<(String, &'a Value), Failure> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let names = |field: &str| -> Vec<String> {
         pod["spec"][field]

@@ -22,6 +22,7 @@
 //! - `door.rs`: the actor door (in-cluster components, over QUIC or locally);
 //! - `client.rs`: the actor door's client, for those components;
 //! - `logs.rs`: container logs, streamed from the pod's kubelet;
+//! - `exec.rs`: `kubectl exec` over a websocket, carried to the pod's kubelet;
 //! - `recorder.rs`: Events, recorded by components (repeats counted);
 //! - `informer.rs`: a collection cached in memory by list and watch, changes by key.
 //!
@@ -35,6 +36,7 @@ pub mod client;
 mod defaults;
 mod discovery;
 pub mod door;
+mod exec;
 mod http;
 pub mod informer;
 mod kinds;

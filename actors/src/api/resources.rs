@@ -39,7 +39,7 @@ macro_rules! resource {
 pub const RESOURCES: &[Resource] = &[
     resource!("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], &[], &["status"]),
     resource!("", "v1", "nodes", "node", "Node", false, &["no"], &[], &["status"]),
-    resource!("", "v1", "pods", "pod", "Pod", true, &["po"], ALL, &["status", "binding", "log", "eviction"]),
+    resource!("", "v1", "pods", "pod", "Pod", true, &["po"], ALL, &["status", "binding", "log", "exec", "eviction"]),
     resource!("", "v1", "services", "service", "Service", true, &["svc"], ALL, &["status"]),
     resource!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], &[], &[]),
     resource!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], &[]),

@@ -189,7 +189,8 @@ impl ProcessRuntime {
     }
 
     /// A command that runs `argv` as the container's processes run: its environment,
-    /// working directory and network namespace.
+    /// working directory and network namespace (the caller adds its process group or
+    /// session and its standard streams).
     fn command(&self, id: &str, argv: &[String]) -> Result<Command> {
         let spec: ContainerSpec =
             read_json(&self.dir(id).join("spec.json")).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
@@ -204,7 +205,7 @@ impl ProcessRuntime {
             Some(ns) => Some(std::fs::File::open(ns).map_err(RuntimeError::io(format!("{}", ns.display())))?),
             None => None,
         };
-        // SAFETY: setns and setpgid only, between fork and exec.
+        // SAFETY: setns only, between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 if let Some(ns) = &netns {
@@ -212,7 +213,6 @@ impl ProcessRuntime {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                libc::setpgid(0, 0);
                 Ok(())
             });
         }
@@ -222,6 +222,13 @@ impl ProcessRuntime {
     async fn exec_in(&self, id: &str, argv: Vec<String>, timeout: Duration) -> Result<ExecOutput> {
         let mut cmd = self.command(id, &argv)?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: setpgid only: its own group, so a timeout kills all it started.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().map_err(|e| RuntimeError::CreateContainer(format!("cannot run {argv:?}: {e}")))?;
         let pid = child.id() as i32;
         let waited = tokio::task::spawn_blocking(move || child.wait_with_output());

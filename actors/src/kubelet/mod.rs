@@ -10,6 +10,7 @@
 //! A hollow agent runs `hollow.rs` instead: simulated nodes for scale tests.
 
 mod agent;
+pub mod exec;
 pub mod hollow;
 pub mod node;
 pub mod pod;

@@ -24,6 +24,9 @@ pub enum KubeletRequest {
     /// The log of a run of `container` of the pod `pod_uid`: its latest, or the one
     /// before (`previous`).
     Logs { pod_uid: String, container: String, previous: bool, opts: LogOptions },
+    /// Runs `command` beside the latest run of `container` (it must be running); the
+    /// streams then follow in `exec.rs`' channels.
+    Exec { pod_uid: String, container: String, command: Vec<String>, stdin: bool, tty: bool },
 }
 
 /// The header line before the answer's bytes.
@@ -52,7 +55,7 @@ fn pick(all: Vec<ContainerStatus>, pod_uid: &str, container: &str, previous: boo
 }
 
 pub async fn serve(runtime: Arc<dyn ContainerRuntime>, inbound: Inbound) {
-    let Reply::Open { mut send, recv: _recv } = inbound.reply else { return };
+    let Reply::Open { mut send, recv } = inbound.reply else { return };
     let request: KubeletRequest = match keelson_transport::frame::from_payload(&inbound.envelope.payload) {
         Ok(r) => r,
         Err(e) => {
@@ -63,6 +66,25 @@ pub async fn serve(runtime: Arc<dyn ContainerRuntime>, inbound: Inbound) {
         }
     };
     match request {
+        KubeletRequest::Exec { pod_uid, container, command, stdin, tty } => {
+            let all = runtime.list().await.unwrap_or_default();
+            let picked = pick(all, &pod_uid, &container, false).and_then(|r| match r.running() {
+                true => Ok(r),
+                false => Err(Header { code: 400, message: Some(format!("container {container} is not running")) }),
+            });
+            let run = match picked {
+                Ok(r) => r,
+                Err(h) => {
+                    let _ = send.write_all(&header_line(&h)).await;
+                    let _ = send.finish();
+                    return;
+                }
+            };
+            if send.write_all(&header_line(&Header { code: 200, message: None })).await.is_err() {
+                return;
+            }
+            super::exec::session(runtime, &run.id, command, stdin, tty, send, recv).await;
+        }
         KubeletRequest::Logs { pod_uid, container, previous, opts } => {
             let all = runtime.list().await.unwrap_or_default();
             let run = match pick(all, &pod_uid, &container, previous) {

@@ -1,0 +1,298 @@
+//! `kubectl exec`, the kubelet's half: runs a command beside a container (its
+//! environment, folder and network; a terminal when asked) and carries its streams
+//! over the raw transport stream the API gateway opened, in Kubernetes' channels:
+//!
+//! ```text
+//! +---------+--------------------+-----------+
+//! | channel | length (u32 BE)    | bytes     |     0 stdin, 1 stdout, 2 stderr,
+//! | 1 byte  | 4 bytes            |           |     3 status (JSON), 4 resize, 255 close
+//! +---------+--------------------+-----------+
+//! ```
+//!
+//! The gateway turns these into the websocket frames (`v5.channel.k8s.io`) kubectl
+//! speaks, and back.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use keelson_transport::{RecvStream, SendStream};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::cri::ContainerRuntime;
+
+pub const STDIN: u8 = 0;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+pub const STATUS: u8 = 3;
+pub const RESIZE: u8 = 4;
+pub const CLOSE: u8 = 255;
+
+/// The largest frame either side accepts.
+const MAX_FRAME: usize = 1 << 20;
+
+pub async fn write_frame(send: &mut SendStream, channel: u8, data: &[u8]) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(5 + data.len());
+    frame.push(channel);
+    frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    frame.extend_from_slice(data);
+    send.write_all(&frame).await.map_err(std::io::Error::other)
+}
+
+/// The next frame; `None` when the stream ended.
+pub async fn read_frame(recv: &mut RecvStream) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    recv.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return None;
+    }
+    let mut data = vec![0u8; len];
+    recv.read_exact(&mut data).await.ok()?;
+    Some((head[0], data))
+}
+
+/// The Status that ends a session: success, or the exit code as Kubernetes reports it.
+pub fn exit_status(code: i32) -> serde_json::Value {
+    if code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({"metadata": {}, "status": "Failure",
+           "message": format!("command terminated with non-zero exit code: error executing command [...], exit code {code}"),
+           "reason": "NonZeroExitCode",
+           "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+}
+
+fn failure(message: &str) -> serde_json::Value {
+    json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+}
+
+/// A pseudo-terminal pair: (controller, terminal).
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (mut controller, mut terminal) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers we pass; no name,
+    // termios or size is given.
+    let r = unsafe {
+        libc::openpty(&mut controller, &mut terminal, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just opened for us and are owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) })
+}
+
+fn resize(fd: i32, data: &[u8]) {
+    let Ok(size) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let ws = libc::winsize {
+        ws_row: size["Height"].as_u64().unwrap_or(24) as u16,
+        ws_col: size["Width"].as_u64().unwrap_or(80) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize we own from the pointer.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// Copies what `source` gives onto `out` as `channel` frames until it ends (a thread:
+/// pipes and terminals are read blocking).
+fn pump(mut source: impl Read + Send + 'static, channel: u8, out: mpsc::UnboundedSender<(u8, Vec<u8>)>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match source.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if out.send((channel, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Runs `argv` beside container `id` and serves its streams on `send`/`recv` until it ends.
+pub async fn session(
+    runtime: Arc<dyn ContainerRuntime>,
+    id: &str,
+    argv: Vec<String>,
+    stdin: bool,
+    tty: bool,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let mut cmd = match runtime.exec_command(id, argv.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = write_frame(&mut send, STATUS, failure(&e.to_string()).to_string().as_bytes()).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
+    let mut controller_fd = None;
+    let spawned = if tty {
+        match open_pty() {
+            Ok((controller, terminal)) => {
+                let t = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+                match (t(&terminal), t(&terminal), t(&terminal)) {
+                    (Ok(i), Ok(o), Ok(e)) => {
+                        cmd.stdin(i).stdout(o).stderr(e);
+                        if !cmd.get_envs().any(|(k, _)| k == "TERM") {
+                            cmd.env("TERM", "xterm");
+                        }
+                        // SAFETY: setsid and TIOCSCTTY between fork and exec: the command
+                        // leads a session whose controlling terminal is the pty.
+                        unsafe {
+                            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                                libc::setsid();
+                                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                                Ok(())
+                            });
+                        }
+                        let child = cmd.spawn();
+                        drop(terminal);
+                        controller_fd = Some(controller);
+                        child
+                    }
+                    _ => Err(std::io::Error::other("cannot share the terminal")),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: setpgid only, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    };
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot run {:?} in the container: {e}", argv.first().cloned().unwrap_or_default());
+            let _ = write_frame(&mut send, STATUS, failure(&msg).to_string().as_bytes()).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    // Where stdin goes: the terminal, or the pipe.
+    let mut input: Option<Box<dyn Write + Send>> = None;
+    if let Some(controller) = &controller_fd {
+        let reader = std::fs::File::from(controller.try_clone().expect("dup the terminal"));
+        pump(reader, STDOUT, out_tx.clone());
+        if stdin {
+            input = Some(Box::new(std::fs::File::from(controller.try_clone().expect("dup the terminal"))));
+        }
+    } else {
+        if let Some(o) = child.stdout.take() {
+            pump(o, STDOUT, out_tx.clone());
+        }
+        if let Some(e) = child.stderr.take() {
+            pump(e, STDERR, out_tx.clone());
+        }
+        input = child.stdin.take().map(|i| Box::new(i) as Box<dyn Write + Send>);
+    }
+    // Stdin is written on its own thread (the command may not read it for a while).
+    let (in_tx, in_rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    if let Some(mut w) = input {
+        std::thread::spawn(move || {
+            while let Ok(Some(data)) = in_rx.recv() {
+                if w.write_all(&data).and_then(|()| w.flush()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let code = child.wait().map(|s| s.code().unwrap_or(137)).unwrap_or(1);
+        let _ = exit_tx.send(code);
+    });
+    drop(out_tx);
+    let controller_raw = controller_fd.as_ref().map(|c| c.as_raw_fd());
+    let mut code: Option<i32> = None;
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            out = out_rx.recv() => match out {
+                Some((ch, data)) => {
+                    if write_frame(&mut send, ch, &data).await.is_err() {
+                        break;
+                    }
+                }
+                // Every reader ended: the output is complete.
+                None => {
+                    if code.is_none() {
+                        code = Some((&mut exit_rx).await.unwrap_or(1));
+                    }
+                    break;
+                }
+            },
+            frame = read_frame(&mut recv), if input_open => match frame {
+                Some((STDIN, data)) => {
+                    let _ = in_tx.send(Some(data));
+                }
+                Some((RESIZE, data)) => {
+                    if let Some(fd) = controller_raw {
+                        resize(fd, &data);
+                    }
+                }
+                Some((CLOSE, data)) if data.first() == Some(&STDIN) => {
+                    let _ = in_tx.send(None);
+                }
+                Some(_) => {}
+                None => input_open = false,
+            },
+            c = &mut exit_rx, if code.is_none() => {
+                code = Some(c.unwrap_or(1));
+                // Output still in flight is sent; a background process that keeps the
+                // streams open does not hold the end back for long.
+                while let Ok(Some((ch, data))) =
+                    tokio::time::timeout(std::time::Duration::from_millis(300), out_rx.recv()).await
+                {
+                    if write_frame(&mut send, ch, &data).await.is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    drop(controller_fd);
+    let status = exit_status(code.unwrap_or(1));
+    let _ = write_frame(&mut send, STATUS, status.to_string().as_bytes()).await;
+    let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_read_as_kubernetes_writes_them() {
+        assert_eq!(exit_status(0)["status"], "Success");
+        let s = exit_status(3);
+        assert_eq!(
+            (s["reason"].as_str(), s["details"]["causes"][0]["message"].as_str()),
+            (Some("NonZeroExitCode"), Some("3"))
+        );
+    }
+
+    #[test]
+    fn a_pty_opens() {
+        let (c, t) = open_pty().unwrap();
+        resize(c.as_raw_fd(), br#"{"Width":100,"Height":40}"#);
+        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes into the winsize we own.
+        unsafe { libc::ioctl(t.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!((ws.ws_col, ws.ws_row), (100, 40));
+    }
+}
