@@ -128,10 +128,10 @@ fn upgrade(
     actix_rt::spawn(async move {
         while let Some(Ok(msg)) = messages.next().await {
             match msg {
-                actix_ws::Message::Binary(b) if !b.is_empty() => {
-                    if write_frame(&mut send, b[0], &b[1..]).await.is_err() {
-                        return;
-                    }
+                actix_ws::Message::Binary(b)
+                    if !b.is_empty() && write_frame(&mut send, b[0], &b[1..]).await.is_err() =>
+                {
+                    return;
                 }
                 actix_ws::Message::Ping(p) => {
                     let _ = session.pong(&p).await;
