@@ -489,6 +489,8 @@ pub enum BenchCommand {
     Api(crate::bench::ApiBenchArgs),
     /// Scheduling: decisions/s in memory, pods bound/s over thousands of hollow nodes, node loss to pods moved.
     Scheduler(crate::bench::SchedulerBenchArgs),
+    /// Real pods: idle memory of `keelson up`, pod startup latency of a Deployment.
+    Pods(crate::bench::PodsBenchArgs),
     /// The echo peer `bench transport` starts (not for direct use).
     #[command(hide = true)]
     TransportPeer(crate::bench::TransportPeerArgs),

@@ -112,6 +112,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bench(BenchCommand::Store(args)) => bench::store(args).map(|()| 0),
         Command::Bench(BenchCommand::Api(args)) => bench::api(args).map(|()| 0),
         Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler(args).map(|()| 0),
+        Command::Bench(BenchCommand::Pods(args)) => bench::pods(args).map(|()| 0),
         Command::Bench(BenchCommand::TransportPeer(args)) => bench::transport_peer(args).map(|()| 0),
         Command::Kubeconfig(args) => {
             let data = DataDir::existing(&data_dir)?;

@@ -92,6 +92,16 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
         let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}});
         let made = client.create("/api/v1/nodes", &node).await.expect("a node registers itself");
         assert!(made["metadata"]["uid"].is_string(), "the server sets the uid: {made}");
+        // The node-ipam controller gives it a pod CIDR (a write of its own): wait for that.
+        let mut made = made;
+        for _ in 0..100 {
+            if made["spec"]["podCIDR"].is_string() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            made = client.get("/api/v1/nodes/node-a").await.unwrap();
+        }
+        assert!(made["spec"]["podCIDR"].is_string(), "node-ipam gave the node a pod CIDR: {made}");
         let other = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b"}});
         let refused = client.create("/api/v1/nodes", &other).await.unwrap_err();
         assert_eq!(refused.code(), Some(403), "{refused}");

@@ -2,12 +2,14 @@
 
 mod actors;
 mod api;
+mod pods;
 mod scheduler;
 mod store;
 mod transport;
 
 pub use actors::{actors, ActorBenchArgs};
 pub use api::{api, ApiBenchArgs};
+pub use pods::{pods, PodsBenchArgs};
 pub use scheduler::{scheduler, SchedulerBenchArgs};
 pub use store::{store, StoreBenchArgs};
 pub use transport::{transport, transport_peer, TransportBenchArgs, TransportPeerArgs};

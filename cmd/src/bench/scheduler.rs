@@ -89,7 +89,7 @@ fn agent(data: &Path, name: &str, nodes: u32, heartbeat: &str, lease: &str) -> R
 }
 
 impl Api {
-    async fn get_json(&self, path: &str) -> Result<Value> {
+    pub(super) async fn get_json(&self, path: &str) -> Result<Value> {
         let mut r = self
             .client
             .get(format!("{}{path}", self.url))

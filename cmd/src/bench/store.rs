@@ -58,10 +58,18 @@ pub(super) struct Keelson {
 const MEMBERS: [&str; 3] = ["server-1", "server-2", "server-3"];
 
 impl Keelson {
+    /// `keelson up` with its servers only (the store, API and scheduling benchmarks).
     pub(super) fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, &["--agents", "0"])
+    }
+
+    /// `keelson up` with `args` added.
+    pub(super) fn start_with(dir: &Path, args: &[&str]) -> Result<Self> {
         let data = dir.join("keelson");
         let mut up = Command::new(std::env::current_exe()?)
-            .args(["up", "--data-dir"])
+            .arg("up")
+            .args(args)
+            .arg("--data-dir")
             .arg(&data)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

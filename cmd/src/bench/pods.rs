@@ -1,0 +1,168 @@
+//! `keelson bench pods`: real pods on real agents (the process runtime).
+//!
+//! 1. Idle memory: `keelson up` (3 servers + 2 agents), settled, its processes' RSS
+//!    summed (the launcher and every member; no workload).
+//! 2. Pod startup: a Deployment of `--pods` (`sleep`, so no image pull), created over
+//!    HTTPS while a watch notes when each pod is first Running: the time from the
+//!    create to each pod Running, and from each pod's own creation (its first event)
+//!    to Running, p50 and p99.
+//! 3. Memory again with the pods running (the members only, not the pods' processes).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::api::{client, Api};
+use super::store::{pct, Keelson};
+
+#[derive(Args)]
+pub struct PodsBenchArgs {
+    /// Pods in the Deployment.
+    #[arg(long, default_value_t = 100)]
+    pub pods: u32,
+    /// How the agents give pods addresses (auto: namespaces as root).
+    #[arg(long, default_value = "auto")]
+    pub network: String,
+}
+
+/// Resident memory of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The launcher's and every member's RSS: (sum, per process).
+fn cluster_rss(keelson: &Keelson) -> (u64, Vec<(String, u64)>) {
+    let members = ["up", "server-1", "server-2", "server-3", "agent-1", "agent-2"];
+    let each: Vec<(String, u64)> =
+        members.iter().filter_map(|m| keelson.data.door(m).ok().map(|d| (m.to_string(), rss(d.pid)))).collect();
+    (each.iter().map(|(_, r)| r).sum(), each)
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Each pod's first event and first Running status: name → (seen, running).
+async fn follow(api: &Api) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant, bool)>> {
+    let url = format!("{}/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dstartup", api.url);
+    let mut resp = api
+        .client
+        .get(url)
+        .bearer_auth(&api.token)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    actix_rt::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = resp.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let v: Value = serde_json::from_slice(&line).unwrap_or_default();
+                let o = &v["object"];
+                let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let running = o["status"]["phase"] == "Running"
+                    && o["status"]["containerStatuses"][0]["state"]["running"].is_object();
+                if tx.send((name, Instant::now(), running)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+pub fn pods(args: PodsBenchArgs) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("keelson-bench-pods-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = actix_rt::System::new().block_on(async {
+        let keelson = Keelson::start_with(&dir, &["--network", &args.network])?;
+        let addr = std::fs::read_to_string(keelson.data.root().join("server-1/api-addr"))?;
+        let api =
+            Api { url: format!("https://{}", addr.trim()), token: keelson.token.clone(), client: client(&keelson.data, 16)? };
+        let began = Instant::now();
+        loop {
+            let nodes = api.get_json("/api/v1/nodes").await.unwrap_or_default();
+            let ready = nodes["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| {
+                    n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .count();
+            if ready == 2 {
+                break;
+            }
+            if began.elapsed() > Duration::from_secs(120) {
+                bail!("the 2 agents' nodes were not Ready within 2 minutes");
+            }
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("cluster up, 2 nodes Ready: {:.1} s", began.elapsed().as_secs_f64());
+        actix_rt::time::sleep(Duration::from_secs(10)).await;
+        let (idle, each) = cluster_rss(&keelson);
+        let parts: Vec<String> = each.iter().map(|(m, r)| format!("{m} {:.0}", mb(*r))).collect();
+        println!("idle memory (RSS, 3 servers + 2 agents + launcher): {:.0} MB ({})", mb(idle), parts.join(", "));
+
+        let mut events = follow(&api).await?;
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "startup"},
+            "spec": {"replicas": args.pods, "selector": {"matchLabels": {"app": "startup"}},
+                     "template": {"metadata": {"labels": {"app": "startup"}},
+                                  "spec": {"terminationGracePeriodSeconds": 1,
+                                           "containers": [{"name": "c", "image": "busybox",
+                                                           "command": ["sleep", "3600"]}]}}}});
+        let created = Instant::now();
+        if api.post("/apis/apps/v1/namespaces/default/deployments", &deployment).await? != 201 {
+            bail!("could not create the Deployment");
+        }
+        let mut seen: HashMap<String, Instant> = HashMap::new();
+        let mut running: HashMap<String, Instant> = HashMap::new();
+        while running.len() < args.pods as usize {
+            match tokio::time::timeout(Duration::from_secs(120), events.recv()).await {
+                Ok(Some((name, at, is_running))) => {
+                    seen.entry(name.clone()).or_insert(at);
+                    if is_running {
+                        running.entry(name).or_insert(at);
+                    }
+                }
+                _ => bail!("only {} of {} pods Running after 2 minutes", running.len(), args.pods),
+            }
+        }
+        let mut from_create: Vec<Duration> = running.values().map(|t| t.duration_since(created)).collect();
+        let mut from_pod: Vec<Duration> = running.iter().map(|(n, t)| t.duration_since(seen[n])).collect();
+        from_create.sort();
+        from_pod.sort();
+        println!(
+            "pod startup, Deployment of {} (from its create to each pod Running): p50 {:.0} ms, p99 {:.0} ms, all {:.0} ms",
+            args.pods,
+            pct(&from_create, 0.50),
+            pct(&from_create, 0.99),
+            from_create.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        );
+        println!(
+            "pod startup (from each pod's creation to Running): p50 {:.0} ms, p99 {:.0} ms",
+            pct(&from_pod, 0.50),
+            pct(&from_pod, 0.99)
+        );
+        actix_rt::time::sleep(Duration::from_secs(5)).await;
+        let (busy, _) = cluster_rss(&keelson);
+        println!("memory with {} pods running (members only): {:.0} MB", args.pods, mb(busy));
+        let url = format!("{}/apis/apps/v1/namespaces/default/deployments/startup", api.url);
+        let _ = api.client.delete(url).bearer_auth(&api.token).send().await;
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
