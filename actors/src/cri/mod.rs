@@ -129,6 +129,8 @@ pub trait ContainerRuntime: Send + Sync {
     fn status(&self, id: &str) -> BoxFuture<'_, Result<ContainerStatus>>;
     /// Every container this runtime keeps on the node, running or not.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerStatus>>>;
+    /// The containers of one pod (what a pod worker adopts, or stops).
+    fn list_pod(&self, pod_uid: &str) -> BoxFuture<'_, Result<Vec<ContainerStatus>>>;
     /// Sends `signal` to the container's processes.
     fn signal(&self, id: &str, signal: i32) -> BoxFuture<'_, Result<()>>;
     /// SIGTERM, then SIGKILL once `grace` has passed; answers once it has exited.

@@ -105,6 +105,17 @@ impl ProcessRuntime {
         })
     }
 
+    /// The containers whose ids `wanted` picks.
+    fn listed(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<ContainerStatus>> {
+        let entries = std::fs::read_dir(&self.root).map_err(RuntimeError::io(format!("{}", self.root.display())))?;
+        Ok(entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|name| !name.starts_with('.') && wanted(name))
+            .filter_map(|id| self.inspect(&id).ok())
+            .collect())
+    }
+
     /// Signals the container's process group, if it still runs.
     fn kill(&self, id: &str, signal: i32) -> Result<()> {
         let started: Option<Started> = read_json(&self.dir(id).join("started.json"));
@@ -268,15 +279,14 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerStatus>>> {
-        let listed = std::fs::read_dir(&self.root).map_err(RuntimeError::io(format!("{}", self.root.display())));
-        let out = listed.map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|name| !name.starts_with('.'))
-                .filter_map(|id| self.inspect(&id).ok())
-                .collect()
-        });
+        let out = self.listed(|_| true);
+        async move { out }.boxed()
+    }
+
+    fn list_pod(&self, pod_uid: &str) -> BoxFuture<'_, Result<Vec<ContainerStatus>>> {
+        // Ids start with the pod's uid: only its folders are read.
+        let prefix = format!("{pod_uid}.");
+        let out = self.listed(|id| id.starts_with(&prefix));
         async move { out }.boxed()
     }
 

@@ -31,6 +31,8 @@ pub struct NodeShared {
     pub cfg: Arc<KubeletConfig>,
     /// The pods bound to this node, as the kubelet's informer has them.
     pub pods: Arc<RwLock<Cache>>,
+    /// Every Service (for containers' service variables), as Kubernetes' kubelet keeps them.
+    pub services: Arc<RwLock<Cache>>,
     pub events: EventRecorder,
 }
 
@@ -136,7 +138,13 @@ impl Actor for Kubelet {
             actix_rt::spawn(heartbeat(client.clone(), name.clone(), cfg.clone(), network.clone()));
             let pods =
                 Informer::new(client.clone(), "/api/v1/pods", &[("fieldSelector", &format!("spec.nodeName={name}"))]);
+            let services = Informer::new(client.clone(), "/api/v1/services", &[]);
+            let services_cache = services.cache();
+            let (stx, mut srx) = mpsc::channel(1024);
+            actix_rt::spawn(services.run(stx));
+            actix_rt::spawn(async move { while srx.recv().await.is_some() {} });
             let shared = Arc::new(NodeShared {
+                services: services_cache,
                 node: name.clone(),
                 client: client.clone(),
                 runtime,
@@ -194,7 +202,8 @@ async fn keep_workers(shared: Arc<NodeShared>, workers: Ref<Supervisor>, mut cha
             }
             Err(_idle) => {}
         }
-        if shared.pods.read().unwrap().lists == 0 {
+        // Containers get Services' variables: start none before the Services are listed.
+        if shared.pods.read().unwrap().lists == 0 || shared.services.read().unwrap().lists == 0 {
             continue;
         }
         // Workers that ended are forgotten; pods without one get one.

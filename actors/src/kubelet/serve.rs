@@ -67,7 +67,7 @@ pub async fn serve(runtime: Arc<dyn ContainerRuntime>, inbound: Inbound) {
     };
     match request {
         KubeletRequest::Exec { pod_uid, container, command, stdin, tty } => {
-            let all = runtime.list().await.unwrap_or_default();
+            let all = runtime.list_pod(&pod_uid).await.unwrap_or_default();
             let picked = pick(all, &pod_uid, &container, false).and_then(|r| match r.running() {
                 true => Ok(r),
                 false => Err(Header { code: 400, message: Some(format!("container {container} is not running")) }),
@@ -86,7 +86,7 @@ pub async fn serve(runtime: Arc<dyn ContainerRuntime>, inbound: Inbound) {
             super::exec::session(runtime, &run.id, command, stdin, tty, send, recv).await;
         }
         KubeletRequest::Logs { pod_uid, container, previous, opts } => {
-            let all = runtime.list().await.unwrap_or_default();
+            let all = runtime.list_pod(&pod_uid).await.unwrap_or_default();
             let run = match pick(all, &pod_uid, &container, previous) {
                 Ok(r) => r,
                 Err(h) => {

@@ -93,7 +93,11 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
             Api { url: format!("https://{}", addr.trim()), token: keelson.token.clone(), client: client(&keelson.data, 16)? };
         let began = Instant::now();
         loop {
-            let nodes = api.get_json("/api/v1/nodes").await.unwrap_or_default();
+            let nodes = match api.get_json("/api/v1/nodes").await {
+                Ok(n) => n,
+                Err(e) if began.elapsed() > Duration::from_secs(30) => bail!("cannot list nodes: {e}"),
+                Err(_) => Value::Null,
+            };
             let ready = nodes["items"]
                 .as_array()
                 .into_iter()

@@ -120,8 +120,9 @@ impl Track {
         self.startup = make("startupProbe");
         self.liveness = make("livenessProbe");
         self.readiness = make("readinessProbe");
-        self.ready = false;
-        self.started = false;
+        // Without probes a running container is started and ready at once (no pass later).
+        self.started = self.startup.is_none();
+        self.ready = self.started && self.readiness.is_none();
     }
 }
 
@@ -204,9 +205,9 @@ impl Run {
             self.start_time = t.to_string();
         }
         let mut found: HashMap<String, Vec<ContainerStatus>> = HashMap::new();
-        match self.shared.runtime.list().await {
+        match self.shared.runtime.list_pod(&self.uid).await {
             Ok(all) => {
-                for c in all.into_iter().filter(|c| c.pod_uid == self.uid) {
+                for c in all {
                     found.entry(c.name.clone()).or_default().push(c);
                 }
             }
@@ -461,9 +462,10 @@ impl Run {
                 into.insert(name, got);
             }
         }
-        let services = match client.get(&format!("/api/v1/namespaces/{ns}/services")).await {
-            Ok(list) => list["items"].as_array().cloned().unwrap_or_default(),
-            Err(_) => Vec::new(),
+        // The Services of the pod's namespace, from the kubelet's informer (no API call).
+        let services: Vec<Value> = {
+            let cache = self.shared.services.read().unwrap();
+            cache.objects.values().filter(|s| s["metadata"]["namespace"] == ns).cloned().collect()
         };
         let svc_vars =
             if pod["spec"]["enableServiceLinks"] == false { Vec::new() } else { env::service_vars(&services) };
@@ -521,7 +523,10 @@ impl Run {
                         let r = probe::run(&p.probe, runtime.as_ref(), &id, &pod_ip).await;
                         if p.record(r, Instant::now()) && p.verdict == Some(false) {
                             let msg = format!("Readiness probe failed: {}", p.last_failure.clone().unwrap_or_default());
-                            let _ = self.shared.events.record(pod, EventType::Warning, "Unhealthy", &msg).await;
+                            let (events, pod) = (self.shared.events.clone(), pod.clone());
+                            actix_rt::spawn(async move {
+                                let _ = events.record(&pod, EventType::Warning, "Unhealthy", &msg).await;
+                            });
                         }
                     }
                     let t = &mut self.main[i];
@@ -545,10 +550,15 @@ impl Run {
         }
     }
 
+    /// Records an event in the background: the pod's work does not wait for it.
     async fn event(&self, pod: &Value, kind: EventType, reason: &str, message: &str) {
-        if let Err(e) = self.shared.events.record(pod, kind, reason, message).await {
-            tracing::debug!(pod = %self.key, error = %e, "cannot record an event");
-        }
+        let (events, pod, reason, message, key) =
+            (self.shared.events.clone(), pod.clone(), reason.to_string(), message.to_string(), self.key.clone());
+        actix_rt::spawn(async move {
+            if let Err(e) = events.record(&pod, kind, &reason, &message).await {
+                tracing::debug!(pod = %key, error = %e, "cannot record an event");
+            }
+        });
     }
 
     fn view(t: &Track, scheme: &str, settled: Option<i32>) -> ContainerView {
@@ -641,10 +651,7 @@ impl Run {
     /// and lets the API remove the pod (`pod`: still there, being deleted).
     async fn terminate(&mut self, pod: Option<&Value>, grace: Duration) {
         let runtime = self.shared.runtime.clone();
-        let mine: Vec<ContainerStatus> = match runtime.list().await {
-            Ok(all) => all.into_iter().filter(|c| c.pod_uid == self.uid).collect(),
-            Err(_) => Vec::new(),
-        };
+        let mine: Vec<ContainerStatus> = runtime.list_pod(&self.uid).await.unwrap_or_default();
         let deadline = Instant::now() + grace;
         let stops = mine.iter().filter(|c| c.running()).map(|c| {
             let (runtime, id, name) = (runtime.clone(), c.id.clone(), c.name.clone());
