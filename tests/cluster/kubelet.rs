@@ -124,6 +124,59 @@ fn web_answers(kubeconfig: &Path) -> Vec<Value> {
     web
 }
 
+fn volumes(kc: &Path, scratch: &Path, marker: &str) {
+    apply(
+        kc,
+        scratch,
+        "volumes",
+        &format!(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: vol-config}}
+data: {{greeting: hello-from-a-configmap, app.conf: 'port=80'}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vol-secret}}
+stringData: {{password: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: vol, labels: {{t: vol}}}}
+spec:
+  volumes:
+  - {{name: cfg, configMap: {{name: vol-config}}}}
+  - {{name: sec, secret: {{secretName: vol-secret, defaultMode: 0400}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, 'cat /etc/{marker}/cfg/greeting; echo; cat /etc/{marker}/secret/password; echo; echo made > /var/{marker}/file; sleep 3600']
+    volumeMounts:
+    - {{name: cfg, mountPath: /etc/{marker}/cfg, readOnly: true}}
+    - {{name: sec, mountPath: /etc/{marker}/secret}}
+    - {{name: scratch, mountPath: /var/{marker}}}
+    - {{name: cfg, mountPath: /etc/{marker}/app.conf, subPath: app.conf}}
+"
+        ),
+    );
+    wait_ready(kc, "t=vol", 1, Duration::from_secs(30));
+    eventually("the container read its volumes", Duration::from_secs(10), || {
+        let logs = String::from_utf8_lossy(&kubectl(kc, &["logs", "vol"]).stdout).into_owned();
+        logs.contains("hello-from-a-configmap") && logs.contains("s3cret")
+    });
+    assert_eq!(ok(kc, &["exec", "vol", "--", "cat", &format!("/var/{marker}/file")]), "made\n");
+    assert_eq!(ok(kc, &["exec", "vol", "--", "cat", &format!("/etc/{marker}/app.conf")]), "port=80");
+    let write = kubectl(kc, &["exec", "vol", "--", "sh", "-c", &format!("echo x > /etc/{marker}/cfg/new")]);
+    assert!(!write.status.success(), "the ConfigMap is mounted read-only");
+    assert!(String::from_utf8_lossy(&write.stderr).contains("Read-only"), "{write:?}");
+    assert!(
+        !Path::new(&format!("/etc/{marker}/cfg/greeting")).exists(),
+        "the host does not see the container's mounts"
+    );
+    ok(kc, &["delete", "pod", "vol", "--grace-period", "1"]);
+}
+
 /// kubectl on a terminal of its own (a pseudo-terminal the test holds), as a person runs it.
 struct Terminal {
     controller: std::fs::File,
@@ -406,6 +459,12 @@ spec:
     assert!(init_done <= main_began, "init ended {init_done}, main began {main_began}");
     ok(&kc, &["delete", "pod", "crash", "live", "unready", "init", "--grace-period", "1"]);
 
+    // Volumes (as root: each container gets a mount namespace): a ConfigMap read-only, a
+    // Secret, an emptyDir; seen by the container and by exec, not by the host.
+    if is_root() {
+        volumes(&kc, &scratch.0, &marker);
+    }
+
     // A graceful delete of a pod that ignores SIGTERM: Terminating, then SIGKILL after 3 s.
     apply(
         &kc,
@@ -491,6 +550,10 @@ spec:
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);
     no_leftovers(&data);
+    let marker = format!("keelson-kt-{}", std::process::id());
+    for made in [format!("/etc/{marker}"), format!("/var/{marker}")] {
+        assert!(!Path::new(&made).exists(), "mount point {made} left behind");
+    }
     let netns = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
     assert!(
         !String::from_utf8_lossy(&netns).contains("keelson-"),

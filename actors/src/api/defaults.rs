@@ -22,8 +22,27 @@ fn pod_spec(spec: &mut Value) {
     or(spec, "terminationGracePeriodSeconds", 30.into());
 }
 
+/// A Secret's `stringData` is written into `data` (base64) and not stored, as the
+/// Kubernetes API server does; its entries win over `data`'s.
+fn string_data(secret: &mut Value) {
+    let Some(strings) = secret.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    let Some(strings) = strings.as_object().cloned() else { return };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (k, v) in strings {
+        if let Some(s) = v.as_str() {
+            secret["data"][k.as_str()] = super::protobuf::base64(s.as_bytes()).into();
+        }
+    }
+}
+
 /// Fills in `obj`'s defaults for its kind.
 pub fn apply(kind: &str, obj: &mut Value) {
+    if kind == "Secret" {
+        string_data(obj);
+        return;
+    }
     let spec = &mut obj["spec"];
     match kind {
         "Pod" => pod_spec(spec),
@@ -76,6 +95,13 @@ pub fn apply(kind: &str, obj: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_keep_string_data_as_data() {
+        let mut s = json!({"kind": "Secret", "data": {"a": "eA==", "b": "eQ=="}, "stringData": {"b": "s3cret"}});
+        apply("Secret", &mut s);
+        assert_eq!(s, json!({"kind": "Secret", "data": {"a": "eA==", "b": "czNjcmV0"}}));
+    }
 
     #[test]
     fn workloads_get_kubernetes_defaults_and_keep_what_they_say() {

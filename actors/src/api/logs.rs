@@ -145,9 +145,13 @@ pub async fn logs(
         let mut buf = vec![0u8; 16 * 1024];
         let mut header_done = false;
         loop {
-            let n = match recv.read(&mut buf).await {
-                Ok(Some(n)) => n,
-                Ok(None) | Err(_) => return,
+            // The client gone: return, dropping our side, which tells the kubelet to stop.
+            let n = tokio::select! {
+                r = recv.read(&mut buf) => match r {
+                    Ok(Some(n)) => n,
+                    Ok(None) | Err(_) => return,
+                },
+                _ = tx.closed() => return,
             };
             let mut chunk = &buf[..n];
             if !header_done {

@@ -8,10 +8,12 @@
 //!   kubelet finds its containers still running and adopts them.
 //! - `logs.rs`: container logs in the CRI format (`<time> stdout F <line>`) and the
 //!   reading `kubectl logs` asks for (tail, since, timestamps, follow).
+//! - `mounts.rs`: volumes bound into a container's own mount namespace (as root);
 //! - `network.rs`: pod addresses: a network namespace per pod on a bridge of the
 //!   node's (as root), or a loopback address per pod.
 
 pub mod logs;
+pub mod mounts;
 pub mod network;
 pub mod process;
 pub mod shim;
@@ -69,6 +71,18 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     /// The network namespace to run in (`/run/netns/…`), if the pod has its own.
     pub netns: Option<PathBuf>,
+    /// Volumes bound over the node's folders, in a mount namespace of the container's own.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// A volume as a container sees it: `source` (a folder or file on the node) bound at
+/// `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
 }
 
 impl ContainerSpec {
@@ -135,6 +149,9 @@ pub trait ContainerRuntime: Send + Sync {
     fn signal(&self, id: &str, signal: i32) -> BoxFuture<'_, Result<()>>;
     /// SIGTERM, then SIGKILL once `grace` has passed; answers once it has exited.
     fn stop(&self, id: &str, grace: Duration) -> BoxFuture<'_, Result<ContainerStatus>>;
+    /// Removes what the runtime made on the node besides containers (mount points),
+    /// once every container is gone.
+    fn tidy(&self) {}
     /// Forgets an exited container and its files.
     fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>>;
     /// Where its output is (CRI log format).

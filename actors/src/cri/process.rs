@@ -64,14 +64,23 @@ impl ProcessRuntime {
         let started: Option<Started> = read_json(&dir.join("started.json"));
         let mut exit: Option<Exit> = read_json(&dir.join("exit.json"));
         if exit.is_none() {
-            let shim_alive = std::fs::read_to_string(dir.join("shim.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok())
-                .is_some_and(|pid| start_ticks(pid).is_some());
+            // "pid start-ticks": a reused pid (after a reboot) is not the shim.
+            let shim_alive = std::fs::read_to_string(dir.join("shim.pid")).ok().is_some_and(|p| {
+                let mut it = p.split_whitespace().map(|x| x.parse::<u64>().ok());
+                match (it.next().flatten(), it.next().flatten()) {
+                    (Some(pid), Some(ticks)) => start_ticks(pid as u32) == Some(ticks),
+                    (Some(pid), None) => start_ticks(pid as u32).is_some(),
+                    _ => false,
+                }
+            });
+            // The shim may have written the exit just before it ended: read it again.
+            if !shim_alive {
+                exit = read_json(&dir.join("exit.json"));
+            }
             let created_long_ago = std::fs::metadata(dir.join("spec.json"))
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().unwrap_or_default() > START_WAIT);
-            if !shim_alive && (started.is_some() || created_long_ago) {
+            if exit.is_none() && !shim_alive && (started.is_some() || created_long_ago) {
                 // The shim died (killed from outside): its container goes with it.
                 if let Some(s) = &started {
                     if start_ticks(s.pid) == Some(s.start_ticks) {
@@ -87,8 +96,12 @@ impl ProcessRuntime {
                     message: Some("the container's shim was lost".into()),
                     finished_at: super::logs::timestamp_now(),
                 };
-                let _ = write_json(&dir, "exit.json", &lost);
-                exit = Some(lost);
+                // Written only if the shim wrote none meanwhile (a link fails if it exists).
+                let tmp = dir.join(".lost.tmp");
+                let _ = std::fs::write(&tmp, serde_json::to_vec(&lost).unwrap_or_default());
+                let _ = std::fs::hard_link(&tmp, dir.join("exit.json"));
+                let _ = std::fs::remove_file(&tmp);
+                exit = read_json(&dir.join("exit.json")).or(Some(lost));
             }
         } else if let Some(s) = &started {
             reap(s.pid);
@@ -118,8 +131,11 @@ impl ProcessRuntime {
 
     /// Signals the container's process group, if it still runs.
     fn kill(&self, id: &str, signal: i32) -> Result<()> {
-        let started: Option<Started> = read_json(&self.dir(id).join("started.json"));
-        if let Some(s) = started.filter(|s| start_ticks(s.pid) == Some(s.start_ticks)) {
+        let dir = self.dir(id);
+        let started: Option<Started> = read_json(&dir.join("started.json"));
+        // The group while the container runs (its leader alive, or its shim not yet done).
+        let running = !dir.join("exit.json").exists();
+        if let Some(s) = started.filter(|s| running || start_ticks(s.pid) == Some(s.start_ticks)) {
             // SAFETY: signalling the container's own process group (its pid is its pgid).
             unsafe { libc::kill(-(s.pid as i32), signal) };
         }
@@ -138,6 +154,12 @@ impl ProcessRuntime {
         if dir.join("spec.json").exists() {
             // Started before (a kubelet that restarted mid-start): it is that one.
             return self.inspect(&id);
+        }
+        // SAFETY: geteuid has no preconditions.
+        if !spec.mounts.is_empty() && unsafe { libc::geteuid() } != 0 {
+            return Err(RuntimeError::CreateContainer(
+                "volumes need the agent to run as root (each container gets a mount namespace)".into(),
+            ));
         }
         if let Some(wd) = &spec.working_dir {
             if !Path::new(wd).is_dir() {
@@ -208,21 +230,34 @@ impl ProcessRuntime {
         let (program, args) =
             argv.split_first().ok_or_else(|| RuntimeError::CreateContainer("no command to run".into()))?;
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(spec.working_dir.as_deref().unwrap_or("/"));
+        cmd.args(args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+        // The folder is entered after the namespaces (entering a mount namespace resets it).
+        let cwd = std::ffi::CString::new(spec.working_dir.as_deref().unwrap_or("/"))
+            .map_err(|_| RuntimeError::CreateContainer("workingDir holds a NUL".into()))?;
         let netns = match &spec.netns {
             Some(ns) => Some(std::fs::File::open(ns).map_err(RuntimeError::io(format!("{}", ns.display())))?),
             None => None,
         };
-        // SAFETY: setns only, between fork and exec.
+        // With volumes, the container's own mount namespace (through its main process).
+        let mntns = match (spec.mounts.is_empty(), read_json::<Started>(&self.dir(id).join("started.json"))) {
+            (false, Some(s)) => {
+                let path = format!("/proc/{}/ns/mnt", s.pid);
+                Some(std::fs::File::open(&path).map_err(RuntimeError::io(path))?)
+            }
+            _ => None,
+        };
+        // SAFETY: setns and chdir only (a C string made before the fork), between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                if let Some(ns) = &netns {
-                    if libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                for (ns, kind) in [(&netns, libc::CLONE_NEWNET), (&mntns, libc::CLONE_NEWNS)] {
+                    if let Some(ns) = ns {
+                        if libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns), kind) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
+                }
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -298,6 +333,10 @@ impl ContainerRuntime for ProcessRuntime {
     fn stop(&self, id: &str, grace: Duration) -> BoxFuture<'_, Result<ContainerStatus>> {
         let id = id.to_string();
         async move { self.stop_container(&id, grace).await }.boxed()
+    }
+
+    fn tidy(&self) {
+        super::mounts::remove_made(&self.root.join(".mountpoints"));
     }
 
     fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>> {

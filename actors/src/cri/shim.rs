@@ -87,7 +87,12 @@ fn ignore_signals() {
 fn serve(dir: &Path) -> std::io::Result<()> {
     ignore_signals();
     let spec: ContainerSpec = serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
-    std::fs::write(dir.join("shim.pid"), std::process::id().to_string())?;
+    let me = std::process::id();
+    std::fs::write(dir.join("shim.pid"), format!("{me} {}", start_ticks(me).unwrap_or(0)))?;
+    // The container's orphans (a shell's children once it is gone) come to the shim,
+    // not to the agent, and are reaped here.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let log = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(dir.join("log"))?));
     let fail = |message: String| {
         let exit = Exit {
@@ -106,6 +111,12 @@ fn serve(dir: &Path) -> std::io::Result<()> {
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             let e = std::io::Error::last_os_error();
             return fail(format!("cannot enter the pod's network namespace {}: {e}", ns.display()));
+        }
+    }
+    if !spec.mounts.is_empty() {
+        let made = dir.parent().unwrap_or(dir).join(".mountpoints");
+        if let Err(e) = super::mounts::enter(&spec.mounts, &made) {
+            return fail(format!("cannot mount the container's volumes: {e}"));
         }
     }
     let Some((program, args)) = spec.argv.split_first() else {
@@ -150,12 +161,19 @@ fn serve(dir: &Path) -> std::io::Result<()> {
             let _ = done.send(());
         });
     }
-    let status = child.wait()?;
+    let main = child.id() as i32;
+    let status = reap_until(main);
+    // What the main process left in its group goes with it (a container is all of it).
+    // SAFETY: signalling the container's process group.
+    unsafe { libc::kill(-main, libc::SIGKILL) };
     // Output still buffered in the pipes is written before the exit is; a grandchild
     // that kept the pipes open does not hold the exit back for long.
     for _ in 0..2 {
         let _ = done_rx.recv_timeout(Duration::from_secs(1));
     }
+    reap_orphans();
+    drop(child);
+    let status = std::process::ExitStatus::from_raw(status);
     let (code, signal) = match (status.code(), status.signal()) {
         (Some(c), _) => (c, None),
         (None, Some(s)) => (128 + s, Some(s)),
@@ -169,6 +187,28 @@ fn serve(dir: &Path) -> std::io::Result<()> {
         finished_at: timestamp_now(),
     };
     write_json(dir, "exit.json", &exit)
+}
+
+/// Waits for `main` to end, reaping any orphan that ends meanwhile; its wait status.
+fn reap_until(main: i32) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid for any child, writing into our integer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == main {
+            return status;
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return 255 << 8;
+        }
+    }
+}
+
+/// Reaps the orphans that have ended (without waiting for the others).
+fn reap_orphans() {
+    let mut status = 0;
+    // SAFETY: as above, without blocking.
+    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
 }
 
 /// Copies `pipe` to `log` a line at a time, each line stamped and tagged.

@@ -254,6 +254,14 @@ async fn sweep_orphans(shared: &NodeShared, live: &HashSet<String>) {
         }
         let _ = shared.runtime.remove(&c.id).await;
     }
+    // Volumes of pods that are gone.
+    if let Ok(dirs) = std::fs::read_dir(shared.cfg.root_dir.join("pods")) {
+        for d in dirs.filter_map(|d| d.ok()) {
+            if !live.contains(d.file_name().to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
+    }
     let net = shared.network.clone();
     let live = live.clone();
     let _ = tokio::task::spawn_blocking(move || {
@@ -286,6 +294,8 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
             let _ = runtime.remove(&c.id).await;
         }
     });
+    runtime.tidy();
+    let _ = std::fs::remove_dir_all(cfg.root_dir.join("pods"));
     // The pods' namespaces and the bridge: whatever CIDR they were made with.
     let dir = cfg.root_dir.join("addresses");
     let any: Cidr = "0.0.0.0/0".parse().expect("a block");

@@ -211,6 +211,7 @@ pub async fn session(
             }
         });
     }
+    let pid = child.id() as i32;
     let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let code = child.wait().map(|s| s.code().unwrap_or(137)).unwrap_or(1);
@@ -218,6 +219,25 @@ pub async fn session(
     });
     drop(out_tx);
     let controller_raw = controller_fd.as_ref().map(|c| c.as_raw_fd());
+    // The gateway's frames, read on a task of their own: a frame read is not cancel-safe,
+    // so it must not be a branch of the select below.
+    let (frames_tx, mut frames) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
+    let reader = actix_rt::spawn(async move {
+        while let Some(f) = read_frame(&mut recv).await {
+            if frames_tx.send(f).is_err() {
+                return;
+            }
+        }
+    });
+    // The client went away: its stdin closes, and a terminal hangs up (as when a terminal
+    // closes; a command without one runs on, as in Kubernetes).
+    let hang_up = |in_tx: &std::sync::mpsc::Sender<Option<Vec<u8>>>| {
+        let _ = in_tx.send(None);
+        if tty {
+            // SAFETY: signalling the command's own session (it leads it: pgid = pid).
+            unsafe { libc::kill(-pid, libc::SIGHUP) };
+        }
+    };
     let mut code: Option<i32> = None;
     let mut input_open = true;
     loop {
@@ -225,6 +245,7 @@ pub async fn session(
             out = out_rx.recv() => match out {
                 Some((ch, data)) => {
                     if write_frame(&mut send, ch, &data).await.is_err() {
+                        hang_up(&in_tx);
                         break;
                     }
                 }
@@ -236,7 +257,7 @@ pub async fn session(
                     break;
                 }
             },
-            frame = read_frame(&mut recv), if input_open => match frame {
+            frame = frames.recv(), if input_open => match frame {
                 Some((STDIN, data)) => {
                     let _ = in_tx.send(Some(data));
                 }
@@ -249,7 +270,10 @@ pub async fn session(
                     let _ = in_tx.send(None);
                 }
                 Some(_) => {}
-                None => input_open = false,
+                None => {
+                    input_open = false;
+                    hang_up(&in_tx);
+                }
             },
             c = &mut exit_rx, if code.is_none() => {
                 code = Some(c.unwrap_or(1));
@@ -266,6 +290,7 @@ pub async fn session(
             }
         }
     }
+    reader.abort();
     drop(controller_fd);
     let status = exit_status(code.unwrap_or(1));
     let _ = write_frame(&mut send, STATUS, status.to_string().as_bytes()).await;

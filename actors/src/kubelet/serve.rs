@@ -112,8 +112,14 @@ pub async fn serve(runtime: Arc<dyn ContainerRuntime>, inbound: Inbound) {
                 })
             };
             let path = runtime.log_path(&run.id);
+            // The gateway closes its side when its client goes away: stop following then.
+            let mut recv = recv;
+            let mut probe = [0u8; 1];
             let copied = if path.exists() {
-                logs::copy(&path, &opts, || ended.load(Ordering::SeqCst), &mut send).await
+                tokio::select! {
+                    r = logs::copy(&path, &opts, || ended.load(Ordering::SeqCst), &mut send) => r,
+                    _ = recv.read(&mut probe) => Ok(()),
+                }
             } else {
                 Ok(())
             };

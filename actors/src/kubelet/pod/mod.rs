@@ -3,11 +3,13 @@
 //! - `worker.rs`: the actor (`/<agent>/kubelet/pod/<namespace>/<name>`);
 //! - `env.rs`: environments and command lines as Kubernetes builds them;
 //! - `probe.rs`: liveness, readiness and startup probes;
-//! - `status.rs`: the pod's status from its containers.
+//! - `status.rs`: the pod's status from its containers;
+//! - `volumes.rs`: emptyDir, configMap, secret and hostPath volumes and their mounts.
 
 pub mod env;
 pub mod probe;
 pub mod status;
+pub mod volumes;
 mod worker;
 
 pub use worker::{PodChanged, PodWorker};

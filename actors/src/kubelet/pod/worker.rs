@@ -146,6 +146,8 @@ struct Run {
     /// The status last written (nothing is written while it is unchanged).
     reported: Option<Value>,
     adopted: bool,
+    /// The pod's volumes, made before its first container starts.
+    volumes: Option<super::volumes::Prepared>,
 }
 
 impl Run {
@@ -160,6 +162,7 @@ impl Run {
             start_time: rfc3339_now(),
             reported: None,
             adopted: false,
+            volumes: None,
         }
     }
 
@@ -441,8 +444,13 @@ impl Run {
     }
 
     /// The runtime's spec for a run of `container`: its environment resolved.
+    /// The pod's own folder on the node (its volumes).
+    fn pod_dir(&self) -> std::path::PathBuf {
+        self.shared.cfg.root_dir.join("pods").join(&self.uid)
+    }
+
     async fn container_spec(
-        &self,
+        &mut self,
         pod: &Value,
         container: &Value,
         attempt: u32,
@@ -474,6 +482,15 @@ impl Run {
         let facts = PodFacts { pod_ip: &pod_ip, host_ip: &host_ip, node: &self.shared.node };
         let vars = env::resolve(pod, container, &refs, &facts, &svc_vars)
             .map_err(|e| RuntimeError::CreateContainer(format!("config: {e}")))?;
+        if self.volumes.is_none() {
+            let base = self.pod_dir().join("volumes");
+            let prepared = super::volumes::prepare(client, pod, &base)
+                .await
+                .map_err(|e| RuntimeError::CreateContainer(format!("config: {e}")))?;
+            self.volumes = Some(prepared);
+        }
+        let mounts = super::volumes::mounts(container, self.volumes.as_ref().expect("prepared"))
+            .map_err(RuntimeError::CreateContainer)?;
         Ok(ContainerSpec {
             pod_uid: self.uid.clone(),
             pod: self.key.clone(),
@@ -484,6 +501,7 @@ impl Run {
             env: vars,
             working_dir: container["workingDir"].as_str().map(str::to_string),
             netns: self.addr.as_ref().and_then(|a| a.netns.clone()),
+            mounts,
         })
     }
 
@@ -689,6 +707,11 @@ impl Run {
         for c in &mine {
             if let Err(e) = runtime.remove(&c.id).await {
                 tracing::warn!(container = %c.id, error = %e, "cannot remove the container");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(self.pod_dir()) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(pod = %self.key, error = %e, "cannot remove the pod's volumes");
             }
         }
         let (net, uid) = (self.shared.network.clone(), self.uid.clone());
