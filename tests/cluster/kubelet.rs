@@ -522,6 +522,31 @@ spec:
     }
     web_answers(&kc);
 
+    // The kubelet's node actor killed (a panic inside it): its supervisor restarts it and
+    // the pod workers with it; they adopt their containers, and a deleted pod is replaced.
+    let before: Vec<i32> = ["agent-1", "agent-2"]
+        .iter()
+        .flat_map(|n| {
+            let data = data.clone();
+            pods(&kc, "app=web").into_iter().filter(move |p| p["spec"]["nodeName"] == *n).map(move |p| {
+                let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+                let r = p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap() as u32;
+                container_pid(&data, n, &uid, "web", r).unwrap()
+            })
+        })
+        .collect();
+    run_ok(&data, &["chaos", "kill", "/agent-1/kubelet/node"]);
+    eventually("the kubelet's node actor is back", Duration::from_secs(20), || {
+        actor(&data, "/agent-1/kubelet/node").is_some_and(|a| a["incarnation"].as_u64() >= Some(2))
+    });
+    let victim = pods(&kc, "app=web").into_iter().find(|p| p["spec"]["nodeName"] == "agent-1").unwrap();
+    let victim = victim["metadata"]["name"].as_str().unwrap().to_string();
+    ok(&kc, &["delete", "pod", &victim, "--grace-period", "1"]);
+    let web = web_answers(&kc);
+    assert!(web.iter().all(|p| p["metadata"]["name"] != victim.as_str()));
+    let alive_before = before.iter().filter(|p| alive(**p)).count();
+    assert_eq!(alive_before, before.len() - 1, "only the deleted pod's process ended");
+
     // A rolling update (a new env value) and its undo, followed by rollout status.
     ok(&kc, &["set", "env", "deployment/web", "GREETING=bonjour"]);
     ok(&kc, &["rollout", "status", "deployment/web", "--timeout", "90s"]);

@@ -1,7 +1,7 @@
 //! `/<agent>/kubelet`: a node's agent.
 //!
 //! ```text
-//! /<agent>/kubelet                 supervisor, one_for_one
+//! /<agent>/kubelet                 supervisor, one_for_all
 //!   /node                          registration, heartbeat, pod network, the pods' workers, log streams
 //!   /pod                           supervisor of the pod workers
 //!     /<namespace>/<name>          one pod worker per pod bound here
@@ -45,6 +45,8 @@ pub fn kubelet_tree(
     let factory = move |cx: &_| Kubelet::new(cx, client.clone(), runtime.clone(), cfg.clone(), pods_ref.clone());
     let (node, node_ref) = ChildSpec::new("node", Restart::Permanent, factory);
     router.route_well_known(agent.child(KUBELET_PATH).as_str(), node_ref);
-    let spec = SupervisorSpec::new(Strategy::OneForOne, SupervisorConfig::default()).child(pods).child(node);
+    // One for all: the workers read the node actor's informers, so a restarted node actor
+    // brings new workers (they adopt their pods' containers; nothing the containers do stops).
+    let spec = SupervisorSpec::new(Strategy::OneForAll, SupervisorConfig::default()).child(pods).child(node);
     ChildSpec::supervisor(KUBELET_PATH, Restart::Permanent, spec).0
 }
