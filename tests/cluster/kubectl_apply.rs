@@ -166,11 +166,14 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     let annotation = d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str();
     assert!(annotation.is_some_and(|a| a.contains("\"nginx:1.25\"")), "{d}");
 
-    // Unchanged: kubectl finds nothing to send, and nothing is written.
+    // Unchanged: kubectl finds nothing to send, and nothing is written. (The Secret says
+    // `configured`, as with Kubernetes: its stringData is folded into data and never read
+    // back, so kubectl always patches it — kubernetes/kubernetes#87736 — and the server
+    // finds nothing changed.)
     let before = versions(&kc);
     assert_eq!(
         ok(&kc, &["apply", "-f", file]),
-        "namespace/shop unchanged\ndeployment.apps/web unchanged\nservice/web unchanged\nconfigmap/cfg unchanged\nsecret/creds unchanged\n"
+        "namespace/shop unchanged\ndeployment.apps/web unchanged\nservice/web unchanged\nconfigmap/cfg unchanged\nsecret/creds configured\n"
     );
     assert_eq!(versions(&kc), before);
 
@@ -181,7 +184,7 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     std::fs::write(&plan, EDITED).unwrap();
     assert_eq!(
         ok(&kc, &["apply", "-f", file]),
-        "namespace/shop unchanged\ndeployment.apps/web configured\nservice/web unchanged\nconfigmap/cfg unchanged\nsecret/creds unchanged\n"
+        "namespace/shop unchanged\ndeployment.apps/web configured\nservice/web unchanged\nconfigmap/cfg unchanged\nsecret/creds configured\n"
     );
     let d = get(&kc, "deploy/web");
     let containers = d["spec"]["template"]["spec"]["containers"].as_array().unwrap();
