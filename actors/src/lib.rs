@@ -11,12 +11,14 @@
 //! - [`kubelet`]: a node agent's kubelet and its pod workers (or hollow nodes).
 //! - [`cri`]: container runtimes behind one trait (the process runtime and its shim),
 //!   pod networks, container logs.
+//! - [`hash`]: one stable hash (FNV-1a) for names.
 //! - [`member`]: the trees of `keelson server` and `keelson agent` processes.
 
 pub mod admin;
 pub mod api;
 pub mod controllers;
 pub mod cri;
+pub mod hash;
 pub mod kubelet;
 pub mod member;
 pub mod process;

@@ -12,7 +12,7 @@ use super::http::{authenticate, ApiState};
 use super::resources::find;
 use super::status::Failure;
 use crate::kubelet::exec::{read_frame, write_frame};
-use crate::kubelet::{Header, KubeletRequest, KUBELET_PATH};
+use crate::kubelet::KubeletRequest;
 
 /// The subprotocols served, most preferred first (both carry the same channels; v5
 /// adds the close channel, 255).
@@ -64,7 +64,6 @@ async fn open(
         )));
     }
     let node = pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
-    let transport = state.transport.clone().ok_or_else(|| Failure::unavailable("this member does not reach nodes"))?;
     let request = KubeletRequest::Exec {
         pod_uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
         container,
@@ -72,26 +71,7 @@ async fn open(
         stdin: truthy(&q, "stdin"),
         tty: truthy(&q, "tty"),
     };
-    let payload = keelson_transport::frame::to_payload(&request).map_err(|e| Failure::internal(e.to_string()))?;
-    let (to, from) = (format!("/{node}/{KUBELET_PATH}"), format!("/{}/api", state.member));
-    let (send, mut recv) = transport
-        .open(&node, &to, &from, payload, std::time::Duration::from_secs(5))
-        .await
-        .map_err(|e| Failure::internal(format!("cannot reach the kubelet of node {node}: {e}")))?;
-    // The kubelet's header line, read a byte at a time (what follows is the session's).
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while head.len() < 64 * 1024 {
-        match recv.read_exact(&mut byte).await {
-            Ok(()) if byte[0] == b'\n' => break,
-            Ok(()) => head.push(byte[0]),
-            Err(e) => return Err(Failure::internal(format!("the kubelet of node {node} did not answer: {e}"))),
-        }
-    }
-    let h: Header = serde_json::from_slice(&head).map_err(|e| Failure::internal(e.to_string()))?;
-    if h.code != 200 {
-        return Err(Failure::new(h.code, "BadRequest", h.message.unwrap_or_default()));
-    }
+    let (send, recv) = super::kubelet::open(state, &node, &request).await?;
     Ok((protocol, send, recv))
 }
 

@@ -11,10 +11,7 @@ use super::http::ApiState;
 use super::pipeline::{param, Target};
 use super::status::Failure;
 use crate::cri::logs::LogOptions;
-use crate::kubelet::{Header, KubeletRequest, KUBELET_PATH};
-
-/// How long opening the stream to the node's kubelet may take.
-const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+use crate::kubelet::KubeletRequest;
 
 fn bool_param(q: &[(String, String)], name: &str) -> bool {
     param(q, name).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
@@ -123,27 +120,19 @@ pub async fn logs(
             )));
         }
     }
-    let Some(transport) = state.transport.clone() else {
-        return Err(Failure::new(503, "ServiceUnavailable", "this member does not reach nodes"));
-    };
     let request = KubeletRequest::Logs {
         pod_uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
         container: chosen,
         previous,
         opts,
     };
-    let payload = keelson_transport::frame::to_payload(&request).map_err(|e| Failure::internal(e.to_string()))?;
-    let (to, from) = (format!("/{node}/{KUBELET_PATH}"), format!("/{}/api", state.member));
-    let unreachable =
-        |e: keelson_transport::Error| Failure::internal(format!("cannot reach the kubelet of node {node}: {e}"));
-    let (send, mut recv) = transport.open(&node, &to, &from, payload, OPEN_WAIT).await.map_err(unreachable)?;
-    // The kubelet's header line, then its bytes, read on the transport's runtime.
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, Failure>>(16);
-    transport.runtime().spawn(async move {
+    let (send, mut recv) = super::kubelet::open(state, &node, &request).await?;
+    // The log's bytes, read on the transport's runtime as they come.
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let runtime = state.transport.as_ref().map(|t| t.runtime().clone()).expect("opened through it");
+    runtime.spawn(async move {
         let _keep_open = send;
-        let mut head = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
-        let mut header_done = false;
         loop {
             // The client gone: return, dropping our side, which tells the kubelet to stop.
             let n = tokio::select! {
@@ -153,47 +142,12 @@ pub async fn logs(
                 },
                 _ = tx.closed() => return,
             };
-            let mut chunk = &buf[..n];
-            if !header_done {
-                match chunk.iter().position(|b| *b == b'\n') {
-                    Some(i) => {
-                        head.extend_from_slice(&chunk[..i]);
-                        chunk = &chunk[i + 1..];
-                        header_done = true;
-                        let h: Header = serde_json::from_slice(&head)
-                            .unwrap_or(Header { code: 500, message: Some("a bad answer from the kubelet".into()) });
-                        if h.code != 200 {
-                            let msg = h.message.unwrap_or_default();
-                            let _ = tx.send(Err(Failure::new(h.code, "BadRequest", msg))).await;
-                            return;
-                        }
-                        if tx.send(Ok(Bytes::new())).await.is_err() {
-                            return;
-                        }
-                    }
-                    None => {
-                        head.extend_from_slice(chunk);
-                        continue;
-                    }
-                }
-            }
-            if !chunk.is_empty() && tx.send(Ok(Bytes::copy_from_slice(chunk))).await.is_err() {
-                return; // the client went away
+            if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                return;
             }
         }
     });
-    // The header decides between an error and the stream.
-    match rx.recv().await {
-        Some(Ok(_)) => {}
-        Some(Err(f)) => return Err(f),
-        None => return Err(Failure::internal(format!("the kubelet of node {node} closed the log stream"))),
-    }
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Some(Ok(b)) => Some((b, rx)),
-            _ => None,
-        }
-    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     Ok(Box::pin(stream))
 }
 

@@ -23,6 +23,7 @@
 //! - `client.rs`: the actor door's client, for those components;
 //! - `logs.rs`: container logs, streamed from the pod's kubelet;
 //! - `exec.rs`: `kubectl exec` over a websocket, carried to the pod's kubelet;
+//! - `kubelet.rs`: the streams to a node's kubelet both of those open;
 //! - `recorder.rs`: Events, recorded by components (repeats counted);
 //! - `informer.rs`: a collection cached in memory by list and watch, changes by key.
 //!
@@ -40,6 +41,7 @@ mod exec;
 mod http;
 pub mod informer;
 mod kinds;
+mod kubelet;
 mod logs;
 mod objects;
 mod openapi;

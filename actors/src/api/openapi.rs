@@ -24,7 +24,7 @@ fn gv_path(group: &str, version: &str) -> String {
 
 /// A stable tag of a document's content, for the `?hash=` clients cache by.
 fn hash(text: &str) -> String {
-    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let h = crate::hash::fnv1a(text.as_bytes());
     format!("{h:016X}")
 }
 

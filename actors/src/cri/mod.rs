@@ -145,8 +145,6 @@ pub trait ContainerRuntime: Send + Sync {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerStatus>>>;
     /// The containers of one pod (what a pod worker adopts, or stops).
     fn list_pod(&self, pod_uid: &str) -> BoxFuture<'_, Result<Vec<ContainerStatus>>>;
-    /// Sends `signal` to the container's processes.
-    fn signal(&self, id: &str, signal: i32) -> BoxFuture<'_, Result<()>>;
     /// SIGTERM, then SIGKILL once `grace` has passed; answers once it has exited.
     fn stop(&self, id: &str, grace: Duration) -> BoxFuture<'_, Result<ContainerStatus>>;
     /// Removes what the runtime made on the node besides containers (mount points),

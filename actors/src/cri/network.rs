@@ -19,6 +19,8 @@ use std::process::Command;
 
 use keelson_config::{Cidr, PodNetworkMode};
 
+use crate::hash::fnv1a;
+
 use super::{Result, RuntimeError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +36,6 @@ pub struct PodNetwork {
     cidr: Cidr,
     bridge: String,
     claims: PathBuf,
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The loopback twin of an address: `127.b.c.d` for `a.b.c.d`.
@@ -114,11 +112,7 @@ fn host_routes() -> Vec<(Cidr, String)> {
 impl PodNetwork {
     /// The network of node `node`, whose pods take addresses from `cidr`; claims in `dir`.
     pub fn new(mode: PodNetworkMode, node: &str, cidr: Cidr, dir: PathBuf) -> Self {
-        Self { mode, cidr, bridge: format!("kls{:08x}", fnv(node) as u32), claims: dir }
-    }
-
-    pub fn cidr(&self) -> Cidr {
-        self.cidr
+        Self { mode, cidr, bridge: format!("kls{:08x}", fnv1a(node.as_bytes()) as u32), claims: dir }
     }
 
     pub fn bridge(&self) -> &str {
@@ -143,7 +137,7 @@ impl PodNetwork {
     }
 
     fn veth(uid: &str) -> String {
-        format!("kv{:012x}", fnv(uid) & 0xffff_ffff_ffff)
+        format!("kv{:012x}", fnv1a(uid.as_bytes()) & 0xffff_ffff_ffff)
     }
 
     fn forward_rules(&self) -> [[&str; 4]; 2] {
@@ -244,7 +238,7 @@ impl PodNetwork {
         let veth = Self::veth(uid);
         let path = Path::new("/run/netns").join(&ns);
         if !path.exists() {
-            ip_cmd_netns_add(&ns)?;
+            run_ip(&["netns", "add", &ns], None)?;
         }
         if !Path::new("/sys/class/net").join(&veth).exists() {
             let host = format!(
@@ -282,10 +276,6 @@ impl PodNetwork {
             .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).map(|s| s.trim().into()).collect())
             .unwrap_or_default()
     }
-}
-
-fn ip_cmd_netns_add(ns: &str) -> Result<()> {
-    run_ip(&["netns", "add", ns], None)
 }
 
 #[cfg(test)]

@@ -325,11 +325,6 @@ impl ContainerRuntime for ProcessRuntime {
         async move { out }.boxed()
     }
 
-    fn signal(&self, id: &str, signal: i32) -> BoxFuture<'_, Result<()>> {
-        let r = self.kill(id, signal);
-        async move { r }.boxed()
-    }
-
     fn stop(&self, id: &str, grace: Duration) -> BoxFuture<'_, Result<ContainerStatus>> {
         let id = id.to_string();
         async move { self.stop_container(&id, grace).await }.boxed()

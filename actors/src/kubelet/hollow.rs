@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use keelson_config::HeartbeatConfig;
 use serde_json::{json, Value};
 
-use super::node::{ready_condition, register, renew};
+use super::node::{is_ready, ready_condition, register, renew};
 use crate::api::informer::{Change, Informer};
 use crate::api::{rfc3339_now, ApiClient, ApiError};
 use crate::runtime::{Actor, ChildContext, Ctx};
@@ -66,7 +66,7 @@ fn node_names(agent: &str, n: u32) -> Vec<String> {
 
 /// A stable made-up address for a node (`10.250.x.y`) or a pod (`10.x.y.z`).
 fn address(seed: &str, prefix: &[u8]) -> String {
-    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let h = crate::hash::fnv1a(seed.as_bytes());
     let bytes = h.to_be_bytes();
     let mut parts: Vec<u8> = prefix.to_vec();
     parts.extend(bytes.iter().rev().take(4 - prefix.len()).map(|b| b.max(&1)));
@@ -198,13 +198,7 @@ impl Actor for HollowKubelet {
                     cache
                         .objects
                         .values()
-                        .filter(|node| {
-                            !node["status"]["conditions"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        })
+                        .filter(|node| !is_ready(node))
                         .filter_map(|node| node["metadata"]["name"].as_str().map(str::to_string))
                         .collect()
                 };

@@ -54,50 +54,48 @@ fn pick(all: Vec<ContainerStatus>, pod_uid: &str, container: &str, previous: boo
     })
 }
 
+/// The run a request is about, or why it cannot be served.
+async fn run_for(runtime: &dyn ContainerRuntime, request: &KubeletRequest) -> Result<ContainerStatus, Header> {
+    match request {
+        KubeletRequest::Exec { pod_uid, container, .. } => {
+            let all = runtime.list_pod(pod_uid).await.unwrap_or_default();
+            pick(all, pod_uid, container, false).and_then(|r| match r.running() {
+                true => Ok(r),
+                false => Err(Header { code: 400, message: Some(format!("container {container} is not running")) }),
+            })
+        }
+        KubeletRequest::Logs { pod_uid, container, previous, .. } => {
+            let all = runtime.list_pod(pod_uid).await.unwrap_or_default();
+            pick(all, pod_uid, container, *previous)
+        }
+    }
+}
+
 pub async fn serve(runtime: Arc<dyn ContainerRuntime>, inbound: Inbound) {
     let Reply::Open { mut send, recv } = inbound.reply else { return };
-    let request: KubeletRequest = match keelson_transport::frame::from_payload(&inbound.envelope.payload) {
+    let request = keelson_transport::frame::from_payload::<KubeletRequest>(&inbound.envelope.payload)
+        .map_err(|e| Header { code: 400, message: Some(format!("not a kubelet request: {e}")) });
+    let run = match request {
+        Ok(request) => run_for(runtime.as_ref(), &request).await.map(|run| (request, run)),
+        Err(h) => Err(h),
+    };
+    // The header line: the refusal (and the end), or 200 and the answer after it.
+    let (request, run) = match run {
         Ok(r) => r,
-        Err(e) => {
-            let h = Header { code: 400, message: Some(format!("not a kubelet request: {e}")) };
+        Err(h) => {
             let _ = send.write_all(&header_line(&h)).await;
             let _ = send.finish();
             return;
         }
     };
+    if send.write_all(&header_line(&Header { code: 200, message: None })).await.is_err() {
+        return;
+    }
     match request {
-        KubeletRequest::Exec { pod_uid, container, command, stdin, tty } => {
-            let all = runtime.list_pod(&pod_uid).await.unwrap_or_default();
-            let picked = pick(all, &pod_uid, &container, false).and_then(|r| match r.running() {
-                true => Ok(r),
-                false => Err(Header { code: 400, message: Some(format!("container {container} is not running")) }),
-            });
-            let run = match picked {
-                Ok(r) => r,
-                Err(h) => {
-                    let _ = send.write_all(&header_line(&h)).await;
-                    let _ = send.finish();
-                    return;
-                }
-            };
-            if send.write_all(&header_line(&Header { code: 200, message: None })).await.is_err() {
-                return;
-            }
+        KubeletRequest::Exec { command, stdin, tty, .. } => {
             super::exec::session(runtime, &run.id, command, stdin, tty, send, recv).await;
         }
-        KubeletRequest::Logs { pod_uid, container, previous, opts } => {
-            let all = runtime.list_pod(&pod_uid).await.unwrap_or_default();
-            let run = match pick(all, &pod_uid, &container, previous) {
-                Ok(r) => r,
-                Err(h) => {
-                    let _ = send.write_all(&header_line(&h)).await;
-                    let _ = send.finish();
-                    return;
-                }
-            };
-            if send.write_all(&header_line(&Header { code: 200, message: None })).await.is_err() {
-                return;
-            }
+        KubeletRequest::Logs { opts, .. } => {
             // Following ends once the run has ended (checked beside the copy).
             let ended = Arc::new(AtomicBool::new(!run.running()));
             let watcher = {

@@ -28,7 +28,7 @@ pub type NodeId = u64;
 /// A member's raft node id: a stable hash of its name (FNV-1a), so every member
 /// derives every other's id from the name alone.
 pub fn node_id(member: &str) -> NodeId {
-    member.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    crate::hash::fnv1a(member.as_bytes())
 }
 
 /// A client operation, as forwarded to the leader or run locally.

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::api::{client, Api};
 use super::store::{pct, Keelson};
@@ -51,38 +50,6 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Each pod's first event and first Running status: name → (seen, running).
-async fn follow(api: &Api) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant, bool)>> {
-    let url = format!("{}/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dstartup", api.url);
-    let mut resp = api
-        .client
-        .get(url)
-        .bearer_auth(&api.token)
-        .timeout(Duration::from_secs(3600))
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    actix_rt::spawn(async move {
-        let mut buf = Vec::new();
-        while let Some(Ok(chunk)) = resp.next().await {
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let v: Value = serde_json::from_slice(&line).unwrap_or_default();
-                let o = &v["object"];
-                let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                let running = o["status"]["phase"] == "Running"
-                    && o["status"]["containerStatuses"][0]["state"]["running"].is_object();
-                if tx.send((name, Instant::now(), running)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Ok(rx)
-}
-
 pub fn pods(args: PodsBenchArgs) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("keelson-bench-pods-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -91,36 +58,14 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
         let addr = std::fs::read_to_string(keelson.data.root().join("server-1/api-addr"))?;
         let api =
             Api { url: format!("https://{}", addr.trim()), token: keelson.token.clone(), client: client(&keelson.data, 16)? };
-        let began = Instant::now();
-        loop {
-            let nodes = match api.get_json("/api/v1/nodes").await {
-                Ok(n) => n,
-                Err(e) if began.elapsed() > Duration::from_secs(30) => bail!("cannot list nodes: {e}"),
-                Err(_) => Value::Null,
-            };
-            let ready = nodes["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|n| {
-                    n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-                .count();
-            if ready == 2 {
-                break;
-            }
-            if began.elapsed() > Duration::from_secs(120) {
-                bail!("the 2 agents' nodes were not Ready within 2 minutes");
-            }
-            actix_rt::time::sleep(Duration::from_millis(200)).await;
-        }
-        println!("cluster up, 2 nodes Ready: {:.1} s", began.elapsed().as_secs_f64());
+        let up = api.wait_ready("agent-", 2).await?;
+        println!("cluster up, 2 nodes Ready: {:.1} s", up.as_secs_f64());
         actix_rt::time::sleep(Duration::from_secs(10)).await;
         let (idle, each) = cluster_rss(&keelson);
         let parts: Vec<String> = each.iter().map(|(m, r)| format!("{m} {:.0}", mb(*r))).collect();
         println!("idle memory (RSS, 3 servers + 2 agents + launcher): {:.0} MB ({})", mb(idle), parts.join(", "));
 
-        let mut events = follow(&api).await?;
+        let mut events = api.watch("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dstartup").await?;
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "startup"},
             "spec": {"replicas": args.pods, "selector": {"matchLabels": {"app": "startup"}},
                      "template": {"metadata": {"labels": {"app": "startup"}},
@@ -135,8 +80,11 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
         let mut running: HashMap<String, Instant> = HashMap::new();
         while running.len() < args.pods as usize {
             match tokio::time::timeout(Duration::from_secs(120), events.recv()).await {
-                Ok(Some((name, at, is_running))) => {
+                Ok(Some((o, at))) => {
+                    let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
                     seen.entry(name.clone()).or_insert(at);
+                    let is_running = o["status"]["phase"] == "Running"
+                        && o["status"]["containerStatuses"][0]["state"]["running"].is_object();
                     if is_running {
                         running.entry(name).or_insert(at);
                     }

@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures_util::StreamExt;
 use keelson_actors::controllers::scheduler::fit::{Cluster, PodInfo};
+use keelson_actors::kubelet::node::is_ready;
 use serde_json::{json, Value};
 
 use super::api::{client, Api};
@@ -108,33 +109,32 @@ impl Api {
             .into_iter()
             .flatten()
             .filter(|n| n["metadata"]["name"].as_str().is_some_and(|s| s.starts_with(prefix)))
-            .filter(|n| {
-                n["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
+            .filter(|n| is_ready(n))
             .count())
     }
 
-    async fn wait_ready(&self, prefix: &str, n: usize) -> Result<Duration> {
+    /// Waits until `n` nodes named `prefix…` are Ready (an API error is tried again,
+    /// and reported if they never are); how long that took.
+    pub(super) async fn wait_ready(&self, prefix: &str, n: usize) -> Result<Duration> {
         let began = Instant::now();
-        while self.ready_nodes(prefix).await? < n {
+        loop {
+            let last = match self.ready_nodes(prefix).await {
+                Ok(ready) if ready >= n => return Ok(began.elapsed()),
+                Ok(ready) => format!("{ready} Ready"),
+                Err(e) => e.to_string(),
+            };
             if began.elapsed() > Duration::from_secs(600) {
-                bail!("{n} nodes {prefix}* were not Ready within 10 minutes");
+                bail!("{n} nodes {prefix}* were not Ready within 10 minutes (last: {last})");
             }
-            actix_rt::time::sleep(Duration::from_millis(500)).await;
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(began.elapsed())
     }
 
-    /// Each pod's first event with a node: pod name → when, until `n` are bound.
-    async fn bindings(&self, ns: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>> {
-        let url = format!("{}/api/v1/namespaces/{ns}/pods?watch=true", self.url);
+    /// Each event's object of a watch (`path` with its query), as it arrives.
+    pub(super) async fn watch(&self, path: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<(Value, Instant)>> {
         let mut resp = self
             .client
-            .get(url)
+            .get(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .timeout(Duration::from_secs(3600))
             .send()
@@ -143,18 +143,31 @@ impl Api {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         actix_rt::spawn(async move {
             let mut buf = Vec::new();
-            let mut bound = std::collections::HashSet::new();
             while let Some(Ok(chunk)) = resp.next().await {
                 buf.extend_from_slice(&chunk);
                 while let Some(end) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=end).collect();
-                    let v: Value = serde_json::from_slice(&line).unwrap_or_default();
-                    let o = &v["object"];
-                    if o["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
-                        let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                        if bound.insert(name.clone()) && tx.send((name, Instant::now())).is_err() {
-                            return;
-                        }
+                    let mut v: Value = serde_json::from_slice(&line).unwrap_or_default();
+                    if tx.send((v["object"].take(), Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Each pod's first event with a node: pod name → when.
+    async fn bindings(&self, ns: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>> {
+        let mut events = self.watch(&format!("/api/v1/namespaces/{ns}/pods?watch=true")).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        actix_rt::spawn(async move {
+            let mut bound = std::collections::HashSet::new();
+            while let Some((o, at)) = events.recv().await {
+                if o["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                    let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                    if bound.insert(name.clone()) && tx.send((name, at)).is_err() {
+                        return;
                     }
                 }
             }

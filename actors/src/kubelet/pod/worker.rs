@@ -372,12 +372,7 @@ impl Run {
                 if ran >= cfg.restart_backoff_max * 2 {
                     t.backoff_level = 0;
                 }
-                let delay = if t.backoff_level == 0 {
-                    Duration::ZERO
-                } else {
-                    let exp = (t.backoff_level - 1).min(16);
-                    (cfg.restart_backoff_base * 2u32.pow(exp)).min(cfg.restart_backoff_max)
-                };
+                let delay = restart_delay(&cfg, t.backoff_level);
                 t.restart_at = Some(now + delay);
                 t.backoff_level += 1;
                 backing_off = !delay.is_zero();
@@ -389,7 +384,7 @@ impl Run {
                     "CrashLoopBackOff".into(),
                     Some(format!(
                         "back-off {}s restarting failed container={name} pod={pod_name}_{}({})",
-                        back_off_shown(&cfg, t.backoff_level).max(secs),
+                        restart_delay(&cfg, t.backoff_level.saturating_sub(1)).as_secs().max(secs),
                         ns_of(pod),
                         uid
                     )),
@@ -749,11 +744,34 @@ fn run_length(c: &ContainerStatus) -> Duration {
     Duration::from_secs_f64((end - start).max(0.0))
 }
 
-/// The back-off Kubernetes shows for a level, in seconds.
-fn back_off_shown(cfg: &keelson_config::KubeletConfig, level: u32) -> u64 {
-    if level <= 1 {
-        return 0;
+/// How long a restart waits after `level` exits counted towards the back-off:
+/// 0, base, 2·base, 4·base … up to the maximum.
+fn restart_delay(cfg: &keelson_config::KubeletConfig, level: u32) -> Duration {
+    match level {
+        0 => Duration::ZERO,
+        _ => (cfg.restart_backoff_base * 2u32.pow((level - 1).min(16))).min(cfg.restart_backoff_max),
     }
-    let exp = (level - 2).min(16);
-    (cfg.restart_backoff_base * 2u32.pow(exp)).min(cfg.restart_backoff_max).as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_doubling_up_to_the_maximum() {
+        let cfg = keelson_config::KubeletConfig {
+            heartbeat: keelson_config::HeartbeatConfig::default(),
+            network: keelson_config::PodNetworkMode::Loopback,
+            root_dir: "/x".into(),
+            cpu: "1".into(),
+            memory: "1Gi".into(),
+            pods: 1,
+            restart_backoff_base: Duration::from_secs(10),
+            restart_backoff_max: Duration::from_secs(300),
+            sync_every: Duration::from_secs(1),
+        };
+        let secs: Vec<u64> = (0..8).map(|l| restart_delay(&cfg, l).as_secs()).collect();
+        assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(restart_delay(&cfg, 1000).as_secs(), 300);
+    }
 }
