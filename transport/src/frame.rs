@@ -65,6 +65,7 @@ pub struct Envelope {
     pub from: Address,
     pub correlation: u64,
     pub kind: Kind,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -134,6 +135,22 @@ pub fn decode(buf: &[u8], max: usize) -> Result<(Envelope, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_runs_encode_as_sequences_of_u8_did() {
+        // Logs and snapshots on disk were written before byte fields were `serde_bytes`:
+        // both encodings must be the same bytes, both ways.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Seq(Vec<u8>, Option<Vec<u8>>);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Run(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Option<Vec<u8>>);
+        let data: Vec<u8> = (0..=255).chain(0..=255).collect();
+        let seq = to_payload(&Seq(data.clone(), Some(data.clone()))).unwrap();
+        let run = to_payload(&Run(data.clone(), Some(data.clone()))).unwrap();
+        assert_eq!(seq, run);
+        assert_eq!(from_payload::<Run>(&seq).unwrap(), Run(data.clone(), Some(data)));
+        assert_eq!(to_payload(&Seq(vec![], None)).unwrap(), to_payload(&Run(vec![], None)).unwrap());
+    }
 
     fn sample(payload: usize) -> Envelope {
         Envelope {

@@ -28,6 +28,7 @@ pub struct ApiRequest {
     /// `application/json-patch+json`, `application/strategic-merge-patch+json`.
     pub content_type: String,
     /// JSON (Kubernetes objects do not survive bincode; they ride as JSON bytes).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The controller leader's fencing epoch: its writes are refused (409 `Fenced`)
     /// once a newer leader raised the store's.
@@ -68,6 +69,7 @@ impl ApiRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiResponse {
     pub code: u16,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

@@ -11,7 +11,7 @@ use super::validate;
 use crate::runtime::Ref;
 use crate::store::pages::{cursor_text, parse_cursor, read_page, PageError};
 use crate::store::state::{Command, Outcome, WriteOp};
-use crate::store::{execute, shard_of, ClientOp, ClientReply, Replica};
+use crate::store::{execute, shard_of, ClientOp, ClientReply, ReadLocal, Replica};
 
 /// The store as the API uses it: this member's replica of every shard.
 #[derive(Clone)]
@@ -98,6 +98,9 @@ pub enum Part {
     Main,
     /// `/status`: only the status.
     Status,
+    /// The object and its status together: the server's own writes (a binding sets the
+    /// node and the PodScheduled condition in one write, as Kubernetes' does).
+    Whole,
 }
 
 /// How a write is made: which part, whether for real, and by which field manager.
@@ -201,6 +204,129 @@ fn with_version(bytes: &[u8], revision: u64) -> Option<Value> {
     Some(v)
 }
 
+/// What an update comes to, decided against the object as read.
+enum Prepared {
+    /// Write `obj` (`finished`: its last finalizer went, so the key goes instead).
+    Write { obj: Value, finished: bool },
+    /// It changes nothing: nothing is written.
+    Unchanged,
+    /// A dry run: the object as it would be.
+    Dry(Value),
+}
+
+/// `obj` made ready to replace `current` (at `revision`) as `how` says: the fields the
+/// server owns kept, `generation` counted, managedFields tracked; a 409 if `obj` names
+/// another resourceVersion.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    res: &Resource,
+    name: &str,
+    key: &str,
+    shards: u32,
+    mut obj: Value,
+    current: &Value,
+    revision: u64,
+    how: Write<'_>,
+) -> Result<Prepared, Failure> {
+    if res.subresources.contains(&"status") {
+        match how.part {
+            Part::Main => match current.get("status") {
+                Some(s) => obj["status"] = s.clone(),
+                None => {
+                    if let Some(o) = obj.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            },
+            Part::Status => {
+                let status = obj.get("status").cloned();
+                let rv = obj["metadata"]["resourceVersion"].clone();
+                obj = current.clone();
+                obj["metadata"]["resourceVersion"] = rv;
+                match status {
+                    Some(s) => obj["status"] = s,
+                    None => {
+                        if let Some(o) = obj.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+            }
+            Part::Whole => {}
+        }
+    }
+    if let Some(rv) = obj["metadata"]["resourceVersion"].as_str() {
+        // An object's own version, or a watch event's (one revision per shard).
+        let shard = shard_of(key, shards) as usize;
+        let mine = parse_cursor(rv, shards as usize, Some(shard)).map(|c| c[shard]);
+        if mine != Some(revision) {
+            return Err(Failure::conflict(res, name));
+        }
+    }
+    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        match current["metadata"].get(field) {
+            Some(v) => obj["metadata"][field] = v.clone(),
+            None => {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    if obj.get("spec").is_some() && obj["spec"] != current["spec"] {
+        obj["metadata"]["generation"] = (current["metadata"]["generation"].as_u64().unwrap_or(0) + 1).into();
+    }
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    // Marked for deletion, its last finalizer removed and no grace period running
+    // (a pod's kubelet ends that with a delete): it goes now.
+    let cm = &current["metadata"];
+    let finished = cm["deletionTimestamp"].is_string()
+        && cm["finalizers"].as_array().is_some_and(|f| !f.is_empty())
+        && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+        && cm["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0;
+    // Managed fields: kept when the client leaves them out; the manager owns what it changed.
+    if obj["metadata"].get("managedFields").is_none() {
+        if let Some(m) = current["metadata"].get("managedFields") {
+            obj["metadata"]["managedFields"] = m.clone();
+        }
+    }
+    if let Some(manager) = how.manager {
+        obj["metadata"]["managedFields"] = super::apply::track_update(current, &obj, res.kind, manager, &rfc3339_now());
+    }
+    if !finished && unchanged(&obj, current) {
+        return Ok(Prepared::Unchanged); // a no-op writes nothing
+    }
+    if how.dry_run {
+        obj["metadata"]["resourceVersion"] = revision.to_string().into();
+        return Ok(Prepared::Dry(obj));
+    }
+    Ok(Prepared::Write { obj, finished })
+}
+
+/// Whether `obj` (without a resourceVersion) is `current` (with one).
+fn unchanged(obj: &Value, current: &Value) -> bool {
+    match (obj.as_object(), current.as_object()) {
+        (Some(o), Some(c)) => {
+            o.len() == c.len()
+                && c.iter().all(|(k, v)| match (k.as_str(), o.get(k)) {
+                    ("metadata", Some(Value::Object(om))) => match v.as_object() {
+                        Some(cm) => {
+                            let counted = cm.len() - usize::from(cm.contains_key("resourceVersion"));
+                            om.len() == counted
+                                && cm.iter().all(|(mk, mv)| mk == "resourceVersion" || om.get(mk) == Some(mv))
+                        }
+                        None => false,
+                    },
+                    (_, Some(ov)) => ov == v,
+                    (_, None) => false,
+                })
+        }
+        _ => obj == current,
+    }
+}
+
 impl Objects {
     fn shards(&self) -> u32 {
         self.replicas.len() as u32
@@ -226,6 +352,24 @@ impl Objects {
             }
             ClientReply::Item { item: None, .. } => Ok(None),
             other => Err(Failure::unavailable(format!("unexpected store answer {other:?}"))),
+        }
+    }
+
+    /// The stored object as this member's replica has applied it (maybe behind the
+    /// leader); `None` when the replica does not have it (only a linearizable read tells).
+    async fn read_local(&self, key: &str) -> Option<(Value, u64)> {
+        let replica = self.replicas.get(shard_of(key, self.shards()) as usize)?;
+        let item = replica.send(ReadLocal(key.to_string())).await.ok()??;
+        with_version(&item.value, item.mod_revision).map(|v| (v, item.mod_revision))
+    }
+
+    /// `get` for the server's own checks (authorization, admission): this member's copy
+    /// when it has one, which may be a moment old, as the informer-fed checks of
+    /// Kubernetes' API server are; a linearizable read when it has none.
+    pub async fn get_cached(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, Failure> {
+        match self.read_local(&res.key(ns, name)).await {
+            Some((v, _)) => Ok(v),
+            None => self.get(res, ns, name).await,
         }
     }
 
@@ -315,7 +459,16 @@ impl Objects {
         if res.namespaced {
             let namespaces = find("", "v1", "namespaces").expect("namespaces are served");
             let ns = ns.unwrap_or("default");
-            match self.read(&namespaces.key(None, ns)).await? {
+            // This member's copy first (Kubernetes' NamespaceLifecycle reads its
+            // informer); a namespace missing or ending there is confirmed by a
+            // linearizable read.
+            let key = namespaces.key(None, ns);
+            let cached = self.read_local(&key).await.filter(|(n, _)| n["status"]["phase"] == "Active");
+            let namespace = match cached {
+                Some(n) => Some(n),
+                None => self.read(&key).await?,
+            };
+            match namespace {
                 None => return Err(Failure::not_found(namespaces, ns)),
                 Some((n, _)) if n["status"]["phase"] == "Terminating" => {
                     return Err(Failure::new(
@@ -392,100 +545,61 @@ impl Objects {
         res: &Resource,
         ns: Option<&str>,
         name: &str,
-        mut obj: Value,
+        obj: Value,
         how: Write<'_>,
     ) -> Result<Value, Failure> {
-        let (part, dry_run) = (how.part, how.dry_run);
+        self.modify(res, ns, name, how, |_| Ok(obj.clone())).await
+    }
+
+    /// Kubernetes' GuaranteedUpdate: `change` makes the new object from the current one,
+    /// which is written if the object has not moved meanwhile, and read again and retried
+    /// if it has. The first attempt starts from this member's replica, without a quorum
+    /// round (the compare-and-swap makes a write from a stale read fail, never land);
+    /// whatever a replica behind the leader could have got wrong (a conflict, a no-op, a
+    /// refusal, the object missing) is decided again from a linearizable read.
+    pub async fn modify<F>(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        how: Write<'_>,
+        mut change: F,
+    ) -> Result<Value, Failure>
+    where
+        F: FnMut(&Value) -> Result<Value, Failure>,
+    {
         let key = res.key(ns, name);
-        let Some((current, revision)) = self.read(&key).await? else { return Err(Failure::not_found(res, name)) };
-        if res.subresources.contains(&"status") {
-            match part {
-                Part::Main => match current.get("status") {
-                    Some(s) => obj["status"] = s.clone(),
-                    None => {
-                        if let Some(o) = obj.as_object_mut() {
-                            o.remove("status");
+        let mut fresh = false;
+        for _ in 0..6 {
+            let read = if fresh { self.read(&key).await? } else { self.read_local(&key).await };
+            let Some((current, revision)) = read else {
+                if fresh {
+                    return Err(Failure::not_found(res, name));
+                }
+                fresh = true;
+                continue;
+            };
+            let step =
+                change(&current).and_then(|obj| prepare(res, name, &key, self.shards(), obj, &current, revision, how));
+            match step {
+                Ok(Prepared::Write { mut obj, finished }) => {
+                    match self.cas(&key, revision, (!finished).then_some(&obj)).await? {
+                        Outcome::Done { revision, .. } => {
+                            obj["metadata"]["resourceVersion"] = revision.to_string().into();
+                            return Ok(obj);
                         }
-                    }
-                },
-                Part::Status => {
-                    let status = obj.get("status").cloned();
-                    let rv = obj["metadata"]["resourceVersion"].clone();
-                    obj = current.clone();
-                    obj["metadata"]["resourceVersion"] = rv;
-                    match status {
-                        Some(s) => obj["status"] = s,
-                        None => {
-                            if let Some(o) = obj.as_object_mut() {
-                                o.remove("status");
-                            }
-                        }
+                        Outcome::Conflict { .. } => {}
+                        other => return Err(Failure::unavailable(format!("unexpected store outcome {other:?}"))),
                     }
                 }
+                Ok(Prepared::Unchanged) if fresh => return Ok(current),
+                Ok(Prepared::Dry(obj)) if fresh => return Ok(obj),
+                Err(f) if fresh => return Err(f),
+                _ => {}
             }
+            fresh = true;
         }
-        let asked = obj["metadata"]["resourceVersion"].as_str().map(str::to_string);
-        if let Some(rv) = &asked {
-            // An object's own version, or a watch event's (one revision per shard).
-            let shard = shard_of(&key, self.shards()) as usize;
-            let mine = parse_cursor(rv, self.shards() as usize, Some(shard)).map(|c| c[shard]);
-            if mine != Some(revision) {
-                return Err(Failure::conflict(res, name));
-            }
-        }
-        for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
-            match current["metadata"].get(field) {
-                Some(v) => obj["metadata"][field] = v.clone(),
-                None => {
-                    if let Some(m) = obj["metadata"].as_object_mut() {
-                        m.remove(field);
-                    }
-                }
-            }
-        }
-        if obj.get("spec").is_some() && obj["spec"] != current["spec"] {
-            obj["metadata"]["generation"] = (current["metadata"]["generation"].as_u64().unwrap_or(0) + 1).into();
-        }
-        if let Some(m) = obj["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        // Marked for deletion, its last finalizer removed and no grace period running
-        // (a pod's kubelet ends that with a delete): it goes now.
-        let cm = &current["metadata"];
-        let finished = cm["deletionTimestamp"].is_string()
-            && cm["finalizers"].as_array().is_some_and(|f| !f.is_empty())
-            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
-            && cm["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0;
-        // Managed fields: kept when the client leaves them out; the manager owns what it changed.
-        if obj["metadata"].get("managedFields").is_none() {
-            if let Some(m) = current["metadata"].get("managedFields") {
-                obj["metadata"]["managedFields"] = m.clone();
-            }
-        }
-        if let Some(manager) = how.manager {
-            obj["metadata"]["managedFields"] =
-                super::apply::track_update(&current, &obj, res.kind, manager, &rfc3339_now());
-        }
-        let mut before = current.clone();
-        if let Some(m) = before["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        if !finished && obj == before {
-            return Ok(current); // a no-op writes nothing
-        }
-        if dry_run {
-            obj["metadata"]["resourceVersion"] = revision.to_string().into();
-            return Ok(obj);
-        }
-        let value = if finished { None } else { Some(&obj) };
-        match self.cas(&key, revision, value).await? {
-            Outcome::Done { revision, .. } => {
-                obj["metadata"]["resourceVersion"] = revision.to_string().into();
-                Ok(obj)
-            }
-            Outcome::Conflict { .. } => Err(Failure::conflict(res, name)),
-            other => Err(Failure::unavailable(format!("unexpected store outcome {other:?}"))),
-        }
+        Err(Failure::conflict(res, name))
     }
 
     /// Deletes `name`; returns the object as it was. An object with finalizers is only

@@ -244,7 +244,7 @@ async fn authorized(state: &ApiState, user: &User, t: &Target, verb: Verb, body:
     let bound_to = match (t.res.plural, &t.name) {
         ("pods", Some(name)) if verb != Verb::Get => state
             .objects
-            .get(t.res, t.namespace.as_deref(), name)
+            .get_cached(t.res, t.namespace.as_deref(), name)
             .await
             .ok()
             .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string)),

@@ -160,29 +160,29 @@ pub(super) async fn bind(state: &ApiState, t: &Target, name: &str, body: &[u8]) 
     let Some(node) = binding["target"]["name"].as_str().filter(|n| !n.is_empty()) else {
         return Err(Failure::invalid(t.res, name, &[("target.name".into(), "Required value".into())]));
     };
-    for _ in 0..5 {
-        let mut pod = state.objects.get(t.res, ns, name).await?;
-        if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-            return Err(Failure::new(409, "Conflict", format!("pod {name} is already assigned to node \"{bound}\"")));
-        }
-        pod["spec"]["nodeName"] = node.into();
-        match state.objects.update(t.res, ns, name, pod).await {
-            Ok(mut bound) => {
-                // The PodScheduled condition is status: written through the status part.
-                let condition = json!({"type": "PodScheduled", "status": "True",
-                                       "lastTransitionTime": bound["metadata"]["creationTimestamp"]});
-                let mut conditions = bound["status"]["conditions"].as_array().cloned().unwrap_or_default();
-                conditions.retain(|c| c["type"] != "PodScheduled");
-                conditions.push(condition);
-                bound["status"]["conditions"] = conditions.into();
-                state.objects.update_part(t.res, ns, name, bound, Part::Status).await?;
-                return Ok(success(201));
+    // The node and the PodScheduled condition in one write, as Kubernetes' binding does.
+    let how = Write { part: Part::Whole, ..Write::main() };
+    state
+        .objects
+        .modify(t.res, ns, name, how, |current| {
+            if let Some(bound) = current["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                return Err(Failure::new(
+                    409,
+                    "Conflict",
+                    format!("pod {name} is already assigned to node \"{bound}\""),
+                ));
             }
-            Err(f) if f.reason == "Conflict" => continue,
-            Err(f) => return Err(f),
-        }
-    }
-    Err(Failure::conflict(t.res, name))
+            let mut pod = current.clone();
+            pod["spec"]["nodeName"] = node.into();
+            let condition = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": rfc3339_now()});
+            let mut conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            conditions.retain(|c| c["type"] != "PodScheduled");
+            conditions.push(condition);
+            pod["status"]["conditions"] = conditions.into();
+            Ok(pod)
+        })
+        .await?;
+    Ok(success(201))
 }
 
 /// Server-side apply: the applied configuration merged in, its fields owned by the
@@ -277,17 +277,13 @@ pub(super) async fn patch(
         return server_side_apply(state, t, name, q, patch_doc).await;
     }
     // Retried on a concurrent change, as the API server does for patches.
-    for _ in 0..5 {
-        let current = state.objects.get(t.res, ns, name).await?;
-        let patched = apply_patch(&current, kind, &patch_doc, t.res.kind)?;
-        let obj = admit(t.res, ns, patched, false)?;
-        let how = Write { part: part(t), dry_run: dry_run(q), manager: Some(manager) };
-        match state.objects.update_with(t.res, ns, name, obj, how).await {
-            Err(f) if f.reason == "Conflict" => continue,
-            other => return other,
-        }
-    }
-    Err(Failure::conflict(t.res, name))
+    let how = Write { part: part(t), dry_run: dry_run(q), manager: Some(manager) };
+    state
+        .objects
+        .modify(t.res, ns, name, how, |current| {
+            admit(t.res, ns, apply_patch(current, kind, &patch_doc, t.res.kind)?, false)
+        })
+        .await
 }
 
 /// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) or

@@ -14,6 +14,7 @@
 
 pub mod logs;
 pub mod mounts;
+pub mod netlink;
 pub mod network;
 pub mod process;
 pub mod shim;

@@ -21,7 +21,11 @@ use keelson_config::{Cidr, PodNetworkMode};
 
 use crate::hash::fnv1a;
 
+use super::netlink::{self, Netlink};
 use super::{Result, RuntimeError};
+
+/// Where named network namespaces live (as `ip netns` keeps them).
+const NETNS_DIR: &str = "/run/netns";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodAddress {
@@ -234,24 +238,31 @@ impl PodNetwork {
         if self.mode == PodNetworkMode::Loopback {
             return Ok(PodAddress { ip: loopback_of(ip), netns: None });
         }
-        let ns = Self::ns_name(uid);
+        let path = Path::new(NETNS_DIR).join(Self::ns_name(uid));
         let veth = Self::veth(uid);
-        let path = Path::new("/run/netns").join(&ns);
-        if !path.exists() {
-            run_ip(&["netns", "add", &ns], None)?;
-        }
         if !Path::new("/sys/class/net").join(&veth).exists() {
-            let host = format!(
-                "link add {veth} type veth peer name eth0 netns {ns}\nlink set {veth} master {br}\nlink set {veth} up\n",
-                br = self.bridge
-            );
-            run_ip(&[], Some(&host))?;
-            let inside = format!(
-                "link set lo up\naddr add {ip}/{p} dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
-                p = self.cidr.prefix,
-                gw = self.node_ip()
-            );
-            run_ip(&["-n", &ns], Some(&inside))?;
+            let fail = |what: &str| {
+                let what = what.to_string();
+                move |e: std::io::Error| RuntimeError::Network(format!("{what}: {e}"))
+            };
+            let mut host = Netlink::open().map_err(fail("a netlink socket"))?;
+            let bridge = host.index(&self.bridge).map_err(fail(&format!("the bridge {}", self.bridge)))?;
+            let (prefix, gw) = (self.cidr.prefix, self.node_ip());
+            netlink::in_namespace(&path, move |_| {
+                let ns = netlink::this_namespace()?;
+                host.veth(&veth, bridge, "eth0", &ns)?;
+                let mut inside = Netlink::open()?;
+                inside.up("lo")?;
+                let eth0 = inside.index("eth0")?;
+                inside.address(eth0, ip, prefix)?;
+                inside.up("eth0")?;
+                inside.default_route(gw)
+            })
+            .map_err(|e| {
+                // Half made: gone, so the next attempt starts clean (the veth goes with it).
+                let _ = netlink::remove_namespace(&path);
+                RuntimeError::Network(format!("the pod's network ({}): {e}", path.display()))
+            })?;
         }
         Ok(PodAddress { ip, netns: Some(path) })
     }
@@ -259,9 +270,10 @@ impl PodNetwork {
     /// Takes pod `uid`'s address and namespace back.
     pub fn detach(&self, uid: &str) -> Result<()> {
         if self.mode == PodNetworkMode::Netns {
-            let ns = Self::ns_name(uid);
-            if Path::new("/run/netns").join(&ns).exists() {
-                run_ip(&["netns", "del", &ns], None)?;
+            let path = Path::new(NETNS_DIR).join(Self::ns_name(uid));
+            if path.exists() {
+                netlink::remove_namespace(&path)
+                    .map_err(|e| RuntimeError::Network(format!("removing {}: {e}", path.display())))?;
             }
         }
         if let Some(ip) = self.claimed(uid) {

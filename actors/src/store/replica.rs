@@ -64,6 +64,14 @@ pub struct ReplicaConfig {
 #[rtype(result = "Option<WatchSource>")]
 pub struct Watch;
 
+/// A key as this replica has applied it, without a read index: possibly behind the
+/// leader. For reads a compare-and-swap checks afterwards (as Kubernetes' API server
+/// starts a conditional update from its watch cache), which then costs no quorum round.
+/// `None`: the key is not here, or the replica is still opening.
+#[derive(Message)]
+#[rtype(result = "Option<super::Item>")]
+pub struct ReadLocal(pub String);
+
 /// What a watcher reads from: events come from `applied`'s window, wake-ups from `revision`.
 #[derive(Clone)]
 pub struct WatchSource {
@@ -583,6 +591,22 @@ impl Handler<Watch> for Replica {
 
     fn handle(&mut self, _: Watch, _: &mut Ctx<Self>) -> Self::Result {
         self.open.as_ref().map(|o| WatchSource { applied: o.applied.clone(), revision: o.revision.subscribe() })
+    }
+}
+
+impl Handler<ReadLocal> for Replica {
+    type Result = Option<super::Item>;
+
+    fn handle(&mut self, ReadLocal(key): ReadLocal, _: &mut Ctx<Self>) -> Self::Result {
+        let a = self.open.as_ref()?.applied.read().unwrap();
+        a.data.kv.get(&key).map(|v| super::Item {
+            key,
+            value: v.data.clone(),
+            create_revision: v.create_revision,
+            mod_revision: v.mod_revision,
+            version: v.version,
+            lease: v.lease,
+        })
     }
 }
 

@@ -22,6 +22,7 @@ pub enum WriteOp {
     /// Writes `key`; with a lease (non-zero), the key goes when the lease does.
     Put {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         lease: u64,
     },
@@ -33,6 +34,7 @@ pub enum WriteOp {
     Cas {
         key: String,
         expected: u64,
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
     },
     /// If every compare holds, runs `success`, otherwise `failure`; all of its writes
@@ -61,8 +63,15 @@ pub enum WriteOp {
 /// One write inside a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: String, value: Vec<u8>, lease: u64 },
-    Delete { key: String },
+    Put {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: u64,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 /// A condition on one key (an absent key has revisions and version 0, and no value).
@@ -78,7 +87,7 @@ pub enum Target {
     ModRevision(u64),
     CreateRevision(u64),
     Version(u64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +119,7 @@ pub enum Outcome {
 /// A stored value and its revisions (as etcd keeps them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Value {
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,
@@ -130,6 +140,7 @@ pub struct Event {
     pub revision: u64,
     pub key: String,
     pub kind: EventKind,
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The key before this change (Kubernetes' delete events carry the last object;
     /// a read at an older revision undoes changes with it).
