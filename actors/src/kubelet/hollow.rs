@@ -230,21 +230,28 @@ impl Actor for HollowKubelet {
             let (client, cache, mine) = (client.clone(), pod_cache.clone(), mine.clone());
             async move {
                 let Change::Upserted(key) = change else { return };
-                let Some(pod) = cache.read().unwrap().objects.get(&key).cloned() else { return };
-                let Some(work) = work_for(&pod, &mine) else { return };
-                let path = format!(
-                    "/api/v1/namespaces/{}/pods/{}",
-                    pod["metadata"]["namespace"].as_str().unwrap_or("default"),
-                    pod["metadata"]["name"].as_str().unwrap_or_default()
-                );
-                let done = match work {
-                    PodWork::Report(status) => client.merge_patch(&format!("{path}/status"), &status).await.map(drop),
-                    PodWork::Release => client.delete_with_grace(&path, 0).await.map(drop),
-                };
-                match done {
-                    Ok(()) => {}
-                    Err(e) if e.code() == Some(404) || e.code() == Some(409) => {}
-                    Err(e) => tracing::debug!(pod = %key, error = %e, "hollow pod update failed"),
+                // Level-triggered: what the pod needs is worked out from the cache again
+                // after a failure (an API server going away mid-request, say) until done.
+                loop {
+                    let Some(pod) = cache.read().unwrap().objects.get(&key).cloned() else { return };
+                    let Some(work) = work_for(&pod, &mine) else { return };
+                    let path = format!(
+                        "/api/v1/namespaces/{}/pods/{}",
+                        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+                        pod["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    let done = match work {
+                        PodWork::Report(status) => {
+                            client.merge_patch(&format!("{path}/status"), &status).await.map(drop)
+                        }
+                        PodWork::Release => client.delete_with_grace(&path, 0).await.map(drop),
+                    };
+                    match done {
+                        Ok(()) => return,
+                        Err(e) if e.code() == Some(404) => return,
+                        Err(e) => tracing::debug!(pod = %key, error = %e, "hollow pod update failed; again in 1 s"),
+                    }
+                    actix_rt::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         })));
