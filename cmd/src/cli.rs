@@ -174,6 +174,10 @@ pub struct AgentArgs {
     /// How many pods the node takes.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// The image of each pod's sandbox container (docker runtime), which holds the pod's
+    /// network; `scripts/busybox-image.sh` builds it, no registry needed.
+    #[arg(long, default_value = "keelson.dev/busybox:1.35")]
+    pub sandbox_image: String,
     /// The first wait before restarting a container that exited; it doubles on each
     /// exit up to --restart-backoff-max (Kubernetes: 10s and 5m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -198,12 +202,15 @@ pub struct AgentArgs {
 pub enum RuntimeKind {
     /// Each container a process on this machine, owned by a small shim (no daemon needed).
     Process,
+    /// Containers from images, through the local Docker daemon.
+    Docker,
 }
 
 impl RuntimeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Process => "process",
+            Self::Docker => "docker",
         }
     }
 }

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use keelson_actors::api::HttpsSetup;
-use keelson_actors::cri::ProcessRuntime;
+use keelson_actors::cri::{ContainerRuntime, DockerRuntime, ProcessRuntime};
 use keelson_actors::kubelet::HollowConfig;
 use keelson_actors::member::{agent_tree, server_tree, AgentNode, ServerParts};
 use keelson_actors::store::StoreConfig;
@@ -327,6 +327,7 @@ fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) 
     // /proc/self belongs to the effective user.
     let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
     let network = match args.network {
+        _ if args.runtime == cli::RuntimeKind::Docker => PodNetworkMode::Docker,
         NetworkKind::Netns if !root => anyhow::bail!("--network netns needs root (network namespaces and a bridge)"),
         NetworkKind::Netns => PodNetworkMode::Netns,
         NetworkKind::Loopback => PodNetworkMode::Loopback,
@@ -347,9 +348,20 @@ fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) 
         sync_every: Duration::from_secs(1),
     }
     .validate()?;
-    keelson_actors::cri::process::become_subreaper().context("cannot become the containers' subreaper")?;
-    let shim = std::env::current_exe().context("cannot find this program's own path (the shim)")?;
-    let runtime = ProcessRuntime::new(dir.join("containers"), shim)?;
-    tracing::info!(runtime = args.runtime.as_str(), network = ?network, "node runtime ready");
-    Ok(AgentNode::Real { runtime: Arc::new(runtime), cfg: Arc::new(cfg) })
+    let runtime: Arc<dyn ContainerRuntime> = match args.runtime {
+        cli::RuntimeKind::Process => {
+            keelson_actors::cri::process::become_subreaper().context("cannot become the containers' subreaper")?;
+            let shim = std::env::current_exe().context("cannot find this program's own path (the shim)")?;
+            Arc::new(ProcessRuntime::new(dir.join("containers"), shim)?)
+        }
+        cli::RuntimeKind::Docker => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let docker = rt
+                .block_on(DockerRuntime::connect(&args.name, &args.sandbox_image))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Arc::new(docker)
+        }
+    };
+    tracing::info!(runtime = %runtime.version(), network = ?network, "node runtime ready");
+    Ok(AgentNode::Real { runtime, cfg: Arc::new(cfg) })
 }

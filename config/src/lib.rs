@@ -458,6 +458,9 @@ pub enum PodNetworkMode {
     /// Each pod gets its own loopback address (127.x.y.z) and shares the host's network:
     /// works unprivileged; pods must bind their `POD_IP`.
     Loopback,
+    /// The docker runtime's: each pod's address on a Docker network the runtime makes
+    /// for the node (its sandbox container holds the pod's network namespace).
+    Docker,
 }
 
 /// What a node's kubelet runs with (`keelson agent`).

@@ -28,6 +28,7 @@ mod support;
 
 mod api_door;
 mod api_watch;
+mod docker;
 mod kubectl;
 mod kubectl_apply;
 mod kubelet;

@@ -12,6 +12,7 @@
 //! - `network.rs`: pod addresses: a network namespace per pod on a bridge of the
 //!   node's (as root), or a loopback address per pod.
 
+pub mod docker;
 pub mod logs;
 pub mod mounts;
 pub mod netlink;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub use docker::DockerRuntime;
 pub use network::{PodAddress, PodNetwork};
 pub use process::ProcessRuntime;
 
@@ -34,6 +36,9 @@ pub use process::ProcessRuntime;
 pub enum RuntimeError {
     #[error("{0}")]
     CreateContainer(String),
+    /// The image could not be had (shown as `ErrImagePull`, then `ImagePullBackOff`).
+    #[error("{0}")]
+    ImagePull(String),
     #[error("no container {0}")]
     NotFound(String),
     #[error("network: {0}")]
@@ -68,6 +73,18 @@ pub struct ContainerSpec {
     pub image: String,
     /// The program and its arguments.
     pub argv: Vec<String>,
+    /// The spec's `command` and `args` as written (an image runtime combines them
+    /// with the image's entrypoint and command, as Kubernetes does).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// `imagePullPolicy` as the spec says (none: Kubernetes' default for the tag).
+    #[serde(default)]
+    pub image_pull_policy: Option<String>,
+    /// The pod's address (an image runtime puts the pod's sandbox there).
+    #[serde(default)]
+    pub pod_ip: Option<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     /// The network namespace to run in (`/run/netns/…`), if the pod has its own.
@@ -151,6 +168,20 @@ pub trait ContainerRuntime: Send + Sync {
     /// Removes what the runtime made on the node besides containers (mount points),
     /// once every container is gone.
     fn tidy(&self) {}
+    /// The node's pod network is `cidr` with the node at `gateway` (an image runtime
+    /// makes its network for it).
+    fn node_network(&self, _cidr: keelson_config::Cidr, _gateway: std::net::Ipv4Addr) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The pod is gone from the node: what the runtime holds for it besides its
+    /// containers (a sandbox) goes.
+    fn release_pod(&self, _pod_uid: &str) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The agent stops for good: the node's network the runtime made goes.
+    fn teardown(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Forgets an exited container and its files.
     fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>>;
     /// Where its output is (CRI log format).

@@ -126,7 +126,7 @@ impl PodNetwork {
     /// How an address of the CIDR is seen: itself, or its loopback twin.
     fn seen(&self, ip: Ipv4Addr) -> Ipv4Addr {
         match self.mode {
-            PodNetworkMode::Netns => ip,
+            PodNetworkMode::Netns | PodNetworkMode::Docker => ip,
             PodNetworkMode::Loopback => loopback_of(ip),
         }
     }
@@ -152,8 +152,8 @@ impl PodNetwork {
     /// own routes. Idempotent.
     pub fn setup(&self) -> Result<()> {
         std::fs::create_dir_all(&self.claims).map_err(RuntimeError::io(format!("{}", self.claims.display())))?;
-        if self.mode == PodNetworkMode::Loopback {
-            return Ok(());
+        if self.mode != PodNetworkMode::Netns {
+            return Ok(()); // loopback needs nothing; Docker's network is the runtime's
         }
         if let Some((cidr, dev)) = host_routes().into_iter().find(|(c, d)| *d != self.bridge && c.overlaps(&self.cidr))
         {
@@ -187,7 +187,7 @@ impl PodNetwork {
 
     /// Removes the bridge and its rules (netns mode): the agent stopping for good.
     pub fn teardown(&self) {
-        if self.mode == PodNetworkMode::Loopback {
+        if self.mode != PodNetworkMode::Netns {
             return;
         }
         for rule in self.forward_rules() {
@@ -235,8 +235,10 @@ impl PodNetwork {
     /// attached before keeps what it has.
     pub fn attach(&self, uid: &str) -> Result<PodAddress> {
         let ip = self.claim(uid)?;
-        if self.mode == PodNetworkMode::Loopback {
-            return Ok(PodAddress { ip: loopback_of(ip), netns: None });
+        match self.mode {
+            PodNetworkMode::Loopback => return Ok(PodAddress { ip: loopback_of(ip), netns: None }),
+            PodNetworkMode::Docker => return Ok(PodAddress { ip, netns: None }),
+            PodNetworkMode::Netns => {}
         }
         let path = Path::new(NETNS_DIR).join(Self::ns_name(uid));
         let veth = Self::veth(uid);

@@ -130,6 +130,10 @@ impl Actor for Kubelet {
                 }
                 actix_rt::time::sleep(Duration::from_secs(5)).await;
             }
+            while let Err(e) = runtime.node_network(cidr, network.node_ip()).await {
+                tracing::error!(error = %e, "the runtime cannot make the node's network; again in 5 s");
+                actix_rt::time::sleep(Duration::from_secs(5)).await;
+            }
             tracing::info!(cidr = %cidr, node_ip = %network.node_ip(), mode = ?cfg.network, "pod network ready");
             while let Err(e) = post_ready(&client, &name, &network).await {
                 tracing::info!(error = %e, "cannot post the node ready yet");
@@ -262,6 +266,11 @@ async fn sweep_orphans(shared: &NodeShared, live: &HashSet<String>) {
             }
         }
     }
+    for uid in shared.network.attached().into_iter().filter(|u| !live.contains(u)) {
+        if let Err(e) = shared.runtime.release_pod(&uid).await {
+            tracing::warn!(pod_uid = %uid, error = %e, "cannot release a gone pod's sandbox");
+        }
+    }
     let net = shared.network.clone();
     let live = live.clone();
     let _ = tokio::task::spawn_blocking(move || {
@@ -292,6 +301,14 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
         futures_util::future::join_all(stops).await;
         for c in &all {
             let _ = runtime.remove(&c.id).await;
+        }
+        let net =
+            PodNetwork::new(cfg.network, node, "0.0.0.0/0".parse().expect("a block"), cfg.root_dir.join("addresses"));
+        for uid in net.attached() {
+            let _ = runtime.release_pod(&uid).await;
+        }
+        if let Err(e) = runtime.teardown().await {
+            tracing::warn!(error = %e, "cannot take the runtime's node network down");
         }
     });
     runtime.tidy();

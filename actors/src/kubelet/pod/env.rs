@@ -276,13 +276,17 @@ fn ns(pod: &Value) -> &str {
 
 /// The program and arguments: `command` then `args`, each with `$(VAR)` expanded.
 pub fn argv(container: &Value, env: &[(String, String)]) -> Vec<String> {
-    let vars: HashMap<String, String> = env.iter().cloned().collect();
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(|s| s.as_str()).map(|s| expand(s, &vars)).collect()
-    };
-    let mut out = strings(&container["command"]);
-    out.extend(strings(&container["args"]));
+    let mut out = expanded(container, "command", env).unwrap_or_default();
+    out.extend(expanded(container, "args", env).unwrap_or_default());
     out
+}
+
+/// The container's `command` or `args` (`field`) with `$(VAR)` expanded; `None` when
+/// the spec leaves it out (the image's own then applies).
+pub fn expanded(container: &Value, field: &str, env: &[(String, String)]) -> Option<Vec<String>> {
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    let list = container[field].as_array()?;
+    Some(list.iter().filter_map(|s| s.as_str()).map(|s| expand(s, &vars)).collect())
 }
 
 #[cfg(test)]

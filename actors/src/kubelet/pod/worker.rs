@@ -78,6 +78,9 @@ struct Track {
     restart_at: Option<Instant>,
     /// Exits in a row that counted towards the back-off.
     backoff_level: u32,
+    /// A failed image pull is tried again then; pulls failed in a row.
+    pull_at: Option<Instant>,
+    pull_level: u32,
     startup: Option<Prober>,
     liveness: Option<Prober>,
     readiness: Option<Prober>,
@@ -95,6 +98,8 @@ impl Track {
             waiting: None,
             restart_at: None,
             backoff_level: 0,
+            pull_at: None,
+            pull_level: 0,
             startup: None,
             liveness: None,
             readiness: None,
@@ -272,8 +277,13 @@ impl Run {
             }
         }
         for t in self.init.iter().chain(self.main.iter()) {
-            let due =
-                [&t.startup, &t.liveness, &t.readiness].into_iter().flatten().map(|p| p.next).chain(t.restart_at).min();
+            let due = [&t.startup, &t.liveness, &t.readiness]
+                .into_iter()
+                .flatten()
+                .map(|p| p.next)
+                .chain(t.restart_at)
+                .chain(t.pull_at)
+                .min();
             if let Some(due) = due {
                 next = next.min(due.saturating_duration_since(Instant::now()).max(Duration::from_millis(20)));
             }
@@ -397,6 +407,13 @@ impl Run {
                 return;
             }
         }
+        // An image that could not be had: tried again after a back-off, as Kubernetes'
+        // ImagePullBackOff (0, base, 2·base … like restarts).
+        if t.pull_at.is_some_and(|at| at > now) {
+            let image = t.spec["image"].as_str().unwrap_or_default().to_string();
+            t.waiting = Some(("ImagePullBackOff".into(), Some(format!("Back-off pulling image \"{image}\""))));
+            return;
+        }
         let attempt = t.current.as_ref().map_or(0, |c| c.attempt + 1);
         let spec = t.spec.clone();
         let name = t.name.clone();
@@ -409,6 +426,7 @@ impl Run {
         let t = self.track(i, init);
         match started {
             Ok(s) => {
+                (t.pull_at, t.pull_level) = (None, 0);
                 if let Some(old) = t.previous.take() {
                     let _ = runtime.remove(&old.id).await;
                 }
@@ -419,6 +437,21 @@ impl Run {
                 t.arm_probes(Instant::now());
                 let msg = format!("Started container {name}");
                 self.event(pod, EventType::Normal, "Started", &msg).await;
+            }
+            Err(RuntimeError::ImagePull(msg)) => {
+                let delay = restart_delay(&cfg, t.pull_level.max(1));
+                t.pull_level += 1;
+                t.pull_at = Some(Instant::now() + delay);
+                t.waiting = Some(("ErrImagePull".into(), Some(msg.clone())));
+                tracing::info!(pod = %self.key, container = %name, message = %msg, "cannot pull the image");
+                self.event(pod, EventType::Warning, "Failed", &msg).await;
+                self.event(
+                    pod,
+                    EventType::Normal,
+                    "BackOff",
+                    &format!("Back-off pulling image \"{}\"", spec["image"].as_str().unwrap_or_default()),
+                )
+                .await;
             }
             Err(RuntimeError::CreateContainer(msg)) => {
                 let reason =
@@ -493,6 +526,10 @@ impl Run {
             attempt,
             image: container["image"].as_str().unwrap_or_default().to_string(),
             argv: env::argv(container, &vars),
+            command: env::expanded(container, "command", &vars),
+            args: env::expanded(container, "args", &vars),
+            image_pull_policy: container["imagePullPolicy"].as_str().map(str::to_string),
+            pod_ip: self.addr.as_ref().map(|a| a.ip.to_string()),
             env: vars,
             working_dir: container["workingDir"].as_str().map(str::to_string),
             netns: self.addr.as_ref().and_then(|a| a.netns.clone()),
@@ -708,6 +745,9 @@ impl Run {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(pod = %self.key, error = %e, "cannot remove the pod's volumes");
             }
+        }
+        if let Err(e) = runtime.release_pod(&self.uid).await {
+            tracing::warn!(pod = %self.key, error = %e, "cannot release the pod's sandbox");
         }
         let (net, uid) = (self.shared.network.clone(), self.uid.clone());
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.detach(&uid)).await {

@@ -1,0 +1,150 @@
+//! The docker runtime (issue P8, first part), driven with the real kubectl against
+//! `keelson up --runtime docker`: the busybox example (an image built locally by
+//! `scripts/busybox-image.sh`, no registry) runs 3 pods answering HTTP at their pod
+//! IPs on the nodes' Docker networks; `kubectl exec` works; a container killed with
+//! `docker kill` is restarted (RESTARTS 1); an image that is not there shows
+//! ErrImagePull / ImagePullBackOff and the pod runs once the image is built; a graceful
+//! delete removes the pod's containers and sandbox; Ctrl-C leaves no container and no
+//! network behind. Skipped, saying why, where no Docker daemon answers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::kubectl::ok;
+use crate::support::*;
+
+const IMAGE: &str = "keelson.dev/busybox:1.35";
+
+fn docker(args: &[&str]) -> Option<String> {
+    let out = Command::new("docker").args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Docker answers and the test image is built (by the repo's script); why not otherwise.
+fn docker_ready() -> Result<(), String> {
+    docker(&["version", "--format", "{{.Server.Version}}"]).ok_or("no Docker daemon answers")?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/busybox-image.sh");
+    let built = Command::new("sh").arg(script).output().map_err(|e| e.to_string())?;
+    if !built.status.success() {
+        return Err(format!("cannot build {IMAGE}: {}", String::from_utf8_lossy(&built.stderr)));
+    }
+    Ok(())
+}
+
+/// Containers and networks whose names hold `marker` (this cluster's agents').
+fn leftovers(marker: &str) -> (String, String) {
+    let containers = docker(&["ps", "-a", "--format", "{{.Names}}"]).unwrap_or_default();
+    let networks = docker(&["network", "ls", "--format", "{{.Name}}"]).unwrap_or_default();
+    let mine = |s: String| s.lines().filter(|l| l.contains(marker)).collect::<Vec<_>>().join(" ");
+    (mine(containers), mine(networks))
+}
+
+fn pods(kc: &Path, selector: &str) -> Vec<Value> {
+    let all: Value = serde_json::from_str(&ok(kc, &["get", "pods", "-l", selector, "-o", "json"])).unwrap();
+    all["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn running(p: &Value) -> bool {
+    p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn http_ok(ip: &str, port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) =
+        std::net::TcpStream::connect_timeout(&format!("{ip}:{port}").parse().unwrap(), Duration::from_secs(2))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(s, "GET /index.html HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.contains("hello from busybox")
+}
+
+#[test]
+fn docker_runtime_runs_images_restarts_and_cleans_up() {
+    if let Err(why) = docker_ready() {
+        eprintln!("skipped: the docker runtime needs a Docker daemon and a local image: {why}");
+        return;
+    }
+    let _serial = serial();
+    let scratch = Scratch::new("docker");
+    let data = scratch.data();
+    let args = ["up", "--servers", "1", "--agents", "2", "--runtime", "docker", "--restart-backoff", "1s"];
+    let mut up = Running::start(&data, &args, &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", Duration::from_secs(90));
+    let kc: PathBuf = data.join("kubeconfig");
+    let nodes = ok(&kc, &["get", "nodes", "-o", "wide"]);
+    assert!(nodes.matches("docker://").count() == 2, "both nodes report the docker runtime: {nodes}");
+
+    // The example, as it is.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/busybox-web.yaml");
+    ok(&kc, &["apply", "-f", example]);
+    let mut web = Vec::new();
+    eventually("3 busybox pods running", Duration::from_secs(60), || {
+        web = pods(&kc, "app=busybox-web").into_iter().filter(running).collect();
+        web.len() == 3
+    });
+    let hosts: std::collections::BTreeSet<&str> = web.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+    assert_eq!(hosts.len(), 2, "spread across both nodes");
+    for p in &web {
+        let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+        eventually(&format!("{ip} answers HTTP"), Duration::from_secs(20), || http_ok(&ip, 8080));
+    }
+    let name = web[0]["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(ok(&kc, &["exec", &name, "--", "cat", "/etc/hostname"]).trim(), name, "the pod's hostname");
+
+    // `docker kill` of a container: restarted, RESTARTS 1.
+    let uid = web[0]["metadata"]["uid"].as_str().unwrap().to_string();
+    let node = web[0]["spec"]["nodeName"].as_str().unwrap().to_string();
+    let container = format!("keelson_{node}_{uid}.httpd.0");
+    docker(&["kill", &container]).expect("docker kill");
+    eventually("the killed container restarted", Duration::from_secs(30), || {
+        let p = pods(&kc, "app=busybox-web").into_iter().find(|p| p["metadata"]["name"] == name.as_str());
+        p.is_some_and(|p| {
+            p["status"]["containerStatuses"][0]["restartCount"] == 1
+                && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+        })
+    });
+
+    // An image that is not there (a registry on this machine's loopback that does not
+    // exist: the pull fails at once and nothing leaves the machine), then built.
+    let missing = "localhost:5999/keelson/missing:1";
+    let _ = docker(&["rmi", missing]);
+    ok(&kc, &["run", "missing", "--image", missing, "--command", "--", "sleep", "3600"]);
+    let mut reasons = std::collections::BTreeSet::new();
+    eventually("ErrImagePull then ImagePullBackOff", Duration::from_secs(30), || {
+        let s: Value = serde_json::from_str(&ok(&kc, &["get", "pod", "missing", "-o", "json"])).unwrap();
+        if let Some(r) = s["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str() {
+            reasons.insert(r.to_string());
+        }
+        reasons.contains("ImagePullBackOff")
+    });
+    let table = ok(&kc, &["get", "pod", "missing"]);
+    assert!(table.contains("ImagePullBackOff") || table.contains("ErrImagePull"), "{table}");
+    let describe = ok(&kc, &["describe", "pod", "missing"]);
+    assert!(describe.contains("Back-off pulling image"), "{describe}");
+    docker(&["tag", IMAGE, missing]).expect("docker tag");
+    eventually("the pod runs once its image is there", Duration::from_secs(60), || {
+        pods(&kc, "run=missing").iter().any(running)
+    });
+
+    // A graceful delete takes the pod's containers and sandbox away.
+    ok(&kc, &["delete", "pod", &name, "--grace-period", "2"]);
+    eventually("the deleted pod's containers are gone", Duration::from_secs(30), || {
+        let all = docker(&["ps", "-a", "--format", "{{.Names}}"]).unwrap_or_default();
+        !all.contains(&uid)
+    });
+
+    // Ctrl-C: nothing of this cluster's is left in Docker.
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0, "up stops cleanly");
+    let _ = docker(&["rmi", missing]);
+    let (containers, networks) = leftovers("keelson_agent-");
+    assert!(containers.is_empty(), "containers left: {containers}");
+    assert!(!networks.contains("keelson-agent-"), "networks left: {networks}");
+}
