@@ -357,7 +357,7 @@ fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) 
         cli::RuntimeKind::Docker => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let docker = rt
-                .block_on(DockerRuntime::connect(&args.name, &args.sandbox_image))
+                .block_on(DockerRuntime::connect(&args.name, &args.sandbox_image, dir.join("docker-logs")))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             Arc::new(docker)
         }

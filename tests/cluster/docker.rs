@@ -2,7 +2,7 @@
 //! `keelson up --runtime docker`: the busybox example (an image built locally by
 //! `scripts/busybox-image.sh`, no registry) runs 3 pods answering HTTP at their pod
 //! IPs on the nodes' Docker networks; `kubectl exec` works; a container killed with
-//! `docker kill` is restarted (RESTARTS 1); an image that is not there shows
+//! `docker kill` is restarted (RESTARTS 1); `kubectl logs` (`--tail`, `--previous`); an image that is not there shows
 //! ErrImagePull / ImagePullBackOff and the pod runs once the image is built; a graceful
 //! delete removes the pod's containers and sandbox; Ctrl-C leaves no container and no
 //! network behind. Skipped, saying why, where no Docker daemon answers.
@@ -109,6 +109,26 @@ fn docker_runtime_runs_images_restarts_and_cleans_up() {
             p["status"]["containerStatuses"][0]["restartCount"] == 1
                 && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
         })
+    });
+
+    // Logs: a container's output, its tail, and the previous run's after a kill.
+    let talk = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done";
+    ok(&kc, &["run", "talker", "--image", IMAGE, "--command", "--", "sh", "-c", talk]);
+    eventually("the talker's output in kubectl logs", Duration::from_secs(30), || {
+        let out = crate::kubectl::kubectl(&kc, &["logs", "talker", "--tail", "2"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success() && text.lines().count() == 2 && text.starts_with("line ")
+    });
+    let talker: Value = serde_json::from_str(&ok(&kc, &["get", "pod", "talker", "-o", "json"])).unwrap();
+    let first = format!(
+        "keelson_{}_{}.talker.0",
+        talker["spec"]["nodeName"].as_str().unwrap(),
+        talker["metadata"]["uid"].as_str().unwrap()
+    );
+    docker(&["kill", &first]).expect("docker kill");
+    eventually("the previous run's output", Duration::from_secs(30), || {
+        let out = crate::kubectl::kubectl(&kc, &["logs", "talker", "--previous"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("line 0\n")
     });
 
     // An image that is not there (a registry on this machine's loopback that does not

@@ -9,9 +9,11 @@
 //! a restarted kubelet finds (adopts) what runs already. Images follow
 //! `imagePullPolicy`; with no registry reachable, a pull fails as ErrImagePull.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig};
@@ -48,12 +50,19 @@ pub struct DockerRuntime {
     /// `docker://<engine version>`.
     version: String,
     sandbox_image: String,
+    /// Each container's output in the CRI format (`<id>.log`), copied from Docker's
+    /// log stream while the container runs, so `kubectl logs` reads it as it reads the
+    /// process runtime's.
+    logs: PathBuf,
+    /// The containers whose output is being copied now.
+    following: Arc<Mutex<HashSet<String>>>,
 }
 
 impl DockerRuntime {
     /// Connects to the daemon (`DOCKER_HOST` or `/var/run/docker.sock`) and agrees on an
     /// API version; an error says what is missing, for the agent to exit with.
-    pub async fn connect(node: &str, sandbox_image: &str) -> std::result::Result<Self, String> {
+    pub async fn connect(node: &str, sandbox_image: &str, logs: PathBuf) -> std::result::Result<Self, String> {
+        std::fs::create_dir_all(&logs).map_err(|e| format!("cannot make {}: {e}", logs.display()))?;
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| format!("the docker runtime needs a Docker daemon: {e}"))?
             .negotiate_version()
@@ -65,6 +74,8 @@ impl DockerRuntime {
             node: node.to_string(),
             version: format!("docker://{}", v.version.unwrap_or_else(|| "unknown".into())),
             sandbox_image: sandbox_image.to_string(),
+            logs,
+            following: Arc::default(),
         };
         if rt.docker.inspect_image(sandbox_image).await.is_err() {
             return Err(format!(
@@ -233,7 +244,24 @@ impl DockerRuntime {
             // Started or not, the container is there and says how it ended.
             tracing::debug!(container = %name, error = %e, "docker start failed");
         }
+        self.follow(&id);
         self.inspect(&id).await
+    }
+
+    /// Copies container `id`'s output from Docker into its CRI log (from just after the
+    /// last line already there: an adopting kubelet carries on), until the container ends.
+    fn follow(&self, id: &str) {
+        if !self.following.lock().unwrap().insert(id.to_string()) {
+            return;
+        }
+        let (docker, name, path, following, id) =
+            (self.docker.clone(), self.docker_name(id), self.log_path(id), self.following.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = copy_logs(&docker, &name, &path).await {
+                tracing::debug!(container = %name, error = %e, "container output not copied");
+            }
+            following.lock().unwrap().remove(&id);
+        });
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerStatus> {
@@ -245,6 +273,9 @@ impl DockerRuntime {
         let labels = c.config.as_ref().and_then(|cfg| cfg.labels.clone()).unwrap_or_default();
         let state = c.state.unwrap_or_default();
         let running = state.running == Some(true);
+        if running {
+            self.follow(id);
+        }
         // Created but never started (a failed start) counts as ended.
         let started_at = state.started_at.filter(|t| !t.starts_with("0001-"));
         let exit = (!running).then(|| {
@@ -358,6 +389,50 @@ impl DockerRuntime {
     }
 }
 
+/// The time (seconds since the epoch) of the last entry of the CRI log at `path`.
+fn last_entry(path: &std::path::Path) -> Option<f64> {
+    let data = std::fs::read(path).ok()?;
+    let last = data.split(|b| *b == b'\n').rev().find(|l| !l.is_empty())?;
+    crate::api::parse_time(super::logs::parse(last)?.time)
+}
+
+/// Docker's log stream of container `name` (timestamped) appended to `path` as CRI
+/// entries; entries at or before the file's last are skipped (Docker's `since` counts
+/// whole seconds).
+async fn copy_logs(docker: &Docker, name: &str, path: &std::path::Path) -> std::io::Result<()> {
+    use bollard::container::LogOutput;
+    let after = last_entry(path);
+    let options = bollard::query_parameters::LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .since(after.map_or(0, |t| t as i32))
+        .build();
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut stream = docker.logs(name, Some(options));
+    while let Some(item) = stream.next().await {
+        let (stream_name, message) = match item {
+            Ok(LogOutput::StdOut { message }) => ("stdout", message),
+            Ok(LogOutput::StdErr { message }) => ("stderr", message),
+            Ok(_) => continue,
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        // `<RFC3339Nano> <text>`: Docker's timestamp, then the chunk as written.
+        let Some(space) = message.iter().position(|b| *b == b' ') else { continue };
+        let (time, text) = (String::from_utf8_lossy(&message[..space]).into_owned(), &message[space + 1..]);
+        if let (Some(a), Some(t)) = (after, crate::api::parse_time(&time)) {
+            if t <= a {
+                continue;
+            }
+        }
+        let full = text.ends_with(b"\n");
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        file.write_all(&super::logs::cri_line(&time, stream_name, full, text))?;
+    }
+    Ok(())
+}
+
 impl ContainerRuntime for DockerRuntime {
     fn version(&self) -> String {
         self.version.clone()
@@ -400,8 +475,13 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>> {
-        let name = self.docker_name(id);
-        async move { self.remove_container(&name).await }.boxed()
+        let (name, log) = (self.docker_name(id), self.log_path(id));
+        async move {
+            self.remove_container(&name).await?;
+            let _ = std::fs::remove_file(log);
+            Ok(())
+        }
+        .boxed()
     }
 
     fn teardown(&self) -> BoxFuture<'_, Result<()>> {
@@ -415,8 +495,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
-        // Docker keeps the output itself; `kubectl logs` through it comes next (P8).
-        PathBuf::from(format!("/nonexistent/docker/{}", self.docker_name(id)))
+        self.logs.join(format!("{id}.log"))
     }
 
     fn exec(&self, id: &str, argv: Vec<String>, timeout: Duration) -> BoxFuture<'_, Result<ExecOutput>> {
