@@ -2,7 +2,8 @@
 //! `keelson up --runtime docker`: the busybox example (an image built locally by
 //! `scripts/busybox-image.sh`, no registry) runs 3 pods answering HTTP at their pod
 //! IPs on the nodes' Docker networks; `kubectl exec` works; a container killed with
-//! `docker kill` is restarted (RESTARTS 1); `kubectl logs` (`--tail`, `--previous`); an image that is not there shows
+//! `docker kill` is restarted (RESTARTS 1); `kubectl logs` (`--tail`, `--previous`); a
+//! memory hog over its 64Mi limit is OOMKilled; an image that is not there shows
 //! ErrImagePull / ImagePullBackOff and the pod runs once the image is built; a graceful
 //! delete removes the pod's containers and sandbox; Ctrl-C leaves no container and no
 //! network behind. Skipped, saying why, where no Docker daemon answers.
@@ -78,8 +79,11 @@ fn docker_runtime_runs_images_restarts_and_cleans_up() {
     let mut up = Running::start(&data, &args, &scratch.0.join("up.log"));
     up.wait_for_line("keelson: ready", Duration::from_secs(90));
     let kc: PathBuf = data.join("kubeconfig");
-    let nodes = ok(&kc, &["get", "nodes", "-o", "wide"]);
-    assert!(nodes.matches("docker://").count() == 2, "both nodes report the docker runtime: {nodes}");
+    let mut nodes = String::new();
+    eventually("both nodes Ready with the docker runtime", Duration::from_secs(60), || {
+        nodes = ok(&kc, &["get", "nodes", "-o", "wide"]);
+        nodes.lines().filter(|l| l.contains(" Ready ") && l.contains("docker://")).count() == 2
+    });
 
     // The example, as it is.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/busybox-web.yaml");
@@ -130,6 +134,29 @@ fn docker_runtime_runs_images_restarts_and_cleans_up() {
         let out = crate::kubectl::kubectl(&kc, &["logs", "talker", "--previous"]);
         out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("line 0\n")
     });
+
+    // A memory hog over its 64Mi limit: OOMKilled, as Kubernetes reports it.
+    let hog = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: {IMAGE}
+    command: [dd, if=/dev/zero, of=/dev/null, bs=200M, count=1]
+    resources: {{limits: {{memory: 64Mi}}}}
+"
+    );
+    let hog_file = scratch.0.join("hog.yaml");
+    std::fs::write(&hog_file, hog).unwrap();
+    ok(&kc, &["apply", "-f", hog_file.to_str().unwrap()]);
+    eventually("the hog OOMKilled", Duration::from_secs(30), || {
+        let p: Value = serde_json::from_str(&ok(&kc, &["get", "pod", "hog", "-o", "json"])).unwrap();
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+    });
+    assert!(ok(&kc, &["describe", "pod", "hog"]).contains("OOMKilled"));
 
     // An image that is not there (a registry on this machine's loopback that does not
     // exist: the pull fails at once and nothing leaves the machine), then built.

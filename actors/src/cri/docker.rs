@@ -232,6 +232,11 @@ impl DockerRuntime {
             host_config: Some(HostConfig {
                 network_mode: Some(network_mode),
                 binds: Some(binds),
+                // Docker's own limits (cgroups): a container over its memory is
+                // OOM-killed (and reported OOMKilled), its CPU throttled to its share.
+                memory: spec.limits.memory_bytes.map(|b| b as i64),
+                memory_swap: spec.limits.memory_bytes.map(|b| b as i64),
+                nano_cpus: spec.limits.cpu_millis.map(|m| m as i64 * 1_000_000),
                 ..Default::default()
             }),
             ..Default::default()

@@ -85,6 +85,9 @@ pub struct ContainerSpec {
     /// The pod's address (an image runtime puts the pod's sandbox there).
     #[serde(default)]
     pub pod_ip: Option<String>,
+    /// `resources.limits`: memory in bytes, CPU in millicores (none: unlimited).
+    #[serde(default)]
+    pub limits: Limits,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     /// The network namespace to run in (`/run/netns/…`), if the pod has its own.
@@ -92,6 +95,25 @@ pub struct ContainerSpec {
     /// Volumes bound over the node's folders, in a mount namespace of the container's own.
     #[serde(default)]
     pub mounts: Vec<Mount>,
+}
+
+/// A container's resource limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+}
+
+impl Limits {
+    /// From a container's spec (`resources.limits.memory` / `.cpu`).
+    pub fn of(container: &serde_json::Value) -> Self {
+        let limits = &container["resources"]["limits"];
+        let some = |n: u64| (n > 0).then_some(n);
+        Limits {
+            memory_bytes: some(crate::controllers::quantity::units(&limits["memory"])),
+            cpu_millis: some(crate::controllers::quantity::millicores(&limits["cpu"])),
+        }
+    }
 }
 
 /// A volume as a container sees it: `source` (a folder or file on the node) bound at

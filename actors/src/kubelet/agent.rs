@@ -294,6 +294,9 @@ impl Handler<Delivered> for Kubelet {
 /// Stops every container this node runs and takes its network down: the agent is
 /// stopping for good (Ctrl-C on `keelson up`), and leaves nothing behind. Blocking.
 pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node: &str, grace: Duration) {
+    // The pods' addresses (and namespaces, bridge): whatever CIDR they were made with.
+    let any: Cidr = "0.0.0.0/0".parse().expect("a block");
+    let net = PodNetwork::new(cfg.network, node, any, cfg.root_dir.join("addresses"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     rt.block_on(async {
         let all = runtime.list().await.unwrap_or_default();
@@ -302,8 +305,6 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
         for c in &all {
             let _ = runtime.remove(&c.id).await;
         }
-        let net =
-            PodNetwork::new(cfg.network, node, "0.0.0.0/0".parse().expect("a block"), cfg.root_dir.join("addresses"));
         for uid in net.attached() {
             let _ = runtime.release_pod(&uid).await;
         }
@@ -313,10 +314,6 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
     });
     runtime.tidy();
     let _ = std::fs::remove_dir_all(cfg.root_dir.join("pods"));
-    // The pods' namespaces and the bridge: whatever CIDR they were made with.
-    let dir = cfg.root_dir.join("addresses");
-    let any: Cidr = "0.0.0.0/0".parse().expect("a block");
-    let net = PodNetwork::new(cfg.network, node, any, dir);
     for uid in net.attached() {
         let _ = net.detach(&uid);
     }

@@ -530,6 +530,7 @@ impl Run {
             args: env::expanded(container, "args", &vars),
             image_pull_policy: container["imagePullPolicy"].as_str().map(str::to_string),
             pod_ip: self.addr.as_ref().map(|a| a.ip.to_string()),
+            limits: crate::cri::Limits::of(container),
             env: vars,
             working_dir: container["workingDir"].as_str().map(str::to_string),
             netns: self.addr.as_ref().and_then(|a| a.netns.clone()),
