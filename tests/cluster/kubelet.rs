@@ -177,6 +177,51 @@ spec:
     ok(kc, &["delete", "pod", "vol", "--grace-period", "1"]);
 }
 
+/// Limits (as root: the container's own cgroups): a memory hog over 64Mi is OOMKilled;
+/// a busy loop at `cpu: 200m` is throttled, by its cgroup's own counters.
+fn limits(kc: &Path, scratch: &Path) {
+    apply(
+        kc,
+        scratch,
+        "limits",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: python
+    command: [python3, -c, \"x = b'a' * (200 << 20)\"]
+    resources: {limits: {memory: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: spin, labels: {t: spin}}
+spec:
+  containers:
+  - name: spin
+    image: python
+    command: [python3, -c, 'while True: pass']
+    resources: {limits: {cpu: 200m}}
+",
+    );
+    eventually("the hog OOMKilled", Duration::from_secs(30), || {
+        status_of(kc, "hog")["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+    });
+    let spin = wait_ready(kc, "t=spin", 1, Duration::from_secs(30));
+    let uid = spin[0]["metadata"]["uid"].as_str().unwrap();
+    let stat = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/keelson/{uid}.spin.0/cpu.stat"));
+    let throttled = |field: &str| -> u64 {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(field)?.trim().parse().ok()).unwrap_or(0)
+    };
+    eventually("the busy loop throttled by its cgroup", Duration::from_secs(20), || throttled("nr_throttled ") >= 5);
+    // 200m of a 100 ms period: 20 ms of CPU, then held back for the rest of it.
+    assert!(throttled("throttled_time ") > 0, "{}", std::fs::read_to_string(&stat).unwrap_or_default());
+    ok(kc, &["delete", "pod", "hog", "spin", "--grace-period", "1"]);
+}
+
 /// kubectl on a terminal of its own (a pseudo-terminal the test holds), as a person runs it.
 struct Terminal {
     controller: std::fs::File,
@@ -463,6 +508,7 @@ spec:
     // Secret, an emptyDir; seen by the container and by exec, not by the host.
     if is_root() {
         volumes(&kc, &scratch.0, &marker);
+        limits(&kc, &scratch.0);
     }
 
     // A graceful delete of a pod that ignores SIGTERM: Terminating, then SIGKILL after 3 s.

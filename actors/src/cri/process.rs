@@ -332,6 +332,7 @@ impl ContainerRuntime for ProcessRuntime {
 
     fn tidy(&self) {
         super::mounts::remove_made(&self.root.join(".mountpoints"));
+        super::shim::remove_cgroup_parents();
     }
 
     fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>> {
