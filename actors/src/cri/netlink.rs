@@ -17,6 +17,7 @@ use std::path::Path;
 // From <linux/rtnetlink.h>, <linux/netlink.h>, <linux/if_link.h>, <linux/veth.h>:
 // part of the kernel's ABI.
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
@@ -190,6 +191,11 @@ impl Netlink {
     pub fn index(&mut self, name: &str) -> io::Result<i32> {
         let msg = Message::new(RTM_GETLINK, 0).raw(&ifinfo(0, 0, 0)).name(IFLA_IFNAME, name);
         self.call(msg)?.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link {name}")))
+    }
+
+    /// Deletes link `name` (a veth goes with its peer, at once).
+    pub fn delete(&mut self, name: &str) -> io::Result<()> {
+        self.call(Message::new(RTM_DELLINK, 0).raw(&ifinfo(0, 0, 0)).name(IFLA_IFNAME, name)).map(|_| ())
     }
 
     /// Sets link `name` up.

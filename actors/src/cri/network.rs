@@ -272,6 +272,18 @@ impl PodNetwork {
     /// Takes pod `uid`'s address and namespace back.
     pub fn detach(&self, uid: &str) -> Result<()> {
         if self.mode == PodNetworkMode::Netns {
+            // The veth first, at once: a namespace only goes when the kernel gets to it
+            // (later, under load), and until then its eth0 would still answer for an
+            // address the next pod may be given.
+            let veth = Self::veth(uid);
+            if Path::new("/sys/class/net").join(&veth).exists() {
+                let deleted = Netlink::open().and_then(|mut nl| nl.delete(&veth));
+                if let Err(e) = deleted.map_err(|e| (e.raw_os_error(), e)) {
+                    if e.0 != Some(libc::ENODEV) {
+                        return Err(RuntimeError::Network(format!("removing {veth}: {}", e.1)));
+                    }
+                }
+            }
             let path = Path::new(NETNS_DIR).join(Self::ns_name(uid));
             if path.exists() {
                 netlink::remove_namespace(&path)
