@@ -139,7 +139,11 @@ impl DockerRuntime {
     /// Pulls `image` if the policy asks for it (Kubernetes' defaults: `Always` for an
     /// untagged or `:latest` image, `IfNotPresent` otherwise).
     async fn ensure_image(&self, image: &str, policy: Option<&str>) -> Result<()> {
-        let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
+        // `repo[:tag]`, where a registry's `host:port/` may come before the repo.
+        let (from, tag) = match image.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((f, t)) => (f, Some(t)),
+            None => (image, None),
+        };
         let policy = policy.unwrap_or(if tag.is_none_or(|t| t == "latest") { "Always" } else { "IfNotPresent" });
         let present = self.docker.inspect_image(image).await.is_ok();
         match policy {
@@ -151,11 +155,7 @@ impl DockerRuntime {
             "IfNotPresent" | "Never" if present => return Ok(()),
             _ => {}
         }
-        let (from, tag) = match image.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
-            Some((f, t)) => (f, t),
-            None => (image, "latest"),
-        };
-        let options = CreateImageOptionsBuilder::default().from_image(from).tag(tag).build();
+        let options = CreateImageOptionsBuilder::default().from_image(from).tag(tag.unwrap_or("latest")).build();
         let mut pulling = self.docker.create_image(Some(options), None, None);
         while let Some(step) = pulling.next().await {
             if let Err(e) = step {
@@ -278,6 +278,8 @@ impl DockerRuntime {
         let labels = c.config.as_ref().and_then(|cfg| cfg.labels.clone()).unwrap_or_default();
         let state = c.state.unwrap_or_default();
         let running = state.running == Some(true);
+        // A running container found here (an adopting kubelet's first look) gets its
+        // output copied too; one already followed is left as it is.
         if running {
             self.follow(id);
         }

@@ -285,14 +285,14 @@ fn shared_folder(dir: &Path) -> io::Result<()> {
 /// no other work ever runs in the pod's namespace.
 pub fn in_namespace<T: Send + 'static>(
     path: &Path,
-    f: impl FnOnce(bool) -> io::Result<T> + Send + 'static,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     let path = path.to_path_buf();
     std::thread::spawn(move || -> io::Result<T> {
         if let Ok(ns) = std::fs::File::open(&path) {
             // SAFETY: setns on a descriptor held open; it moves only this thread.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
-                return f(false);
+                return f();
             }
             // A file left without its mount (a crash between the two): made again.
             drop(ns);
@@ -318,7 +318,7 @@ pub fn in_namespace<T: Send + 'static>(
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        f(true)
+        f()
     })
     .join()
     .map_err(|_| io::Error::other("the namespace thread panicked"))?

@@ -250,7 +250,7 @@ impl PodNetwork {
             let mut host = Netlink::open().map_err(fail("a netlink socket"))?;
             let bridge = host.index(&self.bridge).map_err(fail(&format!("the bridge {}", self.bridge)))?;
             let (prefix, gw) = (self.cidr.prefix, self.node_ip());
-            netlink::in_namespace(&path, move |_| {
+            netlink::in_namespace(&path, move || {
                 let ns = netlink::this_namespace()?;
                 host.veth(&veth, bridge, "eth0", &ns)?;
                 let mut inside = Netlink::open()?;
@@ -277,11 +277,11 @@ impl PodNetwork {
             // address the next pod may be given.
             let veth = Self::veth(uid);
             if Path::new("/sys/class/net").join(&veth).exists() {
-                let deleted = Netlink::open().and_then(|mut nl| nl.delete(&veth));
-                if let Err(e) = deleted.map_err(|e| (e.raw_os_error(), e)) {
-                    if e.0 != Some(libc::ENODEV) {
-                        return Err(RuntimeError::Network(format!("removing {veth}: {}", e.1)));
+                match Netlink::open().and_then(|mut nl| nl.delete(&veth)) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENODEV) => {
+                        return Err(RuntimeError::Network(format!("removing {veth}: {e}")));
                     }
+                    _ => {}
                 }
             }
             let path = Path::new(NETNS_DIR).join(Self::ns_name(uid));

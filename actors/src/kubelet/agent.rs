@@ -266,15 +266,15 @@ async fn sweep_orphans(shared: &NodeShared, live: &HashSet<String>) {
             }
         }
     }
-    for uid in shared.network.attached().into_iter().filter(|u| !live.contains(u)) {
-        if let Err(e) = shared.runtime.release_pod(&uid).await {
+    let gone: Vec<String> = shared.network.attached().into_iter().filter(|u| !live.contains(u)).collect();
+    for uid in &gone {
+        if let Err(e) = shared.runtime.release_pod(uid).await {
             tracing::warn!(pod_uid = %uid, error = %e, "cannot release a gone pod's sandbox");
         }
     }
     let net = shared.network.clone();
-    let live = live.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        for uid in net.attached().into_iter().filter(|u| !live.contains(u)) {
+        for uid in gone {
             if let Err(e) = net.detach(&uid) {
                 tracing::warn!(pod_uid = %uid, error = %e, "cannot free a gone pod's address");
             }
@@ -297,6 +297,7 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
     // The pods' addresses (and namespaces, bridge): whatever CIDR they were made with.
     let any: Cidr = "0.0.0.0/0".parse().expect("a block");
     let net = PodNetwork::new(cfg.network, node, any, cfg.root_dir.join("addresses"));
+    let attached = net.attached();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     rt.block_on(async {
         let all = runtime.list().await.unwrap_or_default();
@@ -305,8 +306,8 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
         for c in &all {
             let _ = runtime.remove(&c.id).await;
         }
-        for uid in net.attached() {
-            let _ = runtime.release_pod(&uid).await;
+        for uid in &attached {
+            let _ = runtime.release_pod(uid).await;
         }
         if let Err(e) = runtime.teardown().await {
             tracing::warn!(error = %e, "cannot take the runtime's node network down");
@@ -314,8 +315,8 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
     });
     runtime.tidy();
     let _ = std::fs::remove_dir_all(cfg.root_dir.join("pods"));
-    for uid in net.attached() {
-        let _ = net.detach(&uid);
+    for uid in &attached {
+        let _ = net.detach(uid);
     }
     net.teardown();
 }

@@ -274,19 +274,20 @@ fn ns(pod: &Value) -> &str {
     pod["metadata"]["namespace"].as_str().unwrap_or("default")
 }
 
-/// The program and arguments: `command` then `args`, each with `$(VAR)` expanded.
-pub fn argv(container: &Value, env: &[(String, String)]) -> Vec<String> {
-    let mut out = expanded(container, "command", env).unwrap_or_default();
-    out.extend(expanded(container, "args", env).unwrap_or_default());
-    out
+/// The container's `command` and `args`, each with `$(VAR)` expanded; `None` where the
+/// spec leaves one out (an image's own entrypoint or command then applies).
+pub fn command_and_args(container: &Value, env: &[(String, String)]) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    let expanded = |field: &str| -> Option<Vec<String>> {
+        let list = container[field].as_array()?;
+        Some(list.iter().filter_map(|s| s.as_str()).map(|s| expand(s, &vars)).collect())
+    };
+    (expanded("command"), expanded("args"))
 }
 
-/// The container's `command` or `args` (`field`) with `$(VAR)` expanded; `None` when
-/// the spec leaves it out (the image's own then applies).
-pub fn expanded(container: &Value, field: &str, env: &[(String, String)]) -> Option<Vec<String>> {
-    let vars: HashMap<String, String> = env.iter().cloned().collect();
-    let list = container[field].as_array()?;
-    Some(list.iter().filter_map(|s| s.as_str()).map(|s| expand(s, &vars)).collect())
+/// The program and arguments: `command` then `args`.
+pub fn argv(command: &Option<Vec<String>>, args: &Option<Vec<String>>) -> Vec<String> {
+    command.iter().chain(args).flatten().cloned().collect()
 }
 
 #[cfg(test)]
@@ -347,7 +348,8 @@ mod tests {
         assert_eq!(get("MY_DB_SERVICE_HOST"), Some("10.96.0.9"));
         assert_eq!(get("MY_DB_SERVICE_PORT_PG"), Some("5432"));
         assert_eq!(get("MY_DB_PORT_5432_TCP_ADDR"), Some("10.96.0.9"));
-        assert_eq!(argv(&container, &env), vec!["echo", "hi you at $(MY_IP)", "$(NOPE)"]);
+        let (command, args) = command_and_args(&container, &env);
+        assert_eq!(argv(&command, &args), vec!["echo", "hi you at $(MY_IP)", "$(NOPE)"]);
 
         refs.config_maps.insert("cfg".into(), None);
         assert_eq!(resolve(&pod, &container, &refs, &facts, &[]).unwrap_err(), "configmap \"cfg\" not found");

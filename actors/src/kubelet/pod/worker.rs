@@ -408,10 +408,9 @@ impl Run {
             }
         }
         // An image that could not be had: tried again after a back-off, as Kubernetes'
-        // ImagePullBackOff (0, base, 2·base … like restarts).
+        // ImagePullBackOff (base, 2·base … up to the restart maximum).
         if t.pull_at.is_some_and(|at| at > now) {
-            let image = t.spec["image"].as_str().unwrap_or_default().to_string();
-            t.waiting = Some(("ImagePullBackOff".into(), Some(format!("Back-off pulling image \"{image}\""))));
+            t.waiting = Some(("ImagePullBackOff".into(), Some(pull_back_off(&t.spec))));
             return;
         }
         let attempt = t.current.as_ref().map_or(0, |c| c.attempt + 1);
@@ -445,13 +444,7 @@ impl Run {
                 t.waiting = Some(("ErrImagePull".into(), Some(msg.clone())));
                 tracing::info!(pod = %self.key, container = %name, message = %msg, "cannot pull the image");
                 self.event(pod, EventType::Warning, "Failed", &msg).await;
-                self.event(
-                    pod,
-                    EventType::Normal,
-                    "BackOff",
-                    &format!("Back-off pulling image \"{}\"", spec["image"].as_str().unwrap_or_default()),
-                )
-                .await;
+                self.event(pod, EventType::Normal, "BackOff", &pull_back_off(&spec)).await;
             }
             Err(RuntimeError::CreateContainer(msg)) => {
                 let reason =
@@ -519,15 +512,16 @@ impl Run {
         }
         let mounts = super::volumes::mounts(container, self.volumes.as_ref().expect("prepared"))
             .map_err(RuntimeError::CreateContainer)?;
+        let (command, args) = env::command_and_args(container, &vars);
         Ok(ContainerSpec {
             pod_uid: self.uid.clone(),
             pod: self.key.clone(),
             name: container["name"].as_str().unwrap_or_default().to_string(),
             attempt,
             image: container["image"].as_str().unwrap_or_default().to_string(),
-            argv: env::argv(container, &vars),
-            command: env::expanded(container, "command", &vars),
-            args: env::expanded(container, "args", &vars),
+            argv: env::argv(&command, &args),
+            command,
+            args,
             image_pull_policy: container["imagePullPolicy"].as_str().map(str::to_string),
             pod_ip: self.addr.as_ref().map(|a| a.ip.to_string()),
             limits: crate::cri::Limits::of(container),
@@ -783,6 +777,11 @@ fn run_length(c: &ContainerStatus) -> Duration {
         return Duration::ZERO;
     };
     Duration::from_secs_f64((end - start).max(0.0))
+}
+
+/// Kubernetes' words for a container waiting to pull its image again.
+fn pull_back_off(container: &Value) -> String {
+    format!("Back-off pulling image \"{}\"", container["image"].as_str().unwrap_or_default())
 }
 
 /// How long a restart waits after `level` exits counted towards the back-off:
