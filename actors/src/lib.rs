@@ -9,6 +9,7 @@
 //! - [`api`]: the Kubernetes API gateway, its actor door and client, informers.
 //! - [`controllers`]: the leader election, the scheduler and the controllers.
 //! - [`kubelet`]: a node agent's kubelet and its pod workers (or hollow nodes).
+//! - [`proxy`]: a node agent's Service proxy, one actor per Service.
 //! - [`cri`]: container runtimes behind one trait (the process runtime and its shim),
 //!   pod networks, container logs.
 //! - [`hash`]: one stable hash (FNV-1a) for names.
@@ -22,6 +23,7 @@ pub mod hash;
 pub mod kubelet;
 pub mod member;
 pub mod process;
+pub mod proxy;
 pub mod runtime;
 pub mod store;
 pub mod transport;

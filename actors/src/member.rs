@@ -18,6 +18,7 @@
 //! /<agent>             root, one_for_one
 //!   /transport         its links to the servers
 //!   /kubelet           its node: /node (registration, pods' network, log streams)
+//!   /proxy             Service traffic to pods: /sync, /service/<ns>/<name>
 //!     /pod/<ns>/<name> one worker per pod; or, for a hollow agent, its simulated nodes
 //!   /admin
 //! ```
@@ -120,19 +121,22 @@ pub fn agent_tree(
     let root = ActorPath::root(&cfg.name);
     let links = transport_tree(&root, transport.clone(), router.clone(), None, SupervisorConfig::default());
     let client = ApiClient::remote(transport.clone(), &servers, root.child("kubelet"));
+    let mut proxy = None;
     let kubelet = match node {
-        AgentNode::Real { runtime, cfg } => kubelet_tree(&root, client, runtime, cfg, &router),
+        AgentNode::Real { runtime, cfg } => {
+            proxy = Some(crate::proxy::proxy_tree(ApiClient::remote(transport.clone(), &servers, root.child("proxy"))));
+            kubelet_tree(&root, client, runtime, cfg, &router)
+        }
         AgentNode::Hollow(hollow) => {
             let factory = move |cx: &_| HollowKubelet::new(cx, client.clone(), hollow.clone());
             ChildSpec::new("kubelet", Restart::Permanent, factory).0
         }
     };
-    SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(kubelet).child(door(
-        cfg,
-        listener,
-        Some(transport),
-        Vec::new(),
-    ))
+    let mut tree = SupervisorSpec::new(Strategy::OneForOne, cfg.root).child(links).child(kubelet);
+    if let Some(proxy) = proxy {
+        tree = tree.child(proxy);
+    }
+    tree.child(door(cfg, listener, Some(transport), Vec::new()))
 }
 
 /// A member process the launcher keeps running.

@@ -283,6 +283,19 @@ pub struct ServerArgs {
     /// The size of each node's block (a prefix length).
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+    /// Where Services' cluster IPs come from (the nodes' proxies hold them on an
+    /// interface of keelson's own; it must not overlap the host's networks).
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cluster_ip_range: keelson_config::Cidr,
+    /// Where node ports come from: `low-high`.
+    #[arg(long, default_value = "30000-32767", value_parser = port_range)]
+    pub service_node_port_range: (u16, u16),
+}
+
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (low, high) = s.split_once('-').ok_or("expected low-high, e.g. 30000-32767")?;
+    let parse = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    Ok((parse(low)?, parse(high)?))
 }
 
 #[derive(Subcommand)]

@@ -253,6 +253,8 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         default_toleration_seconds: args.default_toleration_seconds,
         cluster_cidr: args.cluster_cidr,
         node_cidr_prefix: args.node_cidr_mask_size,
+        service_cidr: args.service_cluster_ip_range,
+        node_ports: args.service_node_port_range,
     }
     .validate()?;
     let code = member::run(
@@ -317,6 +319,7 @@ fn agent(args: cli::AgentArgs, data_dir: &std::path::Path) -> Result<i32> {
     if let (Ok(0), Some((runtime, cfg))) = (&code, stop) {
         tracing::info!("stopping this node's containers and taking its pod network down");
         keelson_actors::kubelet::stop_everything(runtime.as_ref(), &cfg, &args.name, Duration::from_secs(5));
+        keelson_actors::proxy::teardown(&args.name);
     }
     code
 }
@@ -363,5 +366,9 @@ fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) 
         }
     };
     tracing::info!(runtime = %runtime.version(), network = ?network, "node runtime ready");
+    if let Some(why) = runtime.limits_unavailable() {
+        tracing::warn!("containers with resource limits cannot start on this node: {why}");
+        eprintln!("keelson: {}: containers with resource limits cannot start here: {why}", args.name);
+    }
     Ok(AgentNode::Real { runtime, cfg: Arc::new(cfg) })
 }

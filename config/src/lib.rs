@@ -330,6 +330,12 @@ pub struct ControlPlaneConfig {
     /// (Kubernetes' `--cluster-cidr` and `--node-cidr-mask-size`).
     pub cluster_cidr: Cidr,
     pub node_cidr_prefix: u8,
+    /// Where Services' cluster IPs come from (`--service-cluster-ip-range`): held by the
+    /// nodes' proxies on an interface of the project's own, so it must not overlap
+    /// the host's networks.
+    pub service_cidr: Cidr,
+    /// Where node ports come from (`--service-node-port-range`), inclusive.
+    pub node_ports: (u16, u16),
 }
 
 impl Default for ControlPlaneConfig {
@@ -338,6 +344,8 @@ impl Default for ControlPlaneConfig {
             default_toleration_seconds: 1,
             cluster_cidr: Cidr::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16),
             node_cidr_prefix: 24,
+            service_cidr: Cidr::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16),
+            node_ports: (30000, 32767),
         }
     }
 }
@@ -349,6 +357,12 @@ impl ControlPlaneConfig {
                 "node_cidr_prefix",
                 format!("must lie between the cluster range's /{} and /30", self.cluster_cidr.prefix),
             ));
+        }
+        if self.service_cidr.prefix > 30 || self.service_cidr.overlaps(&self.cluster_cidr) {
+            return Err(invalid("service_cidr", "must hold at least 2 addresses and not overlap the pods' range"));
+        }
+        if self.node_ports.0 == 0 || self.node_ports.0 > self.node_ports.1 {
+            return Err(invalid("node_ports", "must be a range low-high of ports above 0"));
         }
         Ok(self)
     }

@@ -3,7 +3,10 @@
 //! `scripts/busybox-image.sh`, no registry) runs 3 pods answering HTTP at their pod
 //! IPs on the nodes' Docker networks; `kubectl exec` works; a container killed with
 //! `docker kill` is restarted (RESTARTS 1); `kubectl logs` (`--tail`, `--previous`); a
-//! memory hog over its 64Mi limit is OOMKilled; an image that is not there shows
+//! memory hog over its 64Mi limit is OOMKilled; a busy loop at 200m is throttled (its
+//! cgroup's counters); `kubectl exec -it` gets a terminal that resizes; kill -9 of an
+//! agent: the restarted one adopts the running containers; a rolling update and its
+//! undo; an image that is not there shows
 //! ErrImagePull / ImagePullBackOff and the pod runs once the image is built; a graceful
 //! delete removes the pod's containers and sandbox; Ctrl-C leaves no container and no
 //! network behind. Skipped, saying why, where no Docker daemon answers.
@@ -66,6 +69,88 @@ fn http_ok(ip: &str, port: u16) -> bool {
     answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.contains("hello from busybox")
 }
 
+/// A busy loop limited to 200m: Docker's cgroup for it counts throttled periods.
+fn cpu_throttled(kc: &Path, scratch: &Path) {
+    let spin = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: spin}}
+spec:
+  containers:
+  - name: spin
+    image: {IMAGE}
+    command: [sh, -c, 'while :; do :; done']
+    resources: {{limits: {{cpu: 200m}}}}
+"
+    );
+    let file = scratch.join("spin.yaml");
+    std::fs::write(&file, spin).unwrap();
+    ok(kc, &["apply", "-f", file.to_str().unwrap()]);
+    let mut pod = Value::Null;
+    eventually("the busy loop running", Duration::from_secs(30), || {
+        pod = serde_json::from_str(&ok(kc, &["get", "pod", "spin", "-o", "json"])).unwrap();
+        running(&pod)
+    });
+    let name = format!(
+        "keelson_{}_{}.spin.0",
+        pod["spec"]["nodeName"].as_str().unwrap(),
+        pod["metadata"]["uid"].as_str().unwrap()
+    );
+    let id = docker(&["inspect", "--format", "{{.Id}}", &name]).expect("the container's id").trim().to_string();
+    // Docker's cgroup for it, on the cgroupfs (v1 or v2) or systemd driver.
+    let candidates = [
+        format!("/sys/fs/cgroup/cpu/docker/{id}/cpu.stat"),
+        format!("/sys/fs/cgroup/cpu/system.slice/docker-{id}.scope/cpu.stat"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
+        format!("/sys/fs/cgroup/docker/{id}/cpu.stat"),
+    ];
+    let Some(stat) = candidates.iter().find(|p| Path::new(p).exists()).cloned() else {
+        panic!("no cgroup cpu.stat for container {id} (looked at {candidates:?})");
+    };
+    let field = |name: &str| -> u64 {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
+    };
+    eventually("the busy loop throttled by its cgroup", Duration::from_secs(20), || field("nr_throttled ") >= 5);
+    // 200m of a 100 ms period: 20 ms of CPU, then held back for the rest of it.
+    let time = field("throttled_time ").max(field("throttled_usec "));
+    assert!(time > 0, "{}", std::fs::read_to_string(&stat).unwrap_or_default());
+    ok(kc, &["delete", "pod", "spin", "--grace-period", "1"]);
+}
+
+/// kill -9 of a docker agent: the restarted agent adopts the containers that run on
+/// (the same Docker containers, no new attempt), and its pods stay Running.
+fn adopted_after_kill_9(kc: &Path, data: &Path, up: &mut Running) {
+    let mine = || {
+        let list = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=keelson.node=agent-1",
+            "--format",
+            "{{.ID}} {{.Names}} {{.State}}",
+        ]);
+        let mut lines: Vec<String> = list.unwrap_or_default().lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let before = mine();
+    assert!(before.iter().any(|l| l.ends_with(" running") && l.contains(".httpd.")), "{before:?}");
+    let agent = door(data, "agent-1")["pid"].as_i64().unwrap() as i32;
+    // SAFETY: killing the test's own agent process.
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    up.wait_for_line("keelson: agent-1 restarted", Duration::from_secs(30));
+    eventually("agent-1 adopted its pods", Duration::from_secs(30), || {
+        std::fs::read_to_string(data.join("agent-1/keelson.log"))
+            .is_ok_and(|l| l.contains("adopted the pod's running containers"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(mine(), before, "the same containers, still running, none started again");
+    eventually("3 busybox pods running", Duration::from_secs(30), || {
+        pods(kc, "app=busybox-web").into_iter().filter(running).count() == 3
+    });
+}
+
 #[test]
 fn docker_runtime_runs_images_restarts_and_cleans_up() {
     if let Err(why) = docker_ready() {
@@ -101,6 +186,46 @@ fn docker_runtime_runs_images_restarts_and_cleans_up() {
     }
     let name = web[0]["metadata"]["name"].as_str().unwrap().to_string();
     assert_eq!(ok(&kc, &["exec", &name, "--", "cat", "/etc/hostname"]).trim(), name, "the pod's hostname");
+    let out = crate::kubectl::kubectl(&kc, &["exec", &name, "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
+    // A shell on a terminal (Docker's exec with a tty, through the Engine API), resized.
+    let mut shell = Terminal::run(&kc, &["exec", "-it", &name, "--", "sh"]);
+    shell.type_line("echo hello-$((6*7)); stty size");
+    shell.expect("hello-42");
+    shell.expect("24 80");
+    shell.resize(30, 100);
+    std::thread::sleep(Duration::from_millis(500));
+    shell.type_line("stty size");
+    shell.expect("30 100");
+    shell.type_line("exit 4");
+    assert_eq!(shell.wait(), Some(4), "the shell's exit code is kubectl's");
+
+    cpu_throttled(&kc, &scratch.0);
+    adopted_after_kill_9(&kc, &data, &mut up);
+
+    // A rolling update and its undo, followed by rollout status; every pod answers.
+    for (greeting, step) in [
+        ("bonjour", &["set", "env", "deployment/busybox-web", "GREETING=bonjour"][..]),
+        ("", &["rollout", "undo", "deployment/busybox-web"][..]),
+    ] {
+        ok(&kc, step);
+        ok(&kc, &["rollout", "status", "deployment/busybox-web", "--timeout", "90s"]);
+        let mut now = Vec::new();
+        eventually("3 pods of the new template running", Duration::from_secs(30), || {
+            now = pods(&kc, "app=busybox-web").into_iter().filter(running).collect();
+            now.len() == 3
+        });
+        for p in &now {
+            let env = p["spec"]["containers"][0]["env"][0]["value"].as_str().unwrap_or_default();
+            assert_eq!(env, greeting, "{p}");
+            let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+            eventually(&format!("{ip} answers HTTP"), Duration::from_secs(20), || http_ok(&ip, 8080));
+        }
+    }
+    let web: Vec<Value> = pods(&kc, "app=busybox-web").into_iter().filter(running).collect();
+    let name = web[0]["metadata"]["name"].as_str().unwrap().to_string();
 
     // `docker kill` of a container: restarted, RESTARTS 1.
     let uid = web[0]["metadata"]["uid"].as_str().unwrap().to_string();
@@ -123,6 +248,11 @@ fn docker_runtime_runs_images_restarts_and_cleans_up() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         out.status.success() && text.lines().count() == 2 && text.starts_with("line ")
     });
+    let mut follower = Follower::start(&kc, &["logs", "-f", "talker"]);
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&kc, &["exec", "talker", "--", "sh", "-c", "echo followed-live > /proc/1/fd/1"]);
+    follower.expect("followed-live");
+    drop(follower);
     let talker: Value = serde_json::from_str(&ok(&kc, &["get", "pod", "talker", "-o", "json"])).unwrap();
     let first = format!(
         "keelson_{}_{}.talker.0",

@@ -22,7 +22,8 @@
 //! - the scheduler and controllers place, scale, roll out and back, and collect
 //!   workloads on hollow nodes, and replace what lost nodes and a lost leader held;
 //! - real agents run pods as processes: addresses, logs, restarts and back-off, probes,
-//!   graceful deletion, adoption after kill -9, rollouts, and a clean stop.
+//!   graceful deletion, adoption after kill -9, rollouts, and a clean stop;
+//! - Services reach ready pods at cluster IPs and node ports, through rollouts.
 
 mod support;
 
@@ -37,6 +38,7 @@ mod leader;
 mod linearizability;
 mod member;
 mod python_client;
+mod services;
 mod store;
 mod store_api;
 mod store_history;

@@ -235,3 +235,126 @@ pub fn door_call(
     let json = resp.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
     Some((code, json))
 }
+
+/// kubectl on a terminal of its own (a pseudo-terminal the test holds), as a person runs it.
+pub struct Terminal {
+    controller: std::fs::File,
+    child: std::process::Child,
+    seen: String,
+    output: std::sync::mpsc::Receiver<String>,
+}
+
+impl Terminal {
+    pub fn run(kubeconfig: &Path, args: &[&str]) -> Self {
+        use std::os::fd::FromRawFd;
+        let (mut c, mut t) = (0, 0);
+        let size = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: openpty fills in two descriptors we then own.
+        assert_eq!(unsafe { libc::openpty(&mut c, &mut t, std::ptr::null_mut(), std::ptr::null(), &size) }, 0);
+        // SAFETY: both descriptors are ours.
+        let (controller, terminal) = unsafe { (std::fs::File::from_raw_fd(c), std::fs::File::from_raw_fd(t)) };
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.args(args).env("KUBECONFIG", kubeconfig);
+        cmd.stdin(terminal.try_clone().unwrap()).stdout(terminal.try_clone().unwrap()).stderr(terminal);
+        // SAFETY: setsid and TIOCSCTTY between fork and exec: the terminal becomes kubectl's.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let mut reader = controller.try_clone().unwrap();
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { controller, child, seen: String::new(), output }
+    }
+
+    pub fn type_line(&mut self, line: &str) {
+        write!(self.controller, "{line}\r").unwrap();
+    }
+
+    pub fn expect(&mut self, text: &str) {
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(10) {
+            if let Some(i) = self.seen.find(text) {
+                self.seen.drain(..i + text.len());
+                return;
+            }
+            if let Ok(chunk) = self.output.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push_str(&chunk);
+            }
+        }
+        panic!("the terminal never showed {text:?}; it showed {:?}", self.seen);
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads the winsize we own; the kernel tells kubectl (SIGWINCH).
+        unsafe { libc::ioctl(self.controller.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    }
+
+    pub fn wait(&mut self) -> Option<i32> {
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(15) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+/// A command whose output is read as it comes (`kubectl logs -f`).
+pub struct Follower {
+    child: Child,
+    output: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    pub fn start(kubeconfig: &Path, args: &[&str]) -> Self {
+        let mut child =
+            Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, output }
+    }
+
+    /// Waits (10 s at most) for `text` in what the command printed.
+    pub fn expect(&mut self, text: &str) {
+        let began = Instant::now();
+        let mut seen = String::new();
+        while !seen.contains(text) && began.elapsed() < Duration::from_secs(10) {
+            if let Ok(chunk) = self.output.recv_timeout(Duration::from_millis(200)) {
+                seen.push_str(&chunk);
+            }
+        }
+        assert!(seen.contains(text), "{text:?} never came; the command printed: {seen}");
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -78,6 +78,23 @@ pub fn apply(kind: &str, obj: &mut Value) {
             }
             pod_spec(&mut spec["template"]["spec"]);
         }
+        "Service" => {
+            or(spec, "type", "ClusterIP".into());
+            or(spec, "sessionAffinity", "None".into());
+            if spec["type"] != "ExternalName" {
+                or(spec, "internalTrafficPolicy", "Cluster".into());
+                or(spec, "ipFamilies", json!(["IPv4"]));
+                or(spec, "ipFamilyPolicy", "SingleStack".into());
+            }
+            if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+                or(spec, "externalTrafficPolicy", "Cluster".into());
+            }
+            for port in spec["ports"].as_array_mut().into_iter().flatten() {
+                or(port, "protocol", "TCP".into());
+                let number = port["port"].clone();
+                or(port, "targetPort", number);
+            }
+        }
         "Job" => {
             if spec["completions"].is_null() && spec["parallelism"].is_null() {
                 spec["completions"] = 1.into();

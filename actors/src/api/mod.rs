@@ -52,6 +52,7 @@ mod protobuf;
 pub mod recorder;
 pub mod resources;
 mod selector;
+pub mod services;
 mod status;
 mod strategic;
 mod table;
@@ -111,7 +112,12 @@ impl ApiServer {
         let auth = Arc::new(auth::Authenticator::new(token));
         let openapi = Arc::new(openapi::OpenApi::new());
         let state = ApiState {
-            objects: Objects { replicas, epoch: None, toleration_seconds: control.default_toleration_seconds as i64 },
+            objects: Objects {
+                replicas,
+                epoch: None,
+                toleration_seconds: control.default_toleration_seconds as i64,
+                services: services::ServiceRanges { cluster_ips: control.service_cidr, node_ports: control.node_ports },
+            },
             auth,
             openapi,
             address,

@@ -22,6 +22,8 @@ pub struct Objects {
     pub epoch: Option<u64>,
     /// The default `tolerationSeconds` pods get for not-ready/unreachable nodes.
     pub toleration_seconds: i64,
+    /// Where Services' cluster IPs and node ports come from.
+    pub services: super::services::ServiceRanges,
 }
 
 /// What a delete asks for (`DeleteOptions`' preconditions).
@@ -273,6 +275,9 @@ fn prepare(
             }
         }
     }
+    if res.kind == "Service" {
+        super::services::carry_over(current, &mut obj)?;
+    }
     if obj.get("spec").is_some() && obj["spec"] != current["spec"] {
         obj["metadata"]["generation"] = (current["metadata"]["generation"].as_u64().unwrap_or(0) + 1).into();
     }
@@ -345,7 +350,7 @@ impl Objects {
     }
 
     /// The stored object and its modification revision.
-    async fn read(&self, key: &str) -> Result<Option<(Value, u64)>, Failure> {
+    pub(super) async fn read(&self, key: &str) -> Result<Option<(Value, u64)>, Failure> {
         match self.run(key, ClientOp::Get { key: key.to_string() }).await? {
             ClientReply::Item { item: Some(i), .. } => {
                 Ok(with_version(&i.value, i.mod_revision).map(|v| (v, i.mod_revision)))
@@ -373,7 +378,7 @@ impl Objects {
         }
     }
 
-    async fn cas(&self, key: &str, expected: u64, value: Option<&Value>) -> Result<Outcome, Failure> {
+    pub(super) async fn cas(&self, key: &str, expected: u64, value: Option<&Value>) -> Result<Outcome, Failure> {
         let value = value.map(|v| serde_json::to_vec(v).unwrap_or_default());
         let op = WriteOp::Cas { key: key.to_string(), expected, value };
         match self.run(key, ClientOp::Write(Command { epoch: self.epoch, op })).await? {
@@ -509,7 +514,16 @@ impl Objects {
             }
             _ => {}
         }
-        match self.cas(&res.key(ns, &name), 0, Some(&obj)).await? {
+        let owner = format!("{}/{name}", ns.unwrap_or("default"));
+        let taken = match res.kind {
+            "Service" => self.allocate(ns.unwrap_or("default"), &mut obj).await?,
+            _ => Vec::new(),
+        };
+        let written = self.cas(&res.key(ns, &name), 0, Some(&obj)).await;
+        if !matches!(written, Ok(Outcome::Done { .. })) {
+            self.release_keys(&owner, &taken).await;
+        }
+        match written? {
             Outcome::Done { revision, .. } => {
                 obj["metadata"]["resourceVersion"] = revision.to_string().into();
                 Ok(obj)
@@ -583,7 +597,19 @@ impl Objects {
                 change(&current).and_then(|obj| prepare(res, name, &key, self.shards(), obj, &current, revision, how));
             match step {
                 Ok(Prepared::Write { mut obj, finished }) => {
-                    match self.cas(&key, revision, (!finished).then_some(&obj)).await? {
+                    // A Service whose update asks for addresses it lacks (a new type or
+                    // port) gets them before it is written.
+                    let taken = match res.kind {
+                        "Service" if !finished && super::services::needs_allocation(&obj) => {
+                            self.allocate(ns.unwrap_or("default"), &mut obj).await?
+                        }
+                        _ => Vec::new(),
+                    };
+                    let written = self.cas(&key, revision, (!finished).then_some(&obj)).await;
+                    if !taken.is_empty() && !matches!(written, Ok(Outcome::Done { .. })) {
+                        self.release_keys(&format!("{}/{name}", ns.unwrap_or("default")), &taken).await;
+                    }
+                    match written? {
                         Outcome::Done { revision, .. } => {
                             obj["metadata"]["resourceVersion"] = revision.to_string().into();
                             return Ok(obj);
@@ -682,6 +708,8 @@ impl Objects {
                 Outcome::Done { revision, .. } => {
                     if keep {
                         current["metadata"]["resourceVersion"] = revision.to_string().into();
+                    } else if res.kind == "Service" {
+                        self.release(ns.unwrap_or("default"), &current).await;
                     }
                     return Ok(current);
                 }

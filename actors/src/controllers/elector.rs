@@ -20,8 +20,8 @@ use serde_json::json;
 use super::namespace::NamespaceController;
 use super::scheduler::Scheduler;
 use super::{
-    ControllerContext, DaemonSetController, DeploymentController, GarbageCollector, JobController, NodeIpamController,
-    NodeLifecycleController, ReplicaSetController, SharedInformers,
+    ControllerContext, DaemonSetController, DeploymentController, EndpointsController, GarbageCollector, JobController,
+    NodeIpamController, NodeLifecycleController, ReplicaSetController, SharedInformers,
 };
 use crate::api::{ApiClient, ApiServer};
 use crate::runtime::{
@@ -96,6 +96,7 @@ fn controller_specs(client: &ApiClient, control: ControlPlaneConfig) -> Vec<Chil
         spec(CONTROLLERS[6], client, DaemonSetController::new),
         spec(CONTROLLERS[7], client, JobController::new),
         spec(CONTROLLERS[8], client, NodeIpamController::new),
+        spec(CONTROLLERS[9], client, EndpointsController::new),
     ]
 }
 
@@ -110,6 +111,7 @@ const CONTROLLERS: &[&str] = &[
     "daemonset",
     "job",
     "node-ipam",
+    "endpoints",
 ];
 
 async fn stop_controllers(controllers: &Ref<Supervisor>) {

@@ -1,13 +1,14 @@
 //! The control plane's controllers, on server members: `/leader` elects the one member
 //! that runs them, and starts them under `/controllers` while it leads (each writes
 //! with the leader's fencing epoch): namespace, scheduler, replicaset, deployment,
-//! garbage-collector, node-lifecycle, daemonset, job. Each is an actor fed by informers
+//! garbage-collector, node-lifecycle, daemonset, job, node-ipam, endpoints. Each is an actor fed by informers
 //! (shared among them: one watch per collection), reconciling one key at a time from a
 //! work queue (level-triggered: it reads the latest state).
 
 mod daemonset;
 pub mod deployment;
 mod elector;
+pub mod endpoints;
 mod gc;
 mod job;
 pub mod labels;
@@ -25,6 +26,7 @@ pub mod workload;
 pub use daemonset::DaemonSetController;
 pub use deployment::DeploymentController;
 pub use elector::{Election, Elector, Term, LEADER_KEY};
+pub use endpoints::EndpointsController;
 pub use gc::GarbageCollector;
 pub use job::JobController;
 pub use namespace::NamespaceController;

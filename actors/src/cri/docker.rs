@@ -26,7 +26,10 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use keelson_config::Cidr;
 
-use super::{ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, Exit, Result, RuntimeError};
+use super::{
+    AttachedExec, Chunk, ContainerRuntime, ContainerSpec, ContainerStatus, ExecControl, ExecOutput, ExecSession, Exit,
+    Result, RuntimeError,
+};
 
 const NODE: &str = "keelson.node";
 const POD_UID: &str = "keelson.pod-uid";
@@ -396,6 +399,46 @@ impl DockerRuntime {
     }
 }
 
+impl DockerRuntime {
+    /// Starts `argv` in container `id` with its streams attached (a terminal if `tty`).
+    async fn attach_exec(&self, id: &str, argv: Vec<String>, stdin: bool, tty: bool) -> Result<AttachedExec> {
+        use bollard::container::LogOutput;
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let options = CreateExecOptions {
+            cmd: Some(argv),
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(tty),
+            env: tty.then(|| vec!["TERM=xterm".to_string()]),
+            ..Default::default()
+        };
+        let exec = match self.docker.create_exec(&self.docker_name(id), options).await {
+            Ok(e) => e,
+            Err(e) if not_found(&e) => return Err(RuntimeError::NotFound(id.to_string())),
+            Err(e) => return Err(failed("exec")(e)),
+        };
+        let StartExecResults::Attached { output, input } =
+            self.docker.start_exec(&exec.id, None).await.map_err(failed("exec"))?
+        else {
+            return Err(RuntimeError::CreateContainer("docker started the exec detached".into()));
+        };
+        let output = output
+            .take_while(|item| std::future::ready(item.is_ok()))
+            .filter_map(|item| {
+                std::future::ready(match item {
+                    Ok(LogOutput::StdErr { message }) => Some(Chunk { stderr: true, data: message.to_vec() }),
+                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                        Some(Chunk { stderr: false, data: message.to_vec() })
+                    }
+                    _ => None,
+                })
+            })
+            .boxed();
+        Ok(AttachedExec { output, input, control: Box::new(DockerExec { docker: self.docker.clone(), id: exec.id }) })
+    }
+}
+
 /// The time (seconds since the epoch) of the last entry of the CRI log at `path`.
 fn last_entry(path: &std::path::Path) -> Option<f64> {
     let data = std::fs::read(path).ok()?;
@@ -510,10 +553,59 @@ impl ContainerRuntime for DockerRuntime {
         async move { self.exec_in(&id, argv, timeout).await }.boxed()
     }
 
-    fn exec_command(&self, id: &str, argv: Vec<String>) -> BoxFuture<'_, Result<std::process::Command>> {
-        // `docker exec` of the daemon's own CLI: the terminal or pipes are the caller's.
-        let mut cmd = std::process::Command::new("docker");
-        cmd.args(["exec", "-i", &self.docker_name(id)]).args(argv);
-        async move { Ok(cmd) }.boxed()
+    fn exec_session(&self, id: &str, argv: Vec<String>, stdin: bool, tty: bool) -> BoxFuture<'_, Result<ExecSession>> {
+        let id = id.to_string();
+        async move { self.attach_exec(&id, argv, stdin, tty).await.map(ExecSession::Attached) }.boxed()
+    }
+}
+
+/// A `kubectl exec` session Docker runs: resized, hung up and asked its exit code
+/// through the Engine API.
+struct DockerExec {
+    docker: Docker,
+    id: String,
+}
+
+impl ExecControl for DockerExec {
+    fn resize(&self, rows: u16, cols: u16) -> BoxFuture<'static, ()> {
+        let (docker, id) = (self.docker.clone(), self.id.clone());
+        async move {
+            let size = bollard::exec::ResizeExecOptions { height: rows, width: cols };
+            if let Err(e) = docker.resize_exec(&id, size).await {
+                tracing::debug!(error = %e, "exec terminal not resized");
+            }
+        }
+        .boxed()
+    }
+
+    fn hang_up(&self) -> BoxFuture<'static, ()> {
+        let (docker, id) = (self.docker.clone(), self.id.clone());
+        async move {
+            // Docker has no hang-up of its own: its process (a host pid, seen by this
+            // root agent) gets the SIGHUP a closing terminal sends.
+            if let Ok(pid) = docker.inspect_exec(&id).await.map(|e| e.pid.unwrap_or(0)) {
+                if pid > 0 {
+                    // SAFETY: signalling the exec's own process.
+                    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn exit_code(&self) -> BoxFuture<'static, i32> {
+        let (docker, id) = (self.docker.clone(), self.id.clone());
+        async move {
+            // The output ends a moment before Docker has the exit code.
+            for _ in 0..50 {
+                match docker.inspect_exec(&id).await {
+                    Ok(e) if e.running != Some(true) => return e.exit_code.map_or(1, |c| c as i32),
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(_) => return 1,
+                }
+            }
+            1
+        }
+        .boxed()
     }
 }

@@ -12,6 +12,7 @@
 //! - `network.rs`: pod addresses: a network namespace per pod on a bridge of the
 //!   node's (as root), or a loopback address per pod.
 
+pub mod cgroups;
 pub mod docker;
 pub mod logs;
 pub mod mounts;
@@ -187,6 +188,11 @@ pub trait ContainerRuntime: Send + Sync {
     fn list_pod(&self, pod_uid: &str) -> BoxFuture<'_, Result<Vec<ContainerStatus>>>;
     /// SIGTERM, then SIGKILL once `grace` has passed; answers once it has exited.
     fn stop(&self, id: &str, grace: Duration) -> BoxFuture<'_, Result<ContainerStatus>>;
+    /// Why containers cannot be held to their resource limits on this node, if they
+    /// cannot (a host without writable cgroups).
+    fn limits_unavailable(&self) -> Option<String> {
+        None
+    }
     /// Removes what the runtime made on the node besides containers (mount points),
     /// once every container is gone.
     fn tidy(&self) {}
@@ -211,7 +217,41 @@ pub trait ContainerRuntime: Send + Sync {
     /// Runs `argv` beside the container (its environment, directory and network),
     /// killed after `timeout`.
     fn exec(&self, id: &str, argv: Vec<String>, timeout: Duration) -> BoxFuture<'_, Result<ExecOutput>>;
-    /// The command to run `argv` beside the container with a terminal or pipes of the
-    /// caller's (`kubectl exec`): program, arguments, environment, directory.
-    fn exec_command(&self, id: &str, argv: Vec<String>) -> BoxFuture<'_, Result<std::process::Command>>;
+    /// How `argv` runs beside the container for `kubectl exec` (with stdin, on a
+    /// terminal, as asked).
+    fn exec_session(&self, id: &str, argv: Vec<String>, stdin: bool, tty: bool) -> BoxFuture<'_, Result<ExecSession>>;
+}
+
+/// How `kubectl exec` reaches a container.
+pub enum ExecSession {
+    /// A command for the kubelet to run itself, with pipes or a terminal of its own
+    /// (program, arguments, environment, directory set).
+    Command(std::process::Command),
+    /// A command a daemon runs (Docker's exec), its streams attached here.
+    Attached(AttachedExec),
+}
+
+/// A piece of an attached command's output.
+#[derive(Debug)]
+pub struct Chunk {
+    pub stderr: bool,
+    pub data: Vec<u8>,
+}
+
+/// An exec a daemon runs: its output, its input, and what else it can be asked.
+pub struct AttachedExec {
+    /// Ends when the command's streams do.
+    pub output: futures_util::stream::BoxStream<'static, Chunk>,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub control: Box<dyn ExecControl>,
+}
+
+/// What an attached exec is asked besides its streams.
+pub trait ExecControl: Send + Sync {
+    /// Its terminal is now `rows` × `cols`.
+    fn resize(&self, rows: u16, cols: u16) -> BoxFuture<'static, ()>;
+    /// The caller went away: its terminal hangs up (SIGHUP), as when a terminal closes.
+    fn hang_up(&self) -> BoxFuture<'static, ()>;
+    /// Its exit code, once its output has ended.
+    fn exit_code(&self) -> BoxFuture<'static, i32>;
 }

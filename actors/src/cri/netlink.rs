@@ -20,6 +20,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -223,17 +224,25 @@ impl Netlink {
         self.call(msg).map(|_| ())
     }
 
+    /// A link `name` of `kind` (`bridge`, `dummy`, …) with nothing attached, up.
+    pub fn link(&mut self, name: &str, kind: &str) -> io::Result<()> {
+        let msg = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
+            .raw(&ifinfo(0, IFF_UP, IFF_UP))
+            .name(IFLA_IFNAME, name)
+            .open(IFLA_LINKINFO)
+            .attr(IFLA_INFO_KIND, kind.as_bytes())
+            .close();
+        self.call(msg).map(|_| ())
+    }
+
     /// Gives link `index` the address `ip/prefix`.
     pub fn address(&mut self, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
-        let mut ifa = [0u8; 8];
-        ifa[0] = libc::AF_INET as u8;
-        ifa[1] = prefix;
-        ifa[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
-        let msg = Message::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
-            .raw(&ifa)
-            .attr(IFA_LOCAL, &ip.octets())
-            .attr(IFA_ADDRESS, &ip.octets());
-        self.call(msg).map(|_| ())
+        self.call(address_message(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, index, ip, prefix)).map(|_| ())
+    }
+
+    /// Takes `ip/prefix` off link `index`.
+    pub fn remove_address(&mut self, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        self.call(address_message(RTM_DELADDR, 0, index, ip, prefix)).map(|_| ())
     }
 
     /// The default route, through `gateway`.
@@ -242,6 +251,14 @@ impl Netlink {
         let msg = Message::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL).raw(&rt).attr(RTA_GATEWAY, &gateway.octets());
         self.call(msg).map(|_| ())
     }
+}
+
+fn address_message(kind: u16, flags: u16, index: i32, ip: Ipv4Addr, prefix: u8) -> Message {
+    let mut ifa = [0u8; 8];
+    ifa[0] = libc::AF_INET as u8;
+    ifa[1] = prefix;
+    ifa[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
+    Message::new(kind, flags).raw(&ifa).attr(IFA_LOCAL, &ip.octets()).attr(IFA_ADDRESS, &ip.octets())
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {

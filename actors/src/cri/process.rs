@@ -13,8 +13,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use super::cgroups::Layout;
 use super::shim::{start_ticks, write_json, Started};
-use super::{ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, Exit, Result, RuntimeError};
+use super::{ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecSession, Exit, Result, RuntimeError};
 
 /// How long a start may take before the runtime gives up on it.
 const START_WAIT: Duration = Duration::from_secs(10);
@@ -23,6 +24,8 @@ pub struct ProcessRuntime {
     root: PathBuf,
     /// The program run as the shim (`<it> shim <dir>`): this binary.
     shim: PathBuf,
+    /// The host's cgroups, or why containers cannot be held to limits here.
+    cgroups: std::result::Result<Layout, String>,
 }
 
 /// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`).
@@ -48,7 +51,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 impl ProcessRuntime {
     pub fn new(root: PathBuf, shim: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&root).map_err(RuntimeError::io(format!("cannot make {}", root.display())))?;
-        Ok(Self { root, shim })
+        let cgroups = Layout::detect(Path::new(super::cgroups::ROOT));
+        Ok(Self { root, shim, cgroups })
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -330,9 +334,15 @@ impl ContainerRuntime for ProcessRuntime {
         async move { self.stop_container(&id, grace).await }.boxed()
     }
 
+    fn limits_unavailable(&self) -> Option<String> {
+        self.cgroups.as_ref().err().cloned()
+    }
+
     fn tidy(&self) {
         super::mounts::remove_made(&self.root.join(".mountpoints"));
-        super::shim::remove_cgroup_parents();
+        if let Ok(layout) = &self.cgroups {
+            layout.remove_parents();
+        }
     }
 
     fn remove(&self, id: &str) -> BoxFuture<'_, Result<()>> {
@@ -359,8 +369,14 @@ impl ContainerRuntime for ProcessRuntime {
         async move { self.exec_in(&id, argv, timeout).await }.boxed()
     }
 
-    fn exec_command(&self, id: &str, argv: Vec<String>) -> BoxFuture<'_, Result<Command>> {
-        let r = self.command(id, &argv);
+    fn exec_session(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        _stdin: bool,
+        _tty: bool,
+    ) -> BoxFuture<'_, Result<ExecSession>> {
+        let r = self.command(id, &argv).map(ExecSession::Command);
         async move { r }.boxed()
     }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::cgroups::{self, Cgroups, Layout};
 use super::logs::{cri_line, timestamp_now};
 use super::{ContainerSpec, Exit};
 
@@ -122,11 +123,11 @@ fn serve(dir: &Path) -> std::io::Result<()> {
     let Some((program, args)) = spec.argv.split_first() else {
         return fail("no command to run".into());
     };
-    let groups = match Cgroups::make(&spec.id(), &spec.limits) {
+    let groups = match limit(&spec) {
         Ok(g) => g,
-        Err(e) => return fail(format!("cannot hold the container to its limits (cgroup v1 memory/cpu): {e}")),
+        Err(e) => return fail(format!("cannot hold the container to its limits: {e}")),
     };
-    let joins: Vec<i32> = groups.procs.iter().map(|f| f.as_raw_fd()).collect();
+    let joins: Vec<i32> = groups.iter().flat_map(|g| &g.procs).map(|f| f.as_raw_fd()).collect();
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -184,8 +185,10 @@ fn serve(dir: &Path) -> std::io::Result<()> {
     }
     reap_orphans();
     drop(child);
-    let oom = groups.oom_killed();
-    groups.remove();
+    let oom = groups.as_ref().is_some_and(Cgroups::oom_killed);
+    if let Some(g) = groups {
+        g.remove();
+    }
     let status = std::process::ExitStatus::from_raw(status);
     let (code, signal) = match (status.code(), status.signal()) {
         (Some(c), _) => (c, None),
@@ -209,74 +212,13 @@ fn serve(dir: &Path) -> std::io::Result<()> {
     write_json(dir, "exit.json", &exit)
 }
 
-/// Where cgroup v1 hierarchies are (this machine kind's: the unified tree has no
-/// controllers).
-const CGROUPS: &str = "/sys/fs/cgroup";
-
-/// Removes the `keelson` groups containers' cgroups are made in, once empty (another
-/// agent on the machine may still hold containers there: then they stay).
-pub fn remove_cgroup_parents() {
-    for hierarchy in ["memory", "cpu"] {
-        let _ = std::fs::remove_dir(Path::new(CGROUPS).join(hierarchy).join("keelson"));
+/// The container's cgroups (none without limits).
+fn limit(spec: &ContainerSpec) -> Result<Option<Cgroups>, String> {
+    if spec.limits == super::Limits::default() {
+        return Ok(None);
     }
-}
-
-/// A container's cgroups, made when it has limits: `<hierarchy>/keelson/<id>` in the
-/// memory and cpu hierarchies, and their `cgroup.procs` held open for the child to
-/// write itself into between fork and exec.
-struct Cgroups {
-    dirs: Vec<std::path::PathBuf>,
-    procs: Vec<File>,
-    memory: Option<std::path::PathBuf>,
-}
-
-impl Cgroups {
-    fn make(id: &str, limits: &super::Limits) -> std::io::Result<Self> {
-        let mut groups = Cgroups { dirs: Vec::new(), procs: Vec::new(), memory: None };
-        let mut group = |hierarchy: &str, settings: &[(&str, String)], optional: &[(&str, String)]| {
-            let dir = Path::new(CGROUPS).join(hierarchy).join("keelson").join(id);
-            std::fs::create_dir_all(&dir)?;
-            groups.dirs.push(dir.clone());
-            for (file, value) in settings {
-                std::fs::write(dir.join(file), value)?;
-            }
-            for (file, value) in optional {
-                let _ = std::fs::write(dir.join(file), value); // absent without swap accounting
-            }
-            groups.procs.push(OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?);
-            Ok::<_, std::io::Error>(dir)
-        };
-        if let Some(bytes) = limits.memory_bytes {
-            let limit = bytes.to_string();
-            let dir = group(
-                "memory",
-                &[("memory.limit_in_bytes", limit.clone())],
-                &[("memory.memsw.limit_in_bytes", limit), ("memory.swappiness", "0".into())],
-            )?;
-            groups.memory = Some(dir);
-        }
-        if let Some(millis) = limits.cpu_millis {
-            // A period of 100 ms; the quota is the limit's share of it (at least 1 ms).
-            let quota = (millis * 100).max(1000).to_string();
-            group("cpu", &[("cpu.cfs_period_us", "100000".into()), ("cpu.cfs_quota_us", quota)], &[])?;
-        }
-        Ok(groups)
-    }
-
-    /// Whether the kernel's OOM killer killed something of the container.
-    fn oom_killed(&self) -> bool {
-        let Some(dir) = &self.memory else { return false };
-        let control = std::fs::read_to_string(dir.join("memory.oom_control")).unwrap_or_default();
-        control.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"))
-    }
-
-    /// The groups go once the container's processes have (they are empty by now).
-    fn remove(self) {
-        drop(self.procs);
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
+    let layout = Layout::detect(Path::new(cgroups::ROOT))?;
+    Cgroups::make(&layout, &spec.id(), &spec.limits).map(Some).map_err(|e| e.to_string())
 }
 
 /// Waits for `main` to end, reaping any orphan that ends meanwhile; its wait status.

@@ -33,6 +33,8 @@ pub struct NodeShared {
     pub pods: Arc<RwLock<Cache>>,
     /// Every Service (for containers' service variables), as Kubernetes' kubelet keeps them.
     pub services: Arc<RwLock<Cache>>,
+    /// Every EndpointSlice: a pod being deleted waits to leave them before its SIGTERM.
+    pub slices: Arc<RwLock<Cache>>,
     pub events: EventRecorder,
 }
 
@@ -104,10 +106,16 @@ async fn register(client: &ApiClient, name: &str, cfg: &KubeletConfig, runtime: 
 }
 
 /// Posts the node ready with its addresses.
-async fn post_ready(client: &ApiClient, name: &str, network: &PodNetwork) -> Result<(), crate::api::ApiError> {
+async fn post_ready(
+    client: &ApiClient,
+    name: &str,
+    network: &PodNetwork,
+    runtime: &dyn ContainerRuntime,
+) -> Result<(), crate::api::ApiError> {
     let now = rfc3339_now();
+    let limits = node::limits_condition(&now, runtime.limits_unavailable().as_deref());
     let status = json!({"status": {
-        "conditions": [ready_condition(&now, "kubelet is posting ready status")],
+        "conditions": [ready_condition(&now, "kubelet is posting ready status"), limits],
         "addresses": [{"type": "InternalIP", "address": network.node_ip().to_string()},
                       {"type": "Hostname", "address": name}],
     }});
@@ -135,11 +143,11 @@ impl Actor for Kubelet {
                 actix_rt::time::sleep(Duration::from_secs(5)).await;
             }
             tracing::info!(cidr = %cidr, node_ip = %network.node_ip(), mode = ?cfg.network, "pod network ready");
-            while let Err(e) = post_ready(&client, &name, &network).await {
+            while let Err(e) = post_ready(&client, &name, &network, &*runtime).await {
                 tracing::info!(error = %e, "cannot post the node ready yet");
                 actix_rt::time::sleep(Duration::from_millis(500)).await;
             }
-            actix_rt::spawn(heartbeat(client.clone(), name.clone(), cfg.clone(), network.clone()));
+            actix_rt::spawn(heartbeat(client.clone(), name.clone(), cfg.clone(), network.clone(), runtime.clone()));
             let pods =
                 Informer::new(client.clone(), "/api/v1/pods", &[("fieldSelector", &format!("spec.nodeName={name}"))]);
             let services = Informer::new(client.clone(), "/api/v1/services", &[]);
@@ -147,8 +155,14 @@ impl Actor for Kubelet {
             let (stx, mut srx) = mpsc::channel(1024);
             actix_rt::spawn(services.run(stx));
             actix_rt::spawn(async move { while srx.recv().await.is_some() {} });
+            let slices = Informer::new(client.clone(), "/apis/discovery.k8s.io/v1/endpointslices", &[]);
+            let slices_cache = slices.cache();
+            let (etx, mut erx) = mpsc::channel(1024);
+            actix_rt::spawn(slices.run(etx));
+            actix_rt::spawn(async move { while erx.recv().await.is_some() {} });
             let shared = Arc::new(NodeShared {
                 services: services_cache,
+                slices: slices_cache,
                 node: name.clone(),
                 client: client.clone(),
                 runtime,
@@ -165,7 +179,13 @@ impl Actor for Kubelet {
 }
 
 /// Renews the Lease; re-posts Ready every 10 s, and at once if the node was marked lost.
-async fn heartbeat(client: ApiClient, name: String, cfg: Arc<KubeletConfig>, network: Arc<PodNetwork>) {
+async fn heartbeat(
+    client: ApiClient,
+    name: String,
+    cfg: Arc<KubeletConfig>,
+    network: Arc<PodNetwork>,
+    runtime: Arc<dyn ContainerRuntime>,
+) {
     let mut last_post = tokio::time::Instant::now();
     loop {
         actix_rt::time::sleep(cfg.heartbeat.renew).await;
@@ -182,7 +202,7 @@ async fn heartbeat(client: ApiClient, name: String, cfg: Arc<KubeletConfig>, net
             if lost {
                 tracing::info!("the node was marked not ready; posting ready again");
             }
-            if post_ready(&client, &name, &network).await.is_ok() {
+            if post_ready(&client, &name, &network, &*runtime).await.is_ok() {
                 last_post = tokio::time::Instant::now();
             }
         }

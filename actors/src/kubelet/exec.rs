@@ -17,11 +17,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use keelson_transport::{RecvStream, SendStream};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::cri::ContainerRuntime;
+use crate::cri::{AttachedExec, ContainerRuntime, ExecControl, ExecSession};
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -84,14 +85,15 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) })
 }
 
+/// The terminal size a resize frame carries: (rows, columns).
+fn size(data: &[u8]) -> Option<(u16, u16)> {
+    let size = serde_json::from_slice::<serde_json::Value>(data).ok()?;
+    Some((size["Height"].as_u64().unwrap_or(24) as u16, size["Width"].as_u64().unwrap_or(80) as u16))
+}
+
 fn resize(fd: i32, data: &[u8]) {
-    let Ok(size) = serde_json::from_slice::<serde_json::Value>(data) else { return };
-    let ws = libc::winsize {
-        ws_row: size["Height"].as_u64().unwrap_or(24) as u16,
-        ws_col: size["Width"].as_u64().unwrap_or(80) as u16,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let Some((rows, cols)) = size(data) else { return };
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads a winsize we own from the pointer.
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
@@ -114,6 +116,161 @@ fn pump(mut source: impl Read + Send + 'static, channel: u8, out: mpsc::Unbounde
     });
 }
 
+type Resize = Box<dyn Fn(&[u8])>;
+
+/// A command running for a session, however it runs: its output as frames, its exit
+/// code, and the ways to reach it.
+struct Running {
+    /// Ends once every stream of the command has.
+    output: mpsc::UnboundedReceiver<(u8, Vec<u8>)>,
+    exit: oneshot::Receiver<i32>,
+    /// Bytes for its stdin; `None` closes it.
+    input: Box<dyn Fn(Option<Vec<u8>>)>,
+    /// A resize frame.
+    resize: Resize,
+    /// The client went away: stdin closes, and a terminal hangs up (as when a terminal
+    /// closes; a command without one runs on, as in Kubernetes).
+    hang_up: Box<dyn Fn()>,
+}
+
+/// Runs `cmd` here, on a terminal of its own or with pipes.
+fn run_command(mut cmd: std::process::Command, stdin: bool, tty: bool) -> std::io::Result<Running> {
+    let (out_tx, output) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
+    let mut controller_fd = None;
+    let mut child = if tty {
+        let (controller, terminal) = open_pty()?;
+        let t = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+        cmd.stdin(t(&terminal)?).stdout(t(&terminal)?).stderr(t(&terminal)?);
+        if !cmd.get_envs().any(|(k, _)| k == "TERM") {
+            cmd.env("TERM", "xterm");
+        }
+        // SAFETY: setsid and TIOCSCTTY between fork and exec: the command leads a
+        // session whose controlling terminal is the pty.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(terminal);
+        controller_fd = Some(controller);
+        child
+    } else {
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: setpgid only, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        cmd.spawn()?
+    };
+    // Where stdin goes: the terminal, or the pipe.
+    let mut sink: Option<Box<dyn Write + Send>> = None;
+    if let Some(controller) = &controller_fd {
+        pump(std::fs::File::from(controller.try_clone()?), STDOUT, out_tx.clone());
+        if stdin {
+            sink = Some(Box::new(std::fs::File::from(controller.try_clone()?)));
+        }
+    } else {
+        if let Some(o) = child.stdout.take() {
+            pump(o, STDOUT, out_tx.clone());
+        }
+        if let Some(e) = child.stderr.take() {
+            pump(e, STDERR, out_tx.clone());
+        }
+        sink = child.stdin.take().map(|i| Box::new(i) as Box<dyn Write + Send>);
+    }
+    // Stdin is written on its own thread (the command may not read it for a while).
+    let (in_tx, in_rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    if let Some(mut w) = sink {
+        std::thread::spawn(move || {
+            while let Ok(Some(data)) = in_rx.recv() {
+                if w.write_all(&data).and_then(|()| w.flush()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let pid = child.id() as i32;
+    let (exit_tx, exit) = oneshot::channel();
+    std::thread::spawn(move || {
+        let code = child.wait().map(|s| s.code().unwrap_or(137)).unwrap_or(1);
+        let _ = exit_tx.send(code);
+    });
+    let closer = in_tx.clone();
+    Ok(Running {
+        output,
+        exit,
+        input: Box::new(move |data| {
+            let _ = in_tx.send(data);
+        }),
+        resize: Box::new(move |data| {
+            if let Some(fd) = &controller_fd {
+                resize(fd.as_raw_fd(), data);
+            }
+        }),
+        hang_up: Box::new(move || {
+            let _ = closer.send(None);
+            if tty {
+                // SAFETY: signalling the command's own session (it leads it: pgid = pid).
+                unsafe { libc::kill(-pid, libc::SIGHUP) };
+            }
+        }),
+    })
+}
+
+/// A command a daemon runs for the session, its streams attached.
+fn run_attached(exec: AttachedExec, tty: bool) -> Running {
+    let AttachedExec { mut output, mut input, control } = exec;
+    let control: Arc<dyn ExecControl> = Arc::from(control);
+    let (out_tx, frames) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
+    let (exit_tx, exit) = oneshot::channel();
+    let asked = control.clone();
+    actix_rt::spawn(async move {
+        while let Some(chunk) = output.next().await {
+            if out_tx.send((if chunk.stderr { STDERR } else { STDOUT }, chunk.data)).is_err() {
+                break;
+            }
+        }
+        drop(out_tx);
+        let _ = exit_tx.send(asked.exit_code().await);
+    });
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
+    actix_rt::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Some(Some(data)) = in_rx.recv().await {
+            if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = input.shutdown().await;
+    });
+    let closer = in_tx.clone();
+    let resizer = control.clone();
+    Running {
+        output: frames,
+        exit,
+        input: Box::new(move |data| {
+            let _ = in_tx.send(data);
+        }),
+        resize: Box::new(move |data| {
+            if let Some((rows, cols)) = size(data) {
+                actix_rt::spawn(resizer.resize(rows, cols));
+            }
+        }),
+        hang_up: Box::new(move || {
+            let _ = closer.send(None);
+            if tty {
+                actix_rt::spawn(control.hang_up());
+            }
+        }),
+    }
+}
+
 /// Runs `argv` beside container `id` and serves its streams on `send`/`recv` until it ends.
 pub async fn session(
     runtime: Arc<dyn ContainerRuntime>,
@@ -124,101 +281,20 @@ pub async fn session(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let mut cmd = match runtime.exec_command(id, argv.clone()).await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = write_frame(&mut send, STATUS, failure(&e.to_string()).to_string().as_bytes()).await;
+    let started = match runtime.exec_session(id, argv.clone(), stdin, tty).await {
+        Ok(ExecSession::Command(cmd)) => run_command(cmd, stdin, tty)
+            .map_err(|e| format!("cannot run {:?} in the container: {e}", argv.first().cloned().unwrap_or_default())),
+        Ok(ExecSession::Attached(exec)) => Ok(run_attached(exec, tty)),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut running = match started {
+        Ok(r) => r,
+        Err(message) => {
+            let _ = write_frame(&mut send, STATUS, failure(&message).to_string().as_bytes()).await;
             let _ = send.finish();
             return;
         }
     };
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
-    let mut controller_fd = None;
-    let spawned = if tty {
-        match open_pty() {
-            Ok((controller, terminal)) => {
-                let t = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
-                match (t(&terminal), t(&terminal), t(&terminal)) {
-                    (Ok(i), Ok(o), Ok(e)) => {
-                        cmd.stdin(i).stdout(o).stderr(e);
-                        if !cmd.get_envs().any(|(k, _)| k == "TERM") {
-                            cmd.env("TERM", "xterm");
-                        }
-                        // SAFETY: setsid and TIOCSCTTY between fork and exec: the command
-                        // leads a session whose controlling terminal is the pty.
-                        unsafe {
-                            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                                libc::setsid();
-                                libc::ioctl(0, libc::TIOCSCTTY, 0);
-                                Ok(())
-                            });
-                        }
-                        let child = cmd.spawn();
-                        drop(terminal);
-                        controller_fd = Some(controller);
-                        child
-                    }
-                    _ => Err(std::io::Error::other("cannot share the terminal")),
-                }
-            }
-            Err(e) => Err(e),
-        }
-    } else {
-        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: setpgid only, between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::setpgid(0, 0);
-                Ok(())
-            });
-        }
-        cmd.spawn()
-    };
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("cannot run {:?} in the container: {e}", argv.first().cloned().unwrap_or_default());
-            let _ = write_frame(&mut send, STATUS, failure(&msg).to_string().as_bytes()).await;
-            let _ = send.finish();
-            return;
-        }
-    };
-    // Where stdin goes: the terminal, or the pipe.
-    let mut input: Option<Box<dyn Write + Send>> = None;
-    if let Some(controller) = &controller_fd {
-        let reader = std::fs::File::from(controller.try_clone().expect("dup the terminal"));
-        pump(reader, STDOUT, out_tx.clone());
-        if stdin {
-            input = Some(Box::new(std::fs::File::from(controller.try_clone().expect("dup the terminal"))));
-        }
-    } else {
-        if let Some(o) = child.stdout.take() {
-            pump(o, STDOUT, out_tx.clone());
-        }
-        if let Some(e) = child.stderr.take() {
-            pump(e, STDERR, out_tx.clone());
-        }
-        input = child.stdin.take().map(|i| Box::new(i) as Box<dyn Write + Send>);
-    }
-    // Stdin is written on its own thread (the command may not read it for a while).
-    let (in_tx, in_rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
-    if let Some(mut w) = input {
-        std::thread::spawn(move || {
-            while let Ok(Some(data)) = in_rx.recv() {
-                if w.write_all(&data).and_then(|()| w.flush()).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    let pid = child.id() as i32;
-    let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let code = child.wait().map(|s| s.code().unwrap_or(137)).unwrap_or(1);
-        let _ = exit_tx.send(code);
-    });
-    drop(out_tx);
-    let controller_raw = controller_fd.as_ref().map(|c| c.as_raw_fd());
     // The gateway's frames, read on a task of their own: a frame read is not cancel-safe,
     // so it must not be a branch of the select below.
     let (frames_tx, mut frames) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
@@ -229,58 +305,41 @@ pub async fn session(
             }
         }
     });
-    // The client went away: its stdin closes, and a terminal hangs up (as when a terminal
-    // closes; a command without one runs on, as in Kubernetes).
-    let hang_up = |in_tx: &std::sync::mpsc::Sender<Option<Vec<u8>>>| {
-        let _ = in_tx.send(None);
-        if tty {
-            // SAFETY: signalling the command's own session (it leads it: pgid = pid).
-            unsafe { libc::kill(-pid, libc::SIGHUP) };
-        }
-    };
     let mut code: Option<i32> = None;
     let mut input_open = true;
     loop {
         tokio::select! {
-            out = out_rx.recv() => match out {
+            out = running.output.recv() => match out {
                 Some((ch, data)) => {
                     if write_frame(&mut send, ch, &data).await.is_err() {
-                        hang_up(&in_tx);
+                        (running.hang_up)();
                         break;
                     }
                 }
                 // Every reader ended: the output is complete.
                 None => {
                     if code.is_none() {
-                        code = Some((&mut exit_rx).await.unwrap_or(1));
+                        code = Some((&mut running.exit).await.unwrap_or(1));
                     }
                     break;
                 }
             },
             frame = frames.recv(), if input_open => match frame {
-                Some((STDIN, data)) => {
-                    let _ = in_tx.send(Some(data));
-                }
-                Some((RESIZE, data)) => {
-                    if let Some(fd) = controller_raw {
-                        resize(fd, &data);
-                    }
-                }
-                Some((CLOSE, data)) if data.first() == Some(&STDIN) => {
-                    let _ = in_tx.send(None);
-                }
+                Some((STDIN, data)) => (running.input)(Some(data)),
+                Some((RESIZE, data)) => (running.resize)(&data),
+                Some((CLOSE, data)) if data.first() == Some(&STDIN) => (running.input)(None),
                 Some(_) => {}
                 None => {
                     input_open = false;
-                    hang_up(&in_tx);
+                    (running.hang_up)();
                 }
             },
-            c = &mut exit_rx, if code.is_none() => {
+            c = &mut running.exit, if code.is_none() => {
                 code = Some(c.unwrap_or(1));
                 // Output still in flight is sent; a background process that keeps the
                 // streams open does not hold the end back for long.
                 while let Ok(Some((ch, data))) =
-                    tokio::time::timeout(std::time::Duration::from_millis(300), out_rx.recv()).await
+                    tokio::time::timeout(std::time::Duration::from_millis(300), running.output.recv()).await
                 {
                     if write_frame(&mut send, ch, &data).await.is_err() {
                         break;
@@ -291,7 +350,7 @@ pub async fn session(
         }
     }
     reader.abort();
-    drop(controller_fd);
+    drop(running);
     let status = exit_status(code.unwrap_or(1));
     let _ = write_frame(&mut send, STATUS, status.to_string().as_bytes()).await;
     let _ = send.finish();

@@ -43,6 +43,18 @@ pub fn ready_condition(now: &str, message: &str) -> Value {
            "lastHeartbeatTime": now, "lastTransitionTime": now})
 }
 
+/// Whether containers can be held to their resource limits here, as a condition of the
+/// kind node-problem-detector adds (True names the problem): without writable cgroups
+/// a container with limits does not start, and `kubectl describe node` says why.
+pub fn limits_condition(now: &str, unavailable: Option<&str>) -> Value {
+    let (status, reason, message) = match unavailable {
+        Some(why) => ("True", "NoWritableCgroups", format!("containers with resource limits cannot start: {why}")),
+        None => ("False", "CgroupsWritable", "containers are held to their resource limits".to_string()),
+    };
+    json!({"type": "ResourceLimitsUnavailable", "status": status, "reason": reason, "message": message,
+           "lastHeartbeatTime": now, "lastTransitionTime": now})
+}
+
 /// Whether the node's Ready condition is True.
 pub fn is_ready(node: &Value) -> bool {
     node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")

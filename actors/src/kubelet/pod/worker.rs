@@ -692,12 +692,47 @@ impl Run {
         }
     }
 
+    /// Waits (within the grace period, 10 s at most) until no EndpointSlice offers the
+    /// pod as ready: proxies stop sending it new connections before its containers
+    /// get SIGTERM, so a rollout fails no request. Pods no Service selects go at once.
+    async fn leave_endpoints(&self, pod: &Value, deadline: Instant) {
+        let Some(ip) = pod["status"]["podIP"].as_str().filter(|ip| !ip.is_empty()) else { return };
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let labels = &pod["metadata"]["labels"];
+        let selected = self.shared.services.read().unwrap().objects.values().any(|s| {
+            s["metadata"]["namespace"] == ns && crate::controllers::endpoints::selects(&s["spec"]["selector"], labels)
+        });
+        if !selected {
+            return;
+        }
+        let offered = || {
+            self.shared.slices.read().unwrap().objects.values().any(|s| {
+                s["metadata"]["namespace"] == ns
+                    && s["endpoints"].as_array().into_iter().flatten().any(|e| {
+                        e["conditions"]["ready"] != false
+                            && e["addresses"].as_array().into_iter().flatten().any(|a| a == ip)
+                    })
+            })
+        };
+        let limit = deadline.min(Instant::now() + Duration::from_secs(10));
+        let began = Instant::now();
+        while offered() && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every node's proxy reads the same watch; give the others a moment to catch up.
+        tokio::time::sleep(Duration::from_millis(200).min(limit.saturating_duration_since(Instant::now()))).await;
+        tracing::debug!(pod = %self.key, waited = ?began.elapsed(), "out of the Services' endpoints");
+    }
+
     /// Stops every container (gracefully while `grace` lasts), gives the address back,
     /// and lets the API remove the pod (`pod`: still there, being deleted).
     async fn terminate(&mut self, pod: Option<&Value>, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        if let Some(p) = pod {
+            self.leave_endpoints(p, deadline).await;
+        }
         let runtime = self.shared.runtime.clone();
         let mine: Vec<ContainerStatus> = runtime.list_pod(&self.uid).await.unwrap_or_default();
-        let deadline = Instant::now() + grace;
         let stops = mine.iter().filter(|c| c.running()).map(|c| {
             let (runtime, id, name) = (runtime.clone(), c.id.clone(), c.name.clone());
             let pre_stop = pod.and_then(|p| {

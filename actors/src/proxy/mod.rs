@@ -1,0 +1,189 @@
+//! The proxy on every agent (`/<agent>/proxy`): Service traffic to ready pods, as
+//! kube-proxy's userspace mode carried it, with one actor per Service.
+//!
+//! ```text
+//! /<agent>/proxy              one for all
+//!   /service                  one for one: /<namespace>/<name>, one per Service
+//!   /sync                     watches Services and EndpointSlices, holds cluster IPs,
+//!                             starts and stops the Service actors and tells them of changes
+//! ```
+//!
+//! - `addresses.rs`: cluster IPs on a link of the agent's own;
+//! - `balancer.rs`: which endpoint a connection goes to;
+//! - `service.rs`: one Service's listeners and forwarding.
+
+pub mod addresses;
+pub mod balancer;
+pub mod service;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::AsyncContext;
+use tokio::sync::mpsc;
+
+use crate::api::informer::{Cache, Change, Informer};
+use crate::api::ApiClient;
+use crate::controllers::endpoints::SERVICE_NAME;
+use crate::runtime::{
+    Actor, ChildSpec, Ctx, Ref, Restart, StartChild, StopChild, Strategy, Supervisor, SupervisorSpec,
+};
+pub use addresses::ServiceAddresses;
+use keelson_config::SupervisorConfig;
+pub use service::{Resync, ServiceProxy};
+
+/// What a node's Service actors share.
+pub struct ProxyShared {
+    pub services: Arc<RwLock<Cache>>,
+    pub slices: Arc<RwLock<Cache>>,
+    /// The node's address (node ports listen there).
+    pub node_ip: Ipv4Addr,
+    pub addresses: Arc<ServiceAddresses>,
+}
+
+/// `/<agent>/proxy`.
+pub fn proxy_tree(client: ApiClient) -> ChildSpec {
+    let (services, services_ref) = ChildSpec::supervisor(
+        "service",
+        Restart::Permanent,
+        SupervisorSpec::new(Strategy::OneForOne, SupervisorConfig::default()),
+    );
+    let factory = move |cx: &crate::runtime::ChildContext| Proxy {
+        node: cx.path.member().to_string(),
+        client: client.clone(),
+        services: services_ref.clone(),
+    };
+    let (sync, _) = ChildSpec::new("sync", Restart::Permanent, factory);
+    // One for all: the Service actors read the sync actor's informers.
+    let spec = SupervisorSpec::new(Strategy::OneForAll, SupervisorConfig::default()).child(services).child(sync);
+    ChildSpec::supervisor("proxy", Restart::Permanent, spec).0
+}
+
+/// Removes what the proxy made on the machine (its link and the cluster IPs on it):
+/// the agent stops for good.
+pub fn teardown(node: &str) {
+    ServiceAddresses::new(node).teardown();
+}
+
+/// `/<agent>/proxy/sync`.
+pub struct Proxy {
+    node: String,
+    client: ApiClient,
+    services: Ref<Supervisor>,
+}
+
+/// The node's InternalIP, once its kubelet has posted it.
+async fn node_ip(client: &ApiClient, node: &str) -> Ipv4Addr {
+    loop {
+        if let Ok(n) = client.get(&format!("/api/v1/nodes/{node}")).await {
+            let found = n["status"]["addresses"].as_array().into_iter().flatten().find_map(|a| {
+                (a["type"] == "InternalIP").then(|| a["address"].as_str()?.parse::<Ipv4Addr>().ok()).flatten()
+            });
+            if let Some(ip) = found {
+                return ip;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether the proxy serves `svc` (it has a cluster IP or node ports).
+fn served(svc: &serde_json::Value) -> bool {
+    let ip = svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.parse::<Ipv4Addr>().is_ok());
+    ip || svc["spec"]["ports"].as_array().into_iter().flatten().any(|p| p["nodePort"].is_u64())
+}
+
+impl Actor for Proxy {
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
+        let (node, client, supervisor) = (self.node.clone(), self.client.clone(), self.services.clone());
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let node_ip = node_ip(&client, &node).await;
+            let addresses = Arc::new(ServiceAddresses::new(&node));
+            if let Err(why) = addresses.setup() {
+                tracing::warn!("cluster IPs are not served on this node: {why}");
+            }
+            let services = Informer::new(client.clone(), "/api/v1/services", &[]);
+            let slices = Informer::new(client.clone(), "/apis/discovery.k8s.io/v1/endpointslices", &[]);
+            let shared = Arc::new(ProxyShared { services: services.cache(), slices: slices.cache(), node_ip, addresses });
+            let (tx, mut rx) = mpsc::channel(1024);
+            let (stx, mut srx) = mpsc::channel(1024);
+            actix_rt::spawn(services.run(tx));
+            actix_rt::spawn(slices.run(stx));
+            tracing::info!(%node_ip, link = %shared.addresses.link(), "proxy serving");
+            let mut running: HashMap<String, Ref<ServiceProxy>> = HashMap::new();
+            let mut held: HashSet<Ipv4Addr> = HashSet::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                // Which Services changed (all of them at a tick: nothing is missed for long).
+                let mut touched: HashSet<String> = HashSet::new();
+                let mut all = false;
+                tokio::select! {
+                    c = rx.recv() => match c {
+                        Some(Change::Upserted(k) | Change::Deleted(k, _)) => { touched.insert(k); }
+                        None => return,
+                    },
+                    c = srx.recv() => match c {
+                        Some(Change::Upserted(k)) => {
+                            let s = shared.slices.read().unwrap().objects.get(&k).cloned();
+                            if let Some(svc) = s.as_ref().and_then(|s| s["metadata"]["labels"][SERVICE_NAME].as_str()) {
+                                touched.insert(format!("{}/{svc}", k.split('/').next().unwrap_or_default()));
+                            }
+                        }
+                        Some(Change::Deleted(k, s)) => {
+                            if let Some(svc) = s["metadata"]["labels"][SERVICE_NAME].as_str() {
+                                touched.insert(format!("{}/{svc}", k.split('/').next().unwrap_or_default()));
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = tick.tick() => all = true,
+                }
+                let wanted: HashMap<String, Option<Ipv4Addr>> = shared
+                    .services
+                    .read()
+                    .unwrap()
+                    .objects
+                    .iter()
+                    .filter(|(_, s)| served(s))
+                    .map(|(k, s)| (k.clone(), s["spec"]["clusterIP"].as_str().and_then(|ip| ip.parse().ok())))
+                    .collect();
+                // Cluster IPs held before anything listens on them; let go once unused.
+                if shared.addresses.available() {
+                    let ips: HashSet<Ipv4Addr> = wanted.values().flatten().copied().collect();
+                    for ip in ips.difference(&held) {
+                        if let Err(e) = shared.addresses.hold(*ip) {
+                            tracing::warn!(%ip, error = %e, "cannot hold a cluster IP");
+                        }
+                    }
+                    for ip in held.difference(&ips) {
+                        shared.addresses.release(*ip);
+                    }
+                    held = ips;
+                }
+                let gone: Vec<String> = running.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+                for key in gone {
+                    running.remove(&key);
+                    let _ = supervisor.send(StopChild { name: key }).await;
+                }
+                for key in wanted.keys() {
+                    if let Some(r) = running.get(key) {
+                        if all || touched.contains(key) {
+                            let _ = r.tell(Resync);
+                        }
+                        continue;
+                    }
+                    let (k, s) = (key.clone(), shared.clone());
+                    let (spec, r) = ChildSpec::new(key, Restart::Permanent, move |_| ServiceProxy::new(k.clone(), s.clone()));
+                    match supervisor.send(StartChild(spec)).await {
+                        Ok(Ok(_)) => {
+                            running.insert(key.clone(), r);
+                        }
+                        other => tracing::debug!(service = %key, result = ?other.map(|r| r.map(drop)), "service actor not started yet"),
+                    }
+                }
+            }
+        }));
+    }
+}

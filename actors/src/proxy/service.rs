@@ -1,0 +1,387 @@
+//! `/<agent>/proxy/service/<namespace>/<name>`: one Service on this node. It listens on
+//! the Service's cluster IP (each port, TCP or UDP) and on each node port at the node's
+//! address, and forwards every new connection (or UDP flow) to a ready endpoint from
+//! the Service's EndpointSlices: round robin, or by client under `ClientIP` affinity;
+//! an endpoint that refuses is passed over for the next. Connections are forwarded on
+//! tasks of their own, so ones in flight to a pod that is going away finish (drain)
+//! even as the pod leaves the endpoints, and survive a restart of this actor.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+use super::balancer::Backends;
+use super::ProxyShared;
+use crate::controllers::endpoints::SERVICE_NAME;
+use crate::runtime::{Actor, Ctx, Handler};
+
+/// How long a connection to an endpoint may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A UDP flow with nothing sent either way for this long is forgotten.
+const UDP_IDLE: Duration = Duration::from_secs(30);
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+const AFFINITY_DEFAULT: u64 = 10_800;
+
+/// Read the Service and its slices again (one of them changed).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// One address the proxy listens on for a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Listen {
+    pub protocol: Protocol,
+    pub addr: SocketAddrV4,
+}
+
+/// What one Service port asks of this node: where to listen, and where to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    pub listen: Vec<Listen>,
+    pub endpoints: Vec<SocketAddr>,
+    pub affinity: Option<Duration>,
+}
+
+/// The endpoints of the port named `name` (`protocol`) in `slices`: the ready ones, or,
+/// if none is, the ones still serving while they terminate (as kube-proxy falls back).
+fn endpoints_of(slices: &[&Value], name: &str, protocol: &str) -> Vec<SocketAddr> {
+    let mut ready = Vec::new();
+    let mut serving = Vec::new();
+    for slice in slices {
+        let Some(port) = slice["ports"].as_array().into_iter().flatten().find_map(|p| {
+            let same =
+                p["name"].as_str().unwrap_or_default() == name && p["protocol"].as_str().unwrap_or("TCP") == protocol;
+            same.then(|| p["port"].as_u64()).flatten()
+        }) else {
+            continue;
+        };
+        for e in slice["endpoints"].as_array().into_iter().flatten() {
+            let c = &e["conditions"];
+            let addrs =
+                e["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()?.parse::<Ipv4Addr>().ok());
+            for ip in addrs {
+                let at = SocketAddr::from((ip, port as u16));
+                if c["ready"] != false {
+                    ready.push(at);
+                } else if c["serving"] == true && c["terminating"] == true {
+                    serving.push(at);
+                }
+            }
+        }
+    }
+    if ready.is_empty() {
+        serving
+    } else {
+        ready
+    }
+}
+
+/// What `svc` asks of a node at `node_ip` (cluster IPs only where `cluster_ips`).
+pub fn forwards(svc: &Value, slices: &[&Value], node_ip: Ipv4Addr, cluster_ips: bool) -> Vec<Forward> {
+    let cluster_ip =
+        svc["spec"]["clusterIP"].as_str().and_then(|ip| ip.parse::<Ipv4Addr>().ok()).filter(|_| cluster_ips);
+    let affinity = (svc["spec"]["sessionAffinity"] == "ClientIP").then(|| {
+        let t = svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].as_u64();
+        Duration::from_secs(t.unwrap_or(AFFINITY_DEFAULT))
+    });
+    let mut out = Vec::new();
+    for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+        let proto_name = p["protocol"].as_str().unwrap_or("TCP");
+        let protocol = match proto_name {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            _ => continue, // SCTP is not carried
+        };
+        let mut listen = Vec::new();
+        if let (Some(ip), Some(port)) = (cluster_ip, p["port"].as_u64()) {
+            listen.push(Listen { protocol, addr: SocketAddrV4::new(ip, port as u16) });
+        }
+        if let Some(port) = p["nodePort"].as_u64() {
+            listen.push(Listen { protocol, addr: SocketAddrV4::new(node_ip, port as u16) });
+        }
+        let name = p["name"].as_str().unwrap_or_default();
+        out.push(Forward { listen, endpoints: endpoints_of(slices, name, proto_name), affinity });
+    }
+    out
+}
+
+/// A socket bound to `addr` with `SO_REUSEPORT` (several agents on one machine share
+/// a cluster IP's port), listening if it is a stream.
+fn bind(addr: SocketAddrV4, kind: libc::c_int) -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2), then setsockopt/bind/listen on the descriptor we own, with
+    // pointers to values that live across each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&one as *const libc::c_int).cast(), size) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = addr.port().to_be();
+        sa.sin_addr.s_addr = u32::from_ne_bytes(addr.ip().octets());
+        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), size) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if kind == libc::SOCK_STREAM && libc::listen(fd, 1024) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+/// A Service port's endpoints as its listeners read them (replaced whole on a change).
+type Table = Arc<RwLock<Arc<Backends>>>;
+
+/// A listener's task; it stops when this is dropped.
+struct Listener {
+    table: Table,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, table: Table) {
+    loop {
+        let Ok((client, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let backends = table.read().unwrap().clone();
+        tokio::spawn(forward_tcp(client, peer, backends));
+    }
+}
+
+/// Forwards one connection to the first endpoint that takes it.
+async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, backends: Arc<Backends>) {
+    let _ = client.set_nodelay(true);
+    for endpoint in backends.candidates(peer.ip()) {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+            Ok(Ok(mut upstream)) => {
+                backends.used(peer.ip(), endpoint);
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, "endpoint refused; trying the next"),
+            Err(_) => tracing::debug!(%endpoint, "endpoint did not answer; trying the next"),
+        }
+    }
+    tracing::debug!(client = %peer, "no endpoint took the connection");
+}
+
+async fn serve_udp(socket: UdpSocket, table: Table) {
+    let socket = Arc::new(socket);
+    let mut flows: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let Ok((n, client)) = socket.recv_from(&mut buf).await else { continue };
+        flows.retain(|_, (_, task)| !task.is_finished());
+        let upstream = match flows.get(&client) {
+            Some((upstream, _)) => upstream.clone(),
+            None => {
+                let backends = table.read().unwrap().clone();
+                let Some(endpoint) = backends.candidates(client.ip()).first().copied() else { continue };
+                let Ok(upstream) = UdpSocket::bind("0.0.0.0:0").await else { continue };
+                if upstream.connect(endpoint).await.is_err() {
+                    continue;
+                }
+                backends.used(client.ip(), endpoint);
+                let upstream = Arc::new(upstream);
+                let (up, down) = (upstream.clone(), socket.clone());
+                // Answers go back to the client from the Service's address.
+                let task = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, up.recv(&mut buf)).await {
+                        if down.send_to(&buf[..n], client).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                flows.insert(client, (upstream.clone(), task));
+                upstream
+            }
+        };
+        let _ = upstream.send(&buf[..n]).await;
+    }
+}
+
+fn start(listen: Listen, table: Table) -> std::io::Result<Listener> {
+    let task = match listen.protocol {
+        Protocol::Tcp => {
+            let std = std::net::TcpListener::from(bind(listen.addr, libc::SOCK_STREAM)?);
+            tokio::spawn(serve_tcp(TcpListener::from_std(std)?, table.clone()))
+        }
+        Protocol::Udp => {
+            let std = std::net::UdpSocket::from(bind(listen.addr, libc::SOCK_DGRAM)?);
+            tokio::spawn(serve_udp(UdpSocket::from_std(std)?, table.clone()))
+        }
+    };
+    Ok(Listener { table, task })
+}
+
+pub struct ServiceProxy {
+    key: String,
+    shared: Arc<ProxyShared>,
+    listeners: HashMap<Listen, Listener>,
+}
+
+impl ServiceProxy {
+    pub fn new(key: String, shared: Arc<ProxyShared>) -> Self {
+        Self { key, shared, listeners: HashMap::new() }
+    }
+
+    fn resync(&mut self) {
+        let Some(svc) = self.shared.services.read().unwrap().objects.get(&self.key).cloned() else { return };
+        let (ns, name) = self.key.split_once('/').unwrap_or(("default", &self.key));
+        let slices = self.shared.slices.read().unwrap();
+        let mine: Vec<&Value> = slices
+            .objects
+            .values()
+            .filter(|s| s["metadata"]["namespace"] == ns && s["metadata"]["labels"][SERVICE_NAME] == name)
+            .collect();
+        let wanted = forwards(&svc, &mine, self.shared.node_ip, self.shared.addresses.available());
+        drop(slices);
+        let mut keep = HashMap::new();
+        for f in wanted {
+            let fresh = Backends::new(f.endpoints, f.affinity);
+            // The listeners of one port share its table.
+            let mut table: Option<Table> = None;
+            for l in f.listen {
+                let listener = match self.listeners.remove(&l) {
+                    Some(existing) => existing,
+                    None => {
+                        let t = table.clone().unwrap_or_else(|| Arc::new(RwLock::new(Arc::new(Backends::default()))));
+                        match start(l, t) {
+                            Ok(listener) => listener,
+                            Err(e) => {
+                                tracing::warn!(service = %self.key, addr = %l.addr, error = %e, "cannot listen (again at the next sync)");
+                                continue;
+                            }
+                        }
+                    }
+                };
+                table.get_or_insert_with(|| listener.table.clone());
+                keep.insert(l, listener);
+            }
+            if let Some(table) = table {
+                let mut slot = table.write().unwrap();
+                let next = Arc::new(slot.replaced_by(fresh));
+                if next.endpoints() != slot.endpoints() {
+                    tracing::debug!(service = %self.key, endpoints = ?next.endpoints(), "endpoints changed");
+                }
+                *slot = next;
+            }
+        }
+        // What is left here is no longer wanted: dropping it stops it.
+        self.listeners = keep;
+    }
+}
+
+impl Actor for ServiceProxy {
+    fn started(&mut self, _: &mut Ctx<Self>) {
+        self.resync();
+    }
+}
+
+impl Handler<Resync> for ServiceProxy {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, _: &mut Ctx<Self>) {
+        self.resync();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ports_listen_on_the_cluster_ip_and_node_ports_and_send_to_ready_endpoints() {
+        let svc = json!({"spec": {"clusterIP": "10.96.0.9", "type": "NodePort", "sessionAffinity": "ClientIP",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                      {"name": "dns", "port": 53, "protocol": "UDP"}]}});
+        let slice = json!({"ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+                          {"addresses": ["10.244.1.5"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                          {"addresses": ["10.244.1.6"], "conditions": {}}]});
+        let node: Ipv4Addr = "10.244.0.1".parse().unwrap();
+        let f = forwards(&svc, &[&slice], node, true);
+        assert_eq!(f.len(), 2);
+        let cluster = Listen { protocol: Protocol::Tcp, addr: "10.96.0.9:80".parse().unwrap() };
+        let node_port = Listen { protocol: Protocol::Tcp, addr: "10.244.0.1:30080".parse().unwrap() };
+        assert_eq!(f[0].listen, vec![cluster, node_port]);
+        let ready: Vec<SocketAddr> = vec!["10.244.0.5:8000".parse().unwrap(), "10.244.1.6:8000".parse().unwrap()];
+        assert_eq!(f[0].endpoints, ready, "the terminating endpoint is out while others are ready");
+        assert_eq!(f[0].affinity, Some(Duration::from_secs(AFFINITY_DEFAULT)));
+        assert_eq!(f[1].listen[0].protocol, Protocol::Udp);
+        assert!(f[1].endpoints.is_empty(), "no slice carries the udp port");
+        // Without a link for cluster IPs, only the node port.
+        assert_eq!(forwards(&svc, &[&slice], node, false)[0].listen, vec![node_port]);
+    }
+
+    #[test]
+    fn only_terminating_endpoints_still_serve_when_none_is_ready() {
+        let svc = json!({"spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "protocol": "TCP"}]}});
+        let slice = json!({"ports": [{"name": "", "port": 8000, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                          {"addresses": ["10.244.1.7"], "conditions": {"ready": false, "serving": false, "terminating": false}}]});
+        let f = forwards(&svc, &[&slice], Ipv4Addr::LOCALHOST, true);
+        assert_eq!(f[0].endpoints, vec!["10.244.1.5:8000".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_endpoint_is_passed_over() {
+        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = up.local_addr().unwrap();
+        // A port nothing listens on: bound then closed.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let table: Table = Arc::new(RwLock::new(Arc::new(Backends::new(vec![dead, live], None))));
+        let listen = Listen { protocol: Protocol::Tcp, addr: "127.0.0.1:0".parse().unwrap() };
+        let fd = bind(listen.addr, libc::SOCK_STREAM).unwrap();
+        let std = std::net::TcpListener::from(fd);
+        let at = std.local_addr().unwrap();
+        let _task = tokio::spawn(serve_tcp(TcpListener::from_std(std).unwrap(), table));
+        let echo = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = up.accept().await.unwrap();
+                let mut b = [0u8; 5];
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut b).await.unwrap();
+                tokio::io::AsyncWriteExt::write_all(&mut s, &b).await.unwrap();
+            }
+        });
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(at).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut c, b"hello").await.unwrap();
+            let mut b = [0u8; 5];
+            tokio::io::AsyncReadExt::read_exact(&mut c, &mut b).await.unwrap();
+            assert_eq!(&b, b"hello");
+        }
+        echo.await.unwrap();
+    }
+}
