@@ -180,6 +180,19 @@ spec:
 /// Limits (as root: the container's own cgroups): a memory hog over 64Mi is OOMKilled;
 /// a busy loop at `cpu: 200m` is throttled, by its cgroup's own counters.
 fn limits(kc: &Path, scratch: &Path) {
+    // Each node says whether it can hold containers to their limits.
+    let nodes = get(kc, &["nodes"]);
+    let conditions: Vec<&Value> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "ResourceLimitsUnavailable"))
+        .collect();
+    assert_eq!(conditions.len(), 2, "both nodes report ResourceLimitsUnavailable: {nodes}");
+    if let Some(c) = conditions.iter().find(|c| c["status"] == "True") {
+        eprintln!("skipped the limits checks: {}", c["message"]);
+        return;
+    }
     apply(
         kc,
         scratch,

@@ -3,7 +3,9 @@
 //! answers at the cluster IP from the host and from inside a pod, and at the node port
 //! on both nodes, every pod taking a share (counted from each pod's own request log);
 //! `kubectl get svc` prints the columns Kubernetes prints; a steady load through the
-//! cluster IP sees no failed request while the Deployment rolls out and back; a UDP
+//! cluster IP sees no failed request while the Deployment rolls out and back; a pod
+//! failing its readiness gets no new request; blue/green (a selector moved from v1 to
+//! v2 under load) fails nothing and no v1 answer comes after the first v2 one; a UDP
 //! echo answers through its cluster IP; Ctrl-C leaves no link of the proxy's behind.
 //! Skipped, saying why, when not root (cluster IPs live on a link the agent makes).
 
@@ -101,6 +103,146 @@ impl Load {
     }
 }
 
+/// Makes one web pod fail its readiness (its probe's file is removed): once it shows
+/// Ready=False, requests through the Service reach only the other two.
+fn readiness_out(kc: &Path, scratch: &Path, cluster: &str) {
+    let gate = scratch.join("ready");
+    std::fs::create_dir_all(&gate).unwrap();
+    let patch = format!(
+        r#"{{"spec":{{"template":{{"spec":{{"containers":[{{"name":"web","env":[{{"name":"POD_NAME","valueFrom":{{"fieldRef":{{"fieldPath":"metadata.name"}}}}}}],"readinessProbe":{{"httpGet":null,"exec":{{"command":["sh","-c","test -e {}/$POD_NAME"]}},"periodSeconds":1}}}}]}}}}}}}}"#,
+        gate.display()
+    );
+    // Every pod of the new template is let in before it starts (its file made from the
+    // pods the rollout creates).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (kc2, gate2, stop2) = (kc.to_path_buf(), gate.clone(), stop.clone());
+    let admit = std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            let out = crate::kubectl::kubectl(&kc2, &["get", "pods", "-l", "app=web", "-o", "name"]);
+            for name in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = std::fs::write(gate2.join(name.trim_start_matches("pod/")), "");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    ok(kc, &["patch", "deployment", "web", "--type", "strategic", "-p", &patch]);
+    ok(kc, &["rollout", "status", "deployment/web", "--timeout", "120s"]);
+    stop.store(true, Ordering::Relaxed);
+    admit.join().unwrap();
+    let mut pods = Vec::new();
+    eventually("3 web pods ready with the file probe", Duration::from_secs(60), || {
+        pods = ready_pods(kc, "app=web");
+        pods.len() == 3 && pods.iter().all(|p| p["spec"]["containers"][0]["readinessProbe"]["exec"].is_object())
+    });
+    let out = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    std::fs::remove_file(gate.join(&out)).unwrap();
+    eventually("the pod shows Ready=False", Duration::from_secs(20), || {
+        !ready_pods(kc, "app=web").iter().any(|p| p["metadata"]["name"] == out.as_str())
+    });
+    // The proxies hear of it from the endpoints a moment after the pod's status.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..60 {
+        assert_eq!(get(cluster, &format!("/unready-{i}")), Ok(404), "request {i}");
+    }
+    let counts = served_by(kc, &pods, "/unready-");
+    assert_eq!(counts[&out], 0, "the NotReady pod got requests: {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 60, "{counts:?}");
+    assert_eq!(
+        crate::kubectl::kubectl(
+            kc,
+            &["get", "pod", &out, "-o", "jsonpath={.status.containerStatuses[0].restartCount}"]
+        )
+        .stdout,
+        b"0",
+        "a readiness failure restarts nothing"
+    );
+}
+
+/// Deployments v1 and v2 each serve a file naming their version; a Service selecting
+/// `version: v1` is patched to `v2` under a steady load.
+fn blue_green(kc: &Path, scratch: &Path) {
+    let mut yaml = String::new();
+    for v in ["v1", "v2"] {
+        let dir = scratch.join(v);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("version"), v).unwrap();
+        yaml.push_str(&format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: bg-{v}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: bg, version: {v}}}}}
+  template:
+    metadata: {{labels: {{app: bg, version: {v}}}}}
+    spec:
+      containers:
+      - name: web
+        image: python
+        command: [python3, -m, http.server, '8000', --bind, 0.0.0.0]
+        workingDir: {}
+        ports: [{{name: http, containerPort: 8000}}]
+        readinessProbe: {{httpGet: {{path: /version, port: http}}, periodSeconds: 1}}
+---
+",
+            dir.display()
+        ));
+    }
+    yaml.push_str(
+        "apiVersion: v1
+kind: Service
+metadata: {name: bg}
+spec:
+  selector: {app: bg, version: v1}
+  ports: [{port: 80, targetPort: http}]
+",
+    );
+    let file = scratch.join("bg.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    ok(kc, &["apply", "-f", file.to_str().unwrap()]);
+    eventually("4 blue/green pods ready", Duration::from_secs(60), || ready_pods(kc, "app=bg").len() == 4);
+    let svc: Value = serde_json::from_str(&ok(kc, &["get", "svc", "bg", "-o", "json"])).unwrap();
+    let at = format!("{}:80", svc["spec"]["clusterIP"].as_str().unwrap());
+    let version = |at: &str| -> Result<String, String> {
+        let mut s = std::net::TcpStream::connect_timeout(&at.parse().unwrap(), Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /version HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        answer.rsplit("\r\n\r\n").next().map(str::to_string).ok_or(answer)
+    };
+    eventually("v1 answers", Duration::from_secs(20), || {
+        let answer = version(&at);
+        if answer.as_deref() != Ok("v1") {
+            eprintln!("blue/green: {at} answered {answer:?}");
+        }
+        answer.as_deref() == Ok("v1")
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, at2) = (stop.clone(), at.clone());
+    let load = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop2.load(Ordering::Relaxed) {
+            seen.push(version(&at2));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    });
+    eprintln!("blue/green: v1 answers at {at}");
+    std::thread::sleep(Duration::from_secs(1));
+    ok(kc, &["patch", "svc", "bg", "-p", r#"{"spec":{"selector":{"version":"v2"}}}"#]);
+    eventually("v2 answers", Duration::from_secs(20), || version(&at).as_deref() == Ok("v2"));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    let failed: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), seen.len());
+    let first_v2 = seen.iter().position(|r| r.as_deref() == Ok("v2")).expect("v2 answered the load");
+    assert!(seen[first_v2..].iter().all(|r| r.as_deref() == Ok("v2")), "a v1 answer came after v2's: {seen:?}");
+    assert!(first_v2 > 0, "v1 answered before the switch");
+}
+
 #[test]
 fn services_reach_ready_pods_through_rollouts() {
     // SAFETY: geteuid has no preconditions.
@@ -188,6 +330,11 @@ fn services_reach_ready_pods_through_rollouts() {
     let (sent, failures) = load.finish();
     assert!(sent > 200, "the load ran through both rollouts ({sent} requests)");
     assert!(failures.is_empty(), "{} of {sent} requests failed during the rollouts: {failures:?}", failures.len());
+
+    // A pod whose readiness fails gets no new requests once it is NotReady.
+    readiness_out(&kc, &scratch.0, &cluster);
+    // Blue/green: the selector moves from v1 to v2 with no failure and no v1 after v2.
+    blue_green(&kc, &scratch.0);
 
     // UDP: an echo server behind a Service answers through its cluster IP.
     let echo = "apiVersion: v1
