@@ -7,6 +7,7 @@
 //!   references, and the actors that keep links up.
 //! - [`store`]: the replicated, sharded configuration store (openraft + redb).
 //! - [`api`]: the Kubernetes API gateway, its actor door and client, informers.
+//! - [`cloud`]: the cloud provider seam (load balancers, machines) and its controller.
 //! - [`controllers`]: the leader election, the scheduler and the controllers.
 //! - [`kubelet`]: a node agent's kubelet and its pod workers (or hollow nodes).
 //! - [`proxy`]: a node agent's Service proxy, one actor per Service.
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cloud;
 pub mod controllers;
 pub mod cri;
 pub mod hash;

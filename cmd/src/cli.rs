@@ -290,6 +290,10 @@ pub struct ServerArgs {
     /// Where node ports come from: `low-high`.
     #[arg(long, default_value = "30000-32767", value_parser = port_range)]
     pub service_node_port_range: (u16, u16),
+    /// Where the local cloud provider's load balancers get their addresses (a range of
+    /// this machine's loopback by default).
+    #[arg(long, default_value = "127.97.0.0/24")]
+    pub load_balancer_range: keelson_config::Cidr,
 }
 
 fn port_range(s: &str) -> Result<(u16, u16), String> {
@@ -511,6 +515,8 @@ pub enum BenchCommand {
     Scheduler(crate::bench::SchedulerBenchArgs),
     /// Real pods: idle memory of `keelson up`, pod startup latency of a Deployment.
     Pods(crate::bench::PodsBenchArgs),
+    /// The Service proxy's data path against a direct connection: requests/s, p99, bulk MB/s.
+    Proxy(crate::bench::ProxyBenchArgs),
     /// The echo peer `bench transport` starts (not for direct use).
     #[command(hide = true)]
     TransportPeer(crate::bench::TransportPeerArgs),

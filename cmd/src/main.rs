@@ -113,6 +113,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Bench(BenchCommand::Api(args)) => bench::api(args).map(|()| 0),
         Command::Bench(BenchCommand::Scheduler(args)) => bench::scheduler(args).map(|()| 0),
         Command::Bench(BenchCommand::Pods(args)) => bench::pods(args).map(|()| 0),
+        Command::Bench(BenchCommand::Proxy(args)) => bench::proxy(args).map(|()| 0),
         Command::Bench(BenchCommand::TransportPeer(args)) => bench::transport_peer(args).map(|()| 0),
         Command::Kubeconfig(args) => {
             let data = DataDir::existing(&data_dir)?;
@@ -255,6 +256,7 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         node_cidr_prefix: args.node_cidr_mask_size,
         service_cidr: args.service_cluster_ip_range,
         node_ports: args.service_node_port_range,
+        load_balancer_cidr: args.load_balancer_range,
     }
     .validate()?;
     let code = member::run(

@@ -336,6 +336,10 @@ pub struct ControlPlaneConfig {
     pub service_cidr: Cidr,
     /// Where node ports come from (`--service-node-port-range`), inclusive.
     pub node_ports: (u16, u16),
+    /// Where the `local` cloud provider's load balancers get their addresses
+    /// (`--load-balancer-range`; loopback by default: local with no link, reachable
+    /// from the host).
+    pub load_balancer_cidr: Cidr,
 }
 
 impl Default for ControlPlaneConfig {
@@ -346,6 +350,7 @@ impl Default for ControlPlaneConfig {
             node_cidr_prefix: 24,
             service_cidr: Cidr::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16),
             node_ports: (30000, 32767),
+            load_balancer_cidr: Cidr::new(std::net::Ipv4Addr::new(127, 97, 0, 0), 24),
         }
     }
 }

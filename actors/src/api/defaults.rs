@@ -43,6 +43,10 @@ pub fn apply(kind: &str, obj: &mut Value) {
         string_data(obj);
         return;
     }
+    // Only kinds with a spec have defaults there (indexing would add a null one).
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        return;
+    }
     let spec = &mut obj["spec"];
     match kind {
         "Pod" => pod_spec(spec),

@@ -97,6 +97,7 @@ fn controller_specs(client: &ApiClient, control: ControlPlaneConfig) -> Vec<Chil
         spec(CONTROLLERS[7], client, JobController::new),
         spec(CONTROLLERS[8], client, NodeIpamController::new),
         spec(CONTROLLERS[9], client, EndpointsController::new),
+        spec(CONTROLLERS[10], client, crate::cloud::CloudController::new),
     ]
 }
 
@@ -112,6 +113,7 @@ const CONTROLLERS: &[&str] = &[
     "job",
     "node-ipam",
     "endpoints",
+    "cloud",
 ];
 
 async fn stop_controllers(controllers: &Ref<Supervisor>) {

@@ -1,7 +1,7 @@
 //! The control plane's controllers, on server members: `/leader` elects the one member
 //! that runs them, and starts them under `/controllers` while it leads (each writes
 //! with the leader's fencing epoch): namespace, scheduler, replicaset, deployment,
-//! garbage-collector, node-lifecycle, daemonset, job, node-ipam, endpoints. Each is an actor fed by informers
+//! garbage-collector, node-lifecycle, daemonset, job, node-ipam, endpoints, cloud. Each is an actor fed by informers
 //! (shared among them: one watch per collection), reconciling one key at a time from a
 //! work queue (level-triggered: it reads the latest state).
 

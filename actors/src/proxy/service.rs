@@ -150,18 +150,54 @@ fn bind(addr: SocketAddrV4, kind: libc::c_int) -> std::io::Result<OwnedFd> {
     }
 }
 
-/// A Service port's endpoints as its listeners read them (replaced whole on a change).
+/// A listener's endpoints as it reads them (replaced whole on a change).
 type Table = Arc<RwLock<Arc<Backends>>>;
 
-/// A listener's task; it stops when this is dropped.
-struct Listener {
+/// A listening address forwarding to endpoints that may be replaced while it runs;
+/// it stops listening when dropped (connections already forwarded go on).
+pub struct Forwarder {
     table: Table,
+    addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
-impl Drop for Listener {
+impl Drop for Forwarder {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl Forwarder {
+    /// Listens on `listen` (port 0: one the system picks) and forwards to `endpoints`.
+    pub fn start(listen: Listen, endpoints: Vec<SocketAddr>, affinity: Option<Duration>) -> std::io::Result<Self> {
+        let table: Table = Arc::new(RwLock::new(Arc::new(Backends::new(endpoints, affinity))));
+        let (task, addr) = match listen.protocol {
+            Protocol::Tcp => {
+                let std = std::net::TcpListener::from(bind(listen.addr, libc::SOCK_STREAM)?);
+                let addr = std.local_addr()?;
+                (tokio::spawn(serve_tcp(TcpListener::from_std(std)?, table.clone())), addr)
+            }
+            Protocol::Udp => {
+                let std = std::net::UdpSocket::from(bind(listen.addr, libc::SOCK_DGRAM)?);
+                let addr = std.local_addr()?;
+                (tokio::spawn(serve_udp(UdpSocket::from_std(std)?, table.clone())), addr)
+            }
+        };
+        Ok(Self { table, addr, task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Forwards new connections to `endpoints` from now on (round robin and clients'
+    /// affinity carried over); whether they differ from before.
+    pub fn set(&self, endpoints: Vec<SocketAddr>, affinity: Option<Duration>) -> bool {
+        let mut slot = self.table.write().unwrap();
+        let next = Arc::new(slot.replaced_by(Backends::new(endpoints, affinity)));
+        let changed = next.endpoints() != slot.endpoints();
+        *slot = next;
+        changed
     }
 }
 
@@ -230,24 +266,10 @@ async fn serve_udp(socket: UdpSocket, table: Table) {
     }
 }
 
-fn start(listen: Listen, table: Table) -> std::io::Result<Listener> {
-    let task = match listen.protocol {
-        Protocol::Tcp => {
-            let std = std::net::TcpListener::from(bind(listen.addr, libc::SOCK_STREAM)?);
-            tokio::spawn(serve_tcp(TcpListener::from_std(std)?, table.clone()))
-        }
-        Protocol::Udp => {
-            let std = std::net::UdpSocket::from(bind(listen.addr, libc::SOCK_DGRAM)?);
-            tokio::spawn(serve_udp(UdpSocket::from_std(std)?, table.clone()))
-        }
-    };
-    Ok(Listener { table, task })
-}
-
 pub struct ServiceProxy {
     key: String,
     shared: Arc<ProxyShared>,
-    listeners: HashMap<Listen, Listener>,
+    listeners: HashMap<Listen, Forwarder>,
 }
 
 impl ServiceProxy {
@@ -268,33 +290,23 @@ impl ServiceProxy {
         drop(slices);
         let mut keep = HashMap::new();
         for f in wanted {
-            let fresh = Backends::new(f.endpoints, f.affinity);
-            // The listeners of one port share its table.
-            let mut table: Option<Table> = None;
             for l in f.listen {
-                let listener = match self.listeners.remove(&l) {
-                    Some(existing) => existing,
-                    None => {
-                        let t = table.clone().unwrap_or_else(|| Arc::new(RwLock::new(Arc::new(Backends::default()))));
-                        match start(l, t) {
-                            Ok(listener) => listener,
-                            Err(e) => {
-                                tracing::warn!(service = %self.key, addr = %l.addr, error = %e, "cannot listen (again at the next sync)");
-                                continue;
-                            }
+                let forwarder = match self.listeners.remove(&l) {
+                    Some(existing) => {
+                        if existing.set(f.endpoints.clone(), f.affinity) {
+                            tracing::debug!(service = %self.key, addr = %l.addr, endpoints = ?f.endpoints, "endpoints changed");
                         }
+                        existing
                     }
+                    None => match Forwarder::start(l, f.endpoints.clone(), f.affinity) {
+                        Ok(started) => started,
+                        Err(e) => {
+                            tracing::warn!(service = %self.key, addr = %l.addr, error = %e, "cannot listen (again at the next sync)");
+                            continue;
+                        }
+                    },
                 };
-                table.get_or_insert_with(|| listener.table.clone());
-                keep.insert(l, listener);
-            }
-            if let Some(table) = table {
-                let mut slot = table.write().unwrap();
-                let next = Arc::new(slot.replaced_by(fresh));
-                if next.endpoints() != slot.endpoints() {
-                    tracing::debug!(service = %self.key, endpoints = ?next.endpoints(), "endpoints changed");
-                }
-                *slot = next;
+                keep.insert(l, forwarder);
             }
         }
         // What is left here is no longer wanted: dropping it stops it.
@@ -361,12 +373,9 @@ mod tests {
         let live = up.local_addr().unwrap();
         // A port nothing listens on: bound then closed.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let table: Table = Arc::new(RwLock::new(Arc::new(Backends::new(vec![dead, live], None))));
         let listen = Listen { protocol: Protocol::Tcp, addr: "127.0.0.1:0".parse().unwrap() };
-        let fd = bind(listen.addr, libc::SOCK_STREAM).unwrap();
-        let std = std::net::TcpListener::from(fd);
-        let at = std.local_addr().unwrap();
-        let _task = tokio::spawn(serve_tcp(TcpListener::from_std(std).unwrap(), table));
+        let forwarder = Forwarder::start(listen, vec![dead, live], None).unwrap();
+        let at = forwarder.local_addr();
         let echo = tokio::spawn(async move {
             for _ in 0..2 {
                 let (mut s, _) = up.accept().await.unwrap();

@@ -3,6 +3,7 @@
 mod actors;
 mod api;
 mod pods;
+mod proxy;
 mod scheduler;
 mod store;
 mod transport;
@@ -10,6 +11,7 @@ mod transport;
 pub use actors::{actors, ActorBenchArgs};
 pub use api::{api, ApiBenchArgs};
 pub use pods::{pods, PodsBenchArgs};
+pub use proxy::{proxy, ProxyBenchArgs};
 pub use scheduler::{scheduler, SchedulerBenchArgs};
 pub use store::{store, StoreBenchArgs};
 pub use transport::{transport, transport_peer, TransportBenchArgs, TransportPeerArgs};
