@@ -4,7 +4,8 @@
 //! IPs on the nodes' Docker networks; `kubectl exec` works; a container killed with
 //! `docker kill` is restarted (RESTARTS 1); `kubectl logs` (`--tail`, `--previous`); a
 //! memory hog over its 64Mi limit is OOMKilled; a busy loop at 200m is throttled (its
-//! cgroup's counters); `kubectl exec -it` gets a terminal that resizes; kill -9 of an
+//! cgroup's counters); `kubectl exec -it` gets a terminal that resizes; a Service's
+//! cluster IP answers from inside a pod; kill -9 of an
 //! agent: the restarted one adopts the running containers; a rolling update and its
 //! undo; an image that is not there shows
 //! ErrImagePull / ImagePullBackOff and the pod runs once the image is built; a graceful
@@ -201,6 +202,18 @@ fn docker_runtime_runs_images_restarts_and_cleans_up() {
     shell.expect("30 100");
     shell.type_line("exit 4");
     assert_eq!(shell.wait(), Some(4), "the shell's exit code is kubectl's");
+
+    // A Service in front of them: its cluster IP answers from inside a Docker pod (its
+    // default route leads to the host, where the proxies hold the address).
+    ok(&kc, &["expose", "deployment", "busybox-web", "--port", "80", "--target-port", "8080"]);
+    let svc: Value = serde_json::from_str(&ok(&kc, &["get", "svc", "busybox-web", "-o", "json"])).unwrap();
+    // (busybox's nc: its static wget crashes on port-80 URLs in this image.)
+    let ask =
+        format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc {} 80", svc["spec"]["clusterIP"].as_str().unwrap());
+    eventually("the cluster IP answers from inside a docker pod", Duration::from_secs(30), || {
+        let out = crate::kubectl::kubectl(&kc, &["exec", &name, "--", "sh", "-c", &ask]);
+        String::from_utf8_lossy(&out.stdout).contains("hello from busybox")
+    });
 
     cpu_throttled(&kc, &scratch.0);
     adopted_after_kill_9(&kc, &data, &mut up);
