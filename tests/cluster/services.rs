@@ -6,7 +6,7 @@
 //! address from the local cloud provider that balances to the node ports; a steady load through the
 //! cluster IP sees no failed request while the Deployment rolls out and back; a pod
 //! failing its readiness gets no new request; a pod being deleted leaves the endpoints
-//! before its SIGTERM; blue/green (a selector moved from v1 to
+//! before its SIGTERM; a type change to NodePort and back takes and frees a node port; blue/green (a selector moved from v1 to
 //! v2 under load) fails nothing and no v1 answer comes after the first v2 one; a UDP
 //! echo answers through its cluster IP; Ctrl-C leaves no link of the proxy's behind.
 //! Skipped, saying why, when not root (cluster IPs live on a link the agent makes).
@@ -464,6 +464,24 @@ spec:
     // Blue/green: the selector moves from v1 to v2 with no failure and no v1 after v2.
     blue_green(&kc, &scratch.0);
     out_before_sigterm(&kc, &scratch.0);
+
+    // Type changes: ClusterIP → NodePort is given a node port; back to ClusterIP frees
+    // it, so another Service may ask for it; asking for one in use is refused (422).
+    ok(&kc, &["create", "service", "clusterip", "flip", "--tcp=80:8000"]);
+    ok(&kc, &["patch", "svc", "flip", "-p", r#"{"spec":{"type":"NodePort"}}"#]);
+    let flipped: Value = serde_json::from_str(&ok(&kc, &["get", "svc", "flip", "-o", "json"])).unwrap();
+    let port = flipped["spec"]["ports"][0]["nodePort"].as_u64().expect("a node port after the type change").to_string();
+    let taken = crate::kubectl::kubectl(
+        &kc,
+        &["create", "service", "nodeport", "clash", "--tcp=80:8000", "--node-port", &port],
+    );
+    assert!(!taken.status.success(), "a node port in use is refused");
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("provided port is already allocated"), "{taken:?}");
+    ok(&kc, &["patch", "svc", "flip", "-p", r#"{"spec":{"type":"ClusterIP"}}"#]);
+    let back: Value = serde_json::from_str(&ok(&kc, &["get", "svc", "flip", "-o", "json"])).unwrap();
+    assert!(back["spec"]["ports"][0]["nodePort"].is_null(), "{back}");
+    ok(&kc, &["create", "service", "nodeport", "clash", "--tcp=80:8000", "--node-port", &port]);
+    ok(&kc, &["delete", "svc", "flip", "clash"]);
 
     // UDP: an echo server behind a Service answers through its cluster IP.
     let echo = "apiVersion: v1

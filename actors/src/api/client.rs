@@ -31,6 +31,15 @@ pub enum ApiError {
     Decode(String),
 }
 
+/// `Ok` for what is already gone (a 404): deletes and writes to objects that went
+/// meanwhile need nothing more.
+pub fn ignore_missing<T>(r: Result<T, ApiError>) -> Result<(), ApiError> {
+    match r {
+        Err(e) if e.code() != Some(404) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 impl ApiError {
     /// The Status code, if the API answered.
     pub fn code(&self) -> Option<u16> {

@@ -516,11 +516,16 @@ impl Objects {
         }
         let owner = format!("{}/{name}", ns.unwrap_or("default"));
         let taken = match res.kind {
-            "Service" => self.allocate(ns.unwrap_or("default"), &mut obj).await?,
+            "Service" => {
+                super::services::drop_unwanted(&mut obj);
+                self.allocate(ns.unwrap_or("default"), &mut obj, None).await?
+            }
             _ => Vec::new(),
         };
         let written = self.cas(&res.key(ns, &name), 0, Some(&obj)).await;
-        if !matches!(written, Ok(Outcome::Done { .. })) {
+        // Freed only when the write surely did not land (an error may follow a write
+        // that did: then the keys stay, and a leak is taken over later).
+        if matches!(written, Ok(Outcome::Conflict { .. })) {
             self.release_keys(&owner, &taken).await;
         }
         match written? {
@@ -597,20 +602,28 @@ impl Objects {
                 change(&current).and_then(|obj| prepare(res, name, &key, self.shards(), obj, &current, revision, how));
             match step {
                 Ok(Prepared::Write { mut obj, finished }) => {
-                    // A Service whose update asks for addresses it lacks (a new type or
-                    // port) gets them before it is written.
-                    let taken = match res.kind {
-                        "Service" if !finished && super::services::needs_allocation(&obj) => {
-                            self.allocate(ns.unwrap_or("default"), &mut obj).await?
-                        }
-                        _ => Vec::new(),
+                    // A Service's update takes the addresses it names or lacks (a new
+                    // type or port) before it is written, and frees what it dropped after.
+                    let service = res.kind == "Service";
+                    let owner = format!("{}/{name}", ns.unwrap_or("default"));
+                    let taken = match service && !finished {
+                        true => self.allocate(ns.unwrap_or("default"), &mut obj, Some(&current)).await?,
+                        false => Vec::new(),
                     };
                     let written = self.cas(&key, revision, (!finished).then_some(&obj)).await;
-                    if !taken.is_empty() && !matches!(written, Ok(Outcome::Done { .. })) {
-                        self.release_keys(&format!("{}/{name}", ns.unwrap_or("default")), &taken).await;
+                    if matches!(written, Ok(Outcome::Conflict { .. })) {
+                        self.release_keys(&owner, &taken).await;
                     }
                     match written? {
                         Outcome::Done { revision, .. } => {
+                            if service {
+                                let kept = if finished { Vec::new() } else { super::services::keys_of(&obj) };
+                                let dropped: Vec<String> = super::services::keys_of(&current)
+                                    .into_iter()
+                                    .filter(|k| !kept.contains(k))
+                                    .collect();
+                                self.release_keys(&owner, &dropped).await;
+                            }
                             obj["metadata"]["resourceVersion"] = revision.to_string().into();
                             return Ok(obj);
                         }

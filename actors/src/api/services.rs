@@ -6,11 +6,12 @@
 //!
 //! Each address is held by a key of its own (`/registry/ranges/serviceips/<ip>`,
 //! `/registry/ranges/servicenodeports/<port>`), created only if absent: two members
-//! creating Services at once never give out the same one. Deleting a Service frees
-//! its keys. A key whose Service is gone or no longer holds it (a member died between
-//! taking it and writing the Service, or before freeing it) is a leak: the next
-//! allocation that meets it takes it over once it is a minute old — the repair
-//! Kubernetes runs as a loop, done where it matters.
+//! creating Services at once never give out the same one. A write of the Service that
+//! drops an address (a delete, a type or port change) frees its key afterwards. A key
+//! whose Service is gone or no longer holds it (a member died between taking it and
+//! writing the Service, or before freeing it) is a leak: the next allocation that
+//! meets it takes it over once it is a minute old — the repair Kubernetes runs as a
+//! loop, done where it matters.
 
 use serde_json::{json, Value};
 
@@ -49,11 +50,23 @@ pub fn wants_node_ports(svc: &Value) -> bool {
     matches!(svc["spec"]["type"].as_str(), Some("NodePort" | "LoadBalancer"))
 }
 
-/// Whether `svc` lacks an address it should have (a type changed by an update).
-pub fn needs_allocation(svc: &Value) -> bool {
-    let ports = svc["spec"]["ports"].as_array().into_iter().flatten();
-    (wants_cluster_ip(svc) && svc["spec"]["clusterIP"].as_str().is_none_or(str::is_empty))
-        || (wants_node_ports(svc) && ports.clone().any(|p| p["nodePort"].as_u64().is_none()))
+/// Addresses a Service of its type does not have: node ports unless NodePort or
+/// LoadBalancer, cluster IPs of an ExternalName one (Kubernetes clears them on a type
+/// change, and an apply that merges the live ports would carry them along).
+pub fn drop_unwanted(svc: &mut Value) {
+    if !wants_node_ports(svc) {
+        for port in svc["spec"]["ports"].as_array_mut().into_iter().flatten() {
+            if let Some(p) = port.as_object_mut() {
+                p.remove("nodePort");
+            }
+        }
+    }
+    if svc["spec"]["type"] == "ExternalName" {
+        if let Some(spec) = svc["spec"].as_object_mut() {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+    }
 }
 
 /// An update keeps what the Service was given (a client replacing it need not send
@@ -76,6 +89,7 @@ pub fn carry_over(current: &Value, obj: &mut Value) -> Result<(), Failure> {
             ));
         }
     }
+    drop_unwanted(obj);
     if wants_node_ports(obj) {
         let before: Vec<Value> = current["spec"]["ports"].as_array().cloned().unwrap_or_default();
         for port in obj["spec"]["ports"].as_array_mut().into_iter().flatten() {
@@ -95,7 +109,7 @@ pub fn carry_over(current: &Value, obj: &mut Value) -> Result<(), Failure> {
 }
 
 /// The addresses `svc` holds: its keys.
-fn keys_of(svc: &Value) -> Vec<String> {
+pub fn keys_of(svc: &Value) -> Vec<String> {
     let mut keys: Vec<String> = svc["spec"]["clusterIP"]
         .as_str()
         .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
@@ -115,19 +129,27 @@ fn invalid(svc: &Value, field: &str, message: String) -> Failure {
 }
 
 impl Objects {
-    /// Gives `svc` (in `ns`, about to be created or just updated) the addresses it
-    /// lacks; returns the keys taken, for `release_keys` if the write does not happen.
-    pub async fn allocate(&self, ns: &str, svc: &mut Value) -> Result<Vec<String>, Failure> {
+    /// Gives `svc` (in `ns`, about to be created, or written over `current`) the
+    /// addresses it names or lacks, except those `current` holds already; returns the
+    /// keys taken, for `release_keys` if the write does not happen.
+    pub async fn allocate(&self, ns: &str, svc: &mut Value, current: Option<&Value>) -> Result<Vec<String>, Failure> {
         let owner = format!("{ns}/{}", svc["metadata"]["name"].as_str().unwrap_or_default());
+        let held = current.map(keys_of).unwrap_or_default();
         let mut taken = Vec::new();
-        let result = self.allocate_into(&owner, svc, &mut taken).await;
+        let result = self.allocate_into(&owner, svc, &held, &mut taken).await;
         if result.is_err() {
             self.release_keys(&owner, &taken).await;
         }
         result.map(|()| taken)
     }
 
-    async fn allocate_into(&self, owner: &str, svc: &mut Value, taken: &mut Vec<String>) -> Result<(), Failure> {
+    async fn allocate_into(
+        &self,
+        owner: &str,
+        svc: &mut Value,
+        held: &[String],
+        taken: &mut Vec<String>,
+    ) -> Result<(), Failure> {
         let ranges = self.services;
         if wants_cluster_ip(svc) {
             let range = ranges.cluster_ips;
@@ -146,14 +168,16 @@ impl Objects {
                         ));
                     }
                     let key = format!("{IPS}{ip}");
-                    if !self.take(&key, owner).await? {
-                        return Err(invalid(
-                            svc,
-                            "spec.clusterIP",
-                            format!("Invalid value: {asked:?}: provided IP is already allocated"),
-                        ));
+                    if !held.contains(&key) {
+                        if !self.take(&key, owner).await? {
+                            return Err(invalid(
+                                svc,
+                                "spec.clusterIP",
+                                format!("Invalid value: {asked:?}: provided IP is already allocated"),
+                            ));
+                        }
+                        taken.push(key);
                     }
-                    taken.push(key);
                 }
                 None => {
                     // The network address, .1 (Kubernetes' own `kubernetes` Service's) and
@@ -199,15 +223,14 @@ impl Objects {
                             ));
                         }
                         let key = format!("{PORTS}{n}");
-                        if taken.contains(&key) || !self.take(&key, owner).await? {
-                            if !taken.contains(&key) {
+                        if !held.contains(&key) && !taken.contains(&key) {
+                            if !self.take(&key, owner).await? {
                                 return Err(invalid(
                                     svc,
                                     &field,
                                     format!("Invalid value: {n}: provided port is already allocated"),
                                 ));
                             }
-                        } else {
                             taken.push(key);
                         }
                     }
@@ -245,7 +268,10 @@ impl Objects {
         }
         let Some((held, revision)) = self.read(key).await? else { return Ok(false) };
         let holder = held["owner"].as_str().unwrap_or_default();
-        if holder == owner || held["at"].as_f64().unwrap_or(0.0) + LEAK_AGE_SECS > unix_now() {
+        // Young keys may be a create in flight; a key this Service's name holds is
+        // checked as any other (a Service of that name deleted while its member died,
+        // and made again, must not be refused its own address forever).
+        if held["at"].as_f64().unwrap_or(0.0) + LEAK_AGE_SECS > unix_now() {
             return Ok(false);
         }
         let (ns, name) = holder.split_once('/').unwrap_or(("default", holder));
@@ -291,7 +317,6 @@ mod tests {
         assert_eq!(replaced["spec"]["clusterIP"], "10.96.0.7");
         assert_eq!(replaced["spec"]["ports"][0]["nodePort"], 30080);
         assert!(replaced["spec"]["ports"][1]["nodePort"].is_null());
-        assert!(needs_allocation(&replaced), "the new port needs a node port");
         let mut moved = current.clone();
         moved["spec"]["clusterIP"] = "10.96.0.8".into();
         let refused = carry_over(&current, &mut moved).unwrap_err();
@@ -305,7 +330,9 @@ mod tests {
         assert!(!wants_cluster_ip(&json!({"spec": {"clusterIP": "None"}})));
         assert!(!wants_cluster_ip(&json!({"spec": {"type": "ExternalName"}})));
         assert!(wants_cluster_ip(&json!({"spec": {"type": "ClusterIP"}})));
-        assert!(!needs_allocation(&json!({"spec": {"clusterIP": "None", "ports": [{"port": 1}]}})));
+        let mut cluster = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 1, "nodePort": 30001}]}});
+        drop_unwanted(&mut cluster);
+        assert!(cluster["spec"]["ports"][0]["nodePort"].is_null(), "no node port on a ClusterIP Service");
         assert!(keys_of(&json!({"spec": {"clusterIP": "None"}})).is_empty());
     }
 }

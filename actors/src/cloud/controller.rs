@@ -14,8 +14,10 @@ use actix::AsyncContext;
 use serde_json::{json, Value};
 
 use super::{CloudProvider, LocalProvider, Target};
+use crate::api::client::ignore_missing;
 use crate::api::{ApiClient, ApiError};
 use crate::controllers::{ControllerContext, SharedCache, SharedInformers};
+use crate::kubelet::node;
 use crate::runtime::{Actor, Ctx};
 
 pub const ZONE: &str = "topology.kubernetes.io/zone";
@@ -37,10 +39,6 @@ impl CloudController {
     }
 }
 
-fn is_ready(node: &Value) -> bool {
-    crate::kubelet::node::is_ready(node)
-}
-
 /// The Ready nodes a balancer sends to (hollow ones run nothing).
 fn targets(nodes: &SharedCache) -> Vec<Target> {
     let mut out: Vec<Target> = nodes
@@ -48,14 +46,10 @@ fn targets(nodes: &SharedCache) -> Vec<Target> {
         .unwrap()
         .objects
         .values()
-        .filter(|n| is_ready(n) && n["metadata"]["labels"][crate::kubelet::HOLLOW_KEY] != "true")
+        .filter(|n| node::is_ready(n) && n["metadata"]["labels"][crate::kubelet::HOLLOW_KEY] != "true")
         .filter(|n| n["spec"]["unschedulable"] != true)
         .filter_map(|n| {
-            let address = n["status"]["addresses"].as_array()?.iter().find(|a| a["type"] == "InternalIP")?;
-            Some(Target {
-                name: n["metadata"]["name"].as_str()?.to_string(),
-                address: address["address"].as_str()?.parse().ok()?,
-            })
+            Some(Target { name: n["metadata"]["name"].as_str()?.to_string(), address: node::internal_ip(n)? })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -82,7 +76,7 @@ impl Loops {
     /// Every balancer as the Services and nodes say now.
     async fn balancers(&self) -> Result<(), ApiError> {
         let targets = targets(&self.nodes);
-        let wanted: Vec<(String, Value)> = self
+        let mut wanted: Vec<(String, Value)> = self
             .services
             .read()
             .unwrap()
@@ -91,13 +85,16 @@ impl Loops {
             .filter(|(_, s)| is_load_balancer(s))
             .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
+        // Services that have an address first: a provider that starts empty (a new
+        // leader's) gives each its own back before it gives any out anew.
+        wanted.sort_by_key(|(_, s)| s["status"]["loadBalancer"]["ingress"][0]["ip"].is_null());
         for key in self.provider.load_balancers() {
             if !wanted.iter().any(|(k, _)| *k == key) {
                 let _ = self.provider.delete_load_balancer(&key).await;
                 tracing::info!(service = %key, "load balancer removed");
                 // A Service that changed type keeps no ingress.
                 if self.services.read().unwrap().objects.contains_key(&key) {
-                    let patch = json!({"status": {"loadBalancer": {}}});
+                    let patch = json!({"status": {"loadBalancer": {"ingress": null}}});
                     ignore_missing(self.client.merge_patch(&status_path(&key), &patch).await)?;
                 }
             }
@@ -146,13 +143,6 @@ impl Loops {
             }
         }
         Ok(())
-    }
-}
-
-fn ignore_missing(r: Result<Value, ApiError>) -> Result<(), ApiError> {
-    match r {
-        Err(e) if e.code() != Some(404) => Err(e),
-        _ => Ok(()),
     }
 }
 

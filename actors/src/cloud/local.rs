@@ -14,7 +14,7 @@ use keelson_config::Cidr;
 use serde_json::Value;
 
 use super::{CloudError, CloudProvider, NodeDetails, Target};
-use crate::proxy::service::{Forwarder, Listen, Protocol};
+use crate::proxy::service::{reconcile, Forwarder, Listen, Protocol};
 
 struct Balancer {
     ip: Ipv4Addr,
@@ -55,18 +55,12 @@ impl LocalProvider {
 
 /// Each port of `service` that a balancer carries: (protocol, port, node port).
 fn ports(service: &Value) -> Vec<(Protocol, u16, u16)> {
+    let port = |v: &Value| v.as_u64().and_then(|n| u16::try_from(n).ok());
     service["spec"]["ports"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|p| {
-            let protocol = match p["protocol"].as_str().unwrap_or("TCP") {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                _ => return None,
-            };
-            Some((protocol, p["port"].as_u64()? as u16, p["nodePort"].as_u64()? as u16))
-        })
+        .filter_map(|p| Some((Protocol::of(p)?, port(&p["port"])?, port(&p["nodePort"])?)))
         .collect()
 }
 
@@ -86,28 +80,13 @@ impl CloudProvider for LocalProvider {
             let mut all = self.balancers.lock().unwrap();
             let ip = self.address(key, wanted, &all)?;
             let mut balancer = all.remove(key).unwrap_or_else(|| Balancer { ip, listeners: HashMap::new() });
-            let mut keep = HashMap::new();
-            let mut failed = None;
-            for (protocol, port, node_port) in ports(service) {
-                let listen = Listen { protocol, addr: SocketAddrV4::new(ip, port) };
-                let endpoints: Vec<SocketAddr> =
-                    targets.iter().map(|t| SocketAddr::from((t.address, node_port))).collect();
-                let forwarder = match balancer.listeners.remove(&listen) {
-                    Some(f) => {
-                        f.set(endpoints, None);
-                        f
-                    }
-                    None => match Forwarder::start(listen, endpoints, None) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            failed = Some(format!("cannot listen on {}: {e}", listen.addr));
-                            continue;
-                        }
-                    },
-                };
-                keep.insert(listen, forwarder);
-            }
+            let wanted = ports(service).into_iter().map(|(protocol, port, node_port)| {
+                let endpoints = targets.iter().map(|t| SocketAddr::from((t.address, node_port))).collect();
+                (Listen { protocol, addr: SocketAddrV4::new(ip, port) }, endpoints, None)
+            });
+            let (keep, failed) = reconcile(std::mem::take(&mut balancer.listeners), wanted);
             balancer.listeners = keep;
+            let failed = failed.first().map(|(addr, e)| format!("cannot listen on {addr}: {e}"));
             all.insert(key.to_string(), balancer);
             match failed {
                 Some(why) => Err(CloudError::Failed(why)),

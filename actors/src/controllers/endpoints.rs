@@ -20,6 +20,7 @@ use super::queue::WorkQueue;
 use super::run::{run, Reconcile};
 use super::workload::{deleting, is_ready, name, namespace, owner_reference};
 use super::SharedCache;
+use crate::api::client::ignore_missing;
 use crate::api::informer::Change;
 use crate::api::{ApiClient, ApiError};
 use crate::controllers::{ControllerContext, SharedInformers};
@@ -39,6 +40,23 @@ impl EndpointsController {
     pub fn new(cx: ControllerContext) -> Self {
         Self { client: cx.client, informers: cx.informers }
     }
+}
+
+/// The key (`namespace/name`) of the Service slice `key` (`namespace/slice`) belongs to.
+pub fn service_of_slice(key: &str, slice: &Value) -> Option<String> {
+    let svc = slice["metadata"]["labels"][SERVICE_NAME].as_str()?;
+    Some(format!("{}/{svc}", key.split('/').next().unwrap_or_default()))
+}
+
+/// Whether `slice` belongs to Service `name` in `ns`.
+pub fn of_service(slice: &Value, ns: &str, name: &str) -> bool {
+    slice["metadata"]["namespace"] == ns && slice["metadata"]["labels"][SERVICE_NAME] == name
+}
+
+/// Whether a slice's endpoint is offered as ready (an absent `ready` counts as true,
+/// as Kubernetes reads it).
+pub fn offered(endpoint: &Value) -> bool {
+    endpoint["conditions"]["ready"] != false
 }
 
 /// Whether a Service's `spec.selector` (a plain map) selects `labels`; a Service
@@ -117,7 +135,10 @@ fn groups<'a>(svc: &Value, pods: &'a [Value]) -> BTreeMap<Vec<Port>, Vec<Member<
         }
         let Some(ports) = ports_for(svc, pod) else { continue };
         let terminating = deleting(pod);
-        out.entry(ports).or_default().push(Member { pod, ip, ready: is_ready(pod) && !terminating, terminating });
+        // `publishNotReadyAddresses`: every pod counts as ready (DNS for StatefulSets).
+        let publish = svc["spec"]["publishNotReadyAddresses"] == true;
+        let ready = (publish || is_ready(pod)) && !terminating;
+        out.entry(ports).or_default().push(Member { pod, ip, ready, terminating });
     }
     for members in out.values_mut() {
         members.sort_by(|a, b| a.ip.cmp(b.ip).then(name(a.pod).cmp(name(b.pod))));
@@ -138,10 +159,14 @@ pub fn endpoints_for(svc: &Value, pods: &[Value]) -> Value {
     let mut subsets = Vec::new();
     for (ports, members) in groups(svc, pods) {
         let live: Vec<&Member> = members.iter().filter(|m| !m.terminating).collect();
-        if live.is_empty() || ports.is_empty() {
+        // A Service without ports lists addresses only if headless (Kubernetes' rule).
+        if live.is_empty() || (ports.is_empty() && svc["spec"]["clusterIP"] != "None") {
             continue;
         }
-        let mut subset = json!({"ports": ports.iter().map(|p| port_json(p, false)).collect::<Vec<_>>()});
+        let mut subset = json!({});
+        if !ports.is_empty() {
+            subset["ports"] = ports.iter().map(|p| port_json(p, false)).collect::<Vec<_>>().into();
+        }
         let ready: Vec<Value> = live.iter().filter(|m| m.ready).map(|m| m.address()).collect();
         let not_ready: Vec<Value> = live.iter().filter(|m| !m.ready).map(|m| m.address()).collect();
         if !ready.is_empty() {
@@ -225,10 +250,8 @@ impl State {
                 next["metadata"]["resourceVersion"] = c["metadata"]["resourceVersion"].clone();
                 self.client.update(&format!("{collection}/{}", name(wanted)), &next).await.map(drop)
             }
-            None => match self.client.create(collection, wanted).await {
-                Err(e) if e.code() == Some(409) => Err(e), // the cache is behind: again soon
-                r => r.map(drop),
-            },
+            // A 409: the cache is behind; the failed key is tried again soon.
+            None => self.client.create(collection, wanted).await.map(drop),
         }
     }
 
@@ -243,12 +266,15 @@ impl State {
             .unwrap()
             .objects
             .values()
-            .filter(|s| namespace(s) == ns && s["metadata"]["labels"][SERVICE_NAME] == svc_name)
-            .filter(|s| s["metadata"]["labels"][MANAGED_BY] == MANAGER)
+            .filter(|s| of_service(s, ns, svc_name) && s["metadata"]["labels"][MANAGED_BY] == MANAGER)
             .cloned()
             .collect();
-        let selector =
-            svc.as_ref().map(|s| &s["spec"]["selector"]).filter(|s| s.as_object().is_some_and(|m| !m.is_empty()));
+        // ExternalName Services name a host elsewhere: no endpoints, selector or not.
+        let selector = svc
+            .as_ref()
+            .filter(|s| s["spec"]["type"] != "ExternalName")
+            .map(|s| &s["spec"]["selector"])
+            .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()));
         let (Some(svc), Some(selector)) = (svc.as_ref(), selector) else {
             // Gone (or no longer selecting): what this controller wrote for it goes.
             if svc.is_none() && self.endpoints.read().unwrap().objects.contains_key(key) {
@@ -293,13 +319,6 @@ impl State {
     }
 }
 
-fn ignore_missing(r: Result<Value, ApiError>) -> Result<(), ApiError> {
-    match r {
-        Err(e) if e.code() != Some(404) => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// `namespace/name` → `namespace`.
 fn ns_of(key: &str) -> &str {
     key.split('/').next().unwrap_or_default()
@@ -318,19 +337,14 @@ impl Reconcile for State {
             (1, Change::Upserted(k) | Change::Deleted(k, _)) => self.services_of(ns_of(&k)),
             (2, Change::Upserted(k) | Change::Deleted(k, _)) => self.queue.push(k),
             (_, Change::Deleted(k, slice)) => {
-                let svc = slice["metadata"]["labels"][SERVICE_NAME].as_str().unwrap_or_default();
-                self.queue.push(format!("{}/{svc}", ns_of(&k)));
+                if let Some(svc) = service_of_slice(&k, &slice) {
+                    self.queue.push(svc);
+                }
             }
             (_, Change::Upserted(k)) => {
-                let svc = self
-                    .slices
-                    .read()
-                    .unwrap()
-                    .objects
-                    .get(&k)
-                    .and_then(|s| s["metadata"]["labels"][SERVICE_NAME].as_str().map(str::to_string));
+                let svc = self.slices.read().unwrap().objects.get(&k).and_then(|s| service_of_slice(&k, s));
                 if let Some(svc) = svc {
-                    self.queue.push(format!("{}/{svc}", ns_of(&k)));
+                    self.queue.push(svc);
                 }
             }
         }

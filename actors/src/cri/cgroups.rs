@@ -27,7 +27,8 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// The layout under `root` if this process may make groups there, or why not (for
+    /// The layout under `root` if this process may make groups there (and, on v2,
+    /// enable the memory and cpu controllers for them), or why not (for
     /// the agent to say at start and in its node's conditions).
     pub fn detect(root: &Path) -> Result<Self, String> {
         let layout = if root.join("memory").join("cgroup.procs").exists() && root.join("cpu").exists() {
@@ -48,6 +49,12 @@ impl Layout {
             if made {
                 let _ = std::fs::remove_dir(&dir);
             }
+        }
+        // v2: groups get controllers only if the root hands them down (refused, e.g.,
+        // where the root of a cgroup namespace holds processes itself).
+        if let Layout::V2(root) = &layout {
+            std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu")
+                .map_err(|e| format!("cannot enable the memory and cpu controllers under {}: {e}", root.display()))?;
         }
         Ok(layout)
     }

@@ -583,11 +583,14 @@ impl ExecControl for DockerExec {
         async move {
             // Docker has no hang-up of its own: its process (a host pid, seen by this
             // root agent) gets the SIGHUP a closing terminal sends.
-            if let Ok(pid) = docker.inspect_exec(&id).await.map(|e| e.pid.unwrap_or(0)) {
-                if pid > 0 {
-                    // SAFETY: signalling the exec's own process.
-                    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-                }
+            let Ok(exec) = docker.inspect_exec(&id).await else { return };
+            let (Some(pid), Some(container)) = (exec.pid.filter(|p| *p > 0), exec.container_id) else { return };
+            // Only a process of this agent's pid namespace that is in the container's
+            // cgroup (not one that took a reused pid, nor one of another namespace).
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if exec.running == Some(true) && cgroup.contains(&container) {
+                // SAFETY: signalling the exec's own process, checked just above.
+                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
             }
         }
         .boxed()

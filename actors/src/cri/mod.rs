@@ -252,6 +252,7 @@ pub trait ExecControl: Send + Sync {
     fn resize(&self, rows: u16, cols: u16) -> BoxFuture<'static, ()>;
     /// The caller went away: its terminal hangs up (SIGHUP), as when a terminal closes.
     fn hang_up(&self) -> BoxFuture<'static, ()>;
-    /// Its exit code, once its output has ended.
+    /// Its exit code, once its output has ended (1 if the runtime cannot tell: still
+    /// running a second later, or gone).
     fn exit_code(&self) -> BoxFuture<'static, i32>;
 }

@@ -55,6 +55,12 @@ pub fn limits_condition(now: &str, unavailable: Option<&str>) -> Value {
            "lastHeartbeatTime": now, "lastTransitionTime": now})
 }
 
+/// The node's `InternalIP` address, once its kubelet has posted it.
+pub fn internal_ip(node: &Value) -> Option<std::net::Ipv4Addr> {
+    let addresses = node["status"]["addresses"].as_array()?;
+    addresses.iter().find(|a| a["type"] == "InternalIP")?["address"].as_str()?.parse().ok()
+}
+
 /// Whether the node's Ready condition is True.
 pub fn is_ready(node: &Value) -> bool {
     node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")

@@ -36,15 +36,20 @@ impl ServiceAddresses {
         &self.link
     }
 
-    /// Makes the link (if missing). Cluster IPs are served only if this worked.
+    /// Makes the link afresh (one an earlier run left may hold addresses of Services
+    /// deleted since; while it is re-made, another agent's link keeps the addresses
+    /// local). Cluster IPs are served only if this worked.
     pub fn setup(&self) -> Result<(), String> {
         let made = if !is_root() {
             Err("holding cluster IPs needs root (a link of the agent's own); node ports are served".to_string())
         } else {
             Netlink::open()
-                .and_then(|mut nl| match nl.link(&self.link, "bridge") {
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => nl.up(&self.link),
-                    other => other,
+                .and_then(|mut nl| {
+                    match nl.delete(&self.link) {
+                        Err(e) if e.raw_os_error() != Some(libc::ENODEV) => return Err(e),
+                        _ => {}
+                    }
+                    nl.link(&self.link, "bridge")
                 })
                 .map_err(|e| format!("cannot make the cluster IPs' link {}: {e}", self.link))
         };

@@ -25,13 +25,13 @@ impl Backends {
         Self { endpoints, affinity, ..Default::default() }
     }
 
-    /// The same endpoints with the round-robin position and the clients' affinity of
-    /// `self` carried over (for endpoints still there).
+    /// `next`, with the round-robin position and the clients' affinity of `self`
+    /// carried over (for endpoints still there, and not expired).
     pub fn replaced_by(&self, next: Backends) -> Backends {
         next.next.store(self.next.load(Ordering::Relaxed), Ordering::Relaxed);
-        if next.affinity.is_some() {
+        if let Some(timeout) = next.affinity {
             let mut sticky = self.sticky.lock().unwrap().clone();
-            sticky.retain(|_, (e, _)| next.endpoints.contains(e));
+            sticky.retain(|_, (e, at)| next.endpoints.contains(e) && at.elapsed() < timeout);
             *next.sticky.lock().unwrap() = sticky;
         }
         next
@@ -60,8 +60,13 @@ impl Backends {
 
     /// `client` got through to `endpoint` (kept for its next connection under affinity).
     pub fn used(&self, client: IpAddr, endpoint: SocketAddr) {
-        if self.affinity.is_some() {
-            self.sticky.lock().unwrap().insert(client, (endpoint, Instant::now()));
+        if let Some(timeout) = self.affinity {
+            let mut sticky = self.sticky.lock().unwrap();
+            // Expired clients go once there are many (the map would only grow).
+            if sticky.len() >= 4096 {
+                sticky.retain(|_, (_, at)| at.elapsed() < timeout);
+            }
+            sticky.insert(client, (endpoint, Instant::now()));
         }
     }
 }

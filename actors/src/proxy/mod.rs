@@ -26,7 +26,8 @@ use tokio::sync::mpsc;
 
 use crate::api::informer::{Cache, Change, Informer};
 use crate::api::ApiClient;
-use crate::controllers::endpoints::SERVICE_NAME;
+use crate::controllers::endpoints::service_of_slice;
+use crate::kubelet::node::internal_ip;
 use crate::runtime::{
     Actor, ChildSpec, Ctx, Ref, Restart, StartChild, StopChild, Strategy, Supervisor, SupervisorSpec,
 };
@@ -77,13 +78,8 @@ pub struct Proxy {
 /// The node's InternalIP, once its kubelet has posted it.
 async fn node_ip(client: &ApiClient, node: &str) -> Ipv4Addr {
     loop {
-        if let Ok(n) = client.get(&format!("/api/v1/nodes/{node}")).await {
-            let found = n["status"]["addresses"].as_array().into_iter().flatten().find_map(|a| {
-                (a["type"] == "InternalIP").then(|| a["address"].as_str()?.parse::<Ipv4Addr>().ok()).flatten()
-            });
-            if let Some(ip) = found {
-                return ip;
-            }
+        if let Some(ip) = client.get(&format!("/api/v1/nodes/{node}")).await.ok().as_ref().and_then(internal_ip) {
+            return ip;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -91,8 +87,11 @@ async fn node_ip(client: &ApiClient, node: &str) -> Ipv4Addr {
 
 /// Whether the proxy serves `svc` (it has a cluster IP or node ports).
 fn served(svc: &serde_json::Value) -> bool {
+    if svc["spec"]["type"] == "ExternalName" {
+        return false;
+    }
     let ip = svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.parse::<Ipv4Addr>().is_ok());
-    ip || svc["spec"]["ports"].as_array().into_iter().flatten().any(|p| p["nodePort"].is_u64())
+    ip || crate::api::services::wants_node_ports(svc)
 }
 
 impl Actor for Proxy {
@@ -127,15 +126,9 @@ impl Actor for Proxy {
                     c = srx.recv() => match c {
                         Some(Change::Upserted(k)) => {
                             let s = shared.slices.read().unwrap().objects.get(&k).cloned();
-                            if let Some(svc) = s.as_ref().and_then(|s| s["metadata"]["labels"][SERVICE_NAME].as_str()) {
-                                touched.insert(format!("{}/{svc}", k.split('/').next().unwrap_or_default()));
-                            }
+                            touched.extend(s.and_then(|s| service_of_slice(&k, &s)));
                         }
-                        Some(Change::Deleted(k, s)) => {
-                            if let Some(svc) = s["metadata"]["labels"][SERVICE_NAME].as_str() {
-                                touched.insert(format!("{}/{svc}", k.split('/').next().unwrap_or_default()));
-                            }
-                        }
+                        Some(Change::Deleted(k, s)) => touched.extend(service_of_slice(&k, &s)),
                         None => return,
                     },
                     _ = tick.tick() => all = true,
@@ -152,15 +145,19 @@ impl Actor for Proxy {
                 // Cluster IPs held before anything listens on them; let go once unused.
                 if shared.addresses.available() {
                     let ips: HashSet<Ipv4Addr> = wanted.values().flatten().copied().collect();
-                    for ip in ips.difference(&held) {
-                        if let Err(e) = shared.addresses.hold(*ip) {
-                            tracing::warn!(%ip, error = %e, "cannot hold a cluster IP");
+                    for ip in held.difference(&ips).copied().collect::<Vec<_>>() {
+                        shared.addresses.release(ip);
+                        held.remove(&ip);
+                    }
+                    // Held only once it worked: a failure is tried again next pass.
+                    for ip in ips.difference(&held).copied().collect::<Vec<_>>() {
+                        match shared.addresses.hold(ip) {
+                            Ok(()) => {
+                                held.insert(ip);
+                            }
+                            Err(e) => tracing::warn!(%ip, error = %e, "cannot hold a cluster IP"),
                         }
                     }
-                    for ip in held.difference(&ips) {
-                        shared.addresses.release(*ip);
-                    }
-                    held = ips;
                 }
                 let gone: Vec<String> = running.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
                 for key in gone {

@@ -2,9 +2,10 @@
 //! the Service's cluster IP (each port, TCP or UDP) and on each node port at the node's
 //! address, and forwards every new connection (or UDP flow) to a ready endpoint from
 //! the Service's EndpointSlices: round robin, or by client under `ClientIP` affinity;
-//! an endpoint that refuses is passed over for the next. Connections are forwarded on
-//! tasks of their own, so ones in flight to a pod that is going away finish (drain)
-//! even as the pod leaves the endpoints, and survive a restart of this actor.
+//! an endpoint that refuses is passed over for the next. TCP connections are forwarded
+//! on tasks of their own, so ones in flight to a pod that is going away finish (drain)
+//! even as the pod leaves the endpoints, and survive a restart of this actor; UDP flows
+//! belong to their listener and end with it.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -18,7 +19,6 @@ use tokio::task::JoinHandle;
 
 use super::balancer::Backends;
 use super::ProxyShared;
-use crate::controllers::endpoints::SERVICE_NAME;
 use crate::runtime::{Actor, Ctx, Handler};
 
 /// How long a connection to an endpoint may take before the next is tried.
@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const COPY_BUF: usize = 64 << 10;
 /// A UDP flow with nothing sent either way for this long is forgotten.
 const UDP_IDLE: Duration = Duration::from_secs(30);
+/// The most UDP flows one listener keeps (each holds a socket); more are refused.
+const UDP_FLOWS: usize = 4096;
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const AFFINITY_DEFAULT: u64 = 10_800;
 
@@ -39,6 +41,17 @@ pub struct Resync;
 pub enum Protocol {
     Tcp,
     Udp,
+}
+
+impl Protocol {
+    /// A Service port's `protocol` (TCP when absent); SCTP is not carried.
+    pub fn of(port: &Value) -> Option<Self> {
+        match port["protocol"].as_str().unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
 }
 
 /// One address the proxy listens on for a Service.
@@ -75,7 +88,7 @@ fn endpoints_of(slices: &[&Value], name: &str, protocol: &str) -> Vec<SocketAddr
                 e["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()?.parse::<Ipv4Addr>().ok());
             for ip in addrs {
                 let at = SocketAddr::from((ip, port as u16));
-                if c["ready"] != false {
+                if crate::controllers::endpoints::offered(e) {
                     ready.push(at);
                 } else if c["serving"] == true && c["terminating"] == true {
                     serving.push(at);
@@ -98,20 +111,18 @@ pub fn forwards(svc: &Value, slices: &[&Value], node_ip: Ipv4Addr, cluster_ips: 
         let t = svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].as_u64();
         Duration::from_secs(t.unwrap_or(AFFINITY_DEFAULT))
     });
+    let node_ports = crate::api::services::wants_node_ports(svc);
+    let port_of = |v: &Value| v.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0);
     let mut out = Vec::new();
     for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+        let Some(protocol) = Protocol::of(p) else { continue };
         let proto_name = p["protocol"].as_str().unwrap_or("TCP");
-        let protocol = match proto_name {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            _ => continue, // SCTP is not carried
-        };
         let mut listen = Vec::new();
-        if let (Some(ip), Some(port)) = (cluster_ip, p["port"].as_u64()) {
-            listen.push(Listen { protocol, addr: SocketAddrV4::new(ip, port as u16) });
+        if let (Some(ip), Some(port)) = (cluster_ip, port_of(&p["port"])) {
+            listen.push(Listen { protocol, addr: SocketAddrV4::new(ip, port) });
         }
-        if let Some(port) = p["nodePort"].as_u64() {
-            listen.push(Listen { protocol, addr: SocketAddrV4::new(node_ip, port as u16) });
+        if let Some(port) = port_of(&p["nodePort"]).filter(|_| node_ports) {
+            listen.push(Listen { protocol, addr: SocketAddrV4::new(node_ip, port) });
         }
         let name = p["name"].as_str().unwrap_or_default();
         out.push(Forward { listen, endpoints: endpoints_of(slices, name, proto_name), affinity });
@@ -233,15 +244,48 @@ async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, backends: Arc<Back
     tracing::debug!(client = %peer, "no endpoint took the connection");
 }
 
+/// A UDP flow: its socket to the endpoint, and when the client last sent on it.
+struct Flow {
+    upstream: Arc<UdpSocket>,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Seconds since `epoch`, for flows' idle clocks.
+fn since(epoch: tokio::time::Instant) -> u64 {
+    epoch.elapsed().as_secs()
+}
+
 async fn serve_udp(socket: UdpSocket, table: Table) {
+    use std::sync::atomic::Ordering::Relaxed;
     let socket = Arc::new(socket);
-    let mut flows: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let epoch = tokio::time::Instant::now();
+    // Flow tasks belong to this listener: dropping it (the task aborted) ends them, so
+    // no flow keeps the Service's socket bound after its listener is gone.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut ended = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let Ok((n, client)) = socket.recv_from(&mut buf).await else { continue };
-        flows.retain(|_, (_, task)| !task.is_finished());
-        let upstream = match flows.get(&client) {
-            Some((upstream, _)) => upstream.clone(),
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok(client) = done {
+                ended.push(client);
+            }
+        }
+        for c in ended.drain(..) {
+            flows.remove(&c);
+        }
+        if !flows.contains_key(&client) && flows.len() >= UDP_FLOWS {
+            continue; // full: a flood of sources must not take every descriptor
+        }
+        let flow = match flows.get(&client) {
+            Some(flow) => flow,
             None => {
                 let backends = table.read().unwrap().clone();
                 let Some(endpoint) = backends.candidates(client.ip()).first().copied() else { continue };
@@ -250,23 +294,63 @@ async fn serve_udp(socket: UdpSocket, table: Table) {
                     continue;
                 }
                 backends.used(client.ip(), endpoint);
-                let upstream = Arc::new(upstream);
-                let (up, down) = (upstream.clone(), socket.clone());
-                // Answers go back to the client from the Service's address.
-                let task = tokio::spawn(async move {
+                let flow = Flow { upstream: Arc::new(upstream), last: Arc::default() };
+                let (up, down, last) = (flow.upstream.clone(), socket.clone(), flow.last.clone());
+                // Answers go back to the client from the Service's address; the flow
+                // ends once neither side has sent for UDP_IDLE.
+                tasks.spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, up.recv(&mut buf)).await {
-                        if down.send_to(&buf[..n], client).await.is_err() {
-                            return;
+                    loop {
+                        match tokio::time::timeout(UDP_IDLE, up.recv(&mut buf)).await {
+                            Ok(Ok(n)) => {
+                                if down.send_to(&buf[..n], client).await.is_err() {
+                                    return client;
+                                }
+                            }
+                            Ok(Err(_)) => return client,
+                            Err(_) if since(epoch).saturating_sub(last.load(Relaxed)) >= UDP_IDLE.as_secs() => {
+                                return client
+                            }
+                            Err(_) => {}
                         }
                     }
                 });
-                flows.insert(client, (upstream.clone(), task));
-                upstream
+                flows.entry(client).or_insert(flow)
             }
         };
-        let _ = upstream.send(&buf[..n]).await;
+        flow.last.store(since(epoch), Relaxed);
+        let _ = flow.upstream.send(&buf[..n]).await;
     }
+}
+
+/// The forwarders `wanted` (listen address, endpoints, affinity) asks for, from those
+/// `existing` has (their endpoints replaced) or started; those not wanted are dropped
+/// (they stop). Addresses that could not be listened on are returned with the error.
+pub fn reconcile(
+    mut existing: HashMap<Listen, Forwarder>,
+    wanted: impl IntoIterator<Item = (Listen, Vec<SocketAddr>, Option<Duration>)>,
+) -> (HashMap<Listen, Forwarder>, Vec<(SocketAddrV4, std::io::Error)>) {
+    let mut keep = HashMap::new();
+    let mut failed = Vec::new();
+    for (listen, endpoints, affinity) in wanted {
+        let forwarder = match existing.remove(&listen) {
+            Some(f) => {
+                if f.set(endpoints.clone(), affinity) {
+                    tracing::debug!(addr = %listen.addr, ?endpoints, "endpoints changed");
+                }
+                f
+            }
+            None => match Forwarder::start(listen, endpoints, affinity) {
+                Ok(f) => f,
+                Err(e) => {
+                    failed.push((listen.addr, e));
+                    continue;
+                }
+            },
+        };
+        keep.insert(listen, forwarder);
+    }
+    (keep, failed)
 }
 
 pub struct ServiceProxy {
@@ -284,35 +368,16 @@ impl ServiceProxy {
         let Some(svc) = self.shared.services.read().unwrap().objects.get(&self.key).cloned() else { return };
         let (ns, name) = self.key.split_once('/').unwrap_or(("default", &self.key));
         let slices = self.shared.slices.read().unwrap();
-        let mine: Vec<&Value> = slices
-            .objects
-            .values()
-            .filter(|s| s["metadata"]["namespace"] == ns && s["metadata"]["labels"][SERVICE_NAME] == name)
-            .collect();
+        let mine: Vec<&Value> =
+            slices.objects.values().filter(|s| crate::controllers::endpoints::of_service(s, ns, name)).collect();
         let wanted = forwards(&svc, &mine, self.shared.node_ip, self.shared.addresses.available());
         drop(slices);
-        let mut keep = HashMap::new();
-        for f in wanted {
-            for l in f.listen {
-                let forwarder = match self.listeners.remove(&l) {
-                    Some(existing) => {
-                        if existing.set(f.endpoints.clone(), f.affinity) {
-                            tracing::debug!(service = %self.key, addr = %l.addr, endpoints = ?f.endpoints, "endpoints changed");
-                        }
-                        existing
-                    }
-                    None => match Forwarder::start(l, f.endpoints.clone(), f.affinity) {
-                        Ok(started) => started,
-                        Err(e) => {
-                            tracing::warn!(service = %self.key, addr = %l.addr, error = %e, "cannot listen (again at the next sync)");
-                            continue;
-                        }
-                    },
-                };
-                keep.insert(l, forwarder);
-            }
+        let wanted =
+            wanted.into_iter().flat_map(|f| f.listen.into_iter().map(move |l| (l, f.endpoints.clone(), f.affinity)));
+        let (keep, failed) = reconcile(std::mem::take(&mut self.listeners), wanted);
+        for (addr, e) in failed {
+            tracing::warn!(service = %self.key, %addr, error = %e, "cannot listen (again at the next sync)");
         }
-        // What is left here is no longer wanted: dropping it stops it.
         self.listeners = keep;
     }
 }

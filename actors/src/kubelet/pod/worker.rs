@@ -709,7 +709,7 @@ impl Run {
             self.shared.slices.read().unwrap().objects.values().any(|s| {
                 s["metadata"]["namespace"] == ns
                     && s["endpoints"].as_array().into_iter().flatten().any(|e| {
-                        e["conditions"]["ready"] != false
+                        crate::controllers::endpoints::offered(e)
                             && e["addresses"].as_array().into_iter().flatten().any(|a| a == ip)
                     })
             })
