@@ -324,6 +324,11 @@ spec:
     );
 }
 
+/// Where the test's time goes (it is one of the longest): printed, never asserted.
+fn step(began: &std::time::Instant, what: &str) {
+    eprintln!("services: {:>5.1} s: {what}", began.elapsed().as_secs_f64());
+}
+
 #[test]
 fn services_reach_ready_pods_through_rollouts() {
     // SAFETY: geteuid has no preconditions.
@@ -332,6 +337,7 @@ fn services_reach_ready_pods_through_rollouts() {
         return;
     }
     let _one = serial();
+    let began = std::time::Instant::now();
     let scratch = Scratch::new("services");
     let data = scratch.data();
     let args = ["up", "--servers", "1", "--agents", "2", "--restart-backoff", "1s", "--network", "netns"];
@@ -367,6 +373,7 @@ fn services_reach_ready_pods_through_rollouts() {
     });
     eventually("the cluster IP answers", Duration::from_secs(30), || get(&cluster, "/probe") == Ok(404));
 
+    step(&began, "300 requests from the host");
     // 300 requests from the host: every pod takes a share.
     for i in 0..300 {
         assert_eq!(get(&cluster, &format!("/host-{i}")), Ok(404), "request {i} through {cluster}");
@@ -375,6 +382,7 @@ fn services_reach_ready_pods_through_rollouts() {
     assert_eq!(counts.values().sum::<usize>(), 300, "{counts:?}");
     assert!(counts.values().all(|n| *n >= 50), "round robin spreads them: {counts:?}");
 
+    step(&began, "From inside a pod (its own network names");
     // From inside a pod (its own network namespace), through the same cluster IP.
     let inside = format!(
         "import urllib.request, urllib.error\nfor i in range(300):\n    try:\n        urllib.request.urlopen('http://{cluster}/pod-%d' % i, timeout=5)\n    except urllib.error.HTTPError as e:\n        assert e.code == 404\nprint('done')"
@@ -385,6 +393,7 @@ fn services_reach_ready_pods_through_rollouts() {
     assert_eq!(counts.values().sum::<usize>(), 300, "{counts:?}");
     assert!(counts.values().all(|n| *n >= 50), "{counts:?}");
 
+    step(&began, "The node port, on each node's address.");
     // The node port, on each node's address.
     let nodes: Value = serde_json::from_str(&ok(&kc, &["get", "nodes", "-o", "json"])).unwrap();
     for node in nodes["items"].as_array().unwrap() {
@@ -404,6 +413,7 @@ fn services_reach_ready_pods_through_rollouts() {
         assert!(counts.values().all(|n| *n >= 50), "node port {at} spreads them: {counts:?}");
     }
 
+    step(&began, "LoadBalancer");
     // type: LoadBalancer: an address from the local provider, balancing to the node
     // ports; and the provider's zone labels on the nodes.
     let lb = scratch.0.join("lb.yaml");
@@ -447,6 +457,7 @@ spec:
             .all(|n| n["metadata"]["labels"]["topology.kubernetes.io/zone"] == "local-a")
     });
 
+    step(&began, "A steady load through the cluster IP whi");
     // A steady load through the cluster IP while the Deployment rolls out, then back.
     let load = Load::start(cluster.clone());
     std::thread::sleep(Duration::from_secs(1));
@@ -459,12 +470,16 @@ spec:
     assert!(sent > 200, "the load ran through both rollouts ({sent} requests)");
     assert!(failures.is_empty(), "{} of {sent} requests failed during the rollouts: {failures:?}", failures.len());
 
+    step(&began, "A pod whose readiness fails gets no new ");
     // A pod whose readiness fails gets no new requests once it is NotReady.
     readiness_out(&kc, &scratch.0, &cluster);
+    step(&began, "Blue/green");
     // Blue/green: the selector moves from v1 to v2 with no failure and no v1 after v2.
     blue_green(&kc, &scratch.0);
+    step(&began, "a deleted pod and its SIGTERM");
     out_before_sigterm(&kc, &scratch.0);
 
+    step(&began, "Type changes");
     // Type changes: ClusterIP → NodePort is given a node port; back to ClusterIP frees
     // it, so another Service may ask for it; asking for one in use is refused (422).
     ok(&kc, &["create", "service", "clusterip", "flip", "--tcp=80:8000"]);
@@ -483,6 +498,7 @@ spec:
     ok(&kc, &["create", "service", "nodeport", "clash", "--tcp=80:8000", "--node-port", &port]);
     ok(&kc, &["delete", "svc", "flip", "clash"]);
 
+    step(&began, "UDP");
     // UDP: an echo server behind a Service answers through its cluster IP.
     let echo = "apiVersion: v1
 kind: Pod
@@ -522,6 +538,7 @@ spec:
     });
     assert_eq!(answer, "echo:ping");
 
+    step(&began, "A deleted Service");
     // A deleted Service: the proxies let its cluster IP go.
     let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
     let held = || {
@@ -532,8 +549,10 @@ spec:
     ok(&kc, &["delete", "svc", "echo"]);
     eventually("the deleted Service's address goes", Duration::from_secs(20), || !held());
 
+    step(&began, "Ctrl-C");
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0, "up stops cleanly");
+    step(&began, "stopped");
     let links = std::process::Command::new("ip").args(["-br", "link"]).output().unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.lines().any(|l| l.starts_with("kss")), "the proxy's links are gone: {links}");

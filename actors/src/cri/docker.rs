@@ -570,9 +570,15 @@ impl ExecControl for DockerExec {
     fn resize(&self, rows: u16, cols: u16) -> BoxFuture<'static, ()> {
         let (docker, id) = (self.docker.clone(), self.id.clone());
         async move {
-            let size = bollard::exec::ResizeExecOptions { height: rows, width: cols };
-            if let Err(e) = docker.resize_exec(&id, size).await {
-                tracing::debug!(error = %e, "exec terminal not resized");
+            // kubectl sends the first size at once, often before Docker runs the exec
+            // (a resize then fails and the terminal would stay 0×0): try for a second.
+            for _ in 0..40 {
+                let size = bollard::exec::ResizeExecOptions { height: rows, width: cols };
+                match docker.resize_exec(&id, size).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!(error = %e, "exec terminal not resized yet"),
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
         .boxed()
