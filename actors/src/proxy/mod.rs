@@ -39,7 +39,9 @@ pub use service::{Resync, ServiceProxy};
 pub struct ProxyShared {
     pub services: Arc<RwLock<Cache>>,
     pub slices: Arc<RwLock<Cache>>,
-    /// The node's address (node ports listen there).
+    /// The node's name (`Local` traffic policies keep to its endpoints) and address
+    /// (node ports listen there).
+    pub node: String,
     pub node_ip: Ipv4Addr,
     pub addresses: Arc<ServiceAddresses>,
 }
@@ -105,7 +107,13 @@ impl Actor for Proxy {
             }
             let services = Informer::new(client.clone(), "/api/v1/services", &[]);
             let slices = Informer::new(client.clone(), "/apis/discovery.k8s.io/v1/endpointslices", &[]);
-            let shared = Arc::new(ProxyShared { services: services.cache(), slices: slices.cache(), node_ip, addresses });
+            let shared = Arc::new(ProxyShared {
+                services: services.cache(),
+                slices: slices.cache(),
+                node: node.clone(),
+                node_ip,
+                addresses,
+            });
             let (tx, mut rx) = mpsc::channel(1024);
             let (stx, mut srx) = mpsc::channel(1024);
             actix_rt::spawn(services.run(tx));

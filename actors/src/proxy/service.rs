@@ -61,17 +61,18 @@ pub struct Listen {
     pub addr: SocketAddrV4,
 }
 
-/// What one Service port asks of this node: where to listen, and where to send.
+/// What one listening address of a Service asks of this node: where to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Forward {
-    pub listen: Vec<Listen>,
+    pub listen: Listen,
     pub endpoints: Vec<SocketAddr>,
     pub affinity: Option<Duration>,
 }
 
 /// The endpoints of the port named `name` (`protocol`) in `slices`: the ready ones, or,
 /// if none is, the ones still serving while they terminate (as kube-proxy falls back).
-fn endpoints_of(slices: &[&Value], name: &str, protocol: &str) -> Vec<SocketAddr> {
+/// `on`: only endpoints on that node (a `Local` traffic policy).
+fn endpoints_of(slices: &[&Value], name: &str, protocol: &str, on: Option<&str>) -> Vec<SocketAddr> {
     let mut ready = Vec::new();
     let mut serving = Vec::new();
     for slice in slices {
@@ -83,6 +84,9 @@ fn endpoints_of(slices: &[&Value], name: &str, protocol: &str) -> Vec<SocketAddr
             continue;
         };
         for e in slice["endpoints"].as_array().into_iter().flatten() {
+            if on.is_some_and(|node| e["nodeName"] != node) {
+                continue;
+            }
             let c = &e["conditions"];
             let addrs =
                 e["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()?.parse::<Ipv4Addr>().ok());
@@ -103,8 +107,11 @@ fn endpoints_of(slices: &[&Value], name: &str, protocol: &str) -> Vec<SocketAddr
     }
 }
 
-/// What `svc` asks of a node at `node_ip` (cluster IPs only where `cluster_ips`).
-pub fn forwards(svc: &Value, slices: &[&Value], node_ip: Ipv4Addr, cluster_ips: bool) -> Vec<Forward> {
+/// What `svc` asks of node `node` at `node_ip` (cluster IPs only where `cluster_ips`).
+/// `internalTrafficPolicy: Local` keeps cluster-IP traffic, `externalTrafficPolicy:
+/// Local` node-port traffic, on this node's endpoints (none: the connection is closed,
+/// as Kubernetes drops it).
+pub fn forwards(svc: &Value, slices: &[&Value], node: &str, node_ip: Ipv4Addr, cluster_ips: bool) -> Vec<Forward> {
     let cluster_ip =
         svc["spec"]["clusterIP"].as_str().and_then(|ip| ip.parse::<Ipv4Addr>().ok()).filter(|_| cluster_ips);
     let affinity = (svc["spec"]["sessionAffinity"] == "ClientIP").then(|| {
@@ -112,20 +119,26 @@ pub fn forwards(svc: &Value, slices: &[&Value], node_ip: Ipv4Addr, cluster_ips: 
         Duration::from_secs(t.unwrap_or(AFFINITY_DEFAULT))
     });
     let node_ports = crate::api::services::wants_node_ports(svc);
+    let internal = (svc["spec"]["internalTrafficPolicy"] == "Local").then_some(node);
+    let external = (svc["spec"]["externalTrafficPolicy"] == "Local").then_some(node);
     let port_of = |v: &Value| v.as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0);
     let mut out = Vec::new();
     for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
         let Some(protocol) = Protocol::of(p) else { continue };
         let proto_name = p["protocol"].as_str().unwrap_or("TCP");
-        let mut listen = Vec::new();
+        let name = p["name"].as_str().unwrap_or_default();
         if let (Some(ip), Some(port)) = (cluster_ip, port_of(&p["port"])) {
-            listen.push(Listen { protocol, addr: SocketAddrV4::new(ip, port) });
+            let endpoints = endpoints_of(slices, name, proto_name, internal);
+            out.push(Forward { listen: Listen { protocol, addr: SocketAddrV4::new(ip, port) }, endpoints, affinity });
         }
         if let Some(port) = port_of(&p["nodePort"]).filter(|_| node_ports) {
-            listen.push(Listen { protocol, addr: SocketAddrV4::new(node_ip, port) });
+            let endpoints = endpoints_of(slices, name, proto_name, external);
+            out.push(Forward {
+                listen: Listen { protocol, addr: SocketAddrV4::new(node_ip, port) },
+                endpoints,
+                affinity,
+            });
         }
-        let name = p["name"].as_str().unwrap_or_default();
-        out.push(Forward { listen, endpoints: endpoints_of(slices, name, proto_name), affinity });
     }
     out
 }
@@ -370,10 +383,9 @@ impl ServiceProxy {
         let slices = self.shared.slices.read().unwrap();
         let mine: Vec<&Value> =
             slices.objects.values().filter(|s| crate::controllers::endpoints::of_service(s, ns, name)).collect();
-        let wanted = forwards(&svc, &mine, self.shared.node_ip, self.shared.addresses.available());
+        let wanted = forwards(&svc, &mine, &self.shared.node, self.shared.node_ip, self.shared.addresses.available());
         drop(slices);
-        let wanted =
-            wanted.into_iter().flat_map(|f| f.listen.into_iter().map(move |l| (l, f.endpoints.clone(), f.affinity)));
+        let wanted = wanted.into_iter().map(|f| (f.listen, f.endpoints, f.affinity));
         let (keep, failed) = reconcile(std::mem::take(&mut self.listeners), wanted);
         for (addr, e) in failed {
             tracing::warn!(service = %self.key, %addr, error = %e, "cannot listen (again at the next sync)");
@@ -406,23 +418,35 @@ mod tests {
         let svc = json!({"spec": {"clusterIP": "10.96.0.9", "type": "NodePort", "sessionAffinity": "ClientIP",
             "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
                       {"name": "dns", "port": 53, "protocol": "UDP"}]}});
-        let slice = json!({"ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+        let mut slice = json!({"ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "nodeName": "n1"},
                           {"addresses": ["10.244.1.5"], "conditions": {"ready": false, "serving": true, "terminating": true}},
-                          {"addresses": ["10.244.1.6"], "conditions": {}}]});
+                          {"addresses": ["10.244.1.6"], "conditions": {}, "nodeName": "n2"}]});
         let node: Ipv4Addr = "10.244.0.1".parse().unwrap();
-        let f = forwards(&svc, &[&slice], node, true);
-        assert_eq!(f.len(), 2);
+        let f = forwards(&svc, &[&slice], "n1", node, true);
+        assert_eq!(f.len(), 3);
         let cluster = Listen { protocol: Protocol::Tcp, addr: "10.96.0.9:80".parse().unwrap() };
         let node_port = Listen { protocol: Protocol::Tcp, addr: "10.244.0.1:30080".parse().unwrap() };
-        assert_eq!(f[0].listen, vec![cluster, node_port]);
+        assert_eq!((f[0].listen, f[1].listen), (cluster, node_port));
         let ready: Vec<SocketAddr> = vec!["10.244.0.5:8000".parse().unwrap(), "10.244.1.6:8000".parse().unwrap()];
         assert_eq!(f[0].endpoints, ready, "the terminating endpoint is out while others are ready");
+        assert_eq!(f[1].endpoints, ready);
         assert_eq!(f[0].affinity, Some(Duration::from_secs(AFFINITY_DEFAULT)));
-        assert_eq!(f[1].listen[0].protocol, Protocol::Udp);
-        assert!(f[1].endpoints.is_empty(), "no slice carries the udp port");
+        assert_eq!(f[2].listen.protocol, Protocol::Udp);
+        assert!(f[2].endpoints.is_empty(), "no slice carries the udp port");
         // Without a link for cluster IPs, only the node port.
-        assert_eq!(forwards(&svc, &[&slice], node, false)[0].listen, vec![node_port]);
+        let f = forwards(&svc, &[&slice], "n1", node, false);
+        assert_eq!(f.iter().map(|f| f.listen).collect::<Vec<_>>(), vec![node_port]);
+        // Local traffic policies: only this node's endpoints, each for its own listener.
+        let mut local = svc.clone();
+        local["spec"]["externalTrafficPolicy"] = "Local".into();
+        let f = forwards(&local, &[&slice], "n1", node, true);
+        assert_eq!(f[0].endpoints, ready, "cluster IP traffic still goes anywhere");
+        assert_eq!(f[1].endpoints, vec!["10.244.0.5:8000".parse::<SocketAddr>().unwrap()]);
+        local["spec"]["internalTrafficPolicy"] = "Local".into();
+        slice["endpoints"][0]["nodeName"] = "n3".into();
+        let f = forwards(&local, &[&slice], "n1", node, true);
+        assert!(f[0].endpoints.is_empty() && f[1].endpoints.is_empty(), "no local endpoint: none at all");
     }
 
     #[test]
@@ -431,7 +455,7 @@ mod tests {
         let slice = json!({"ports": [{"name": "", "port": 8000, "protocol": "TCP"}],
             "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": false, "serving": true, "terminating": true}},
                           {"addresses": ["10.244.1.7"], "conditions": {"ready": false, "serving": false, "terminating": false}}]});
-        let f = forwards(&svc, &[&slice], Ipv4Addr::LOCALHOST, true);
+        let f = forwards(&svc, &[&slice], "n1", Ipv4Addr::LOCALHOST, true);
         assert_eq!(f[0].endpoints, vec!["10.244.1.5:8000".parse::<SocketAddr>().unwrap()]);
     }
 
