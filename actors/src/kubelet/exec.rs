@@ -134,11 +134,20 @@ struct Running {
 }
 
 /// Runs `cmd` here, on a terminal of its own or with pipes.
-fn run_command(mut cmd: std::process::Command, stdin: bool, tty: bool) -> std::io::Result<Running> {
+/// `size`: the terminal's first resize frame, set before the command starts.
+fn run_command(
+    mut cmd: std::process::Command,
+    stdin: bool,
+    tty: bool,
+    size: Option<&[u8]>,
+) -> std::io::Result<Running> {
     let (out_tx, output) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
     let mut controller_fd = None;
     let mut child = if tty {
         let (controller, terminal) = open_pty()?;
+        if let Some(size) = size {
+            resize(controller.as_raw_fd(), size);
+        }
         let t = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
         cmd.stdin(t(&terminal)?).stdout(t(&terminal)?).stderr(t(&terminal)?);
         if !cmd.get_envs().any(|(k, _)| k == "TERM") {
@@ -281,20 +290,6 @@ pub async fn session(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let started = match runtime.exec_session(id, argv.clone(), stdin, tty).await {
-        Ok(ExecSession::Command(cmd)) => run_command(cmd, stdin, tty)
-            .map_err(|e| format!("cannot run {:?} in the container: {e}", argv.first().cloned().unwrap_or_default())),
-        Ok(ExecSession::Attached(exec)) => Ok(run_attached(exec, tty)),
-        Err(e) => Err(e.to_string()),
-    };
-    let mut running = match started {
-        Ok(r) => r,
-        Err(message) => {
-            let _ = write_frame(&mut send, STATUS, failure(&message).to_string().as_bytes()).await;
-            let _ = send.finish();
-            return;
-        }
-    };
     // The gateway's frames, read on a task of their own: a frame read is not cancel-safe,
     // so it must not be a branch of the select below.
     let (frames_tx, mut frames) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
@@ -305,6 +300,49 @@ pub async fn session(
             }
         }
     });
+    // A terminal's first size: kubectl sends it at once; waited for (briefly) so the
+    // command starts with it rather than 0×0 (a shell's first `stty size` raced it).
+    let mut early = Vec::new();
+    let mut size = None;
+    if tty {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while size.is_none() {
+            match tokio::time::timeout_at(until, frames.recv()).await {
+                Ok(Some((RESIZE, data))) => size = Some(data),
+                Ok(Some(frame)) => early.push(frame),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    let started = match runtime.exec_session(id, argv.clone(), stdin, tty).await {
+        Ok(ExecSession::Command(cmd)) => run_command(cmd, stdin, tty, size.as_deref())
+            .map_err(|e| format!("cannot run {:?} in the container: {e}", argv.first().cloned().unwrap_or_default())),
+        Ok(ExecSession::Attached(exec)) => {
+            let running = run_attached(exec, tty);
+            if let Some(size) = &size {
+                (running.resize)(size);
+            }
+            Ok(running)
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let mut running = match started {
+        Ok(r) => r,
+        Err(message) => {
+            reader.abort();
+            let _ = write_frame(&mut send, STATUS, failure(&message).to_string().as_bytes()).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    // What came before the size goes first (kubectl sends the size before any input).
+    for frame in early {
+        match frame {
+            (STDIN, data) => (running.input)(Some(data)),
+            (CLOSE, data) if data.first() == Some(&STDIN) => (running.input)(None),
+            _ => {}
+        }
+    }
     let mut code: Option<i32> = None;
     let mut input_open = true;
     loop {
