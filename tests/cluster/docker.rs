@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::kubectl::ok;
+use crate::kubectl::{ok, pods};
 use crate::support::*;
 
 const IMAGE: &str = "keelson.dev/busybox:1.35";
@@ -45,11 +45,6 @@ fn leftovers(marker: &str) -> (String, String) {
     let networks = docker(&["network", "ls", "--format", "{{.Name}}"]).unwrap_or_default();
     let mine = |s: String| s.lines().filter(|l| l.contains(marker)).collect::<Vec<_>>().join(" ");
     (mine(containers), mine(networks))
-}
-
-fn pods(kc: &Path, selector: &str) -> Vec<Value> {
-    let all: Value = serde_json::from_str(&ok(kc, &["get", "pods", "-l", selector, "-o", "json"])).unwrap();
-    all["items"].as_array().cloned().unwrap_or_default()
 }
 
 fn running(p: &Value) -> bool {
@@ -187,21 +182,8 @@ fn docker_runtime_runs_images_restarts_and_cleans_up() {
     }
     let name = web[0]["metadata"]["name"].as_str().unwrap().to_string();
     assert_eq!(ok(&kc, &["exec", &name, "--", "cat", "/etc/hostname"]).trim(), name, "the pod's hostname");
-    let out = crate::kubectl::kubectl(&kc, &["exec", &name, "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
-    // A shell on a terminal (Docker's exec with a tty, through the Engine API), resized.
-    let mut shell = Terminal::run(&kc, &["exec", "-it", &name, "--", "sh"]);
-    shell.type_line("echo hello-$((6*7)); stty size");
-    shell.expect("hello-42");
-    shell.expect("24 80");
-    shell.resize(30, 100);
-    std::thread::sleep(Duration::from_millis(500));
-    shell.type_line("stty size");
-    shell.expect("30 100");
-    shell.type_line("exit 4");
-    assert_eq!(shell.wait(), Some(4), "the shell's exit code is kubectl's");
+    // Pipes and a terminal (Docker's exec with a tty, through the Engine API), resized.
+    exec_checks(&kc, &name);
 
     // A Service in front of them: its cluster IP answers from inside a Docker pod (its
     // default route leads to the host, where the proxies hold the address).

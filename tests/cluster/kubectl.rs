@@ -19,6 +19,28 @@ pub(crate) fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).output().expect("kubectl runs")
 }
 
+/// The pods `selector` picks, as `kubectl get -o json` lists them.
+pub(crate) fn pods(kubeconfig: &Path, selector: &str) -> Vec<serde_json::Value> {
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(kubeconfig, &["get", "pods", "-l", selector, "-o", "json"])).unwrap();
+    all["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Ready and not being deleted.
+pub(crate) fn ready(pod: &serde_json::Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// The ready pods `selector` picks.
+pub(crate) fn ready_pods(kubeconfig: &Path, selector: &str) -> Vec<serde_json::Value> {
+    pods(kubeconfig, selector).into_iter().filter(ready).collect()
+}
+
 pub(crate) fn ok(kubeconfig: &Path, args: &[&str]) -> String {
     let out = kubectl(kubeconfig, args);
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));

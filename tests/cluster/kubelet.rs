@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::kubectl::{kubectl, ok};
+use crate::kubectl::{kubectl, ok, pods, ready};
 use crate::support::*;
 
 fn is_root() -> bool {
@@ -40,19 +40,6 @@ fn get(kubeconfig: &Path, args: &[&str]) -> Value {
     all.extend(args);
     all.extend(["-o", "json"]);
     serde_json::from_str(&ok(kubeconfig, &all)).unwrap()
-}
-
-fn pods(kubeconfig: &Path, selector: &str) -> Vec<Value> {
-    get(kubeconfig, &["pods", "-l", selector])["items"].as_array().cloned().unwrap_or_default()
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn apply(kubeconfig: &Path, scratch: &Path, name: &str, yaml: &str) {
@@ -288,20 +275,7 @@ fn lifecycle(network: &str) {
     // exec: a command's output and exit code, and a shell on a terminal that resizes.
     let host = std::fs::read_to_string("/etc/hostname").unwrap();
     assert_eq!(ok(&kc, &["exec", &first, "--", "cat", "/etc/hostname"]), host);
-    let out = kubectl(&kc, &["exec", &first, "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
-    let mut shell = Terminal::run(&kc, &["exec", "-it", &first, "--", "sh"]);
-    shell.type_line("echo hello-$((6*7)); stty size");
-    shell.expect("hello-42");
-    shell.expect("24 80");
-    shell.resize(30, 100);
-    std::thread::sleep(Duration::from_millis(500));
-    shell.type_line("stty size");
-    shell.expect("30 100");
-    shell.type_line("exit 4");
-    assert_eq!(shell.wait(), Some(4), "the shell's exit code is kubectl's");
+    exec_checks(&kc, &first);
 
     // Killed from outside: restarted, RESTARTS 1, the previous run's log kept.
     let (node, uid) = (web[0]["spec"]["nodeName"].as_str().unwrap(), web[0]["metadata"]["uid"].as_str().unwrap());

@@ -20,29 +20,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::kubectl::ok;
+use crate::kubectl::{ok, ready_pods};
 use crate::support::*;
 
 fn example(name: &str) -> String {
     format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ready_pods(kc: &Path, selector: &str) -> Vec<Value> {
-    let all: Value = serde_json::from_str(&ok(kc, &["get", "pods", "-l", selector, "-o", "json"])).unwrap();
-    all["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| {
-            p["metadata"]["deletionTimestamp"].is_null()
-                && p["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .collect()
 }
 
 /// One HTTP GET of `path` at `addr`; the status code.

@@ -236,6 +236,41 @@ pub fn door_call(
     Some((code, json))
 }
 
+/// What `source` gives, as it comes, on a thread of its own (until it ends).
+fn chunks(mut source: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = source.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    output
+}
+
+/// `kubectl exec` into `pod` as a person uses it, on any runtime: a command's stdout,
+/// stderr and exit code (3 → kubectl's 3), and a shell on a terminal that starts at the
+/// terminal's size, follows a resize, and whose exit code (4) is kubectl's.
+pub fn exec_checks(kubeconfig: &Path, pod: &str) {
+    let out =
+        crate::kubectl::kubectl(kubeconfig, &["exec", pod, "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
+    let mut shell = Terminal::run(kubeconfig, &["exec", "-it", pod, "--", "sh"]);
+    shell.type_line("echo hello-$((6*7)); stty size");
+    shell.expect("hello-42");
+    shell.expect("24 80");
+    shell.resize(30, 100);
+    std::thread::sleep(Duration::from_millis(500));
+    shell.type_line("stty size");
+    shell.expect("30 100");
+    shell.type_line("exit 4");
+    assert_eq!(shell.wait(), Some(4), "the shell's exit code is kubectl's");
+}
+
 /// kubectl on a terminal of its own (a pseudo-terminal the test holds), as a person runs it.
 pub struct Terminal {
     controller: std::fs::File,
@@ -265,16 +300,7 @@ impl Terminal {
             });
         }
         let child = cmd.spawn().unwrap();
-        let mut reader = controller.try_clone().unwrap();
-        let (tx, output) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
-                    return;
-                }
-            }
-        });
+        let output = chunks(controller.try_clone().unwrap());
         Self { controller, child, seen: String::new(), output }
     }
 
@@ -326,16 +352,7 @@ impl Follower {
     pub fn start(kubeconfig: &Path, args: &[&str]) -> Self {
         let mut child =
             Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).stdout(Stdio::piped()).spawn().unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let (tx, output) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
-                    return;
-                }
-            }
-        });
+        let output = chunks(child.stdout.take().unwrap());
         Self { child, output }
     }
 

@@ -116,7 +116,7 @@ impl ApiServer {
                 replicas,
                 epoch: None,
                 toleration_seconds: control.default_toleration_seconds as i64,
-                services: services::ServiceRanges { cluster_ips: control.service_cidr, node_ports: control.node_ports },
+                services: (&control).into(),
             },
             auth,
             openapi,

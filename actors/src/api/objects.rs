@@ -514,7 +514,6 @@ impl Objects {
             }
             _ => {}
         }
-        let owner = format!("{}/{name}", ns.unwrap_or("default"));
         let taken = match res.kind {
             "Service" => {
                 super::services::drop_unwanted(&mut obj);
@@ -525,8 +524,8 @@ impl Objects {
         let written = self.cas(&res.key(ns, &name), 0, Some(&obj)).await;
         // Freed only when the write surely did not land (an error may follow a write
         // that did: then the keys stay, and a leak is taken over later).
-        if matches!(written, Ok(Outcome::Conflict { .. })) {
-            self.release_keys(&owner, &taken).await;
+        if !taken.is_empty() && matches!(written, Ok(Outcome::Conflict { .. })) {
+            self.release_keys(&format!("{}/{name}", ns.unwrap_or("default")), &taken).await;
         }
         match written? {
             Outcome::Done { revision, .. } => {
@@ -605,24 +604,19 @@ impl Objects {
                     // A Service's update takes the addresses it names or lacks (a new
                     // type or port) before it is written, and frees what it dropped after.
                     let service = res.kind == "Service";
-                    let owner = format!("{}/{name}", ns.unwrap_or("default"));
                     let taken = match service && !finished {
                         true => self.allocate(ns.unwrap_or("default"), &mut obj, Some(&current)).await?,
                         false => Vec::new(),
                     };
                     let written = self.cas(&key, revision, (!finished).then_some(&obj)).await;
-                    if matches!(written, Ok(Outcome::Conflict { .. })) {
-                        self.release_keys(&owner, &taken).await;
+                    if !taken.is_empty() && matches!(written, Ok(Outcome::Conflict { .. })) {
+                        self.release_keys(&format!("{}/{name}", ns.unwrap_or("default")), &taken).await;
                     }
                     match written? {
                         Outcome::Done { revision, .. } => {
                             if service {
-                                let kept = if finished { Vec::new() } else { super::services::keys_of(&obj) };
-                                let dropped: Vec<String> = super::services::keys_of(&current)
-                                    .into_iter()
-                                    .filter(|k| !kept.contains(k))
-                                    .collect();
-                                self.release_keys(&owner, &dropped).await;
+                                let after = (!finished).then_some(&obj);
+                                self.release_dropped(ns.unwrap_or("default"), &current, after).await;
                             }
                             obj["metadata"]["resourceVersion"] = revision.to_string().into();
                             return Ok(obj);
@@ -722,7 +716,7 @@ impl Objects {
                     if keep {
                         current["metadata"]["resourceVersion"] = revision.to_string().into();
                     } else if res.kind == "Service" {
-                        self.release(ns.unwrap_or("default"), &current).await;
+                        self.release_dropped(ns.unwrap_or("default"), &current, None).await;
                     }
                     return Ok(current);
                 }

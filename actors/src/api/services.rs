@@ -33,9 +33,8 @@ pub struct ServiceRanges {
     pub node_ports: (u16, u16),
 }
 
-impl Default for ServiceRanges {
-    fn default() -> Self {
-        let control = keelson_config::ControlPlaneConfig::default();
+impl From<&keelson_config::ControlPlaneConfig> for ServiceRanges {
+    fn from(control: &keelson_config::ControlPlaneConfig) -> Self {
         Self { cluster_ips: control.service_cidr, node_ports: control.node_ports }
     }
 }
@@ -109,7 +108,7 @@ pub fn carry_over(current: &Value, obj: &mut Value) -> Result<(), Failure> {
 }
 
 /// The addresses `svc` holds: its keys.
-pub fn keys_of(svc: &Value) -> Vec<String> {
+fn keys_of(svc: &Value) -> Vec<String> {
     let mut keys: Vec<String> = svc["spec"]["clusterIP"]
         .as_str()
         .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
@@ -286,9 +285,13 @@ impl Objects {
     }
 
     /// Frees `svc`'s addresses (it is gone).
-    pub async fn release(&self, ns: &str, svc: &Value) {
-        let owner = format!("{ns}/{}", svc["metadata"]["name"].as_str().unwrap_or_default());
-        self.release_keys(&owner, &keys_of(svc)).await;
+    /// Frees what Service `before` held and `after` (its written successor; none: it is
+    /// gone) does not, once the write has landed.
+    pub async fn release_dropped(&self, ns: &str, before: &Value, after: Option<&Value>) {
+        let owner = format!("{ns}/{}", before["metadata"]["name"].as_str().unwrap_or_default());
+        let kept = after.map(keys_of).unwrap_or_default();
+        let dropped: Vec<String> = keys_of(before).into_iter().filter(|k| !kept.contains(k)).collect();
+        self.release_keys(&owner, &dropped).await;
     }
 
     /// Frees `keys` that `owner` holds (a key since taken over by another is left).

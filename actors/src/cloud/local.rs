@@ -65,10 +65,6 @@ fn ports(service: &Value) -> Vec<(Protocol, u16, u16)> {
 }
 
 impl CloudProvider for LocalProvider {
-    fn name(&self) -> &'static str {
-        "local"
-    }
-
     fn ensure_load_balancer<'a>(
         &'a self,
         key: &'a str,

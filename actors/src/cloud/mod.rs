@@ -46,8 +46,6 @@ pub struct NodeDetails {
 }
 
 pub trait CloudProvider: Send + Sync {
-    /// `local`, `aws`, …: the `providerID` scheme.
-    fn name(&self) -> &'static str;
     /// Makes or updates the load balancer of Service `key` (`namespace/name`) sending
     /// its ports to their node ports on `targets`; answers its ingress addresses.
     /// `wanted`: the address it had (kept if still free).

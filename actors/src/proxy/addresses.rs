@@ -10,16 +10,14 @@
 //! going away leaves the other serving. Making links needs root; without it cluster
 //! IPs are not served here (node ports still are) and the agent says so.
 
-use std::net::Ipv4Addr;
-use std::sync::Mutex;
-
 use crate::cri::netlink::Netlink;
 use crate::hash::fnv1a;
+use std::net::Ipv4Addr;
 
 pub struct ServiceAddresses {
     link: String,
-    /// Why cluster IPs cannot be held here, if they cannot.
-    unavailable: Mutex<Option<String>>,
+    /// Whether `setup` made the link (cluster IPs are served only then).
+    made: bool,
 }
 
 fn is_root() -> bool {
@@ -29,7 +27,7 @@ fn is_root() -> bool {
 
 impl ServiceAddresses {
     pub fn new(node: &str) -> Self {
-        Self { link: format!("kss{:08x}", fnv1a(node.as_bytes()) as u32), unavailable: Mutex::new(None) }
+        Self { link: format!("kss{:08x}", fnv1a(node.as_bytes()) as u32), made: false }
     }
 
     pub fn link(&self) -> &str {
@@ -39,7 +37,7 @@ impl ServiceAddresses {
     /// Makes the link afresh (one an earlier run left may hold addresses of Services
     /// deleted since; while it is re-made, another agent's link keeps the addresses
     /// local). Cluster IPs are served only if this worked.
-    pub fn setup(&self) -> Result<(), String> {
+    pub fn setup(&mut self) -> Result<(), String> {
         let made = if !is_root() {
             Err("holding cluster IPs needs root (a link of the agent's own); node ports are served".to_string())
         } else {
@@ -53,12 +51,12 @@ impl ServiceAddresses {
                 })
                 .map_err(|e| format!("cannot make the cluster IPs' link {}: {e}", self.link))
         };
-        *self.unavailable.lock().unwrap() = made.as_ref().err().cloned();
+        self.made = made.is_ok();
         made
     }
 
     pub fn available(&self) -> bool {
-        self.unavailable.lock().unwrap().is_none()
+        self.made
     }
 
     /// Holds `ip` on the link (already held is fine).

@@ -101,10 +101,11 @@ impl Actor for Proxy {
         let (node, client, supervisor) = (self.node.clone(), self.client.clone(), self.services.clone());
         ctx.spawn(actix::fut::wrap_future(async move {
             let node_ip = node_ip(&client, &node).await;
-            let addresses = Arc::new(ServiceAddresses::new(&node));
+            let mut addresses = ServiceAddresses::new(&node);
             if let Err(why) = addresses.setup() {
                 tracing::warn!("cluster IPs are not served on this node: {why}");
             }
+            let addresses = Arc::new(addresses);
             let services = Informer::new(client.clone(), "/api/v1/services", &[]);
             let slices = Informer::new(client.clone(), "/apis/discovery.k8s.io/v1/endpointslices", &[]);
             let shared = Arc::new(ProxyShared {
