@@ -233,9 +233,13 @@ fn run_command(
 }
 
 /// A command a daemon runs for the session, its streams attached.
-fn run_attached(exec: AttachedExec, tty: bool) -> Running {
+/// `first_size`: the terminal's first resize frame, set before any input reaches the
+/// command (the daemon runs it a moment after it is attached: the size cannot be set
+/// at start, and a shell reading its size before the resize would see 0×0).
+fn run_attached(exec: AttachedExec, tty: bool, first_size: Option<&[u8]>) -> Running {
     let AttachedExec { mut output, mut input, control } = exec;
     let control: Arc<dyn ExecControl> = Arc::from(control);
+    let sized = first_size.and_then(size).map(|(rows, cols)| control.resize(rows, cols));
     let (out_tx, frames) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
     let (exit_tx, exit) = oneshot::channel();
     let asked = control.clone();
@@ -251,6 +255,9 @@ fn run_attached(exec: AttachedExec, tty: bool) -> Running {
     let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Option<Vec<u8>>>();
     actix_rt::spawn(async move {
         use tokio::io::AsyncWriteExt;
+        if let Some(sized) = sized {
+            sized.await;
+        }
         while let Some(Some(data)) = in_rx.recv().await {
             if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
                 return;
@@ -317,13 +324,7 @@ pub async fn session(
     let started = match runtime.exec_session(id, argv.clone(), stdin, tty).await {
         Ok(ExecSession::Command(cmd)) => run_command(cmd, stdin, tty, size.as_deref())
             .map_err(|e| format!("cannot run {:?} in the container: {e}", argv.first().cloned().unwrap_or_default())),
-        Ok(ExecSession::Attached(exec)) => {
-            let running = run_attached(exec, tty);
-            if let Some(size) = &size {
-                (running.resize)(size);
-            }
-            Ok(running)
-        }
+        Ok(ExecSession::Attached(exec)) => Ok(run_attached(exec, tty, size.as_deref())),
         Err(e) => Err(e.to_string()),
     };
     let mut running = match started {
