@@ -11,6 +11,7 @@
 //! replicas over nodes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 
 use serde_json::Value;
 
@@ -28,11 +29,57 @@ pub struct Taint {
     pub effect: String,
 }
 
+impl Taint {
+    /// Whether the taint keeps pods off (NoSchedule, NoExecute) rather than only
+    /// discouraging them (PreferNoSchedule).
+    fn repels(&self) -> bool {
+        self.effect == "NoSchedule" || self.effect == "NoExecute"
+    }
+}
+
+/// One toleration of a pod, parsed once per pod rather than once per node it is tried on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Toleration {
+    key: String,
+    exists: bool,
+    value: String,
+    effect: String,
+}
+
+impl Toleration {
+    /// A pod's `spec.tolerations`.
+    pub fn parse_all(tolerations: &Value) -> Vec<Toleration> {
+        let text = |t: &Value, f: &str| t[f].as_str().unwrap_or_default().to_string();
+        tolerations
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| Toleration {
+                key: text(t, "key"),
+                exists: t["operator"] == "Exists",
+                value: text(t, "value"),
+                effect: text(t, "effect"),
+            })
+            .collect()
+    }
+
+    /// An empty key tolerates every taint, but only with `Exists`.
+    fn tolerates(&self, taint: &Taint) -> bool {
+        (self.effect.is_empty() || self.effect == taint.effect)
+            && (self.key.is_empty() || self.key == taint.key)
+            && (self.exists || self.value == taint.value)
+            && !(self.key.is_empty() && !self.exists)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub name: String,
     pub node: Value,
     pub taints: Vec<Taint>,
+    /// Which of the cluster's distinct sets of repelling taints this node has: nodes
+    /// mostly share a few, so a decision checks tolerations once per set, not per node.
+    taint_set: usize,
     pub schedulable: bool,
     pub ready: bool,
     pub cpu: u64,
@@ -80,6 +127,7 @@ impl NodeInfo {
             used_memory: 0,
             score_cpu: 0,
             score_memory: 0,
+            taint_set: 0,
             placed: HashSet::new(),
             owners: HashMap::new(),
         }
@@ -97,6 +145,7 @@ pub struct PodInfo {
     /// The controller owning it (its uid), for spreading.
     pub owner: Option<String>,
     pub spec: Value,
+    pub tolerations: Vec<Toleration>,
     /// Its required pod anti-affinity terms.
     pub anti: Vec<Value>,
 }
@@ -131,6 +180,7 @@ impl PodInfo {
             memory: sum(units, "memory"),
             owner,
             spec: pod["spec"].clone(),
+            tolerations: Toleration::parse_all(&pod["spec"]["tolerations"]),
             anti: pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
                 .as_array()
                 .cloned()
@@ -155,19 +205,14 @@ impl PodInfo {
     }
 }
 
-/// Whether `tolerations` tolerate `taint`.
+/// Whether `tolerations` (a pod's `spec.tolerations`) tolerate `taint`.
 pub fn tolerates(tolerations: &Value, taint: &Taint) -> bool {
-    tolerations.as_array().into_iter().flatten().any(|t| {
-        let effect = t["effect"].as_str().unwrap_or_default();
-        let key = t["key"].as_str().unwrap_or_default();
-        let effect_ok = effect.is_empty() || effect == taint.effect;
-        let key_ok = key.is_empty() || key == taint.key;
-        let value_ok = match t["operator"].as_str().unwrap_or("Equal") {
-            "Exists" => true,
-            _ => t["value"].as_str().unwrap_or_default() == taint.value,
-        };
-        effect_ok && key_ok && value_ok && !(key.is_empty() && t["operator"] != "Exists")
-    })
+    Toleration::parse_all(tolerations).iter().any(|t| t.tolerates(taint))
+}
+
+/// The first of `taints` that `tolerations` do not tolerate and that keeps pods off.
+fn untolerated<'t>(tolerations: &[Toleration], taints: &'t [Taint]) -> Option<&'t Taint> {
+    taints.iter().filter(|t| t.repels()).find(|taint| !tolerations.iter().any(|t| t.tolerates(taint)))
 }
 
 /// The cluster as the scheduler sees it.
@@ -176,15 +221,18 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, NodeInfo>,
     /// Where each placed pod is (bound, or assumed while its binding is written).
     pub placed: HashMap<String, (String, PodInfo)>,
-    /// Where the next search starts (round robin over the nodes).
-    next: usize,
+    /// The node the last search stopped at: the next starts after it (round robin).
+    cursor: Option<String>,
     /// How many placed pods have anti-affinity terms (none: nothing to check).
     with_anti: usize,
+    /// The distinct taint lists of nodes, by `NodeInfo::taint_set`.
+    taint_sets: Vec<Vec<Taint>>,
 }
 
 impl Cluster {
     pub fn set_node(&mut self, node: &Value) {
         let mut info = NodeInfo::from(node);
+        info.taint_set = self.taint_set(&info.taints);
         if let Some(old) = self.nodes.remove(&info.name) {
             (info.used_cpu, info.used_memory, info.score_cpu, info.score_memory) =
                 (old.used_cpu, old.used_memory, old.score_cpu, old.score_memory);
@@ -192,6 +240,27 @@ impl Cluster {
             info.owners = old.owners;
         }
         self.nodes.insert(info.name.clone(), info);
+    }
+
+    /// The index of `taints` among the distinct sets seen (added if new). Sets are few
+    /// (taints carry no timestamps here); were they ever to pile up, they are rebuilt.
+    fn taint_set(&mut self, taints: &[Taint]) -> usize {
+        if let Some(i) = self.taint_sets.iter().position(|s| s == taints) {
+            return i;
+        }
+        if self.taint_sets.len() >= 1024 {
+            let mut sets: Vec<Vec<Taint>> = Vec::new();
+            for n in self.nodes.values_mut() {
+                n.taint_set = sets.iter().position(|s| *s == n.taints).unwrap_or_else(|| {
+                    sets.push(n.taints.clone());
+                    sets.len() - 1
+                });
+            }
+            self.taint_sets = sets;
+            return self.taint_set(taints);
+        }
+        self.taint_sets.push(taints.to_vec());
+        self.taint_sets.len() - 1
     }
 
     pub fn remove_node(&mut self, name: &str) {
@@ -236,14 +305,26 @@ impl Cluster {
     }
 
     /// Why `pod` cannot go to `node`, or `None` if it can.
-    fn refuse(&self, pod: &PodInfo, node: &NodeInfo, blocked: &HashSet<String>) -> Option<String> {
+    /// `taints` remembers, for this decision, which taint sets the pod tolerates.
+    fn refuse(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        blocked: &HashSet<String>,
+        taints: &mut Vec<Option<Option<String>>>,
+    ) -> Option<String> {
         if !node.schedulable {
             return Some("node(s) were unschedulable".into());
         }
-        for taint in node.taints.iter().filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute") {
-            if !tolerates(&pod.spec["tolerations"], taint) {
-                return Some(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value));
-            }
+        if taints.len() <= node.taint_set {
+            taints.resize(node.taint_set + 1, None);
+        }
+        let verdict = taints[node.taint_set].get_or_insert_with(|| {
+            untolerated(&pod.tolerations, &node.taints)
+                .map(|t| format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value))
+        });
+        if verdict.is_some() {
+            return verdict.clone();
         }
         if !node.ready {
             return Some("node(s) were not ready".into());
@@ -325,18 +406,24 @@ impl Cluster {
     /// The best node for `pod`, or why none fits (reason → how many nodes said it).
     pub fn choose(&mut self, pod: &PodInfo) -> Result<String, BTreeMap<String, usize>> {
         let blocked = self.anti_affinity_blocked(pod);
-        let names: Vec<&NodeInfo> = self.nodes.values().collect();
-        let total = names.len();
         let want = self.enough();
-        let mut feasible: Vec<&NodeInfo> = Vec::new();
+        let mut feasible: Vec<(&NodeInfo, u32)> = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut visited = 0;
-        for i in 0..total {
-            let node = names[(self.next + i) % total];
-            visited += 1;
-            match self.refuse(pod, node, &blocked) {
+        let mut taints = Vec::new();
+        let mut last = None;
+        // Round robin: from just after where the last search stopped, wrapping around.
+        let after = self.cursor.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let upto = self.cursor.as_deref().map_or(Bound::Excluded(""), Bound::Included);
+        let order = self
+            .nodes
+            .range::<str, _>((after, Bound::Unbounded))
+            .chain(self.nodes.range::<str, _>((Bound::Unbounded, upto)));
+        for (name, node) in order {
+            last = Some(name);
+            match self.refuse(pod, node, &blocked, &mut taints) {
                 None => {
-                    feasible.push(node);
+                    let mine = pod.owner.as_ref().and_then(|o| node.owners.get(o)).copied().unwrap_or(0);
+                    feasible.push((node, mine));
                     if feasible.len() >= want {
                         break;
                     }
@@ -344,25 +431,18 @@ impl Cluster {
                 Some(why) => *reasons.entry(why).or_default() += 1,
             }
         }
-        let start = self.next;
         if feasible.is_empty() {
             return Err(reasons);
         }
-        let most = pod
-            .owner
-            .as_ref()
-            .map_or(0, |o| feasible.iter().map(|n| n.owners.get(o).copied().unwrap_or(0)).max().unwrap_or(0));
-        let score = |n: &NodeInfo| -> u64 {
+        let most = feasible.iter().map(|(_, mine)| *mine).max().unwrap_or(0);
+        let score = |(n, mine): &(&NodeInfo, u32)| -> u64 {
             let free = |cap: u64, used: u64| (cap.saturating_sub(used) * 100).checked_div(cap).unwrap_or(0);
             let least =
                 (free(n.cpu, n.score_cpu + pod.score_cpu()) + free(n.memory, n.score_memory + pod.score_memory())) / 2;
-            let spread = match &pod.owner {
-                Some(o) if most > 0 => u64::from(most - n.owners.get(o).copied().unwrap_or(0)) * 100 / u64::from(most),
-                _ => 100,
-            };
+            let spread = if most > 0 { u64::from(most - mine) * 100 / u64::from(most) } else { 100 };
             least + 2 * spread
         };
-        let mut best = feasible[0];
+        let mut best = &feasible[0];
         let mut best_score = score(best);
         for n in &feasible[1..] {
             let s = score(n);
@@ -370,8 +450,8 @@ impl Cluster {
                 (best, best_score) = (n, s);
             }
         }
-        let chosen = best.name.clone();
-        self.next = (start + visited) % total.max(1);
+        let chosen = best.0.name.clone();
+        self.cursor = last.cloned();
         Ok(chosen)
     }
 }
@@ -427,6 +507,41 @@ mod tests {
         assert_eq!(c.choose(&exists).unwrap(), "a");
         let other = pod("p", json!({"tolerations": [{"key": "k", "value": "w"}]}));
         assert!(c.choose(&other).is_err());
+    }
+
+    #[test]
+    fn nodes_sharing_taints_are_judged_alike_and_others_apart() {
+        let taint = |k: &str, effect: &str| json!([{"key": k, "value": "v", "effect": effect}]);
+        let mut c = cluster(&[
+            node("a", json!({}), taint("x", "NoSchedule"), "2"),
+            node("b", json!({}), taint("y", "NoExecute"), "2"),
+            node("c", json!({}), taint("x", "NoSchedule"), "2"),
+            node("d", json!({}), taint("y", "PreferNoSchedule"), "2"),
+        ]);
+        let tolerates_x = || pod("p", json!({"tolerations": [{"key": "x", "operator": "Exists"}]}));
+        let mut chosen = HashSet::new();
+        for i in 0..8 {
+            let p = PodInfo { key: format!("web/{i}"), ..tolerates_x() };
+            let n = c.choose(&p).unwrap();
+            c.place(p, &n);
+            chosen.insert(n);
+        }
+        assert_eq!(chosen, HashSet::from(["a".to_string(), "c".into(), "d".into()]), "b repels it; d only prefers not");
+        assert_eq!(c.choose(&pod("p", json!({}))).unwrap(), "d");
+        c.remove_node("d");
+        let err = c.choose(&pod("p", json!({}))).unwrap_err();
+        assert_eq!(err.get("node(s) had untolerated taint {x: v}"), Some(&2));
+        assert_eq!(err.get("node(s) had untolerated taint {y: v}"), Some(&1));
+    }
+
+    #[test]
+    fn searches_go_round_the_nodes() {
+        let nodes: Vec<Value> = (0..300).map(|i| node(&format!("n{i:03}"), json!({}), json!([]), "4")).collect();
+        let mut c = cluster(&nodes);
+        assert_eq!(c.enough(), 144);
+        // Equal scores pick the first feasible node: each search starts where the last stopped.
+        let firsts: Vec<String> = (0..4).map(|_| c.choose(&pod("p", json!({}))).unwrap()).collect();
+        assert_eq!(firsts, ["n000", "n144", "n288", "n132"]);
     }
 
     #[test]
