@@ -27,7 +27,7 @@ use crate::runtime::{Actor, Ctx};
 use fit::{unschedulable_message, Cluster, PodInfo};
 
 /// Bindings written at once.
-const IN_FLIGHT: usize = 256;
+const IN_FLIGHT: usize = 1024;
 /// How often pods that fit nowhere are tried again even if nothing seemed to change.
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(60);
 
