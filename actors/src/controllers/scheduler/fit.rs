@@ -63,12 +63,10 @@ impl Toleration {
             .collect()
     }
 
-    /// An empty key tolerates every taint, but only with `Exists`.
     fn tolerates(&self, taint: &Taint) -> bool {
-        (self.effect.is_empty() || self.effect == taint.effect)
-            && (self.key.is_empty() || self.key == taint.key)
-            && (self.exists || self.value == taint.value)
-            && !(self.key.is_empty() && !self.exists)
+        // An empty key tolerates every taint, but only with `Exists`.
+        let key_ok = if self.key.is_empty() { self.exists } else { self.key == taint.key };
+        key_ok && (self.effect.is_empty() || self.effect == taint.effect) && (self.exists || self.value == taint.value)
     }
 }
 
