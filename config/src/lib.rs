@@ -164,8 +164,8 @@ pub struct StoreConfig {
     pub election_timeout: (Duration, Duration),
     #[serde(with = "millis")]
     pub heartbeat: Duration,
-    /// Build a snapshot (and purge the log before it, keeping a fifth of this, at most
-    /// 1,000 entries) after this many entries.
+    /// Build a snapshot (and purge the log before it, keeping as many entries again for
+    /// followers that are behind) after this many entries.
     pub snapshot_every: u64,
     /// How long a client operation may take, forwarding included.
     #[serde(with = "millis")]
