@@ -22,7 +22,7 @@ use crate::controllers::quantity::{millicores, units};
 const DEFAULT_CPU: u64 = 100;
 const DEFAULT_MEMORY: u64 = 200 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Taint {
     pub key: String,
     pub value: String,
@@ -75,8 +75,8 @@ pub struct NodeInfo {
     pub name: String,
     pub node: Value,
     pub taints: Vec<Taint>,
-    /// Which of the cluster's distinct sets of repelling taints this node has: nodes
-    /// mostly share a few, so a decision checks tolerations once per set, not per node.
+    /// Which of the cluster's distinct taint lists this node has: nodes mostly share a
+    /// few, so a decision checks tolerations once per list, not once per node.
     taint_set: usize,
     pub schedulable: bool,
     pub ready: bool,
@@ -223,8 +223,8 @@ pub struct Cluster {
     cursor: Option<String>,
     /// How many placed pods have anti-affinity terms (none: nothing to check).
     with_anti: usize,
-    /// The distinct taint lists of nodes, by `NodeInfo::taint_set`.
-    taint_sets: Vec<Vec<Taint>>,
+    /// The distinct taint lists of nodes, to their `NodeInfo::taint_set` number.
+    taint_sets: HashMap<Vec<Taint>, usize>,
 }
 
 impl Cluster {
@@ -240,25 +240,26 @@ impl Cluster {
         self.nodes.insert(info.name.clone(), info);
     }
 
-    /// The index of `taints` among the distinct sets seen (added if new). Sets are few
-    /// (taints carry no timestamps here); were they ever to pile up, they are rebuilt.
+    /// The number of `taints` among the distinct lists seen (numbered if new). Lists of
+    /// nodes long gone are forgotten once there are twice as many lists as nodes (and at
+    /// least 1,024), by numbering again those of the nodes there are.
     fn taint_set(&mut self, taints: &[Taint]) -> usize {
-        if let Some(i) = self.taint_sets.iter().position(|s| s == taints) {
-            return i;
+        if let Some(i) = self.taint_sets.get(taints) {
+            return *i;
         }
-        if self.taint_sets.len() >= 1024 {
-            let mut sets: Vec<Vec<Taint>> = Vec::new();
+        if self.taint_sets.len() >= (2 * self.nodes.len()).max(1024) {
+            self.taint_sets.clear();
             for n in self.nodes.values_mut() {
-                n.taint_set = sets.iter().position(|s| *s == n.taints).unwrap_or_else(|| {
-                    sets.push(n.taints.clone());
-                    sets.len() - 1
-                });
+                let next = self.taint_sets.len();
+                n.taint_set = *self.taint_sets.entry(n.taints.clone()).or_insert(next);
             }
-            self.taint_sets = sets;
-            return self.taint_set(taints);
+            if let Some(i) = self.taint_sets.get(taints) {
+                return *i;
+            }
         }
-        self.taint_sets.push(taints.to_vec());
-        self.taint_sets.len() - 1
+        let next = self.taint_sets.len();
+        self.taint_sets.insert(taints.to_vec(), next);
+        next
     }
 
     pub fn remove_node(&mut self, name: &str) {
@@ -530,6 +531,28 @@ mod tests {
         let err = c.choose(&pod("p", json!({}))).unwrap_err();
         assert_eq!(err.get("node(s) had untolerated taint {x: v}"), Some(&2));
         assert_eq!(err.get("node(s) had untolerated taint {y: v}"), Some(&1));
+    }
+
+    #[test]
+    fn taint_lists_of_nodes_gone_are_forgotten_and_many_live_ones_are_kept() {
+        let tainted = |i: usize| {
+            node(&format!("n{i}"), json!({}), json!([{"key": format!("k{i}"), "effect": "NoSchedule"}]), "2")
+        };
+        let mut c = Cluster::default();
+        // 3,000 nodes come and go, each with a taint of its own: the lists of gone ones are forgotten.
+        for i in 0..3_000 {
+            c.set_node(&tainted(i));
+            c.remove_node(&format!("n{i}"));
+        }
+        assert!(c.taint_sets.len() <= 1024, "{} lists kept", c.taint_sets.len());
+        // 1,500 live nodes with 1,500 distinct lists: each keeps its own, numbered apart.
+        for i in 0..1_500 {
+            c.set_node(&tainted(i));
+        }
+        let numbers: HashSet<usize> = c.nodes.values().map(|n| n.taint_set).collect();
+        assert_eq!(numbers.len(), 1_500);
+        let tolerates = |i: usize| pod("p", json!({"tolerations": [{"key": format!("k{i}"), "operator": "Exists"}]}));
+        assert_eq!(c.choose(&tolerates(1_234)).unwrap(), "n1234");
     }
 
     #[test]
