@@ -414,9 +414,17 @@ fn a_member_that_fell_behind_a_compacted_log_catches_up_from_a_snapshot() {
     run_ok(&data, &["chaos", "net", "--heal"]);
 
     // It comes back by installing the leader's snapshot, then serves the data itself.
+    // (The members' own leases go on writing, so the leader may be ahead again by the
+    // time it is asked: what the follower must reach is where the leader was.)
+    let reach = l["revision"].as_u64().unwrap();
+    let mut asked = 0;
     eventually("the follower installs a snapshot and catches up", START, || {
         let (Some(f), Some(l)) = (status(behind), status(&lead)) else { return false };
-        f["snapshots_installed"].as_u64() >= Some(1) && f["revision"] == l["revision"]
+        asked += 1;
+        if asked % 50 == 0 {
+            eprintln!("still waiting: leader {l}\nbehind {f}");
+        }
+        f["snapshots_installed"].as_u64() >= Some(1) && f["revision"].as_u64() >= Some(reach)
     });
     assert!(status(behind).unwrap()["revision"].as_u64().unwrap() >= 400);
     assert_eq!(get(&data, behind, "/snap/k399").as_deref(), Some("v399"));

@@ -39,11 +39,69 @@ impl Scratch {
 
 impl Drop for Scratch {
     /// Removes the folder, unless `KEELSON_KEEP_SCRATCH` is set (to read a failed run's logs).
+    /// A failing test first prints what its members logged, so a CI run that fails where
+    /// the folder is gone still says why.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_member_logs(&self.0);
+        }
         if std::env::var_os("KEELSON_KEEP_SCRATCH").is_none() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// Each member's `keelson.log` under `dir`: its warnings and errors, then its last lines
+/// (colours stripped).
+fn print_member_logs(dir: &Path) {
+    let mut logs = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n == "keelson.log" || n == "up.log") {
+                logs.push(p);
+            }
+        }
+    }
+    logs.sort();
+    for log in logs {
+        let text = strip_ansi(&String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()));
+        let lines: Vec<&str> = text.lines().collect();
+        let alarms: Vec<&str> =
+            lines.iter().copied().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+        eprintln!("==== {} ({} lines; {} warnings and errors)", log.display(), lines.len(), alarms.len());
+        for l in alarms.iter().skip(alarms.len().saturating_sub(40)) {
+            eprintln!("  ! {}", cut(l));
+        }
+        for l in lines.iter().skip(lines.len().saturating_sub(15)) {
+            eprintln!("  | {}", cut(l));
+        }
+    }
+}
+
+fn cut(line: &str) -> &str {
+    line.char_indices().nth(400).map_or(line, |(i, _)| &line[..i])
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Runs `keelson ARGS --data-dir DATA` to completion.
