@@ -46,6 +46,9 @@ use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpe
 use crate::transport::Router;
 
 /// One shard's raft configuration, from the member's store configuration.
+/// How long a follower may take to receive and install a snapshot segment.
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn raft_config(cfg: &StoreConfig, shard: u32) -> openraft::Config {
     openraft::Config {
         cluster_name: format!("keelson-shard-{shard}"),
@@ -57,6 +60,11 @@ fn raft_config(cfg: &StoreConfig, shard: u32) -> openraft::Config {
         // follower a second or two behind under load must not need a whole snapshot
         // (tens of MB at 15,000 objects) when a few thousand entries would do.
         max_in_snapshot_log_to_keep: cfg.snapshot_every,
+        // Sending and installing a snapshot's last segment (openraft's default is 200 ms)
+        // means decoding, writing and fsyncing the whole state: tens of MB at 15,000
+        // objects, or a slow disk under load. A deadline shorter than that never lets a
+        // lagging follower catch up, as every attempt is dropped and started again.
+        install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT.as_millis() as u64,
         ..Default::default()
     }
 }

@@ -25,6 +25,10 @@ use crate::cri::{ContainerSpec, ContainerStatus, PodAddress, RuntimeError};
 use crate::kubelet::NodeShared;
 use crate::runtime::{Actor, Ctx, Handler};
 
+/// How long a pod leaving its Services' endpoints waits, once this node has seen it go,
+/// for the other nodes' proxies to see it too (bounded by its grace period).
+const PROXY_LAG: Duration = Duration::from_secs(1);
+
 /// Tells a worker its pod changed in the API (it reads the kubelet's cache).
 #[derive(actix::Message)]
 #[rtype(result = "()")]
@@ -720,7 +724,10 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Every node's proxy reads the same watch; give the others a moment to catch up.
-        tokio::time::sleep(Duration::from_millis(200).min(limit.saturating_duration_since(Instant::now()))).await;
+        // A proxy still offering the pod once its network is gone sends connections into a
+        // black hole for its whole connect timeout, so the margin covers a busy machine's
+        // watch lag (200 ms did not: a request failed during a rollout under load).
+        tokio::time::sleep(PROXY_LAG.min(limit.saturating_duration_since(Instant::now()))).await;
         tracing::debug!(pod = %self.key, waited = ?began.elapsed(), "out of the Services' endpoints");
     }
 
