@@ -137,6 +137,9 @@ fn written(outcome: Outcome) -> HttpResponse {
             status(StatusCode::NOT_FOUND, "NotFound", &format!("lease {id} not found (never granted, or expired)"))
         }
         Outcome::Lease { id, granted } => HttpResponse::Ok().json(serde_json::json!({"id": id, "granted": granted})),
+        Outcome::Batch(_) => {
+            status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "a batch's outcome reached a client")
+        }
     }
 }
 

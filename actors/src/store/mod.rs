@@ -22,6 +22,7 @@
 // the helpers around them return it as it is rather than boxing and unboxing it.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 mod leases;
 mod log;
 mod network;
@@ -65,6 +66,8 @@ fn raft_config(cfg: &StoreConfig, shard: u32) -> openraft::Config {
         // objects, or a slow disk under load. A deadline shorter than that never lets a
         // lagging follower catch up, as every attempt is dropped and started again.
         install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT.as_millis() as u64,
+        // Entries are batches of writes (group commit, `batch.rs`): fewer per message.
+        max_payload_entries: batch::MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
 }

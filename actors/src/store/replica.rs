@@ -18,10 +18,11 @@ use std::time::Duration;
 use actix::{ActorFutureExt, AsyncContext, Message};
 use keelson_transport::frame::{from_payload, to_payload};
 use keelson_transport::{Reply, Transport};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::BasicNode;
 use tokio::sync::OwnedMutexGuard;
 
+use super::batch::Batcher;
 use super::leases::LeaseClock;
 use super::log::LogStore;
 use super::network::{replica_path, Network};
@@ -114,6 +115,8 @@ struct Open {
     revision: Arc<tokio::sync::watch::Sender<u64>>,
     clock: Arc<std::sync::Mutex<LeaseClock>>,
     committed_here: Arc<std::sync::atomic::AtomicBool>,
+    batcher: Batcher,
+    batching: tokio::task::JoinHandle<()>,
     expiring: tokio::task::JoinHandle<()>,
     guard: Option<OwnedMutexGuard<()>>,
     runtime: tokio::runtime::Handle,
@@ -122,6 +125,7 @@ struct Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.expiring.abort();
+        self.batching.abort();
         let (raft, guard) = (self.raft.clone(), self.guard.take());
         self.runtime.spawn(async move {
             let _already_down = raft.shutdown().await;
@@ -156,6 +160,7 @@ impl Replica {
             applied: o.applied.clone(),
             clock: o.clock.clone(),
             committed_here: o.committed_here.clone(),
+            batcher: o.batcher.clone(),
             transport: self.transport.clone(),
             cfg: self.cfg.clone(),
             member: self.member.clone(),
@@ -198,8 +203,21 @@ async fn open(
     let clock = Arc::new(std::sync::Mutex::new(LeaseClock::default()));
     let expiring = transport.runtime().spawn(expire_leases(raft.clone(), applied.clone(), clock.clone(), member));
     let runtime = transport.runtime().clone();
-    let committed_here = Arc::default();
-    Ok(Open { raft, installed, applied, revision, clock, committed_here, expiring, guard: Some(guard), runtime })
+    let committed_here: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let (batcher, batching) = Batcher::start(raft.clone(), committed_here.clone(), &runtime);
+    Ok(Open {
+        raft,
+        installed,
+        applied,
+        revision,
+        clock,
+        committed_here,
+        batcher,
+        batching,
+        expiring,
+        guard: Some(guard),
+        runtime,
+    })
 }
 
 /// While this replica leads, commits the revocation of every lease past its deadline.
@@ -263,6 +281,8 @@ struct Handles {
     clock: Arc<std::sync::Mutex<LeaseClock>>,
     /// Whether this process has committed an entry as leader: see `confirm_commit`.
     committed_here: Arc<std::sync::atomic::AtomicBool>,
+    /// This replica's group commit, for the writes it proposes as leader.
+    batcher: Batcher,
     transport: Transport,
     cfg: Arc<ReplicaConfig>,
     member: String,
@@ -282,16 +302,7 @@ impl Handles {
                 if leader.as_deref() != Some(self.member.as_str()) {
                     return self.forward(leader, ClientOp::Write(cmd)).await;
                 }
-                match self.raft.client_write(cmd).await {
-                    Ok(resp) => {
-                        self.committed_here.store(true, std::sync::atomic::Ordering::Release);
-                        ClientReply::Written(resp.data)
-                    }
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                        ClientReply::Error("lost the lead while writing: the write may or may not take effect".into())
-                    }
-                    Err(e) => ClientReply::Error(e.to_string()),
-                }
+                self.batcher.write(cmd).await
             }
             change @ (ClientOp::AddMember { .. } | ClientOp::RemoveMember { .. }) => {
                 let leader = self.status().leader;

@@ -58,6 +58,39 @@ pub enum WriteOp {
     LeaseRevoke {
         id: u64,
     },
+    /// Several clients' writes proposed as one log entry (group commit): each is applied
+    /// in order as if it were an entry of its own, with its own fencing check and
+    /// revision, and gets its own outcome.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Roughly how many bytes the command carries (keys and values), to bound batches.
+    pub fn weight(&self) -> usize {
+        let txn = |ops: &[TxnOp]| -> usize {
+            ops.iter()
+                .map(|op| match op {
+                    TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                    TxnOp::Delete { key } => key.len(),
+                })
+                .sum()
+        };
+        32 + match &self.op {
+            WriteOp::Put { key, value, .. } => key.len() + value.len(),
+            WriteOp::Delete { key } => key.len(),
+            WriteOp::Cas { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len),
+            WriteOp::Txn { compares, success, failure } => {
+                compares
+                    .iter()
+                    .map(|c| c.key.len() + if let Target::Value(v) = &c.target { v.len() } else { 8 })
+                    .sum::<usize>()
+                    + txn(success)
+                    + txn(failure)
+            }
+            WriteOp::RaiseEpoch { .. } | WriteOp::LeaseGrant { .. } | WriteOp::LeaseRevoke { .. } => 0,
+            WriteOp::Batch(cmds) => cmds.iter().map(Command::weight).sum(),
+        }
+    }
 }
 
 /// One write inside a transaction.
@@ -114,6 +147,8 @@ pub enum Outcome {
     NoLease { id: u64 },
     /// A lease was granted (or, for a grant of an id already taken, refused).
     Lease { id: u64, granted: bool },
+    /// A batch's outcomes, one per command in its order.
+    Batch(Vec<Outcome>),
 }
 
 /// A stored value and its revisions (as etcd keeps them).
@@ -279,6 +314,7 @@ impl Data {
                 }
                 Outcome::Done { revision: self.revision, existed: true }
             }
+            WriteOp::Batch(cmds) => Outcome::Batch(cmds.iter().map(|c| self.apply(c)).collect()),
         }
     }
 

@@ -323,6 +323,20 @@ async fn failovers(t: &mut impl Target, kills: usize) -> Result<Vec<Duration>> {
     Ok(out)
 }
 
+/// The fail-over times of `who` (sorted), as median and max.
+fn print_failovers(who: &str, times: &[Duration]) {
+    let (Some(median), Some(max)) = (times.get(times.len() / 2), times.last()) else {
+        println!("{who}: no fail-over measured");
+        return;
+    };
+    println!(
+        "{who}: SIGKILL of the leader to the first committed put: median {:.0} ms, max {:.0} ms ({} kills)",
+        median.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3,
+        times.len()
+    );
+}
+
 fn print_cell(name: &str, loss: &str, clients: usize, c: &Cell) {
     println!(
         "{:<9} {:>5} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>9.0} {:>6}",
@@ -387,21 +401,13 @@ pub fn store(args: StoreBenchArgs) -> Result<()> {
                 println!("  {c:>3}: {t:.2}x throughput, {p:.2}x p99, {cpu:.2}x CPU per put");
             }
         }
+        if args.kills == 0 {
+            return Ok(());
+        }
         let k = failovers(&mut keelson, args.kills).await?;
-        println!(
-            "\nkeelson: SIGKILL of the leader to the first committed put: median {:.0} ms, max {:.0} ms ({} kills)",
-            k[k.len() / 2].as_secs_f64() * 1e3,
-            k[k.len() - 1].as_secs_f64() * 1e3,
-            k.len()
-        );
+        print_failovers("\nkeelson", &k);
         if let Some(e) = etcd.as_mut() {
-            let f = failovers(e, args.kills).await?;
-            println!(
-                "etcd 3.4: SIGKILL of the leader to the first committed put: median {:.0} ms, max {:.0} ms ({} kills)",
-                f[f.len() / 2].as_secs_f64() * 1e3,
-                f[f.len() - 1].as_secs_f64() * 1e3,
-                f.len()
-            );
+            print_failovers("etcd 3.4", &failovers(e, args.kills).await?);
         }
         Ok::<_, anyhow::Error>(())
     });
