@@ -124,10 +124,18 @@ fn pod_status(pod: &Value, node_ip: &str) -> Value {
         .collect();
     let ready = if ends.is_none() { "True" } else { "False" };
     let condition = |t: &str, s: &str| json!({"type": t, "status": s, "lastTransitionTime": now});
+    // PodScheduled is the scheduler's (its time is the binding's), as a kubelet keeps it.
+    let scheduled = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "PodScheduled" && c["status"] == "True")
+        .cloned()
+        .unwrap_or_else(|| condition("PodScheduled", "True"));
     let key = format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap_or_default(), uid);
     json!({"status": {
         "phase": ends.unwrap_or("Running"),
-        "conditions": [condition("PodScheduled", "True"), condition("Initialized", "True"),
+        "conditions": [scheduled, condition("Initialized", "True"),
                        condition("ContainersReady", ready), condition("Ready", ready)],
         "hostIP": node_ip, "podIP": address(&key, &[10]), "podIPs": [{"ip": address(&key, &[10])}],
         "startTime": now, "containerStatuses": statuses,
@@ -287,6 +295,17 @@ mod tests {
         assert!(work_for(&running, &mine).is_none(), "reported once");
         running["metadata"]["deletionTimestamp"] = "2026-11-29T00:00:00Z".into();
         assert!(matches!(work_for(&running, &mine), Some(PodWork::Release)));
+    }
+
+    #[test]
+    fn the_binding_time_stays_the_scheduler_s() {
+        let mine: HashSet<String> = node_names("hollow", 1).into_iter().collect();
+        let mut bound = pod("hollow.0", json!({}));
+        bound["status"]["conditions"] =
+            json!([{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-29T00:00:00Z"}]);
+        let Some(PodWork::Report(s)) = work_for(&bound, &mine) else { panic!("reported") };
+        let scheduled = s["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled");
+        assert_eq!(scheduled.unwrap()["lastTransitionTime"], "2026-11-29T00:00:00Z");
     }
 
     #[test]
