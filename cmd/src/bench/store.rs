@@ -71,7 +71,9 @@ impl Keelson {
             .args(args)
             .arg("--data-dir")
             .arg(&data)
-            .env("RUST_LOG", "warn")
+            // Warnings only, unless the caller asks for more (e.g. the scheduler's
+            // `scheduler: the last 5 s` lines: RUST_LOG=warn,keelson_actors::controllers=info).
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;

@@ -46,7 +46,26 @@ impl Scheduler {
 struct Bound {
     key: String,
     result: Result<(), ApiError>,
+    /// How long the binding's write took.
+    took: Duration,
 }
+
+/// What the scheduler did lately, logged every `REPORT` while it has work: where pods
+/// wait (queued for a decision, binding, or seen late from the watch).
+#[derive(Default)]
+struct Stats {
+    decided: u64,
+    bound: u64,
+    failed: u64,
+    bind_time: Duration,
+    bind_max: Duration,
+    /// Pods first queued, and the whole seconds from their creation until then.
+    seen: u64,
+    seen_after: u64,
+}
+
+/// How often `Stats` are logged (only when something happened).
+const REPORT: Duration = Duration::from_secs(5);
 
 /// Whether this scheduler should place `pod` now.
 fn wants_placing(pod: &Value) -> bool {
@@ -72,6 +91,7 @@ struct Queue {
     unschedulable: HashSet<String>,
     /// Bindings written but not yet seen by the informer: pod → node.
     assumed: HashMap<String, String>,
+    stats: Stats,
 }
 
 impl Queue {
@@ -102,7 +122,13 @@ impl Queue {
     /// A binding that failed releases its node; the pod is tried again unless it is
     /// gone or was bound meanwhile (the informer then says what it is now).
     fn on_bound(&mut self, b: Bound) {
-        let Err(e) = b.result else { return };
+        self.stats.bind_time += b.took;
+        self.stats.bind_max = self.stats.bind_max.max(b.took);
+        let Err(e) = b.result else {
+            self.stats.bound += 1;
+            return;
+        };
+        self.stats.failed += 1;
         self.assumed.remove(&b.key);
         self.cluster.unplace(&b.key);
         if !matches!(e.code(), Some(404 | 409)) {
@@ -127,6 +153,11 @@ impl Queue {
                         self.cluster.place(PodInfo::from(&key, pod), node);
                     }
                 } else if wants_placing(pod) && !self.assumed.contains_key(&key) && !self.unschedulable.contains(&key) {
+                    if !self.queued.contains(&key) {
+                        let created = pod["metadata"]["creationTimestamp"].as_str().and_then(crate::api::parse_time);
+                        self.stats.seen += 1;
+                        self.stats.seen_after += created.map_or(0, |c| (crate::api::unix_now() - c).max(0.0) as u64);
+                    }
                     self.push(key);
                 }
             }
@@ -155,11 +186,32 @@ impl Actor for Scheduler {
                 queued: HashSet::new(),
                 unschedulable: HashSet::new(),
                 assumed: HashMap::new(),
+                stats: Stats::default(),
             };
+            let mut reported = tokio::time::Instant::now();
             let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<Bound>();
             let slots = Arc::new(Semaphore::new(IN_FLIGHT));
             let mut retry = tokio::time::interval(RETRY_UNSCHEDULABLE);
             loop {
+                if reported.elapsed() >= REPORT {
+                    reported = tokio::time::Instant::now();
+                    let s = std::mem::take(&mut q.stats);
+                    if s.decided + s.bound + s.failed + s.seen > 0 {
+                        let done = (s.bound + s.failed).max(1) as u32;
+                        tracing::info!(
+                            decided = s.decided,
+                            bound = s.bound,
+                            failed = s.failed,
+                            queued = q.active.len(),
+                            binding = IN_FLIGHT - slots.available_permits(),
+                            bind_ms_avg = (s.bind_time / done).as_millis() as u64,
+                            bind_ms_max = s.bind_max.as_millis() as u64,
+                            seen_s_after_creation_avg = s.seen_after / s.seen.max(1),
+                            "scheduler: the last {} s",
+                            REPORT.as_secs()
+                        );
+                    }
+                }
                 // Take in everything that changed, then decide as many pods as are queued.
                 while let Ok(c) = nodes_rx.try_recv() {
                     let nodes = node_cache.read().unwrap();
@@ -181,14 +233,16 @@ impl Actor for Scheduler {
                     let info = PodInfo::from(&key, &pod);
                     match q.cluster.choose(&info) {
                         Ok(node) => {
+                            q.stats.decided += 1;
                             q.cluster.place(info, &node);
                             q.assumed.insert(key.clone(), node.clone());
                             let permit = slots.clone().acquire_owned().await.expect("never closed");
                             let (client, tx) = (client.clone(), bound_tx.clone());
                             actix_rt::spawn(async move {
+                                let began = tokio::time::Instant::now();
                                 let result = bind(&client, &pod, &node).await;
                                 drop(permit);
-                                let _scheduler_gone = tx.send(Bound { key, result });
+                                let _scheduler_gone = tx.send(Bound { key, result, took: began.elapsed() });
                             });
                         }
                         Err(reasons) => {
