@@ -139,7 +139,7 @@ async fn lease(door: &DoorFile, client: &DoorClient, cmd: LeaseCommand) -> Resul
     Ok(0)
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),

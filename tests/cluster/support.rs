@@ -51,8 +51,7 @@ impl Drop for Scratch {
     }
 }
 
-/// Each member's `keelson.log` under `dir`: its warnings and errors, then its last lines
-/// (colours stripped).
+/// Each member's `keelson.log` under `dir`: its warnings and errors, then its last lines.
 fn print_member_logs(dir: &Path) {
     let mut logs = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -68,7 +67,7 @@ fn print_member_logs(dir: &Path) {
     }
     logs.sort();
     for log in logs {
-        let text = strip_ansi(&String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()));
+        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
         let lines: Vec<&str> = text.lines().collect();
         let alarms: Vec<&str> =
             lines.iter().copied().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
@@ -84,24 +83,6 @@ fn print_member_logs(dir: &Path) {
 
 fn cut(line: &str) -> &str {
     line.char_indices().nth(400).map_or(line, |(i, _)| &line[..i])
-}
-
-/// `text` without terminal colour sequences (`ESC [ … m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Runs `keelson ARGS --data-dir DATA` to completion.

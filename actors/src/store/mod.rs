@@ -46,10 +46,10 @@ use keelson_transport::Transport;
 use crate::runtime::{ActorPath, ChildSpec, Ref, Restart, Strategy, SupervisorSpec};
 use crate::transport::Router;
 
-/// One shard's raft configuration, from the member's store configuration.
 /// How long a follower may take to receive and install a snapshot segment.
 const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One shard's raft configuration, from the member's store configuration.
 fn raft_config(cfg: &StoreConfig, shard: u32) -> openraft::Config {
     openraft::Config {
         cluster_name: format!("keelson-shard-{shard}"),

@@ -164,8 +164,7 @@ impl Api {
         let mut out = Vec::new();
         let mut next = String::new();
         loop {
-            // Continue tokens are base64: `+`, `/` and `=` escaped for the query.
-            let token = next.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+            let token = crate::kv::urlencode(&next);
             let page = self.get_json(&format!("/api/v1/namespaces/{ns}/pods?limit=500&continue={token}")).await?;
             for p in page["items"].as_array().into_iter().flatten() {
                 let created = p["metadata"]["creationTimestamp"].as_str().and_then(parse_time);
