@@ -249,13 +249,18 @@ impl State {
     }
 
     fn on_pod(&mut self, change: Change) {
-        let pod = match change {
-            Change::Upserted(k) => self.pods.read().unwrap().objects.get(&k).cloned(),
-            Change::Deleted(_, p) => Some(p),
+        // The owning DaemonSet's key, read in place (most pods are no DaemonSet's).
+        let set_of = |pod: &Value| {
+            let owner = super::workload::controller_ref(pod).filter(|r| r["kind"] == "DaemonSet")?;
+            Some(format!("{}/{}", namespace(pod), owner["name"].as_str().unwrap_or_default()))
         };
-        let Some(pod) = pod else { return };
-        let Some(owner) = super::workload::controller_ref(&pod).filter(|r| r["kind"] == "DaemonSet") else { return };
-        self.queue.push(format!("{}/{}", namespace(&pod), owner["name"].as_str().unwrap_or_default()));
+        let set = match change {
+            Change::Upserted(k) => self.pods.read().unwrap().objects.get(&k).and_then(set_of),
+            Change::Deleted(_, p) => set_of(&p),
+        };
+        if let Some(set) = set {
+            self.queue.push(set);
+        }
     }
 }
 

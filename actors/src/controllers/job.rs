@@ -88,15 +88,19 @@ struct State {
 
 impl State {
     fn on_pod(&mut self, change: Change) {
-        let (key, pod, gone) = match change {
-            Change::Upserted(k) => match self.pods.read().unwrap().objects.get(&k).cloned() {
-                Some(p) => (k, p, false),
-                None => return,
-            },
-            Change::Deleted(k, p) => (k, p, true),
+        // The owning Job's key, read in place (most pods are no Job's).
+        let job_of = |pod: &Value| {
+            let r = controller_ref(pod).filter(|r| r["kind"] == "Job")?;
+            Some(format!("{}/{}", namespace(pod), r["name"].as_str().unwrap_or_default()))
         };
-        let Some(r) = controller_ref(&pod).filter(|r| r["kind"] == "Job") else { return };
-        let job = format!("{}/{}", namespace(&pod), r["name"].as_str().unwrap_or_default());
+        let (key, job, gone) = match change {
+            Change::Upserted(k) => {
+                let job = self.pods.read().unwrap().objects.get(&k).and_then(job_of);
+                (k, job, false)
+            }
+            Change::Deleted(k, p) => (k, job_of(&p), true),
+        };
+        let Some(job) = job else { return };
         if gone {
             self.seen.remove(&key);
         } else if self.seen.insert(key) {

@@ -81,22 +81,28 @@ impl State {
     }
 
     fn on_pod(&mut self, change: Change) {
-        let (key, pod, gone) = match change {
-            Change::Upserted(key) => {
-                let Some(pod) = self.pods.read().unwrap().objects.get(&key).cloned() else { return };
-                (key, pod, false)
-            }
-            Change::Deleted(key, pod) => (key, pod, true),
+        // What is needed of the pod, read in place (most pod events are not this
+        // controller's: copying each pod cost more than the rest of this).
+        let facts = |me: &Self, pod: &Value| {
+            let owner_key =
+                controller_ref(pod).map(|r| format!("{}/{}", namespace(pod), r["name"].as_str().unwrap_or_default()));
+            (me.owners_of(pod), owner_key, deleting(pod))
         };
-        let owners = self.owners_of(&pod);
-        let owner_key =
-            controller_ref(&pod).map(|r| format!("{}/{}", namespace(&pod), r["name"].as_str().unwrap_or_default()));
+        let (key, (owners, owner_key, deleting), gone) = match change {
+            Change::Upserted(key) => {
+                let pods = self.pods.clone();
+                let pods = pods.read().unwrap();
+                let Some(pod) = pods.objects.get(&key) else { return };
+                (key, facts(self, pod), false)
+            }
+            Change::Deleted(key, pod) => (key, facts(self, &pod), true),
+        };
         if !gone && self.seen.insert(key.clone()) {
             if let Some(e) = owner_key.as_ref().and_then(|o| self.expect.get_mut(o)) {
                 e.adds -= 1;
             }
         }
-        if gone || deleting(&pod) {
+        if gone || deleting {
             if self.going.insert(key.clone()) {
                 if let Some(e) = owner_key.as_ref().and_then(|o| self.expect.get_mut(o)) {
                     e.deletes.remove(&key);

@@ -89,7 +89,7 @@ pub fn store_tree(
     member: &ActorPath,
     cfg: &StoreConfig,
     transport: Transport,
-    router: &Router,
+    router: &Arc<Router>,
 ) -> (ChildSpec, Vec<Ref<Replica>>) {
     let mut spec = SupervisorSpec::new(Strategy::OneForOne, SupervisorConfig::default());
     let mut refs = Vec::new();
@@ -104,9 +104,9 @@ pub fn store_tree(
             deadline: cfg.deadline,
         });
         let lock = Arc::new(tokio::sync::Mutex::new(()));
-        let t = transport.clone();
+        let (t, routes) = (transport.clone(), router.clone());
         let (child, r) = ChildSpec::new(&format!("shard-{shard}"), Restart::Permanent, move |cx| {
-            Replica::new(cx, rcfg.clone(), t.clone(), lock.clone())
+            Replica::new(cx, rcfg.clone(), t.clone(), lock.clone(), routes.clone())
         });
         router.route(&replica_path(member.member(), shard), r.clone());
         spec = spec.child(child.with_shutdown(Duration::from_secs(10)));

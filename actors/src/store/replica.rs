@@ -30,7 +30,7 @@ use super::sm::{Applied, StateMachine};
 use super::state::{Command, WriteOp};
 use super::types::{node_id, ClientOp, ClientReply, Item, Raft, ShardRpc, ShardRpcReply, ShardStatus};
 use crate::runtime::{exit, Actor, ActorPath, AsyncReply, ChildContext, Ctx, ExitReason, Handler, Incarnation};
-use crate::transport::{Delivered, RemoteRef};
+use crate::transport::{Delivered, InlineLane, RemoteRef, Router};
 
 /// How long one forwarding attempt waits before the leader is looked up again.
 const FORWARD_ATTEMPT: Duration = Duration::from_secs(1);
@@ -88,7 +88,7 @@ impl WatchSource {
         prefix: &str,
     ) -> Result<(Vec<super::state::Event>, u64), super::state::Expired> {
         let a = self.applied.read().unwrap();
-        let events = a.data.events_after(revision)?.into_iter().filter(|e| e.key.starts_with(prefix)).collect();
+        let events = a.data.events_after(revision, prefix)?;
         Ok((events, a.data.revision))
     }
 }
@@ -120,6 +120,8 @@ struct Open {
     expiring: tokio::task::JoinHandle<()>,
     guard: Option<OwnedMutexGuard<()>>,
     runtime: tokio::runtime::Handle,
+    /// Raft RPCs straight from the transport while open (closed with it).
+    lane: Option<InlineLane>,
 }
 
 impl Drop for Open {
@@ -140,6 +142,7 @@ pub struct Replica {
     path: ActorPath,
     transport: Transport,
     lock: Arc<tokio::sync::Mutex<()>>,
+    router: Arc<Router>,
     open: Option<Open>,
 }
 
@@ -149,8 +152,10 @@ impl Replica {
         cfg: Arc<ReplicaConfig>,
         transport: Transport,
         lock: Arc<tokio::sync::Mutex<()>>,
+        router: Arc<Router>,
     ) -> Self {
-        Self { member: cx.path.member().to_string(), path: cx.path.clone(), cfg, transport, lock, open: None }
+        let (member, path) = (cx.path.member().to_string(), cx.path.clone());
+        Self { member, path, cfg, transport, lock, router, open: None }
     }
 
     fn handles(&self) -> Option<Handles> {
@@ -217,6 +222,7 @@ async fn open(
         expiring,
         guard: Some(guard),
         runtime,
+        lane: None,
     })
 }
 
@@ -264,6 +270,11 @@ impl Actor for Replica {
             Ok(Ok(open)) => {
                 tracing::info!(shard = me.cfg.shard, "replica open");
                 me.open = Some(open);
+                let (handles, runtime) = (me.handles(), me.transport.runtime().clone());
+                let lane = me.router.inline(&me.path, move |inbound| serve_inbound(handles.clone(), inbound, &runtime));
+                if let Some(open) = me.open.as_mut() {
+                    open.lane = Some(lane);
+                }
             }
             Ok(Err(e)) => exit(ctx, ExitReason::failed(e)),
             Err(e) => exit(ctx, ExitReason::failed(format!("opening panicked: {e}"))),
@@ -625,32 +636,38 @@ impl Handler<Delivered> for Replica {
     type Result = ();
 
     fn handle(&mut self, Delivered(inbound): Delivered, _: &mut Ctx<Self>) {
-        let reply = inbound.reply;
-        if !matches!(reply, Reply::Stream { .. }) {
-            return;
-        }
-        let rpc = from_payload::<ShardRpc>(&inbound.envelope.payload);
-        let handles = self.handles();
-        self.transport.runtime().spawn(async move {
-            match (rpc, handles) {
-                (Ok(rpc), Some(h)) => {
-                    let answer = h.serve(rpc).await;
-                    match to_payload(&answer) {
-                        Ok(bytes) => {
-                            let _caller_gone = reply.respond(bytes).await;
-                        }
-                        Err(e) => {
-                            let _caller_gone = reply.fail(500, &e.to_string()).await;
-                        }
+        serve_inbound(self.handles(), inbound, self.transport.runtime());
+    }
+}
+
+/// Answers a raft RPC or forwarded client operation (on `runtime`): from the mailbox, or
+/// from the inline lane an open replica keeps so that its raft traffic never waits
+/// behind the rest of the actor's thread.
+fn serve_inbound(handles: Option<Handles>, inbound: keelson_transport::Inbound, runtime: &tokio::runtime::Handle) {
+    let reply = inbound.reply;
+    if !matches!(reply, Reply::Stream { .. }) {
+        return;
+    }
+    let rpc = from_payload::<ShardRpc>(&inbound.envelope.payload);
+    runtime.spawn(async move {
+        match (rpc, handles) {
+            (Ok(rpc), Some(h)) => {
+                let answer = h.serve(rpc).await;
+                match to_payload(&answer) {
+                    Ok(bytes) => {
+                        let _caller_gone = reply.respond(bytes).await;
+                    }
+                    Err(e) => {
+                        let _caller_gone = reply.fail(500, &e.to_string()).await;
                     }
                 }
-                (Err(e), _) => {
-                    let _caller_gone = reply.fail(400, &format!("not a shard request: {e}")).await;
-                }
-                (_, None) => {
-                    let _caller_gone = reply.fail(503, "the replica is still opening").await;
-                }
             }
-        });
-    }
+            (Err(e), _) => {
+                let _caller_gone = reply.fail(400, &format!("not a shard request: {e}")).await;
+            }
+            (_, None) => {
+                let _caller_gone = reply.fail(503, "the replica is still opening").await;
+            }
+        }
+    });
 }

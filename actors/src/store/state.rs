@@ -439,11 +439,13 @@ impl Data {
         Ok(())
     }
 
-    /// Events after `revision`, or `Expired` if some of them have left the window.
-    pub fn events_after(&self, revision: u64) -> Result<Vec<Event>, Expired> {
+    /// Events after `revision` of keys under `prefix`, or `Expired` if some of them have
+    /// left the window. Filtered before they are copied: every watcher of every kind asks
+    /// after each commit, and most of the window is other kinds' events.
+    pub fn events_after(&self, revision: u64, prefix: &str) -> Result<Vec<Event>, Expired> {
         self.check_window(revision)?;
         let first = self.events.partition_point(|e| e.revision <= revision);
-        Ok(self.events.range(first..).cloned().collect())
+        Ok(self.events.range(first..).filter(|e| e.key.starts_with(prefix)).cloned().collect())
     }
 }
 
@@ -534,7 +536,7 @@ mod tests {
             Outcome::Txn { succeeded: true, revision: 2 }
         );
         assert_eq!((d.kv["a"].mod_revision, d.kv["b"].mod_revision), (2, 2), "one revision for the whole txn");
-        assert_eq!(d.events_after(1).unwrap().len(), 2);
+        assert_eq!(d.events_after(1, "").unwrap().len(), 2);
         // Every comparison kind, on a present and an absent key.
         assert!(on_a(Target::Version(2), Cmp::Equal)[0].holds(d.kv.get("a")));
         assert!(on_a(Target::CreateRevision(2), Cmp::Less)[0].holds(d.kv.get("a")));
@@ -570,7 +572,7 @@ mod tests {
         let before = d.revision;
         assert_eq!(d.apply(&op(WriteOp::LeaseRevoke { id: 7 })), Outcome::Done { revision: before + 1, existed: true });
         assert_eq!(d.kv.keys().collect::<Vec<_>>(), ["z"]);
-        let gone = d.events_after(before).unwrap();
+        let gone = d.events_after(before, "").unwrap();
         assert_eq!(gone.len(), 2);
         assert!(gone.iter().all(|e| e.kind == EventKind::Delete && e.prev.as_ref().unwrap().lease == 7));
         assert_eq!(
@@ -623,10 +625,12 @@ mod tests {
         for i in 0..(EVENT_WINDOW + 10) {
             d.apply(&put(&format!("k{}", i % 7), "v"));
         }
-        assert_eq!(d.events_after(d.revision - 3).unwrap().len(), 3);
-        assert!(d.events_after(5).is_err());
+        assert_eq!(d.events_after(d.revision - 3, "").unwrap().len(), 3);
+        let one_key = d.events_after(d.revision - 7, "k1").unwrap();
+        assert_eq!(one_key.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["k1"], "only the prefix's");
+        assert!(d.events_after(5, "").is_err());
         assert!(d.range_at("", "", None, 10, 5).is_err());
-        assert_eq!(d.events_after(d.revision).unwrap().len(), 0);
+        assert_eq!(d.events_after(d.revision, "").unwrap().len(), 0);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use join::{JoinService, TokenBook, JOIN_DEADLINE};
 pub use link::PeerLink;
 pub use probe::{Probe, ProbeReply, ProbeRequest};
 pub use remote::{Delivered, RemoteError, RemoteRef};
-pub use router::Router;
+pub use router::{InlineLane, Router};
 
 use std::sync::Arc;
 

@@ -68,8 +68,19 @@ fn in_memory(nodes: u32, pods: usize) -> f64 {
     pods as f64 / began.elapsed().as_secs_f64()
 }
 
+/// A hollow agent this bench started: stopped when dropped, on every way out (an
+/// agent left behind would keep loading the machine).
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `keelson agent` with `nodes` hollow nodes, talking to the three servers.
-fn agent(data: &Path, name: &str, nodes: u32, heartbeat: &str, lease: &str) -> Result<Child> {
+fn agent(data: &Path, name: &str, nodes: u32, heartbeat: &str, lease: &str) -> Result<Agent> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args([
         "agent",
@@ -87,7 +98,7 @@ fn agent(data: &Path, name: &str, nodes: u32, heartbeat: &str, lease: &str) -> R
         let addr = std::fs::read_to_string(data.join(s).join("quic-addr")).with_context(|| format!("{s}'s address"))?;
         cmd.args(["--peer", &format!("{s}={}", addr.trim())]);
     }
-    Ok(cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn()?)
+    Ok(Agent(cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
 }
 
 impl Api {
@@ -233,7 +244,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
         actix_rt::time::sleep(Duration::from_secs(3)).await;
 
         // Node loss first, on a small cluster of two agents.
-        let mut lost = agent(&data, "lost", 2, "500ms", "2")?;
+        let lost = agent(&data, "lost", 2, "500ms", "2")?;
         api.wait_ready("lost.", 2).await?;
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "moving"},
             "spec": {"replicas": 20, "selector": {"matchLabels": {"app": "moving"}},
@@ -257,9 +268,9 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
         {
             actix_rt::time::sleep(Duration::from_millis(200)).await;
         }
-        let mut kept = agent(&data, "kept", 2, "500ms", "2")?;
+        let kept = agent(&data, "kept", 2, "500ms", "2")?;
         api.wait_ready("kept.", 2).await?;
-        unsafe { libc::kill(lost.id() as i32, libc::SIGSTOP) };
+        unsafe { libc::kill(lost.0.id() as i32, libc::SIGSTOP) };
         let stopped = Instant::now();
         while running_on(&api.get_json("/api/v1/namespaces/default/pods?labelSelector=app%3Dmoving").await?, "kept.")
             < 20
@@ -273,10 +284,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
             "node loss: 20 pods running on other nodes {:.1} s after their 2 nodes stopped (lease 2 s, toleration 1 s)",
             stopped.elapsed().as_secs_f64()
         );
-        let _ = lost.kill();
-        let _ = lost.wait();
-        let _ = kept.kill();
-        let _ = kept.wait();
+        drop((lost, kept));
         let _ = api
             .client
             .delete(format!("{}/apis/apps/v1/namespaces/default/deployments/moving", api.url))
@@ -285,7 +293,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
             .await;
 
         // Throughput: many hollow nodes (slow heartbeats, as at scale), then the pods.
-        let mut hollow = agent(&data, "hollow", args.nodes, "20s", "60")?;
+        let hollow = agent(&data, "hollow", args.nodes, "20s", "60")?;
         let took = api.wait_ready("hollow.", args.nodes as usize).await?;
         eprintln!("{} hollow nodes Ready after {:.1} s", args.nodes, took.as_secs_f64());
         if api
@@ -368,8 +376,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
             waits.get(waits.len() / 2).copied().unwrap_or(0),
             waits.get(waits.len() * 99 / 100).copied().unwrap_or(0),
         );
-        let _ = hollow.kill();
-        let _ = hollow.wait();
+        drop(hollow);
         Ok::<_, anyhow::Error>(())
     });
     let _ = std::fs::remove_dir_all(&dir);

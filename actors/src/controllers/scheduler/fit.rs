@@ -142,7 +142,10 @@ pub struct PodInfo {
     pub memory: u64,
     /// The controller owning it (its uid), for spreading.
     pub owner: Option<String>,
-    pub spec: Value,
+    /// `spec.nodeSelector`'s pairs and the required node affinity (`Null` if none),
+    /// taken out once: a decision tries them on hundreds of nodes.
+    pub node_selector: Vec<(String, Value)>,
+    pub node_affinity: Value,
     pub tolerations: Vec<Toleration>,
     /// Its required pod anti-affinity terms.
     pub anti: Vec<Value>,
@@ -177,7 +180,14 @@ impl PodInfo {
             cpu: sum(millicores, "cpu"),
             memory: sum(units, "memory"),
             owner,
-            spec: pod["spec"].clone(),
+            node_selector: pod["spec"]["nodeSelector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            node_affinity: pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                .clone(),
             tolerations: Toleration::parse_all(&pod["spec"]["tolerations"]),
             anti: pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
                 .as_array()
@@ -328,10 +338,11 @@ impl Cluster {
         if !node.ready {
             return Some("node(s) were not ready".into());
         }
-        let labels = &node.node["metadata"]["labels"];
-        let selected =
-            pod.spec["nodeSelector"].as_object().into_iter().flatten().all(|(k, v)| labels[k.as_str()] == *v);
-        let required = &pod.spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+        let selected = pod.node_selector.is_empty() || {
+            let labels = &node.node["metadata"]["labels"];
+            pod.node_selector.iter().all(|(k, v)| labels[k.as_str()] == *v)
+        };
+        let required = &pod.node_affinity;
         if !selected || (required.is_object() && !node_selector_matches(required, &node.node)) {
             return Some("node(s) didn't match Pod's node affinity/selector".into());
         }

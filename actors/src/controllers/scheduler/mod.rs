@@ -64,6 +64,9 @@ struct Stats {
     seen_after: u64,
 }
 
+/// The longest the loop decides before it lets the rest of its thread run.
+const SLICE: Duration = Duration::from_millis(5);
+
 /// How often `Stats` are logged (only when something happened).
 const REPORT: Duration = Duration::from_secs(5);
 
@@ -192,7 +195,14 @@ impl Actor for Scheduler {
             let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<Bound>();
             let slots = Arc::new(Semaphore::new(IN_FLIGHT));
             let mut retry = tokio::time::interval(RETRY_UNSCHEDULABLE);
+            let mut slice = tokio::time::Instant::now();
             loop {
+                // A long queue must not hold this member's thread: its store replica's
+                // raft messages, its API and the other controllers run on it too.
+                if slice.elapsed() >= SLICE {
+                    tokio::task::yield_now().await;
+                    slice = tokio::time::Instant::now();
+                }
                 if reported.elapsed() >= REPORT {
                     reported = tokio::time::Instant::now();
                     let s = std::mem::take(&mut q.stats);
@@ -226,11 +236,12 @@ impl Actor for Scheduler {
                 }
                 if let Some(key) = q.active.pop_front() {
                     q.queued.remove(&key);
-                    let Some(pod) = pod_cache.read().unwrap().objects.get(&key).cloned() else { continue };
-                    if !wants_placing(&pod) || q.assumed.contains_key(&key) {
-                        continue;
-                    }
-                    let info = PodInfo::from(&key, &pod);
+                    // Read under the cache's lock; the pod itself is copied only to say
+                    // why it fits nowhere.
+                    let info = match pod_cache.read().unwrap().objects.get(&key) {
+                        Some(pod) if wants_placing(pod) && !q.assumed.contains_key(&key) => PodInfo::from(&key, pod),
+                        _ => continue,
+                    };
                     match q.cluster.choose(&info) {
                         Ok(node) => {
                             q.stats.decided += 1;
@@ -240,13 +251,14 @@ impl Actor for Scheduler {
                             let (client, tx) = (client.clone(), bound_tx.clone());
                             actix_rt::spawn(async move {
                                 let began = tokio::time::Instant::now();
-                                let result = bind(&client, &pod, &node).await;
+                                let result = bind(&client, &key, &node).await;
                                 drop(permit);
                                 let _scheduler_gone = tx.send(Bound { key, result, took: began.elapsed() });
                             });
                         }
                         Err(reasons) => {
                             let message = unschedulable_message(q.cluster.nodes.len(), &reasons);
+                            let Some(pod) = pod_cache.read().unwrap().objects.get(&key).cloned() else { continue };
                             q.unschedulable.insert(key);
                             let (client, recorder) = (client.clone(), recorder.clone());
                             actix_rt::spawn(async move { unschedulable(&client, &recorder, &pod, &message).await });
@@ -254,6 +266,7 @@ impl Actor for Scheduler {
                     }
                     continue;
                 }
+                slice = tokio::time::Instant::now();
                 tokio::select! {
                     c = nodes_rx.recv() => match c {
                         Some(c) => { let nodes = node_cache.read().unwrap(); q.on_node(c, &nodes.objects); }
@@ -271,11 +284,13 @@ impl Actor for Scheduler {
     }
 }
 
-async fn bind(client: &ApiClient, pod: &Value, node: &str) -> Result<(), ApiError> {
+/// Binds the pod at cache key `key` (`namespace/name`) to `node`.
+async fn bind(client: &ApiClient, key: &str, node: &str) -> Result<(), ApiError> {
+    let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
     let binding = json!({"apiVersion": "v1", "kind": "Binding",
-        "metadata": {"name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"]},
+        "metadata": {"name": name, "namespace": namespace},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-    client.create(&format!("{}/binding", pod_path(pod)), &binding).await.map(drop)
+    client.create(&format!("/api/v1/namespaces/{namespace}/pods/{name}/binding"), &binding).await.map(drop)
 }
 
 /// Says why `pod` waits: its PodScheduled condition and a FailedScheduling event.
