@@ -243,9 +243,14 @@ fn event(answer: ApiResponse) -> Result<WatchEvent, ApiError> {
     if answer.code != 200 {
         return Err(ApiError::from_answer(&answer));
     }
-    let mut v: Value = serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
-    let kind = v["type"].as_str().unwrap_or_default().to_string();
-    let object = v["object"].take();
+    let (kind, object) = match answer.event {
+        // From this member's own API: the event as it is.
+        Some(e) => (e.kind.to_string(), e.object),
+        None => {
+            let mut v: Value = serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
+            (v["type"].as_str().unwrap_or_default().to_string(), v["object"].take())
+        }
+    };
     if kind == "ERROR" {
         return Err(ApiError::from_status(object["code"].as_u64().unwrap_or(500) as u16, &object));
     }
@@ -258,17 +263,33 @@ mod tests {
 
     #[test]
     fn watch_events_and_errors_are_told_apart() {
-        let line = |s: &str| ApiResponse { code: 200, body: s.as_bytes().to_vec() };
+        let line = |s: &str| ApiResponse::new(200, s.as_bytes().to_vec());
         let e = event(line(r#"{"type":"ADDED","object":{"metadata":{"name":"p"}}}"#)).unwrap();
         assert_eq!((e.kind.as_str(), e.object["metadata"]["name"].as_str()), ("ADDED", Some("p")));
         let expired =
             r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#;
         assert_eq!(event(line(expired)).unwrap_err().code(), Some(410));
         assert_eq!(event(line(expired)).unwrap_err().reason(), Some("Expired"));
-        let forbidden = ApiResponse { code: 403, body: br#"{"reason":"Forbidden","message":"no"}"#.to_vec() };
+        let forbidden = ApiResponse::new(403, br#"{"reason":"Forbidden","message":"no"}"#.to_vec());
         assert_eq!(
             event(forbidden).unwrap_err(),
             ApiError::Status { code: 403, reason: "Forbidden".into(), message: "no".into() }
         );
+    }
+
+    #[test]
+    fn a_local_event_arrives_unprinted_and_reads_as_its_printed_form_does() {
+        use super::super::watch::WatchItem;
+        let item = WatchItem { kind: "MODIFIED", object: serde_json::json!({"metadata": {"name": "p"}}) };
+        let local = ApiResponse { code: 200, body: Vec::new(), event: Some(item.clone()) };
+        let printed = ApiResponse::new(200, item.to_json());
+        assert_eq!(event(local).unwrap(), event(printed).unwrap());
+        let expired = WatchItem { kind: "ERROR", object: serde_json::json!({"code": 410, "reason": "Expired"}) };
+        let local = ApiResponse { code: 200, body: Vec::new(), event: Some(expired) };
+        assert_eq!(event(local).unwrap_err().code(), Some(410));
+        // The event never crosses a wire: a remote caller gets the printed body only.
+        let sent = ApiResponse { code: 200, body: b"{}".to_vec(), event: None };
+        let bytes = keelson_transport::frame::to_payload(&sent).unwrap();
+        assert_eq!(keelson_transport::frame::from_payload::<ApiResponse>(&bytes).unwrap(), sent);
     }
 }

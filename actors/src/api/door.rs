@@ -16,6 +16,7 @@ use super::auth::{member_user, User};
 use super::http::ApiState;
 use super::pipeline::{self, Answer, Call, Method};
 use super::status::Failure;
+use super::watch::WatchItem;
 
 /// A request through the actor door.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,11 +72,19 @@ pub struct ApiResponse {
     pub code: u16,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// A watch event handed to a caller on this member as it is (then `body` is empty):
+    /// never printed and parsed again. Not sent over the wire.
+    #[serde(skip)]
+    pub event: Option<WatchItem>,
 }
 
 impl ApiResponse {
+    pub fn new(code: u16, body: Vec<u8>) -> Self {
+        Self { code, body, event: None }
+    }
+
     fn failure(f: &Failure) -> Self {
-        Self { code: f.code, body: f.to_value().to_string().into_bytes() }
+        Self::new(f.code, f.to_value().to_string().into_bytes())
     }
 }
 
@@ -92,12 +101,14 @@ pub fn caller(from: Option<&keelson_transport::tls::Identity>) -> Result<User, F
 
 /// Runs `request` for `user` through the pipeline; answers (one, or a watch's events)
 /// go to the returned receiver. Runs on the caller's arbiter.
-/// `agent` names the caller (the field manager of its writes unless it names one).
+/// `agent` names the caller (the field manager of its writes unless it names one);
+/// `local`: the caller is on this member (watch events are handed over unprinted).
 pub fn serve(
     state: ApiState,
     user: Result<User, Failure>,
     agent: String,
     request: ApiRequest,
+    local: bool,
 ) -> mpsc::Receiver<ApiResponse> {
     let (tx, rx) = mpsc::channel(64);
     actix_rt::spawn(async move {
@@ -120,19 +131,22 @@ pub fn serve(
         };
         match pipeline::handle(&state, &user, call).await {
             Answer::Value(code, v) => {
-                let _caller_gone = tx.send(ApiResponse { code, body: v.to_string().into_bytes() }).await;
+                let _caller_gone = tx.send(ApiResponse::new(code, v.to_string().into_bytes())).await;
             }
             Answer::Text(mut bytes) => {
                 let mut body = Vec::new();
                 while let Some(b) = bytes.next().await {
                     body.extend_from_slice(&b);
                 }
-                let _caller_gone = tx.send(ApiResponse { code: 200, body }).await;
+                let _caller_gone = tx.send(ApiResponse::new(200, body)).await;
             }
             Answer::Watch(mut events) => {
-                while let Some(line) = events.next().await {
-                    let body = line.strip_suffix(b"\n").unwrap_or(&line).to_vec();
-                    if tx.send(ApiResponse { code: 200, body }).await.is_err() {
+                while let Some(event) = events.next().await {
+                    let answer = match local {
+                        true => ApiResponse { code: 200, body: Vec::new(), event: Some(event) },
+                        false => ApiResponse::new(200, event.to_json()),
+                    };
+                    if tx.send(answer).await.is_err() {
                         return; // the watcher went away
                     }
                 }

@@ -107,7 +107,8 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
             HttpResponse::build(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)).json(v)
         }
         Answer::Watch(events) => {
-            HttpResponse::Ok().content_type("application/json").streaming(events.map(Ok::<_, actix_web::Error>))
+            let lines = events.map(|e| Ok::<_, actix_web::Error>(e.line()));
+            HttpResponse::Ok().content_type("application/json").streaming(lines)
         }
         Answer::Text(bytes) => {
             HttpResponse::Ok().content_type("text/plain").streaming(bytes.map(Ok::<_, actix_web::Error>))

@@ -75,6 +75,7 @@ pub use door::{ApiRequest, ApiResponse, LocalCall};
 pub use http::ApiState;
 pub use pipeline::Method;
 pub use recorder::{EventRecorder, EventType};
+pub use watch::WatchItem;
 
 pub use objects::{micro_time_now, parse_time, rfc3339, rfc3339_now, unix_now, Objects};
 pub use protobuf::base64;
@@ -193,7 +194,8 @@ impl Handler<Delivered> for ApiServer {
             Ok(request) => {
                 let watch = request.is_watch();
                 let agent = inbound.envelope.from.path.rsplit('/').next().unwrap_or_default().to_string();
-                let answers = door::serve(self.state.clone(), door::caller(inbound.from.as_ref()), agent, request);
+                let answers =
+                    door::serve(self.state.clone(), door::caller(inbound.from.as_ref()), agent, request, false);
                 actix_rt::spawn(door::reply(reply, watch, answers));
             }
             Err(e) => {
@@ -209,7 +211,7 @@ impl Handler<LocalCall> for ApiServer {
     type Result = actix::MessageResult<LocalCall>;
 
     fn handle(&mut self, LocalCall(request): LocalCall, _: &mut Ctx<Self>) -> Self::Result {
-        actix::MessageResult(door::serve(self.state.clone(), Ok(self.me.clone()), "keelson".into(), request))
+        actix::MessageResult(door::serve(self.state.clone(), Ok(self.me.clone()), "keelson".into(), request, true))
     }
 }
 

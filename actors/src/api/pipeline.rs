@@ -60,8 +60,8 @@ pub struct Call {
 /// What the pipeline answers: an object (or Status) with its code, or a watch's events.
 pub enum Answer {
     Value(u16, Value),
-    /// One `{"type":…,"object":…}` line per item, until the watch ends.
-    Watch(LocalBoxStream<'static, Bytes>),
+    /// One event per item, until the watch ends.
+    Watch(LocalBoxStream<'static, super::watch::WatchItem>),
     /// Plain text as it comes (a container's log).
     Text(LocalBoxStream<'static, Bytes>),
 }

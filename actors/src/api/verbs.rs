@@ -2,7 +2,6 @@
 //! a collection, a namespace), and the pod and scale subresources. Each takes a
 //! [`Target`] the pipeline already routed and authorized.
 
-use actix_web::web::Bytes;
 use futures_util::stream::LocalBoxStream;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -77,7 +76,7 @@ pub(super) async fn watch(
     t: &Target,
     q: &[(String, String)],
     as_table: bool,
-) -> Result<LocalBoxStream<'static, Bytes>, Failure> {
+) -> Result<LocalBoxStream<'static, super::watch::WatchItem>, Failure> {
     let timeout = param(q, "timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(3_600u64);
     let request = super::watch::WatchRequest {
         resource_version: param(q, "resourceVersion"),

@@ -29,7 +29,7 @@ struct Watching {
     /// Which shards this watch reads (one for a namespaced resource in one namespace).
     shards: Vec<usize>,
     cursor: Vec<u64>,
-    pending: VecDeque<web::Bytes>,
+    pending: VecDeque<WatchItem>,
     bookmarks: bool,
     /// Objects as one-row Tables (`kubectl get -w`).
     as_table: bool,
@@ -37,12 +37,36 @@ struct Watching {
     done: bool,
 }
 
-fn line(kind: &str, object: Value) -> web::Bytes {
-    // Moved in, not through `json!` (which would copy the object by serializing it).
-    let mut event = serde_json::Map::new();
-    event.insert("type".into(), kind.into());
-    event.insert("object".into(), object);
-    web::Bytes::from(Value::Object(event).to_string() + "\n")
+/// One watch event. It is printed as a `{"type":…,"object":…}` line only for a caller
+/// across a wire (HTTPS, QUIC); a caller on the same member (the controllers'
+/// informers) takes the object as it is, saving a print and a parse per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchItem {
+    /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` or `ERROR`.
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+impl WatchItem {
+    /// The event as one line of a watch's body (newline included).
+    pub fn line(self) -> web::Bytes {
+        let mut json = self.to_json();
+        json.push(b'\n');
+        web::Bytes::from(json)
+    }
+
+    /// The event as JSON: `{"type":…,"object":…}`.
+    pub fn to_json(self) -> Vec<u8> {
+        // Moved in, not through `json!` (which would copy the object by serializing it).
+        let mut event = serde_json::Map::new();
+        event.insert("type".into(), self.kind.into());
+        event.insert("object".into(), self.object);
+        Value::Object(event).to_string().into_bytes()
+    }
+}
+
+fn line(kind: &'static str, object: Value) -> WatchItem {
+    WatchItem { kind, object }
 }
 
 impl Watching {
@@ -101,7 +125,7 @@ impl Watching {
         }
     }
 
-    fn bookmark(&self) -> web::Bytes {
+    fn bookmark(&self) -> WatchItem {
         line(
             "BOOKMARK",
             json!({"kind": self.res.kind, "apiVersion": self.res.api_version(),
@@ -127,7 +151,7 @@ pub async fn watch(
     res: &'static Resource,
     ns: Option<&str>,
     req: WatchRequest<'_>,
-) -> Result<impl futures_core::Stream<Item = web::Bytes>, Failure> {
+) -> Result<impl futures_core::Stream<Item = WatchItem>, Failure> {
     let WatchRequest { resource_version: rv, opts, bookmarks, timeout, as_table } = req;
     let mut sources = Vec::new();
     for replica in &objects.replicas {
