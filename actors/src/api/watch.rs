@@ -48,6 +48,10 @@ pub struct WatchItem {
 }
 
 impl WatchItem {
+    pub fn new(kind: &'static str, object: Value) -> Self {
+        Self { kind, object }
+    }
+
     /// The event as one line of a watch's body (newline included).
     pub fn line(self) -> web::Bytes {
         let mut json = self.to_json();
@@ -63,10 +67,6 @@ impl WatchItem {
         event.insert("object".into(), self.object);
         Value::Object(event).to_string().into_bytes()
     }
-}
-
-fn line(kind: &'static str, object: Value) -> WatchItem {
-    WatchItem { kind, object }
 }
 
 impl Watching {
@@ -106,7 +106,7 @@ impl Watching {
                         if let Some((kind, object)) = event {
                             let object =
                                 if self.as_table { super::table::table(self.res, &[object], &rv) } else { object };
-                            self.pending.push_back(line(kind, object));
+                            self.pending.push_back(WatchItem::new(kind, object));
                         }
                     }
                     self.cursor[shard] = self.cursor[shard].max(revision);
@@ -117,7 +117,7 @@ impl Watching {
                         "Expired",
                         format!("too old resource version: {} ({})", expired.asked, expired.oldest.saturating_sub(1)),
                     );
-                    self.pending.push_back(line("ERROR", f.to_value()));
+                    self.pending.push_back(WatchItem::new("ERROR", f.to_value()));
                     self.done = true;
                     return;
                 }
@@ -126,7 +126,7 @@ impl Watching {
     }
 
     fn bookmark(&self) -> WatchItem {
-        line(
+        WatchItem::new(
             "BOOKMARK",
             json!({"kind": self.res.kind, "apiVersion": self.res.api_version(),
                    "metadata": {"resourceVersion": cursor_text(&self.cursor)}}),
@@ -174,7 +174,7 @@ pub async fn watch(
             None => {
                 let f =
                     Failure::new(410, "Expired", format!("too old resource version: {r} (a list gives a current one)"));
-                pending.push_back(line("ERROR", f.to_value()));
+                pending.push_back(WatchItem::new("ERROR", f.to_value()));
                 done = true;
                 vec![0; n]
             }
@@ -185,7 +185,7 @@ pub async fn watch(
             for item in items {
                 let rv = list_rv.clone();
                 let object = if as_table { super::table::table(res, &[item], &rv) } else { item };
-                pending.push_back(line("ADDED", object));
+                pending.push_back(WatchItem::new("ADDED", object));
             }
             parse_cursor(&list_rv, n, None).unwrap_or_else(|| vec![0; n])
         }

@@ -79,12 +79,15 @@ fn wants_placing(pod: &Value) -> bool {
         && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
 }
 
-fn pod_path(pod: &Value) -> String {
-    format!(
-        "/api/v1/namespaces/{}/pods/{}",
-        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
-        pod["metadata"]["name"].as_str().unwrap_or_default()
-    )
+/// The namespace and name of the pod at cache key `key` (`namespace/name`).
+fn namespace_and_name(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("default", key))
+}
+
+/// The API path of the pod at cache key `key`.
+fn pod_path(key: &str) -> String {
+    let (namespace, name) = namespace_and_name(key);
+    format!("/api/v1/namespaces/{namespace}/pods/{name}")
 }
 
 struct Queue {
@@ -259,9 +262,11 @@ impl Actor for Scheduler {
                         Err(reasons) => {
                             let message = unschedulable_message(q.cluster.nodes.len(), &reasons);
                             let Some(pod) = pod_cache.read().unwrap().objects.get(&key).cloned() else { continue };
-                            q.unschedulable.insert(key);
+                            q.unschedulable.insert(key.clone());
                             let (client, recorder) = (client.clone(), recorder.clone());
-                            actix_rt::spawn(async move { unschedulable(&client, &recorder, &pod, &message).await });
+                            actix_rt::spawn(
+                                async move { unschedulable(&client, &recorder, &key, &pod, &message).await },
+                            );
                         }
                     }
                     continue;
@@ -286,15 +291,15 @@ impl Actor for Scheduler {
 
 /// Binds the pod at cache key `key` (`namespace/name`) to `node`.
 async fn bind(client: &ApiClient, key: &str, node: &str) -> Result<(), ApiError> {
-    let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+    let (namespace, name) = namespace_and_name(key);
     let binding = json!({"apiVersion": "v1", "kind": "Binding",
         "metadata": {"name": name, "namespace": namespace},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-    client.create(&format!("/api/v1/namespaces/{namespace}/pods/{name}/binding"), &binding).await.map(drop)
+    client.create(&format!("{}/binding", pod_path(key)), &binding).await.map(drop)
 }
 
 /// Says why `pod` waits: its PodScheduled condition and a FailedScheduling event.
-async fn unschedulable(client: &ApiClient, recorder: &EventRecorder, pod: &Value, message: &str) {
+async fn unschedulable(client: &ApiClient, recorder: &EventRecorder, key: &str, pod: &Value, message: &str) {
     let already = pod["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -304,7 +309,7 @@ async fn unschedulable(client: &ApiClient, recorder: &EventRecorder, pod: &Value
         let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                "message": message, "lastTransitionTime": rfc3339_now(), "lastProbeTime": null});
         let patch = json!({"status": {"conditions": [condition]}});
-        if let Err(e) = client.merge_patch(&format!("{}/status", pod_path(pod)), &patch).await {
+        if let Err(e) = client.merge_patch(&format!("{}/status", pod_path(key)), &patch).await {
             tracing::debug!(error = %e, "cannot mark a pod unschedulable");
         }
     }
