@@ -130,6 +130,36 @@ struct State {
     pods: Shared,
     beats: HashMap<String, Heartbeat>,
     by_node: PodsByNode,
+    taints: NodeTaints,
+}
+
+/// The NoExecute taints of each node, kept from the nodes' changes, so a pass reads
+/// the few tainted nodes instead of every node's JSON four times a second.
+#[derive(Default)]
+struct NodeTaints {
+    no_execute: HashMap<String, Vec<Value>>,
+}
+
+impl NodeTaints {
+    /// Node `name` is now `node` (`None`: gone).
+    fn note(&mut self, name: &str, node: Option<&Value>) {
+        let taints: Vec<Value> = node
+            .and_then(|n| n["spec"]["taints"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(|t| t["effect"] == "NoExecute")
+            .cloned()
+            .collect();
+        if taints.is_empty() {
+            self.no_execute.remove(name);
+        } else {
+            self.no_execute.insert(name.to_string(), taints);
+        }
+    }
+
+    fn unreachable(&self) -> impl Iterator<Item = &String> {
+        self.no_execute.iter().filter(|(_, ts)| ts.iter().any(|t| t["key"] == UNREACHABLE)).map(|(n, _)| n)
+    }
 }
 
 impl State {
@@ -145,16 +175,30 @@ impl State {
         }
     }
 
+    fn on_node(&mut self, change: Change) {
+        match change {
+            Change::Upserted(key) => {
+                let nodes = self.nodes.read().unwrap();
+                self.taints.note(&key, nodes.objects.get(&key));
+            }
+            Change::Deleted(key, _) => self.taints.note(&key, None),
+        }
+    }
+
     fn on_lease(&mut self, change: Change) {
         match change {
             Change::Upserted(key) => {
-                let Some(lease) = self.leases.read().unwrap().objects.get(&key).cloned() else { return };
-                let node = name(&lease).to_string();
-                let renew = lease["spec"]["renewTime"].as_str().unwrap_or_default().to_string();
+                let leases = self.leases.read().unwrap();
+                let Some(lease) = leases.objects.get(&key) else { return };
+                let node = name(lease);
+                let renew = lease["spec"]["renewTime"].as_str().unwrap_or_default();
                 let lease_for = Duration::from_secs(lease["spec"]["leaseDurationSeconds"].as_u64().unwrap_or(40));
-                let moved = self.beats.get(&node).is_none_or(|b| b.renew != renew);
-                if moved {
-                    self.beats.insert(node, Heartbeat { renew, seen: Instant::now(), lease: lease_for });
+                match self.beats.get_mut(node) {
+                    Some(b) if b.renew == renew => b.lease = lease_for,
+                    _ => {
+                        let beat = Heartbeat { renew: renew.to_string(), seen: Instant::now(), lease: lease_for };
+                        self.beats.insert(node.to_string(), beat);
+                    }
                 }
             }
             Change::Deleted(key, _) => {
@@ -163,30 +207,34 @@ impl State {
         }
     }
 
+    fn silent(&self, node: &str) -> Option<Duration> {
+        let beat = self.beats.get(node)?;
+        let quiet = beat.seen.elapsed();
+        (quiet > beat.lease).then_some(quiet)
+    }
+
     async fn tick(&mut self) -> Result<(), ApiError> {
-        // Under the read lock, only what needs a write is copied out (the pass runs four
-        // times a second over every node).
-        let (lost, back, tainted) = {
+        // Heartbeats are checked by time alone; a node's JSON is read only when its
+        // heartbeat lapsed or it carries the unreachable taint.
+        let (lost, back) = {
             let nodes = self.nodes.read().unwrap();
-            let (mut lost, mut back) = (Vec::new(), Vec::new());
-            let mut tainted: HashMap<String, Vec<Value>> = HashMap::new();
-            for node in nodes.objects.values() {
-                let n = name(node);
-                if let Some(ts) = node["spec"]["taints"].as_array() {
-                    let no_execute: Vec<Value> = ts.iter().filter(|t| t["effect"] == "NoExecute").cloned().collect();
-                    if !no_execute.is_empty() {
-                        tainted.insert(n.to_string(), no_execute);
-                    }
-                }
-                let Some(beat) = self.beats.get(n) else { continue };
-                let silent = beat.seen.elapsed() > beat.lease;
-                if silent && (ready_status(node) != Some("Unknown") || !has_taint(node, UNREACHABLE)) {
-                    lost.push((node.clone(), beat.seen.elapsed()));
-                } else if !silent && has_taint(node, UNREACHABLE) && ready_status(node) == Some("True") {
-                    back.push(node.clone());
-                }
-            }
-            (lost, back, tainted)
+            let lost: Vec<(Value, Duration)> = self
+                .beats
+                .keys()
+                .filter_map(|n| Some((n, self.silent(n)?)))
+                .filter_map(|(n, quiet)| nodes.objects.get(n).map(|node| (node, quiet)))
+                .filter(|(node, _)| ready_status(node) != Some("Unknown") || !has_taint(node, UNREACHABLE))
+                .map(|(node, quiet)| (node.clone(), quiet))
+                .collect();
+            let back: Vec<Value> = self
+                .taints
+                .unreachable()
+                .filter(|n| self.beats.contains_key(*n) && self.silent(n).is_none())
+                .filter_map(|n| nodes.objects.get(n))
+                .filter(|node| ready_status(node) == Some("True"))
+                .cloned()
+                .collect();
+            (lost, back)
         };
         for (node, silent) in lost {
             self.mark_lost(&node, silent).await?;
@@ -199,13 +247,14 @@ impl State {
             tracing::info!(node = %n, "heartbeat back; untainted");
         }
         // Evictions from nodes with NoExecute taints.
-        if tainted.is_empty() {
+        if self.taints.no_execute.is_empty() {
             return Ok(());
         }
         let now = unix_now();
         let due: Vec<Value> = {
             let pods = self.pods.read().unwrap();
-            tainted
+            self.taints
+                .no_execute
                 .iter()
                 .flat_map(|(node, ts)| self.by_node.on(node).map(move |key| (key, ts)))
                 .filter_map(|(key, ts)| pods.objects.get(key).map(|p| (p, ts)))
@@ -265,17 +314,21 @@ impl Actor for NodeLifecycleController {
             pods: pods_cache,
             beats: HashMap::new(),
             by_node: PodsByNode::default(),
+            taints: NodeTaints::default(),
         };
         ctx.spawn(actix::fut::wrap_future(async move {
             let mut tick = tokio::time::interval(TICK);
             loop {
                 tokio::select! {
                     c = leases_rx.recv() => match c { Some(c) => state.on_lease(c), None => return },
-                    c = nodes_rx.recv() => if c.is_none() { return },
+                    c = nodes_rx.recv() => match c { Some(c) => state.on_node(c), None => return },
                     c = pods_rx.recv() => match c { Some(c) => state.on_pod(c), None => return },
                     _ = tick.tick() => {
                         while let Ok(c) = leases_rx.try_recv() {
                             state.on_lease(c);
+                        }
+                        while let Ok(c) = nodes_rx.try_recv() {
+                            state.on_node(c);
                         }
                         while let Ok(c) = pods_rx.try_recv() {
                             state.on_pod(c);
@@ -318,6 +371,27 @@ mod tests {
         idx.place("a/p2".into(), None);
         assert!(!idx.on.contains_key("n1"), "an emptied node is forgotten");
         assert_eq!(idx.node_of.len(), 2);
+    }
+
+    #[test]
+    fn only_no_execute_taints_are_kept_and_unreachable_nodes_are_found() {
+        let mut t = NodeTaints::default();
+        let node = |taints: Value| json!({"metadata": {"name": "n"}, "spec": {"taints": taints}});
+        t.note("n1", Some(&node(json!([{"key": "x", "effect": "NoSchedule"}]))));
+        assert!(t.no_execute.is_empty(), "a NoSchedule taint evicts nothing");
+        t.note(
+            "n1",
+            Some(&node(json!([{"key": "x", "effect": "NoSchedule"}, {"key": UNREACHABLE, "effect": "NoExecute"}]))),
+        );
+        t.note("n2", Some(&node(json!([{"key": "gpu", "effect": "NoExecute"}]))));
+        assert_eq!(
+            t.no_execute["n1"],
+            json!([{"key": UNREACHABLE, "effect": "NoExecute"}]).as_array().unwrap().clone()
+        );
+        assert_eq!(t.unreachable().collect::<Vec<_>>(), ["n1"]);
+        t.note("n1", Some(&node(json!([]))));
+        t.note("n2", None);
+        assert!(t.no_execute.is_empty(), "untainted and deleted nodes are forgotten");
     }
 
     #[test]
