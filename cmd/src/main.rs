@@ -1,5 +1,6 @@
 //! `keelson`: the one binary. See `keelson --help`.
 
+mod allocator;
 mod bench;
 mod cli;
 mod client;
