@@ -3,7 +3,7 @@
 //! blocks), as Kubernetes' node IPAM controller does. The kubelet waits for it before
 //! it gives pods addresses. Hollow nodes run nothing and get none.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,32 +39,82 @@ fn wants_cidr(node: &Value) -> bool {
     node["spec"]["podCIDR"].as_str().is_none_or(str::is_empty) && node["metadata"]["labels"][HOLLOW_KEY] != "true"
 }
 
+/// Which node holds which block, and which nodes wait for one, kept from the nodes'
+/// changes: a change reads that one node (5,000 hollow nodes post their status many
+/// times a second; reading every node at each change took a tenth of the leader's
+/// thread).
+#[derive(Default)]
+struct Blocks {
+    held: HashMap<String, Cidr>,
+    waiting: BTreeSet<String>,
+    /// Blocks this controller gave that the node cache does not show yet: the node
+    /// stays held, so a change read from the cache before the patch's own event
+    /// cannot put it back among the waiting and get it a second block.
+    given: HashMap<String, Cidr>,
+}
+
+impl Blocks {
+    /// Node `name` is now `node` (`None`: gone).
+    fn note(&mut self, name: &str, node: Option<&Value>) {
+        self.held.remove(name);
+        self.waiting.remove(name);
+        let Some(node) = node else {
+            self.given.remove(name);
+            return;
+        };
+        match node["spec"]["podCIDR"].as_str().and_then(|c| c.parse().ok()) {
+            Some(cidr) => {
+                self.given.remove(name);
+                self.held.insert(name.to_string(), cidr);
+            }
+            None => match self.given.get(name) {
+                Some(cidr) => {
+                    self.held.insert(name.to_string(), *cidr);
+                }
+                None if wants_cidr(node) => {
+                    self.waiting.insert(name.to_string());
+                }
+                None => {}
+            },
+        }
+    }
+
+    fn gave(&mut self, name: &str, cidr: Cidr) {
+        self.waiting.remove(name);
+        self.held.insert(name.to_string(), cidr);
+        self.given.insert(name.to_string(), cidr);
+    }
+
+    fn used(&self) -> HashSet<Cidr> {
+        self.held.values().copied().collect()
+    }
+}
+
 impl Actor for NodeIpamController {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let (cache, mut changes) = self.informers.subscribe("/api/v1/nodes", &[]);
         let (client, control) = (self.client.clone(), self.control);
         ctx.spawn(actix::fut::wrap_future(async move {
+            let mut blocks = Blocks::default();
+            let note = |blocks: &mut Blocks, change: Change| match change {
+                Change::Upserted(key) => blocks.note(&key, cache.read().unwrap().objects.get(&key)),
+                Change::Deleted(key, _) => blocks.note(&key, None),
+            };
             loop {
+                // A quiet 5 s retries the nodes still waiting (a patch that failed).
                 match tokio::time::timeout(Duration::from_secs(5), changes.recv()).await {
                     Ok(None) => return,
-                    Ok(Some(Change::Upserted(_) | Change::Deleted(..))) | Err(_) => {}
+                    Ok(Some(change)) => note(&mut blocks, change),
+                    Err(_) => {}
                 }
-                if cache.read().unwrap().lists == 0 {
+                while let Ok(change) = changes.try_recv() {
+                    note(&mut blocks, change);
+                }
+                if blocks.waiting.is_empty() || cache.read().unwrap().lists == 0 {
                     continue;
                 }
-                let (mut used, waiting): (HashSet<Cidr>, Vec<String>) = {
-                    let c = cache.read().unwrap();
-                    let used = c.objects.values().filter_map(|n| n["spec"]["podCIDR"].as_str()?.parse().ok()).collect();
-                    let mut waiting: Vec<String> = c
-                        .objects
-                        .values()
-                        .filter(|n| wants_cidr(n))
-                        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
-                        .collect();
-                    waiting.sort();
-                    (used, waiting)
-                };
-                for name in waiting {
+                let mut used = blocks.used();
+                for name in blocks.waiting.clone() {
                     let Some(cidr) = next_free(control.cluster_cidr, control.node_cidr_prefix, &used) else {
                         tracing::error!(node = %name, range = %control.cluster_cidr, "no pod CIDR left for the node");
                         break;
@@ -73,6 +123,7 @@ impl Actor for NodeIpamController {
                     match client.merge_patch(&format!("/api/v1/nodes/{name}"), &patch).await {
                         Ok(_) => {
                             tracing::info!(node = %name, cidr = %cidr, "gave the node its pod CIDR");
+                            blocks.gave(&name, cidr);
                             used.insert(cidr);
                         }
                         Err(e) if e.reason() == Some("Fenced") => return,
@@ -104,5 +155,26 @@ mod tests {
         assert!(wants_cidr(&json!({"metadata": {"name": "a"}, "spec": {}})));
         assert!(!wants_cidr(&json!({"metadata": {"name": "a", "labels": {HOLLOW_KEY: "true"}}, "spec": {}})));
         assert!(!wants_cidr(&json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "10.0.0.0/24"}})));
+    }
+
+    #[test]
+    fn a_given_block_is_held_until_the_cache_shows_it() {
+        let node = |cidr: Option<&str>| json!({"metadata": {"name": "a"}, "spec": {"podCIDR": cidr}});
+        let hollow = json!({"metadata": {"name": "h", "labels": {HOLLOW_KEY: "true"}}, "spec": {}});
+        let mut b = Blocks::default();
+        b.note("a", Some(&node(None)));
+        b.note("h", Some(&hollow));
+        assert_eq!(b.waiting.iter().collect::<Vec<_>>(), ["a"], "hollow nodes get no block");
+        let cidr: Cidr = "10.244.0.0/24".parse().unwrap();
+        b.gave("a", cidr);
+        // A change read from a cache that has not seen the patch yet.
+        b.note("a", Some(&node(None)));
+        assert!(b.waiting.is_empty(), "not waiting again for a second block");
+        assert_eq!(b.used(), [cidr].into());
+        b.note("a", Some(&node(Some("10.244.0.0/24"))));
+        assert!(b.given.is_empty());
+        b.note("b", Some(&json!({"metadata": {"name": "b"}, "spec": {"podCIDR": "10.244.1.0/24"}})));
+        b.note("a", None);
+        assert_eq!(b.used(), ["10.244.1.0/24".parse().unwrap()].into(), "a deleted node frees its block");
     }
 }
