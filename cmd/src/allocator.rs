@@ -1,21 +1,87 @@
-//! The process's allocator: mimalloc instead of glibc's malloc.
+//! The process's allocator: mimalloc for the control plane, glibc's malloc elsewhere.
 //!
-//! The servers build and drop many small JSON values per request; under a scheduling
-//! burst glibc's free lists (`_int_free`, `malloc_consolidate`, `unlink_chunk`) took
-//! about a third of the busiest thread, and pods bound per second rose by about 60%
-//! with mimalloc (BENCHMARKS.md, scheduling, session 11).
+//! Servers build and drop many small JSON values per request; under a scheduling burst
+//! glibc's free lists (`_int_free`, `malloc_consolidate`, `unlink_chunk`) took about a
+//! third of the busiest thread, and pods bound per second rose by about 60% with
+//! mimalloc (BENCHMARKS.md, scheduling, session 11). mimalloc holds 2–3 MB more per
+//! process, though, and agents, the launcher and the one shim per container gain
+//! nothing from its speed: they keep glibc's. Hollow agents, which stand for thousands
+//! of nodes in a benchmark, take mimalloc with the servers.
 //!
-//! Two of mimalloc's defaults trade memory for speed in a way a cluster of small
-//! processes cannot afford: arenas committed eagerly are never purged (an idle
-//! `keelson up` held twice the memory), and freed pages go back to the OS only after
-//! a delay. Both are set before the first allocation (by a constructor, which runs
-//! before Rust's runtime allocates), unless the environment sets them
-//! (`MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`).
+//! The choice is made once, by a constructor, before the first allocation (glibc passes
+//! `argc`/`argv` to `.init_array` functions, and Rust's runtime allocates only after
+//! them), so every block is freed by the allocator that gave it.
+//!
+//! Two of mimalloc's defaults are changed the same way, unless the environment sets
+//! them (`MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`): arenas committed
+//! eagerly are never purged (an idle `keelson up` held twice the memory), and freed
+//! pages went back to the OS only after a delay.
 
-use std::ffi::{c_int, c_long, CStr};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ffi::{c_char, c_int, c_long, CStr};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mimalloc::MiMalloc;
+
+/// Set once by [`choose`], before anything is allocated; never changed after.
+static MIMALLOC: AtomicBool = AtomicBool::new(false);
+
+struct Chosen;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Chosen = Chosen;
+
+// SAFETY: every call goes to the one allocator chosen before the first allocation, so
+// each block is reallocated and freed by the allocator that gave it.
+unsafe impl GlobalAlloc for Chosen {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if MIMALLOC.load(Ordering::Relaxed) {
+            MiMalloc.alloc(layout)
+        } else {
+            System.alloc(layout)
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if MIMALLOC.load(Ordering::Relaxed) {
+            MiMalloc.alloc_zeroed(layout)
+        } else {
+            System.alloc_zeroed(layout)
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if MIMALLOC.load(Ordering::Relaxed) {
+            MiMalloc.dealloc(ptr, layout)
+        } else {
+            System.dealloc(ptr, layout)
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if MIMALLOC.load(Ordering::Relaxed) {
+            MiMalloc.realloc(ptr, layout, new_size)
+        } else {
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+}
+
+/// Whether a process started with these arguments takes mimalloc: `keelson server …`,
+/// or a hollow agent (`keelson agent … --hollow N`), global options allowed first.
+fn wants_mimalloc<'a>(args: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut args = args.skip(1);
+    let mut value_follows = false;
+    let command = args.by_ref().find(|a| {
+        let value = std::mem::replace(&mut value_follows, *a == b"--data-dir" || *a == b"--log-format");
+        !value && !a.starts_with(b"-")
+    });
+    match command {
+        Some(b"server") => true,
+        Some(b"agent") => args.any(|a| a == b"--hollow" || a.starts_with(b"--hollow=")),
+        _ => false,
+    }
+}
 
 // `mi_option_t` of mimalloc 3 (`mimalloc.h`); the test below checks the numbering.
 const ARENA_EAGER_COMMIT: c_int = 4;
@@ -32,7 +98,14 @@ extern "C" {
 const OPTIONS: [(c_int, &CStr, c_long); 2] =
     [(ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0), (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 0)];
 
-extern "C" fn set_options() {
+extern "C" fn choose(argc: c_int, argv: *const *const c_char, _envp: *const *const c_char) {
+    // SAFETY: glibc calls `.init_array` functions with the process's argc and argv (as
+    // Rust's std relies on for its own arguments); each is a NUL-terminated string.
+    let args = (0..usize::try_from(argc).unwrap_or(0))
+        .map(|i| unsafe { *argv.add(i) })
+        .take_while(|a| !a.is_null())
+        .map(|a| unsafe { CStr::from_ptr(a) }.to_bytes());
+    MIMALLOC.store(!argv.is_null() && wants_mimalloc(args), Ordering::Relaxed);
     for (option, variable, value) in OPTIONS {
         // SAFETY: getenv with a NUL-terminated name, before any thread exists; setting an
         // option only writes mimalloc's option table.
@@ -46,11 +119,28 @@ extern "C" fn set_options() {
 
 #[used]
 #[link_section = ".init_array"]
-static SET_OPTIONS: extern "C" fn() = set_options;
+static CHOOSE: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = choose;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_and_hollow_agents_take_mimalloc() {
+        let takes = |line: &str| wants_mimalloc(line.split(' ').map(str::as_bytes));
+        assert!(takes("keelson server --name server-1"));
+        assert!(takes("/bin/keelson agent --name hollow --hollow 5000"));
+        assert!(takes("keelson agent --hollow=10"));
+        assert!(!takes("keelson agent --name agent-1"));
+        assert!(!takes("keelson up"));
+        assert!(!takes("keelson shim /var/lib/x"));
+        assert!(!takes("keelson"));
+        assert!(takes("keelson --data-dir server --log-format=json server --name s"));
+        assert!(!takes("keelson --data-dir server agent --name a"));
+        // The constructor ran in this test binary too, and chose by its arguments.
+        let args: Vec<Vec<u8>> = std::env::args_os().map(|a| a.into_encoded_bytes()).collect();
+        assert_eq!(MIMALLOC.load(Ordering::Relaxed), wants_mimalloc(args.iter().map(Vec::as_slice)));
+    }
 
     #[test]
     fn options_are_set_before_the_first_allocation() {

@@ -686,18 +686,22 @@ mod tests {
         assert_eq!(d.events_after(d.revision, "").unwrap().len(), 0);
     }
 
-    #[test]
-    fn a_revision_leaves_the_window_whole() {
-        let mut d = Data::default();
-        let both = op(WriteOp::Txn {
+    /// A transaction putting `x` and `y`: two events of one revision.
+    fn x_and_y_at_one_revision() -> Command {
+        op(WriteOp::Txn {
             compares: vec![],
             success: vec![
                 TxnOp::Put { key: "x".into(), value: vec![], lease: 0 },
                 TxnOp::Put { key: "y".into(), value: vec![], lease: 0 },
             ],
             failure: vec![],
-        });
-        d.apply(&both);
+        })
+    }
+
+    #[test]
+    fn a_revision_leaves_the_window_whole() {
+        let mut d = Data::default();
+        d.apply(&x_and_y_at_one_revision());
         for i in 0..(EVENT_WINDOW_MAX - 1) {
             d.apply(&put(&format!("k{i}"), "v"));
         }
@@ -727,15 +731,7 @@ mod tests {
         for i in 0..(EVENT_WINDOW_MIN - 1) {
             d.apply(&put(&format!("k{i}"), "v"));
         }
-        let both = op(WriteOp::Txn {
-            compares: vec![],
-            success: vec![
-                TxnOp::Put { key: "x".into(), value: vec![], lease: 0 },
-                TxnOp::Put { key: "y".into(), value: vec![], lease: 0 },
-            ],
-            failure: vec![],
-        });
-        d.apply(&both);
+        d.apply(&x_and_y_at_one_revision());
         for i in 0..(EVENT_WINDOW_MIN - 1) {
             d.apply(&put(&format!("k{i}"), "w"));
         }
