@@ -98,6 +98,7 @@ extern "C" {
 const OPTIONS: [(c_int, &CStr, c_long); 2] =
     [(ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0), (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 0)];
 
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 extern "C" fn choose(argc: c_int, argv: *const *const c_char, _envp: *const *const c_char) {
     // SAFETY: glibc calls `.init_array` functions with the process's argc and argv (as
     // Rust's std relies on for its own arguments); each is a NUL-terminated string.
@@ -117,6 +118,10 @@ extern "C" fn choose(argc: c_int, argv: *const *const c_char, _envp: *const *con
     }
 }
 
+/// Only where the C library hands `.init_array` functions their arguments (glibc, as
+/// Rust's std assumes for the same trick); elsewhere every process keeps glibc's
+/// malloc and mimalloc's own defaults.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[used]
 #[link_section = ".init_array"]
 static CHOOSE: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = choose;
@@ -143,6 +148,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn options_are_set_before_the_first_allocation() {
         // SAFETY: reading mimalloc's option table.
         let get = |o| unsafe { mi_option_get(o) };

@@ -72,10 +72,7 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let applied = {
-            let a = self.applied.read().unwrap();
-            Applied { last_applied: a.last_applied, membership: a.membership.clone(), data: a.data.snapshot_copy() }
-        };
+        let applied = self.applied.read().unwrap().clone();
         let snapshot_id = match &applied.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, applied.data.revision),
             None => format!("empty-{}", applied.data.revision),

@@ -189,30 +189,8 @@ pub struct Lease {
     pub keys: BTreeSet<String>,
 }
 
-/// How many recent events a shard keeps for watchers, whatever their age.
-pub const EVENT_WINDOW_MIN: usize = 10_000;
-/// Events younger than this stay beyond the minimum, up to [`EVENT_WINDOW_MAX`]: under a
-/// burst of writes (6,000 a second while 5,000 nodes take 2,000 pods a second) ten
-/// thousand events were 1.7 s of history, and the controllers' informers, a little
-/// behind on a busy thread, lost their watch and listed 20,000 pods again, which put
-/// them further behind. Kubernetes' watch cache keeps 75 s the same way.
-pub const EVENT_WINDOW_AGE: std::time::Duration = std::time::Duration::from_secs(75);
-/// The most events a shard keeps (about 5 KB each for a pod: its value and the one before).
-pub const EVENT_WINDOW_MAX: usize = 50_000;
-
-/// When each revision in the window was recorded, by this replica's clock, for
-/// [`EVENT_WINDOW_AGE`]. Not state: not in snapshots, not compared (a replica restored
-/// from a snapshot counts its window as old).
-#[derive(Debug, Clone, Default)]
-pub struct WindowClock(VecDeque<(u64, std::time::Instant)>);
-
-impl PartialEq for WindowClock {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for WindowClock {}
+/// How many recent events a shard keeps for watchers.
+pub const EVENT_WINDOW: usize = 10_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Data {
@@ -221,8 +199,6 @@ pub struct Data {
     pub kv: BTreeMap<String, Value>,
     pub leases: BTreeMap<u64, Lease>,
     pub events: VecDeque<Event>,
-    #[serde(skip)]
-    pub clock: WindowClock,
 }
 
 /// A watcher or a read asked for a revision older than the window (Kubernetes' 410 Gone).
@@ -382,46 +358,17 @@ impl Data {
         });
     }
 
-    /// A copy for a snapshot, with only the window's newest [`EVENT_WINDOW_MIN`] events
-    /// (whole revisions): what lets a restarted or caught-up replica serve watchers a
-    /// little behind, without copying and writing a burst's whole window each time.
-    pub fn snapshot_copy(&self) -> Data {
-        let mut skip = self.events.len().saturating_sub(EVENT_WINDOW_MIN);
-        while skip > 0 && skip < self.events.len() && self.events[skip].revision == self.events[skip - 1].revision {
-            skip += 1;
-        }
-        Data {
-            revision: self.revision,
-            epoch: self.epoch,
-            kv: self.kv.clone(),
-            leases: self.leases.clone(),
-            events: self.events.iter().skip(skip).cloned().collect(),
-            clock: WindowClock::default(),
-        }
-    }
-
     /// Keeps `e` in the window; the oldest revision leaves whole (a transaction's
     /// changes share one), so the window never holds part of a revision.
     fn record(&mut self, e: Event) {
-        let now = std::time::Instant::now();
-        if self.clock.0.back().is_none_or(|(r, _)| *r != e.revision) {
-            self.clock.0.push_back((e.revision, now));
+        if self.events.len() >= EVENT_WINDOW {
+            if let Some(gone) = self.events.pop_front() {
+                while self.events.front().is_some_and(|f| f.revision == gone.revision) {
+                    self.events.pop_front();
+                }
+            }
         }
         self.events.push_back(e);
-        while self.events.len() > EVENT_WINDOW_MIN {
-            let Some(oldest) = self.events.front().map(|e| e.revision) else { break };
-            let recorded = self.clock.0.front().filter(|(r, _)| *r == oldest).map(|(_, at)| *at);
-            let young = recorded.is_some_and(|at| now.duration_since(at) < EVENT_WINDOW_AGE);
-            if young && self.events.len() <= EVENT_WINDOW_MAX {
-                break;
-            }
-            while self.events.front().is_some_and(|f| f.revision == oldest) {
-                self.events.pop_front();
-            }
-            while self.clock.0.front().is_some_and(|(r, _)| *r <= oldest) {
-                self.clock.0.pop_front();
-            }
-        }
     }
 
     /// Keys in `[start, end)` (to the end when `end` is empty), at most `limit`; also
@@ -675,7 +622,7 @@ mod tests {
     #[test]
     fn the_event_window_expires_old_revisions() {
         let mut d = Data::default();
-        for i in 0..(EVENT_WINDOW_MAX + 10) {
+        for i in 0..(EVENT_WINDOW + 10) {
             d.apply(&put(&format!("k{}", i % 7), "v"));
         }
         assert_eq!(d.events_after(d.revision - 3, "").unwrap().len(), 3);
@@ -686,61 +633,22 @@ mod tests {
         assert_eq!(d.events_after(d.revision, "").unwrap().len(), 0);
     }
 
-    /// A transaction putting `x` and `y`: two events of one revision.
-    fn x_and_y_at_one_revision() -> Command {
-        op(WriteOp::Txn {
+    #[test]
+    fn a_revision_leaves_the_window_whole() {
+        let mut d = Data::default();
+        let both = op(WriteOp::Txn {
             compares: vec![],
             success: vec![
                 TxnOp::Put { key: "x".into(), value: vec![], lease: 0 },
                 TxnOp::Put { key: "y".into(), value: vec![], lease: 0 },
             ],
             failure: vec![],
-        })
-    }
-
-    #[test]
-    fn a_revision_leaves_the_window_whole() {
-        let mut d = Data::default();
-        d.apply(&x_and_y_at_one_revision());
-        for i in 0..(EVENT_WINDOW_MAX - 1) {
+        });
+        d.apply(&both);
+        for i in 0..(EVENT_WINDOW - 1) {
             d.apply(&put(&format!("k{i}"), "v"));
         }
-        assert_eq!(d.events.len(), EVENT_WINDOW_MAX - 1, "both of revision 1's changes left together");
+        assert_eq!(d.events.len(), EVENT_WINDOW - 1, "both of revision 1's changes left together");
         assert!(d.events.iter().all(|e| e.revision > 1));
-        assert_eq!(d.clock.0.front().map(|(r, _)| *r), Some(2), "the clock follows the window");
-    }
-
-    #[test]
-    fn old_events_leave_the_window_down_to_its_minimum() {
-        let mut d = Data::default();
-        for i in 0..(EVENT_WINDOW_MIN + 100) {
-            d.apply(&put(&format!("k{i}"), "v"));
-        }
-        assert_eq!(d.events.len(), EVENT_WINDOW_MIN + 100, "young events stay beyond the minimum");
-        let long_ago = std::time::Instant::now() - EVENT_WINDOW_AGE - std::time::Duration::from_secs(1);
-        d.clock.0.iter_mut().for_each(|(_, at)| *at = long_ago);
-        d.apply(&put("last", "v"));
-        assert_eq!(d.events.len(), EVENT_WINDOW_MIN);
-        assert_eq!(d.events.back().map(|e| e.key.as_str()), Some("last"));
-        assert_eq!(d.clock.0.len(), EVENT_WINDOW_MIN, "one mark per revision kept");
-    }
-
-    #[test]
-    fn a_snapshot_keeps_the_newest_whole_revisions_of_the_window() {
-        let mut d = Data::default();
-        for i in 0..(EVENT_WINDOW_MIN - 1) {
-            d.apply(&put(&format!("k{i}"), "v"));
-        }
-        d.apply(&x_and_y_at_one_revision());
-        for i in 0..(EVENT_WINDOW_MIN - 1) {
-            d.apply(&put(&format!("k{i}"), "w"));
-        }
-        // The newest 10,000 events would begin with y, the second half of a transaction.
-        let copy = d.snapshot_copy();
-        assert_eq!(copy.events.len(), EVENT_WINDOW_MIN - 1);
-        assert_eq!((copy.kv, copy.revision), (d.kv.clone(), d.revision));
-        assert!(copy.events.iter().all(|e| e.key != "x" && e.key != "y"));
-        let small = Data { events: d.events.iter().rev().take(3).rev().cloned().collect(), ..d.clone() };
-        assert_eq!(small.snapshot_copy().events, small.events, "a short window is kept whole");
     }
 }
