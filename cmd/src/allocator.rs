@@ -119,8 +119,8 @@ extern "C" fn choose(argc: c_int, argv: *const *const c_char, _envp: *const *con
 }
 
 /// Only where the C library hands `.init_array` functions their arguments (glibc, as
-/// Rust's std assumes for the same trick); elsewhere every process keeps glibc's
-/// malloc and mimalloc's own defaults.
+/// Rust's std assumes for the same trick); elsewhere every process keeps the system's
+/// allocator.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[used]
 #[link_section = ".init_array"]
