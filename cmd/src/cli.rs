@@ -120,6 +120,10 @@ pub struct UpArgs {
     /// Snapshot the store (and compact its log) every this many entries.
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_every: u64,
+    /// Events younger than this stay in each shard's watch window beyond its last 10,000
+    /// (up to 50,000): how far behind a watcher may fall under a burst before it must list again.
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub event_window_age: Duration,
     /// How many node agents to run (`agent-1` …), each a node that runs pods.
     #[arg(long, default_value_t = 2)]
     pub agents: u32,
@@ -273,6 +277,10 @@ pub struct ServerArgs {
     /// Snapshot the store (and compact its log) every this many entries.
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_every: u64,
+    /// Events younger than this stay in each shard's watch window beyond its last 10,000
+    /// (up to 50,000): how far behind a watcher may fall under a burst before it must list again.
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub event_window_age: Duration,
     /// How long pods stay on a node found lost before they are evicted and replaced,
     /// unless they say otherwise (the not-ready/unreachable tolerations every pod gets).
     #[arg(long, default_value_t = 1)]

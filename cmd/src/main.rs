@@ -27,8 +27,8 @@ use keelson_actors::member::{agent_tree, server_tree, AgentNode, ServerParts};
 use keelson_actors::store::StoreConfig;
 use keelson_actors::transport::{Admission, Router};
 use keelson_config::{
-    AdminConfig, Backoff, ControlPlaneConfig, HeartbeatConfig, KubeletConfig, MemberConfig, PodNetworkMode,
-    SupervisorConfig,
+    AdminConfig, Backoff, ControlPlaneConfig, EventWindow, HeartbeatConfig, KubeletConfig, MemberConfig,
+    PodNetworkMode, SupervisorConfig,
 };
 use keelson_transport::tls::{Identity, Role};
 use keelson_transport::{Transport, TransportConfig};
@@ -252,6 +252,7 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
     let store = StoreConfig {
         shards: args.shards.max(1),
         snapshot_every: args.snapshot_every,
+        event_window: EventWindow { age: args.event_window_age, ..EventWindow::default() },
         ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members)
     }
     .validate()?;

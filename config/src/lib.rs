@@ -170,6 +170,25 @@ pub struct StoreConfig {
     /// How long a client operation may take, forwarding included.
     #[serde(with = "millis")]
     pub deadline: Duration,
+    /// How much history each shard keeps for watchers that are behind.
+    pub event_window: EventWindow,
+}
+
+/// A shard's window of recent events: the last `min` whatever their age, and beyond
+/// that up to `max` younger than `age` (as Kubernetes' watch cache keeps 75 s). A
+/// watcher or paginated list older than the window is told 410 Expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventWindow {
+    pub min: usize,
+    pub max: usize,
+    #[serde(with = "millis")]
+    pub age: Duration,
+}
+
+impl Default for EventWindow {
+    fn default() -> Self {
+        Self { min: 10_000, max: 50_000, age: Duration::from_secs(75) }
+    }
 }
 
 impl StoreConfig {
@@ -182,6 +201,7 @@ impl StoreConfig {
             heartbeat: Duration::from_millis(100),
             snapshot_every: 5_000,
             deadline: Duration::from_secs(5),
+            event_window: EventWindow::default(),
         }
     }
 
@@ -201,6 +221,10 @@ impl StoreConfig {
         }
         if self.snapshot_every < 10 {
             return Err(invalid("store.snapshot_every", "at least 10 entries"));
+        }
+        let w = self.event_window;
+        if w.min < 100 || w.max < w.min {
+            return Err(invalid("store.event_window", "at least 100 events, and max no less than min"));
         }
         Ok(self)
     }
@@ -273,6 +297,10 @@ mod tests {
         assert!(ok.clone().validate().is_ok());
         assert!(StoreConfig { shards: 0, ..ok.clone() }.validate().is_err());
         assert!(StoreConfig { snapshot_every: 3, ..ok.clone() }.validate().is_err());
+        let window = |min, max| EventWindow { min, max, ..EventWindow::default() };
+        assert!(StoreConfig { event_window: window(10, 50), ..ok.clone() }.validate().is_err());
+        assert!(StoreConfig { event_window: window(2_000, 1_000), ..ok.clone() }.validate().is_err());
+        assert!(StoreConfig { event_window: window(1_000, 1_000), ..ok.clone() }.validate().is_ok());
         assert!(StoreConfig { members: vec!["Bad Name".into()], ..ok.clone() }.validate().is_err());
         let slow_heartbeat = StoreConfig { heartbeat: Duration::from_millis(200), ..ok };
         assert!(slow_heartbeat.validate().is_err());

@@ -305,7 +305,7 @@ mod tests {
             std::fs::create_dir_all(&dir).map_err(write_err)?;
             let db = Database::create(dir.join("raft.redb")).map_err(write_err)?;
             let log = LogStore::new(Arc::new(db), "suite").map_err(write_err)?;
-            let sm = StateMachine::open(dir.join("sm")).map_err(write_err)?;
+            let sm = StateMachine::open(dir.join("sm"), Default::default()).map_err(write_err)?;
             Ok((Scratch(dir), log, sm))
         }
     }

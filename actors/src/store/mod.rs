@@ -102,6 +102,7 @@ pub fn store_tree(
             init: !cfg.members.is_empty() && cfg.members[shard as usize % cfg.members.len()] == member.member(),
             raft: raft_config(cfg, shard),
             deadline: cfg.deadline,
+            event_window: cfg.event_window,
         });
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let (t, routes) = (transport.clone(), router.clone());

@@ -57,6 +57,7 @@ pub struct ReplicaConfig {
     pub raft: openraft::Config,
     /// How long a client operation may take, forwarding included.
     pub deadline: Duration,
+    pub event_window: keelson_config::EventWindow,
 }
 
 /// Subscribe to this replica's changes (for watches): its applied data and a
@@ -191,7 +192,8 @@ async fn open(
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot open the raft log: {e}"))?;
     let log = LogStore::new(Arc::new(db), &format!("shard-{}", cfg.shard)).map_err(|e| e.to_string())?;
-    let sm = StateMachine::open(cfg.dir.clone()).map_err(|e| format!("cannot open the snapshot: {e}"))?;
+    let sm =
+        StateMachine::open(cfg.dir.clone(), cfg.event_window).map_err(|e| format!("cannot open the snapshot: {e}"))?;
     let (applied, revision) = (sm.applied.clone(), sm.revision.clone());
     let raft_cfg = Arc::new(cfg.raft.clone().validate().map_err(|e| e.to_string())?);
     let network = Network { transport: transport.clone(), shard: cfg.shard, from };

@@ -9,6 +9,7 @@ use std::io::{Cursor, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use keelson_config::EventWindow;
 use keelson_transport::frame::{from_payload, to_payload};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -40,6 +41,8 @@ pub struct StateMachine {
     /// The data's revision after every apply or snapshot install: watchers wait on it.
     pub revision: Arc<tokio::sync::watch::Sender<u64>>,
     dir: PathBuf,
+    /// The event window's bounds, set again on data restored from a snapshot.
+    window: EventWindow,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -48,15 +51,16 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl StateMachine {
     /// Opens the replica's state at `dir`, starting from its last snapshot if any.
-    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+    pub fn open(dir: PathBuf, window: EventWindow) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        let applied = match std::fs::read(dir.join("snapshot.bin")) {
+        let mut applied = match std::fs::read(dir.join("snapshot.bin")) {
             Ok(bytes) => from_payload::<StoredSnapshot>(&bytes).map_err(std::io::Error::other)?.applied,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::default(),
             Err(e) => return Err(e),
         };
+        applied.data.set_window(window);
         let revision = Arc::new(tokio::sync::watch::Sender::new(applied.data.revision));
-        Ok(Self { applied: Arc::new(RwLock::new(applied)), revision, dir })
+        Ok(Self { applied: Arc::new(RwLock::new(applied)), revision, dir, window })
     }
 
     fn persist(&self, snap: &StoredSnapshot) -> Result<Vec<u8>, StorageError<NodeId>> {
@@ -72,7 +76,10 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let applied = self.applied.read().unwrap().clone();
+        let applied = {
+            let a = self.applied.read().unwrap();
+            Applied { last_applied: a.last_applied, membership: a.membership.clone(), data: a.data.snapshot_copy() }
+        };
         let snapshot_id = match &applied.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, applied.data.revision),
             None => format!("empty-{}", applied.data.revision),
@@ -139,7 +146,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let stored: StoredSnapshot = from_payload(snapshot.get_ref()).map_err(sm_err)?;
         let stored = StoredSnapshot { meta: meta.clone(), applied: stored.applied };
         let me = self.clone();
-        let applied = stored.applied.clone();
+        let mut applied = stored.applied.clone();
+        applied.data.set_window(self.window);
         tokio::task::spawn_blocking(move || me.persist(&stored)).await.map_err(sm_err)??;
         let revision = applied.data.revision;
         *self.applied.write().unwrap() = applied;
