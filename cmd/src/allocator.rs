@@ -139,6 +139,7 @@ mod tests {
         assert!(!takes("keelson agent --name agent-1"));
         assert!(!takes("keelson up"));
         assert!(!takes("keelson shim /var/lib/x"));
+        assert!(!takes("keelson shim-spawner /var/lib/x"));
         assert!(!takes("keelson"));
         assert!(takes("keelson --data-dir server --log-format=json server --name s"));
         assert!(!takes("keelson --data-dir server agent --name a"));

@@ -60,6 +60,10 @@ pub enum Command {
     /// Own one container of the process runtime (started by the kubelet, not by hand).
     #[command(hide = true)]
     Shim { dir: PathBuf },
+    /// Fork a shim for each container folder of ROOT read from standard input (started
+    /// once by the process runtime, not by hand).
+    #[command(hide = true)]
+    ShimSpawner { root: PathBuf },
     /// Print every running member's supervision tree.
     Tree {
         /// Redraw every --interval.

@@ -59,9 +59,11 @@ fn api_setup(data: &DataDir, name: &str, listen: std::net::SocketAddr) -> Result
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Shim { dir } = &cli.command {
-        // The shim stays small: no logging set-up, no runtime; it only watches its container.
-        return ExitCode::from(keelson_actors::cri::shim::run(dir) as u8);
+    // The shim and its spawner stay small: no logging set-up, no runtime.
+    match &cli.command {
+        Command::Shim { dir } => return ExitCode::from(keelson_actors::cri::shim::run(dir) as u8),
+        Command::ShimSpawner { root } => return ExitCode::from(keelson_actors::cri::spawner::serve(root) as u8),
+        _ => {}
     }
     let quiet = !matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_));
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
@@ -94,7 +96,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Up(args) => up::run(args, &data_dir, cli.log_format.as_str()),
         Command::Server(args) => server(args, &data_dir),
         Command::Agent(args) => agent(args, &data_dir),
-        Command::Shim { .. } => unreachable!("dispatched in main"),
+        Command::Shim { .. } | Command::ShimSpawner { .. } => unreachable!("dispatched in main"),
         Command::Tree { watch, interval, json } => {
             let data = DataDir::existing(&data_dir)?;
             block_on(observe::tree(&data, json, watch.then_some(interval)))

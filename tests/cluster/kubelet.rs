@@ -222,6 +222,20 @@ spec:
     ok(kc, &["delete", "pod", "hog", "spin", "--grace-period", "1"]);
 }
 
+/// The pids of the processes whose command lines hold every one of `parts`.
+fn pids_running(parts: &[&str]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            parts.iter().all(|p| cmd.contains(p))
+        })
+        .collect()
+}
+
 fn no_leftovers(data: &Path) {
     let ours = |cmd: &str| cmd.contains(data.to_str().unwrap()) || cmd.contains("keelson-kt-");
     let procs: Vec<String> = std::fs::read_dir("/proc")
@@ -468,6 +482,19 @@ spec:
     eventually("the kubelet's node actor is back", Duration::from_secs(20), || {
         actor(&data, "/agent-1/kubelet/node").is_some_and(|a| a["incarnation"].as_u64() >= Some(2))
     });
+    // The agents' shim spawners killed: the replacement below needs one, and gets it
+    // started again; the running containers are not theirs to lose.
+    // (The shims it forked share its command line; they are named keelson-shim.)
+    let comm = |pid: &i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let spawners: Vec<i32> = pids_running(&["shim-spawner", data.to_str().unwrap()])
+        .into_iter()
+        .filter(|p| comm(p).trim() != "keelson-shim")
+        .collect();
+    assert!(!spawners.is_empty(), "agent-2 has started containers, so it has a spawner");
+    for pid in &spawners {
+        // SAFETY: killing the test's own spawner processes.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
     let victim = pods(&kc, "app=web").into_iter().find(|p| p["spec"]["nodeName"] == "agent-1").unwrap();
     let victim = victim["metadata"]["name"].as_str().unwrap().to_string();
     ok(&kc, &["delete", "pod", &victim, "--grace-period", "1"]);

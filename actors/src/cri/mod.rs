@@ -5,7 +5,8 @@
 //! - `process.rs`: the embedded default. Each container is a child process of its own
 //!   small shim (`shim.rs`, this binary run as `keelson shim`), which owns the process,
 //!   writes its output and exit status to files and outlives the agent, so a restarted
-//!   kubelet finds its containers still running and adopts them.
+//!   kubelet finds its containers still running and adopts them. Shims are forked by
+//!   one small spawner process per agent (`spawner.rs`) rather than exec'd each.
 //! - `logs.rs`: container logs in the CRI format (`<time> stdout F <line>`) and the
 //!   reading `kubectl logs` asks for (tail, since, timestamps, follow).
 //! - `mounts.rs`: volumes bound into a container's own mount namespace (as root);
@@ -20,6 +21,7 @@ pub mod netlink;
 pub mod network;
 pub mod process;
 pub mod shim;
+pub mod spawner;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 
 use super::cgroups::Layout;
 use super::shim::{start_ticks, write_json, Started};
+use super::spawner::Spawner;
 use super::{ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecSession, Exit, Result, RuntimeError};
 
 /// How long a start may take before the runtime gives up on it.
@@ -22,8 +23,8 @@ const START_WAIT: Duration = Duration::from_secs(10);
 
 pub struct ProcessRuntime {
     root: PathBuf,
-    /// The program run as the shim (`<it> shim <dir>`): this binary.
-    shim: PathBuf,
+    /// Forks each container's shim (`spawner.rs`).
+    spawner: std::sync::Mutex<Spawner>,
     /// The host's cgroups, or why containers cannot be held to limits here.
     cgroups: std::result::Result<Layout, String>,
 }
@@ -44,6 +45,13 @@ fn reap(pid: u32) {
     unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
 }
 
+/// `shim.pid`: "pid start-ticks" (a reused pid, after a reboot, is not the shim).
+fn shim_pid(dir: &Path) -> Option<(u32, Option<u64>)> {
+    let text = std::fs::read_to_string(dir.join("shim.pid")).ok()?;
+    let mut it = text.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next().and_then(|t| t.parse().ok())))
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -52,7 +60,8 @@ impl ProcessRuntime {
     pub fn new(root: PathBuf, shim: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&root).map_err(RuntimeError::io(format!("cannot make {}", root.display())))?;
         let cgroups = Layout::detect(Path::new(super::cgroups::ROOT));
-        Ok(Self { root, shim, cgroups })
+        let spawner = std::sync::Mutex::new(Spawner::new(shim, root.clone()));
+        Ok(Self { root, spawner, cgroups })
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -68,14 +77,9 @@ impl ProcessRuntime {
         let started: Option<Started> = read_json(&dir.join("started.json"));
         let mut exit: Option<Exit> = read_json(&dir.join("exit.json"));
         if exit.is_none() {
-            // "pid start-ticks": a reused pid (after a reboot) is not the shim.
-            let shim_alive = std::fs::read_to_string(dir.join("shim.pid")).ok().is_some_and(|p| {
-                let mut it = p.split_whitespace().map(|x| x.parse::<u64>().ok());
-                match (it.next().flatten(), it.next().flatten()) {
-                    (Some(pid), Some(ticks)) => start_ticks(pid as u32) == Some(ticks),
-                    (Some(pid), None) => start_ticks(pid as u32).is_some(),
-                    _ => false,
-                }
+            let shim_alive = shim_pid(&dir).is_some_and(|(pid, ticks)| match ticks {
+                Some(ticks) => start_ticks(pid) == Some(ticks),
+                None => start_ticks(pid).is_some(),
             });
             // The shim may have written the exit just before it ended: read it again.
             if !shim_alive {
@@ -107,8 +111,14 @@ impl ProcessRuntime {
                 let _ = std::fs::remove_file(&tmp);
                 exit = read_json(&dir.join("exit.json")).or(Some(lost));
             }
-        } else if let Some(s) = &started {
-            reap(s.pid);
+        } else {
+            if let Some(s) = &started {
+                reap(s.pid);
+            }
+            // A shim whose spawner ended before it was re-parented to the agent.
+            if let Some((pid, _)) = shim_pid(&dir) {
+                reap(pid);
+            }
         }
         Ok(ContainerStatus {
             id: id.to_string(),
@@ -172,18 +182,8 @@ impl ProcessRuntime {
         }
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("cannot make {}", dir.display())))?;
         write_json(&dir, "spec.json", &spec).map_err(RuntimeError::io("cannot write the container's spec"))?;
-        let mut cmd = Command::new(&self.shim);
-        cmd.arg("shim").arg(&dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: setsid between fork and exec: the shim leads its own session.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(RuntimeError::io(format!("cannot start {}", self.shim.display())))?;
-        // The shim is our child: reap it when it ends.
-        std::thread::spawn(move || child.wait());
+        let spawned = self.spawner.lock().unwrap_or_else(|e| e.into_inner()).spawn(&dir);
+        spawned.map_err(RuntimeError::io("cannot start the container's shim"))?;
         let until = tokio::time::Instant::now() + START_WAIT;
         loop {
             if dir.join("started.json").exists() || dir.join("exit.json").exists() {

@@ -78,7 +78,7 @@ pub fn run(dir: &Path) -> i32 {
     }
 }
 
-fn ignore_signals() {
+pub(super) fn ignore_signals() {
     for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE] {
         // SAFETY: setting a signal's disposition to SIG_IGN has no handler to be unsafe in.
         unsafe { libc::signal(sig, libc::SIG_IGN) };

@@ -77,12 +77,16 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
             bail!("could not create the Deployment");
         }
         let mut seen: HashMap<String, Instant> = HashMap::new();
+        let mut bound: HashMap<String, Instant> = HashMap::new();
         let mut running: HashMap<String, Instant> = HashMap::new();
         while running.len() < args.pods as usize {
             match tokio::time::timeout(Duration::from_secs(120), events.recv()).await {
                 Ok(Some((o, at))) => {
                     let name = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
                     seen.entry(name.clone()).or_insert(at);
+                    if o["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+                        bound.entry(name.clone()).or_insert(at);
+                    }
                     let is_running = o["status"]["phase"] == "Running"
                         && o["status"]["containerStatuses"][0]["state"]["running"].is_object();
                     if is_running {
@@ -96,6 +100,19 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
         let mut from_pod: Vec<Duration> = running.iter().map(|(n, t)| t.duration_since(seen[n])).collect();
         from_create.sort();
         from_pod.sort();
+        // Where the time goes: the ReplicaSet's creates, the scheduler, the kubelets.
+        let stage = |from: &dyn Fn(&str) -> Option<Instant>, to: &HashMap<String, Instant>| {
+            let mut d: Vec<Duration> =
+                to.iter().filter_map(|(n, t)| from(n).map(|f| t.saturating_duration_since(f))).collect();
+            d.sort();
+            format!("p50 {:.0} ms, p99 {:.0} ms", pct(&d, 0.50), pct(&d, 0.99))
+        };
+        println!(
+            "stages: create → each pod created {}; pod created → bound {}; bound → Running {}",
+            stage(&|_| Some(created), &seen),
+            stage(&|n| seen.get(n).copied(), &bound),
+            stage(&|n| bound.get(n).copied(), &running)
+        );
         println!(
             "pod startup, Deployment of {} (from its create to each pod Running): p50 {:.0} ms, p99 {:.0} ms, all {:.0} ms",
             args.pods,
