@@ -157,6 +157,18 @@ struct Run {
     adopted: bool,
     /// The pod's volumes, made before its first container starts.
     volumes: Option<super::volumes::Prepared>,
+    /// When this worker began, and how long the pod's network and first start took:
+    /// logged (debug) once the pod is first reported Running.
+    began: Instant,
+    first_start: FirstStart,
+}
+
+/// How long a pod's first start took (network, containers), until it is logged.
+#[derive(Clone, Copy)]
+enum FirstStart {
+    Pending,
+    Took(Duration, Duration),
+    Logged,
 }
 
 impl Run {
@@ -172,6 +184,8 @@ impl Run {
             reported: None,
             adopted: false,
             volumes: None,
+            began: Instant::now(),
+            first_start: FirstStart::Pending,
         }
     }
 
@@ -267,6 +281,7 @@ impl Run {
                 }
             }
         }
+        let network = self.began.elapsed();
         let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
         let init = self.step_init(pod, &policy).await;
         let mut settled = Vec::new();
@@ -291,6 +306,9 @@ impl Run {
             if let Some(due) = due {
                 next = next.min(due.saturating_duration_since(Instant::now()).max(Duration::from_millis(20)));
             }
+        }
+        if let FirstStart::Pending = self.first_start {
+            self.first_start = FirstStart::Took(network, self.began.elapsed());
         }
         self.report(pod, init, &settled).await;
         next
@@ -691,7 +709,16 @@ impl Run {
         }
         let path = format!("{}/status", self.api_path());
         match self.shared.client.merge_patch(&path, &json!({"status": status})).await {
-            Ok(_) => self.reported = Some(status),
+            Ok(_) => {
+                if let (FirstStart::Took(network, started), "Running") =
+                    (self.first_start, status["phase"].as_str().unwrap_or_default())
+                {
+                    let reported = self.began.elapsed();
+                    tracing::debug!(pod = %self.key, ?network, ?started, ?reported, "Running, since the worker began");
+                    self.first_start = FirstStart::Logged;
+                }
+                self.reported = Some(status)
+            }
             Err(e) => tracing::debug!(pod = %self.key, error = %e, "status not written; again next pass"),
         }
     }
