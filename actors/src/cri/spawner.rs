@@ -15,17 +15,67 @@
 //! gone). It ignores `SIGCHLD`, so the kernel reaps the shims that end; each shim sets
 //! it back first, since it waits for its own container. A shim that outlives the
 //! spawner is re-parented to the agent (a subreaper), which reaps it (`process.rs`).
+//!
+//! A spawner found gone before it read a request is started again and asked again. One
+//! that read it and then ended, or gave no answer within 5 s (stopped from outside), is
+//! killed and the start fails: it may have forked the shim, and a second one would run
+//! the container twice. The kubelet looks at the container again (its folder is there)
+//! and the next start gets a new spawner.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+/// How long the spawner may take to answer before it is taken for stuck.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a shim was not had from the spawner.
+enum Failed {
+    /// The request never reached it (it was gone).
+    NotAsked(std::io::Error),
+    /// It read the request and gave no answer: a shim may have been forked.
+    Unanswered(std::io::Error),
+    /// It (or the request) said no.
+    Refused(std::io::Error),
+}
+
+impl Failed {
+    fn into_inner(self) -> std::io::Error {
+        match self {
+            Failed::NotAsked(e) | Failed::Unanswered(e) | Failed::Refused(e) => e,
+        }
+    }
+}
+
+fn invalid(reason: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, reason)
+}
+
+/// Whether `fd` becomes readable (or closed) within `wait`.
+fn readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: poll on one descriptor we own, with a count of 1.
+        match unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) } {
+            n if n > 0 => return true,
+            0 => return false,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => return true, // the read that follows reports the error
+        }
+    }
+}
 
 /// The runtime's side: the running spawner, started again if it is found gone.
 pub struct Spawner {
     program: PathBuf,
     root: PathBuf,
     running: Option<Running>,
+    answer_wait: Duration,
 }
 
 struct Running {
@@ -37,43 +87,62 @@ struct Running {
 impl Spawner {
     /// A spawner that runs `<program> shim-spawner <root>` when first asked for a shim.
     pub fn new(program: PathBuf, root: PathBuf) -> Self {
-        Self { program, root, running: None }
+        Self { program, root, running: None, answer_wait: ANSWER_WAIT }
     }
 
     /// Starts the shim for the container in `dir`; its pid.
     pub fn spawn(&mut self, dir: &Path) -> std::io::Result<u32> {
-        // A spawner that died (killed from outside) shows as a broken pipe or an end of
-        // its answers: it is started again once.
         match self.ask(dir) {
             Ok(pid) => Ok(pid),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(e),
-            Err(e) => {
+            // Gone before it read the request (killed from outside): started again, and
+            // asked again once.
+            Err(Failed::NotAsked(e)) => {
                 tracing::warn!(error = %e, "the shim spawner is gone; starting it again");
                 self.stop();
-                self.ask(dir)
+                self.ask(dir).map_err(Failed::into_inner)
             }
+            // Gone or stuck after it read the request: it may have forked the shim, so
+            // it is not asked twice; the container's start fails and is looked at again.
+            Err(Failed::Unanswered(e)) => {
+                tracing::warn!(error = %e, "the shim spawner did not answer; it is stopped");
+                self.stop();
+                Err(e)
+            }
+            Err(Failed::Refused(e)) => Err(e),
         }
     }
 
-    fn ask(&mut self, dir: &Path) -> std::io::Result<u32> {
-        if self.running.is_none() {
-            self.running = Some(self.start()?);
-        }
-        let r = self.running.as_mut().expect("started above");
+    fn ask(&mut self, dir: &Path) -> Result<u32, Failed> {
         let mut request = dir.as_os_str().as_bytes().to_vec();
         if request.contains(&0) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a folder name holds a NUL"));
+            return Err(Failed::Refused(invalid("a folder name holds a NUL".into())));
         }
         request.push(0);
-        r.to.write_all(&request)?;
+        if self.running.is_none() {
+            self.running = Some(self.start().map_err(Failed::Refused)?);
+        }
+        let r = self.running.as_mut().expect("started above");
+        r.to.write_all(&request).map_err(Failed::NotAsked)?;
+        // The answer is one short write: once the pipe is readable, the line is there.
+        if r.from.buffer().is_empty() && !readable(r.from.get_ref().as_raw_fd(), self.answer_wait) {
+            return Err(Failed::Unanswered(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the shim spawner did not answer within {:?}", self.answer_wait),
+            )));
+        }
         let mut answer = String::new();
-        if r.from.read_line(&mut answer)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the shim spawner ended"));
+        match r.from.read_line(&mut answer) {
+            Ok(0) => {
+                let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the shim spawner ended");
+                return Err(Failed::Unanswered(e));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Failed::Unanswered(e)),
         }
         let answer = answer.trim_end();
         match answer.strip_prefix('!') {
-            Some(reason) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, reason.to_string())),
-            None => answer.parse().map_err(|_| std::io::Error::other(format!("the spawner answered {answer:?}"))),
+            Some(reason) => Err(Failed::Refused(invalid(reason.to_string()))),
+            None => answer.parse().map_err(|_| Failed::Refused(invalid(format!("the spawner answered {answer:?}")))),
         }
     }
 
@@ -173,4 +242,69 @@ fn shim_child(dir: &Path) -> i32 {
         }
     }
     super::shim::run(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spawner played by a bash script (`$1` is `shim-spawner`, `$2` the root).
+    fn scripted(body: &str) -> (Spawner, PathBuf) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("keelson-spawner-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("spawner");
+        std::fs::write(&script, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut s = Spawner::new(script, dir.join("containers"));
+        s.answer_wait = Duration::from_millis(300);
+        (s, dir)
+    }
+
+    #[test]
+    fn each_folder_gets_the_pid_the_spawner_answers() {
+        let (mut s, dir) = scripted(
+            r#"n=100; while IFS= read -r -d '' d; do [[ $d == $2/* ]] && echo $((n++)) || echo "!not $d"; done"#,
+        );
+        let root = dir.join("containers");
+        assert_eq!(s.spawn(&root.join("a")).unwrap(), 100);
+        assert_eq!(s.spawn(&root.join("b")).unwrap(), 101, "one spawner for every shim");
+        let refused = s.spawn(Path::new("/elsewhere/c")).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(refused.to_string().contains("/elsewhere/c"), "{refused}");
+        assert_eq!(s.spawn(&root.join("d")).unwrap(), 102, "a refusal does not stop it");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_spawner_that_does_not_answer_is_stopped_and_not_asked_twice() {
+        // Reads the request, answers nothing the first time; the next one answers.
+        let (mut s, dir) = scripted(
+            r#"f="$(dirname "$0")/asked"; if [[ -e $f ]]; then echo again >> "$f"; else touch "$f"; fi
+               while IFS= read -r -d '' d; do [[ $(wc -l < "$f") -ge 1 ]] && echo 7; done"#,
+        );
+        let root = dir.join("containers");
+        let e = s.spawn(&root.join("a")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert_eq!(std::fs::read_to_string(dir.join("asked")).unwrap(), "", "started once, for the one request");
+        assert!(s.running.is_none(), "the stuck spawner was stopped");
+        assert_eq!(s.spawn(&root.join("b")).unwrap(), 7, "the next start gets a new spawner");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_spawner_found_gone_is_started_again() {
+        let (mut s, dir) = scripted(r#"while IFS= read -r -d '' d; do echo $$; done"#);
+        let root = dir.join("containers");
+        let first = s.spawn(&root.join("a")).unwrap();
+        s.running.as_mut().unwrap().child.kill().unwrap();
+        s.running.as_mut().unwrap().child.wait().unwrap();
+        let second = s.spawn(&root.join("b")).unwrap();
+        assert_ne!(first, second, "answered by a new spawner");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
