@@ -678,6 +678,18 @@ mod tests {
     /// Small bounds, so the window's edges are reached in a few hundred writes.
     const WINDOW: EventWindow = EventWindow { min: 100, max: 500, age: std::time::Duration::from_secs(75) };
 
+    /// One revision with two changes: x and y put together.
+    fn x_and_y() -> Command {
+        op(WriteOp::Txn {
+            compares: vec![],
+            success: vec![
+                TxnOp::Put { key: "x".into(), value: vec![], lease: 0 },
+                TxnOp::Put { key: "y".into(), value: vec![], lease: 0 },
+            ],
+            failure: vec![],
+        })
+    }
+
     fn windowed(bounds: EventWindow) -> Data {
         let mut d = Data::default();
         d.set_window(bounds);
@@ -702,15 +714,7 @@ mod tests {
     #[test]
     fn a_revision_leaves_the_window_whole() {
         let mut d = windowed(WINDOW);
-        let both = op(WriteOp::Txn {
-            compares: vec![],
-            success: vec![
-                TxnOp::Put { key: "x".into(), value: vec![], lease: 0 },
-                TxnOp::Put { key: "y".into(), value: vec![], lease: 0 },
-            ],
-            failure: vec![],
-        });
-        d.apply(&both);
+        d.apply(&x_and_y());
         for i in 0..(WINDOW.max - 1) {
             d.apply(&put(&format!("k{i}"), "v"));
         }
@@ -755,15 +759,7 @@ mod tests {
         for i in 0..(WINDOW.min - 1) {
             d.apply(&put(&format!("k{i}"), "v"));
         }
-        let both = op(WriteOp::Txn {
-            compares: vec![],
-            success: vec![
-                TxnOp::Put { key: "x".into(), value: vec![], lease: 0 },
-                TxnOp::Put { key: "y".into(), value: vec![], lease: 0 },
-            ],
-            failure: vec![],
-        });
-        d.apply(&both);
+        d.apply(&x_and_y());
         for i in 0..(WINDOW.min - 1) {
             d.apply(&put(&format!("k{i}"), "w"));
         }
