@@ -222,30 +222,27 @@ spec:
     ok(kc, &["delete", "pod", "hog", "spin", "--grace-period", "1"]);
 }
 
-/// The pids of the processes whose command lines hold every one of `parts`.
-fn pids_running(parts: &[&str]) -> Vec<i32> {
+/// Every process on the machine: its pid and its command line (arguments joined by spaces).
+fn processes() -> Vec<(i32, String)> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            parts.iter().all(|p| cmd.contains(p))
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
         })
         .collect()
 }
 
+/// The pids of the processes whose command lines hold every one of `parts`.
+fn pids_running(parts: &[&str]) -> Vec<i32> {
+    processes().into_iter().filter(|(_, cmd)| parts.iter().all(|p| cmd.contains(p))).map(|(pid, _)| pid).collect()
+}
+
 fn no_leftovers(data: &Path) {
     let ours = |cmd: &str| cmd.contains(data.to_str().unwrap()) || cmd.contains("keelson-kt-");
-    let procs: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| ours(c))
-        .collect();
+    let procs: Vec<String> = processes().into_iter().map(|(_, cmd)| cmd).filter(|c| ours(c)).collect();
     assert!(procs.is_empty(), "processes left behind: {procs:?}");
 }
 

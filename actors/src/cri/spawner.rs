@@ -42,14 +42,6 @@ enum Failed {
     Refused(std::io::Error),
 }
 
-impl Failed {
-    fn into_inner(self) -> std::io::Error {
-        match self {
-            Failed::NotAsked(e) | Failed::Unanswered(e) | Failed::Refused(e) => e,
-        }
-    }
-}
-
 fn invalid(reason: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, reason)
 }
@@ -92,23 +84,27 @@ impl Spawner {
 
     /// Starts the shim for the container in `dir`; its pid.
     pub fn spawn(&mut self, dir: &Path) -> std::io::Result<u32> {
-        match self.ask(dir) {
-            Ok(pid) => Ok(pid),
-            // Gone before it read the request (killed from outside): started again, and
-            // asked again once.
-            Err(Failed::NotAsked(e)) => {
-                tracing::warn!(error = %e, "the shim spawner is gone; starting it again");
-                self.stop();
-                self.ask(dir).map_err(Failed::into_inner)
+        let mut again = false;
+        loop {
+            match self.ask(dir) {
+                Ok(pid) => return Ok(pid),
+                Err(Failed::Refused(e)) => return Err(e),
+                // Gone before it read the request (killed from outside): started again,
+                // and asked again once.
+                Err(Failed::NotAsked(e)) if !again => {
+                    tracing::warn!(error = %e, "the shim spawner is gone; starting it again");
+                    self.stop();
+                    again = true;
+                }
+                // Gone or stuck after it read the request: it may have forked the shim,
+                // so it is not asked twice; the container's start fails and is looked at
+                // again. Stopped either way, so no late answer is read as the next one's.
+                Err(Failed::NotAsked(e) | Failed::Unanswered(e)) => {
+                    tracing::warn!(error = %e, "the shim spawner did not answer; it is stopped");
+                    self.stop();
+                    return Err(e);
+                }
             }
-            // Gone or stuck after it read the request: it may have forked the shim, so
-            // it is not asked twice; the container's start fails and is looked at again.
-            Err(Failed::Unanswered(e)) => {
-                tracing::warn!(error = %e, "the shim spawner did not answer; it is stopped");
-                self.stop();
-                Err(e)
-            }
-            Err(Failed::Refused(e)) => Err(e),
         }
     }
 
@@ -201,18 +197,15 @@ pub fn serve(root: &Path) -> i32 {
             return 0;
         }
         let path = PathBuf::from(std::ffi::OsStr::from_bytes(&dir));
-        if path.parent() != Some(root) {
-            let refused = format!("!{} is not a container folder of {}\n", path.display(), root.display());
-            if std::io::stdout().write_all(refused.as_bytes()).and_then(|()| std::io::stdout().flush()).is_err() {
-                return 0;
+        let answer = if path.parent() != Some(root) {
+            format!("!{} is not a container folder of {}\n", path.display(), root.display())
+        } else {
+            // SAFETY: this process has one thread, so its child may do anything.
+            match unsafe { libc::fork() } {
+                0 => std::process::exit(shim_child(&path)),
+                pid if pid > 0 => format!("{pid}\n"),
+                _ => format!("!cannot fork the shim: {}\n", std::io::Error::last_os_error()),
             }
-            continue;
-        }
-        // SAFETY: this process has one thread, so its child may do anything.
-        let answer = match unsafe { libc::fork() } {
-            0 => std::process::exit(shim_child(&path)),
-            pid if pid > 0 => format!("{pid}\n"),
-            _ => format!("!cannot fork the shim: {}\n", std::io::Error::last_os_error()),
         };
         // Flushed at once, so a child forked next holds no copy of an answer to write again.
         let mut out = std::io::stdout().lock();
@@ -291,6 +284,24 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("asked")).unwrap(), "", "started once, for the one request");
         assert!(s.running.is_none(), "the stuck spawner was stopped");
         assert_eq!(s.spawn(&root.join("b")).unwrap(), 7, "the next start gets a new spawner");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_spawner_that_does_not_answer_is_stopped_too() {
+        // The first one answers; the one started after it was killed stays silent.
+        let (mut s, dir) = scripted(
+            r#"f="$(dirname "$0")/starts"; echo start >> "$f"
+               while IFS= read -r -d '' d; do [[ $(wc -l < "$f") -eq 1 ]] && echo 5; done"#,
+        );
+        let root = dir.join("containers");
+        assert_eq!(s.spawn(&root.join("a")).unwrap(), 5);
+        s.running.as_mut().unwrap().child.kill().unwrap();
+        s.running.as_mut().unwrap().child.wait().unwrap();
+        let e = s.spawn(&root.join("b")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(s.running.is_none(), "stopped, so its late answer is never read as another's");
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }
