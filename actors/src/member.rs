@@ -124,7 +124,12 @@ pub fn agent_tree(
     let mut proxy = None;
     let kubelet = match node {
         AgentNode::Real { runtime, cfg } => {
-            proxy = Some(crate::proxy::proxy_tree(ApiClient::remote(transport.clone(), &servers, root.child("proxy"))));
+            // Docker keeps its bridge networks apart: its pods reach another node's pods
+            // on this machine only through the host's proxy, not straight as the
+            // kernel's connect-time balancing would send them.
+            let in_kernel = runtime.scheme() != "docker";
+            let proxy_client = ApiClient::remote(transport.clone(), &servers, root.child("proxy"));
+            proxy = Some(crate::proxy::proxy_tree(proxy_client, in_kernel));
             kubelet_tree(&root, client, runtime, cfg, &router)
         }
         AgentNode::Hollow(hollow) => {

@@ -10,6 +10,7 @@
 //! going away leaves the other serving. Making links needs root; without it cluster
 //! IPs are not served here (node ports still are) and the agent says so.
 
+use super::is_root;
 use crate::cri::netlink::Netlink;
 use crate::hash::fnv1a;
 use std::net::Ipv4Addr;
@@ -18,11 +19,6 @@ pub struct ServiceAddresses {
     link: String,
     /// Whether `setup` made the link (cluster IPs are served only then).
     made: bool,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 impl ServiceAddresses {

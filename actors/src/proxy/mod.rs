@@ -10,10 +10,12 @@
 //!
 //! - `addresses.rs`: cluster IPs on a link of the agent's own;
 //! - `balancer.rs`: which endpoint a connection goes to;
+//! - `connect_lb.rs`: connects from this machine sent to the pods by the kernel;
 //! - `service.rs`: one Service's listeners and forwarding.
 
 pub mod addresses;
 pub mod balancer;
+pub mod connect_lb;
 pub mod service;
 
 use std::collections::{HashMap, HashSet};
@@ -32,8 +34,15 @@ use crate::runtime::{
     Actor, ChildSpec, Ctx, Ref, Restart, StartChild, StopChild, Strategy, Supervisor, SupervisorSpec,
 };
 pub use addresses::ServiceAddresses;
+pub use connect_lb::ConnectBalancer;
 use keelson_config::SupervisorConfig;
 pub use service::{Resync, ServiceProxy};
+
+/// Whether the agent runs as root (links, addresses and BPF programs need it).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
 
 /// What a node's Service actors share.
 pub struct ProxyShared {
@@ -44,10 +53,14 @@ pub struct ProxyShared {
     pub node: String,
     pub node_ip: Ipv4Addr,
     pub addresses: Arc<ServiceAddresses>,
+    /// Sends this machine's connects to Service addresses straight to the pods, where
+    /// the kernel allows it (root, cgroup v2).
+    pub connect: Option<ConnectBalancer>,
 }
 
-/// `/<agent>/proxy`.
-pub fn proxy_tree(client: ApiClient) -> ChildSpec {
+/// `/<agent>/proxy`; `in_kernel`: balance this machine's connects to Services in the
+/// kernel where it allows (see `connect_lb`).
+pub fn proxy_tree(client: ApiClient, in_kernel: bool) -> ChildSpec {
     let (services, services_ref) = ChildSpec::supervisor(
         "service",
         Restart::Permanent,
@@ -57,6 +70,7 @@ pub fn proxy_tree(client: ApiClient) -> ChildSpec {
         node: cx.path.member().to_string(),
         client: client.clone(),
         services: services_ref.clone(),
+        in_kernel,
     };
     let (sync, _) = ChildSpec::new("sync", Restart::Permanent, factory);
     // One for all: the Service actors read the sync actor's informers.
@@ -75,6 +89,7 @@ pub struct Proxy {
     node: String,
     client: ApiClient,
     services: Ref<Supervisor>,
+    in_kernel: bool,
 }
 
 /// The node's InternalIP, once its kubelet has posted it.
@@ -99,6 +114,7 @@ fn served(svc: &serde_json::Value) -> bool {
 impl Actor for Proxy {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let (node, client, supervisor) = (self.node.clone(), self.client.clone(), self.services.clone());
+        let in_kernel = self.in_kernel;
         ctx.spawn(actix::fut::wrap_future(async move {
             let node_ip = node_ip(&client, &node).await;
             let mut addresses = ServiceAddresses::new(&node);
@@ -106,6 +122,18 @@ impl Actor for Proxy {
                 tracing::warn!("cluster IPs are not served on this node: {why}");
             }
             let addresses = Arc::new(addresses);
+            let attached = if in_kernel { ConnectBalancer::attach().map(Some) } else { Ok(None) };
+            let connect = match attached {
+                Ok(None) => None,
+                Ok(Some(lb)) => {
+                    tracing::info!(cgroup = %lb.cgroup().display(), "connects to Services go straight to pods (in the kernel)");
+                    Some(lb)
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "connects to Services go through the user-space proxy");
+                    None
+                }
+            };
             let services = Informer::new(client.clone(), "/api/v1/services", &[]);
             let slices = Informer::new(client.clone(), "/apis/discovery.k8s.io/v1/endpointslices", &[]);
             let shared = Arc::new(ProxyShared {
@@ -114,6 +142,7 @@ impl Actor for Proxy {
                 node: node.clone(),
                 node_ip,
                 addresses,
+                connect,
             });
             let (tx, mut rx) = mpsc::channel(1024);
             let (stx, mut srx) = mpsc::channel(1024);
@@ -167,6 +196,9 @@ impl Actor for Proxy {
                             Err(e) => tracing::warn!(%ip, error = %e, "cannot hold a cluster IP"),
                         }
                     }
+                }
+                if let Some(lb) = &shared.connect {
+                    lb.retain(|owner| wanted.contains_key(owner));
                 }
                 let gone: Vec<String> = running.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
                 for key in gone {

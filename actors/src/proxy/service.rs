@@ -377,6 +377,17 @@ impl ServiceProxy {
         Self { key, shared, listeners: HashMap::new() }
     }
 
+    /// Hands `wanted`'s TCP addresses without client affinity to the kernel's
+    /// connect-time balancer, if the node has one (the others stay in user space).
+    fn balance_in_kernel(&self, wanted: &[Forward]) {
+        let Some(lb) = &self.shared.connect else { return };
+        let tcp = wanted.iter().filter(|f| f.listen.protocol == Protocol::Tcp && f.affinity.is_none());
+        let wanted: Vec<(SocketAddrV4, &[SocketAddr])> = tcp.map(|f| (f.listen.addr, &f.endpoints[..])).collect();
+        for (addr, e) in lb.assign(&self.key, &wanted) {
+            tracing::warn!(service = %self.key, %addr, error = %e, "cannot balance in the kernel; user space carries it");
+        }
+    }
+
     fn resync(&mut self) {
         let Some(svc) = self.shared.services.read().unwrap().objects.get(&self.key).cloned() else { return };
         let (ns, name) = self.key.split_once('/').unwrap_or(("default", &self.key));
@@ -385,6 +396,7 @@ impl ServiceProxy {
             slices.objects.values().filter(|s| crate::controllers::endpoints::of_service(s, ns, name)).collect();
         let wanted = forwards(&svc, &mine, &self.shared.node, self.shared.node_ip, self.shared.addresses.available());
         drop(slices);
+        self.balance_in_kernel(&wanted);
         let wanted = wanted.into_iter().map(|f| (f.listen, f.endpoints, f.affinity));
         let (keep, failed) = reconcile(std::mem::take(&mut self.listeners), wanted);
         for (addr, e) in failed {
@@ -397,6 +409,10 @@ impl ServiceProxy {
 impl Actor for ServiceProxy {
     fn started(&mut self, _: &mut Ctx<Self>) {
         self.resync();
+    }
+
+    fn stopped(&mut self, _: &mut Ctx<Self>) {
+        self.balance_in_kernel(&[]);
     }
 }
 

@@ -4,8 +4,11 @@
 //!   requests/s and p50/p99 latency, direct to a backend and through the proxy;
 //! - bulk: one connection of `--bulk-mb` MB, MB/s, direct and through the proxy.
 //!
-//! The backend, the proxy and the load each run on a runtime thread of their own, as
-//! they would as processes (the agent runs its proxy on one thread).
+//! Each is measured three ways: direct to the backend, through the user-space proxy
+//! (what carries node-port traffic from other machines), and with the connect
+//! rewritten in the kernel (what carries connects from the node's own processes and
+//! pods, as root). The backend, the proxy and the load each run on a runtime thread
+//! of their own, as they would as processes (the agent runs its proxy on one thread).
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use keelson_actors::proxy::service::{Forwarder, Listen, Protocol};
+use keelson_actors::proxy::ConnectBalancer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -152,27 +156,62 @@ pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
         });
     });
     let proxied = proxy_rx.recv()?;
+    let SocketAddr::V4(service) = proxied else { anyhow::bail!("the proxy listens on IPv4") };
+    // The kernel path: connects to the proxy's address rewritten to the backend's (as
+    // the agent does for Service addresses), attached only for its own runs.
+    let kernel = || match ConnectBalancer::attach() {
+        Ok(lb) => {
+            let failed = lb.assign("bench", &[(service, &[direct][..])]);
+            anyhow::ensure!(failed.is_empty(), "balancing in the kernel: {failed:?}");
+            Ok(Some(lb))
+        }
+        Err(e) => {
+            println!("  (connect-time balancing in the kernel not measured: {e})");
+            Ok(None)
+        }
+    };
+    let paths = [("direct", false), ("user-space proxy", false), ("in the kernel", true)];
     let rt = runtime("load")?;
     println!("proxy: {} keep-alive connections, {} s per run, small HTTP requests", args.connections, args.seconds);
     let mut rates = Vec::new();
-    for (name, at) in [("direct", direct), ("through the proxy", proxied)] {
+    for (i, (name, in_kernel)) in paths.into_iter().enumerate() {
+        let _lb = match in_kernel {
+            true => match kernel()? {
+                Some(lb) => Some(lb),
+                None => break,
+            },
+            false => None,
+        };
+        let at = if i == 0 { direct } else { proxied };
         let (rate, p50, p99) = rt.block_on(load(at, args.connections, args.seconds))?;
         println!("  {name:<18} {rate:>9.0} requests/s   p50 {:>6} µs   p99 {:>6} µs", p50.as_micros(), p99.as_micros());
-        rates.push((rate, p99));
+        rates.push((name, rate, p99));
     }
-    let (d, p) = (rates[0], rates[1]);
-    println!(
-        "  the proxy: {:.0}% of direct throughput, p99 {:+} µs",
-        100.0 * p.0 / d.0,
-        p.1.as_micros() as i64 - d.1.as_micros() as i64
-    );
+    let d = rates[0];
+    for (name, rate, p99) in &rates[1..] {
+        println!(
+            "  {name}: {:.0}% of direct throughput, p99 {:+} µs",
+            100.0 * rate / d.1,
+            p99.as_micros() as i64 - d.2.as_micros() as i64
+        );
+    }
     println!("bulk: one connection, {} MB", args.bulk_mb);
     let mut speeds = Vec::new();
-    for (name, at) in [("direct", direct), ("through the proxy", proxied)] {
+    for (i, (name, in_kernel)) in paths.into_iter().enumerate() {
+        let _lb = match in_kernel {
+            true => match kernel()? {
+                Some(lb) => Some(lb),
+                None => break,
+            },
+            false => None,
+        };
+        let at = if i == 0 { direct } else { proxied };
         let mbs = rt.block_on(bulk(at, args.bulk_mb))?;
         println!("  {name:<18} {mbs:>9.0} MB/s");
-        speeds.push(mbs);
+        speeds.push((name, mbs));
     }
-    println!("  the proxy: {:.0}% of direct", 100.0 * speeds[1] / speeds[0]);
+    for (name, mbs) in &speeds[1..] {
+        println!("  {name}: {:.0}% of direct", 100.0 * mbs / speeds[0].1);
+    }
     Ok(())
 }
