@@ -2,6 +2,8 @@
 //! agents in their own network namespaces (root): the web example behind its Service
 //! answers 300 requests at the cluster IP from the host, 300 from inside a pod, and 300
 //! at the node port on each node, every pod taking a share (counted from each pod's own request log);
+//! the host's connects go straight to pods (balanced in the kernel), except under
+//! `ClientIP` affinity, where the user-space proxies keep the host on one pod;
 //! `kubectl get svc` prints the columns Kubernetes prints; a LoadBalancer Service gets an
 //! address from the local cloud provider that balances to the node ports; a steady load through the
 //! cluster IP sees no failed request while the Deployment rolls out and back; a pod
@@ -363,6 +365,28 @@ fn services_reach_ready_pods_through_rollouts() {
     let counts = served_by(&kc, &pods, "/host-");
     assert_eq!(counts.values().sum::<usize>(), 300, "{counts:?}");
     assert!(counts.values().all(|n| *n >= 50), "round robin spreads them: {counts:?}");
+
+    step(&began, "Where the host's connects go");
+    // As root the agents balance the host's connects in the kernel: the socket's peer
+    // is a pod, not the Service. Under ClientIP affinity the user-space proxies carry
+    // it (the peer is the Service) and keep the host on one pod, whichever agent's
+    // proxy takes each connection.
+    let pod_ips: Vec<String> = pods.iter().map(|p| p["status"]["podIP"].as_str().unwrap().to_string()).collect();
+    let peer = || std::net::TcpStream::connect(&cluster).and_then(|s| s.peer_addr()).map(|p| p.to_string());
+    let peer_is_pod = |p: &str| pod_ips.iter().any(|ip| p == format!("{ip}:8000"));
+    assert!(peer().is_ok_and(|p| peer_is_pod(&p)), "connect-time balancing: {:?}", peer());
+    ok(&kc, &["patch", "svc", "web", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#]);
+    eventually("the user-space proxy carries ClientIP affinity", Duration::from_secs(20), || {
+        peer().is_ok_and(|p| p == cluster)
+    });
+    for i in 0..30 {
+        assert_eq!(get(&cluster, &format!("/sticky-{i}")), Ok(404), "request {i} through {cluster}");
+    }
+    let counts = served_by(&kc, &pods, "/sticky-");
+    assert_eq!(counts.values().sum::<usize>(), 30, "{counts:?}");
+    assert_eq!(counts.values().filter(|n| **n > 0).count(), 1, "one pod takes the host's requests: {counts:?}");
+    ok(&kc, &["patch", "svc", "web", "-p", r#"{"spec":{"sessionAffinity":"None"}}"#]);
+    eventually("back to connect-time balancing", Duration::from_secs(20), || peer().is_ok_and(|p| peer_is_pod(&p)));
 
     step(&began, "From inside a pod (its own network names");
     // From inside a pod (its own network namespace), through the same cluster IP.

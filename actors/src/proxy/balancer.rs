@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::hash::fnv1a;
+
 /// One Service port's endpoints, as the proxy uses them now.
 #[derive(Debug, Default)]
 pub struct Backends {
@@ -49,9 +51,16 @@ impl Backends {
         }
         let mut first = self.next.fetch_add(1, Ordering::Relaxed) % n;
         if let Some(timeout) = self.affinity {
+            // A new client's endpoint follows from its address, not from this proxy's
+            // turn: proxies sharing an address (agents on one machine, SO_REUSEPORT)
+            // then agree on it whichever of them takes each connection.
+            let by_address = match client {
+                IpAddr::V4(ip) => fnv1a(&ip.octets()),
+                IpAddr::V6(ip) => fnv1a(&ip.octets()),
+            };
+            first = (by_address % n as u64) as usize;
             let sticky = self.sticky.lock().unwrap();
-            if let Some((e, at)) = sticky.get(&client).filter(|(_, at)| at.elapsed() < timeout) {
-                let _ = at;
+            if let Some((e, _)) = sticky.get(&client).filter(|(_, at)| at.elapsed() < timeout) {
                 first = self.endpoints.iter().position(|x| x == e).unwrap_or(first);
             }
         }
@@ -108,5 +117,22 @@ mod tests {
         let rest: Vec<SocketAddr> = [addr(1), addr(2), addr(3)].into_iter().filter(|e| *e != first).collect();
         let moved = kept.replaced_by(Backends::new(rest.clone(), Some(Duration::from_secs(60))));
         assert!(rest.contains(&moved.candidates(a)[0]));
+    }
+
+    #[test]
+    fn proxies_sharing_an_address_agree_on_a_new_clients_endpoint() {
+        let affinity = Some(Duration::from_secs(60));
+        let (one, two) = (
+            Backends::new((1..=5).map(addr).collect(), affinity),
+            Backends::new((1..=5).map(addr).collect(), affinity),
+        );
+        two.candidates([10, 9, 9, 9].into()); // the second proxy's turn moved on
+        let mut seen = std::collections::HashSet::new();
+        for last in 1..=40u8 {
+            let client: IpAddr = [127, 0, 0, last].into();
+            assert_eq!(one.candidates(client)[0], two.candidates(client)[0], "client {client}");
+            seen.insert(one.candidates(client)[0]);
+        }
+        assert!(seen.len() >= 4, "clients still spread over the endpoints: {seen:?}");
     }
 }
