@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -23,8 +24,9 @@ const START_WAIT: Duration = Duration::from_secs(10);
 
 pub struct ProcessRuntime {
     root: PathBuf,
-    /// Forks each container's shim (`spawner.rs`).
-    spawner: std::sync::Mutex<Spawner>,
+    /// Forks each container's shim (`spawner.rs`); shared with the blocking thread
+    /// each start asks it from.
+    spawner: Arc<std::sync::Mutex<Spawner>>,
     /// The host's cgroups, or why containers cannot be held to limits here.
     cgroups: std::result::Result<Layout, String>,
 }
@@ -60,7 +62,7 @@ impl ProcessRuntime {
     pub fn new(root: PathBuf, shim: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&root).map_err(RuntimeError::io(format!("cannot make {}", root.display())))?;
         let cgroups = Layout::detect(Path::new(super::cgroups::ROOT));
-        let spawner = std::sync::Mutex::new(Spawner::new(shim, root.clone()));
+        let spawner = Arc::new(std::sync::Mutex::new(Spawner::new(shim, root.clone())));
         Ok(Self { root, spawner, cgroups })
     }
 
@@ -180,10 +182,17 @@ impl ProcessRuntime {
                 return Err(RuntimeError::CreateContainer(format!("workingDir {wd:?} is not a folder on this node")));
             }
         }
-        std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("cannot make {}", dir.display())))?;
-        write_json(&dir, "spec.json", &spec).map_err(RuntimeError::io("cannot write the container's spec"))?;
-        let spawned = self.spawner.lock().unwrap_or_else(|e| e.into_inner()).spawn(&dir);
-        spawned.map_err(RuntimeError::io("cannot start the container's shim"))?;
+        // Off the kubelet's thread: the files, and the spawner's fork and answer, would
+        // hold up every other pod's worker (under a burst of starts they queued there
+        // for tens of milliseconds each).
+        let (spawner, at) = (self.spawner.clone(), dir.clone());
+        let made = tokio::task::spawn_blocking(move || -> Result<()> {
+            std::fs::create_dir_all(&at).map_err(RuntimeError::io(format!("cannot make {}", at.display())))?;
+            write_json(&at, "spec.json", &spec).map_err(RuntimeError::io("cannot write the container's spec"))?;
+            let spawned = spawner.lock().unwrap_or_else(|e| e.into_inner()).spawn(&at);
+            spawned.map(drop).map_err(RuntimeError::io("cannot start the container's shim"))
+        });
+        made.await.map_err(|e| RuntimeError::io("starting the container")(std::io::Error::other(e.to_string())))??;
         let until = tokio::time::Instant::now() + START_WAIT;
         loop {
             if dir.join("started.json").exists() || dir.join("exit.json").exists() {

@@ -268,8 +268,18 @@ impl Run {
         }
         if self.addr.is_none() {
             let (net, uid) = (self.shared.network.clone(), self.uid.clone());
-            match tokio::task::spawn_blocking(move || net.attach(&uid)).await {
-                Ok(Ok(a)) => self.addr = Some(a),
+            // The attach's own time, logged apart from the worker's: under a burst the
+            // difference is the worker waiting for the kubelet's thread again.
+            match tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                net.attach(&uid).map(|a| (a, t.elapsed()))
+            })
+            .await
+            {
+                Ok(Ok((a, took))) => {
+                    tracing::debug!(pod = %self.key, ?took, since_began = ?self.began.elapsed(), "network attached");
+                    self.addr = Some(a)
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(pod = %self.key, error = %e, "cannot give the pod its network");
                     self.event(pod, EventType::Warning, "FailedCreatePodSandBox", &e.to_string()).await;
