@@ -170,46 +170,36 @@ pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
             Ok(None)
         }
     };
-    let paths = [("direct", false), ("user-space proxy", false), ("in the kernel", true)];
+    // Each measurement on the three paths: the backend's address, then the proxy's
+    // without and with the kernel's balancer (attached for its own run only).
+    let on_each_path = |measure: &mut dyn FnMut(&str, SocketAddr) -> Result<f64>| -> Result<Vec<(&'static str, f64)>> {
+        let mut out = Vec::new();
+        for (name, at) in [("direct", direct), ("user-space proxy", proxied)] {
+            out.push((name, measure(name, at)?));
+        }
+        if let Some(_lb) = kernel()? {
+            out.push(("in the kernel", measure("in the kernel", proxied)?));
+        }
+        Ok(out)
+    };
     let rt = runtime("load")?;
     println!("proxy: {} keep-alive connections, {} s per run, small HTTP requests", args.connections, args.seconds);
-    let mut rates = Vec::new();
-    for (i, (name, in_kernel)) in paths.into_iter().enumerate() {
-        let _lb = match in_kernel {
-            true => match kernel()? {
-                Some(lb) => Some(lb),
-                None => break,
-            },
-            false => None,
-        };
-        let at = if i == 0 { direct } else { proxied };
+    let mut p99s = Vec::new();
+    let rates = on_each_path(&mut |name, at| {
         let (rate, p50, p99) = rt.block_on(load(at, args.connections, args.seconds))?;
         println!("  {name:<18} {rate:>9.0} requests/s   p50 {:>6} µs   p99 {:>6} µs", p50.as_micros(), p99.as_micros());
-        rates.push((name, rate, p99));
-    }
-    let d = rates[0];
-    for (name, rate, p99) in &rates[1..] {
-        println!(
-            "  {name}: {:.0}% of direct throughput, p99 {:+} µs",
-            100.0 * rate / d.1,
-            p99.as_micros() as i64 - d.2.as_micros() as i64
-        );
+        p99s.push(p99.as_micros() as i64);
+        Ok(rate)
+    })?;
+    for (i, (name, rate)) in rates.iter().enumerate().skip(1) {
+        println!("  {name}: {:.0}% of direct throughput, p99 {:+} µs", 100.0 * rate / rates[0].1, p99s[i] - p99s[0]);
     }
     println!("bulk: one connection, {} MB", args.bulk_mb);
-    let mut speeds = Vec::new();
-    for (i, (name, in_kernel)) in paths.into_iter().enumerate() {
-        let _lb = match in_kernel {
-            true => match kernel()? {
-                Some(lb) => Some(lb),
-                None => break,
-            },
-            false => None,
-        };
-        let at = if i == 0 { direct } else { proxied };
+    let speeds = on_each_path(&mut |name, at| {
         let mbs = rt.block_on(bulk(at, args.bulk_mb))?;
         println!("  {name:<18} {mbs:>9.0} MB/s");
-        speeds.push((name, mbs));
-    }
+        Ok(mbs)
+    })?;
     for (name, mbs) in &speeds[1..] {
         println!("  {name}: {:.0}% of direct", 100.0 * mbs / speeds[0].1);
     }
