@@ -49,21 +49,22 @@ impl Backends {
         if n == 0 {
             return Vec::new();
         }
-        let mut first = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        if let Some(timeout) = self.affinity {
-            // A new client's endpoint follows from its address, not from this proxy's
-            // turn: proxies sharing an address (agents on one machine, SO_REUSEPORT)
-            // then agree on it whichever of them takes each connection.
-            let by_address = match client {
-                IpAddr::V4(ip) => fnv1a(&ip.octets()),
-                IpAddr::V6(ip) => fnv1a(&ip.octets()),
-            };
-            first = (by_address % n as u64) as usize;
-            let sticky = self.sticky.lock().unwrap();
-            if let Some((e, _)) = sticky.get(&client).filter(|(_, at)| at.elapsed() < timeout) {
-                first = self.endpoints.iter().position(|x| x == e).unwrap_or(first);
+        let first = match self.affinity {
+            None => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            Some(timeout) => {
+                let sticky = self.sticky.lock().unwrap();
+                let kept = sticky.get(&client).filter(|(_, at)| at.elapsed() < timeout);
+                // A new client's endpoint follows from its address, not from this
+                // proxy's turn: proxies sharing an address (agents on one machine,
+                // SO_REUSEPORT) then agree on it whichever of them takes each connection.
+                let by_address = match client {
+                    IpAddr::V4(ip) => fnv1a(&ip.octets()),
+                    IpAddr::V6(ip) => fnv1a(&ip.octets()),
+                };
+                kept.and_then(|(e, _)| self.endpoints.iter().position(|x| x == e))
+                    .unwrap_or((by_address % n as u64) as usize)
             }
-        }
+        };
         (0..n).map(|i| self.endpoints[(first + i) % n]).collect()
     }
 
