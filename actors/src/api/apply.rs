@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use super::patch_meta::{field_meta, ListMerge};
+use super::patch_meta::{field_meta, FieldMeta, ListMerge};
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -262,39 +262,36 @@ impl Managed {
     pub fn read(obj: &Value) -> Vec<Managed> {
         obj["metadata"]["managedFields"]
             .as_array()
-            .map(|entries| {
-                entries
-                    .iter()
-                    .map(|e| Managed {
-                        manager: e["manager"].as_str().unwrap_or_default().to_string(),
-                        operation: e["operation"].as_str().unwrap_or("Update").to_string(),
-                        api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
-                        time: e["time"].as_str().unwrap_or_default().to_string(),
-                        fields: from_fields_v1(&e["fieldsV1"]),
-                        subresource: e["subresource"].as_str().map(str::to_string),
-                    })
-                    .collect()
-            })
+            .map(|e| e.iter().map(Self::from_value).collect())
             .unwrap_or_default()
     }
 
+    /// One entry as `managedFields` holds it.
+    fn from_value(e: &Value) -> Managed {
+        Managed {
+            manager: e["manager"].as_str().unwrap_or_default().to_string(),
+            operation: e["operation"].as_str().unwrap_or("Update").to_string(),
+            api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+            time: e["time"].as_str().unwrap_or_default().to_string(),
+            fields: from_fields_v1(&e["fieldsV1"]),
+            subresource: e["subresource"].as_str().map(str::to_string),
+        }
+    }
+
+    /// The entries that own something, as `managedFields` holds them.
     pub fn write(entries: &[Managed]) -> Value {
-        Value::Array(
-            entries
-                .iter()
-                .filter(|e| !e.fields.is_empty())
-                .map(|e| {
-                    let mut v = json!({
-                        "manager": e.manager, "operation": e.operation, "apiVersion": e.api_version,
-                        "time": e.time, "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(&e.fields),
-                    });
-                    if let Some(s) = &e.subresource {
-                        v["subresource"] = s.clone().into();
-                    }
-                    v
-                })
-                .collect(),
-        )
+        Value::Array(entries.iter().filter(|e| !e.fields.is_empty()).map(Self::to_value).collect())
+    }
+
+    fn to_value(&self) -> Value {
+        let mut v = json!({
+            "manager": self.manager, "operation": self.operation, "apiVersion": self.api_version,
+            "time": self.time, "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(&self.fields),
+        });
+        if let Some(s) = &self.subresource {
+            v["subresource"] = s.clone().into();
+        }
+        v
     }
 }
 
@@ -443,40 +440,273 @@ pub fn apply(live: &Value, applied: &Value, ty: &str, manager: &str, now: &str, 
 /// The managed fields after `manager` updated `old` into `new` (an update, patch or
 /// create): it owns every field it changed, and nobody else does any more.
 pub fn track_update(old: &Value, new: &Value, ty: &str, manager: &str, now: &str) -> Value {
-    let before = fields_of(old, ty);
-    let after = fields_of(new, ty);
-    let changed: FieldSet =
-        after.iter().filter(|p| !before.contains(*p) || value_at(old, p) != value_at(new, p)).cloned().collect();
-    let mut entries = Managed::read(old);
-    for e in entries.iter_mut() {
+    let Touched { changed, roots, after, .. } = Touched::between(old, new, ty);
+    let mut entries = Vec::new();
+    let mut extended = false;
+    for raw in old["metadata"]["managedFields"].as_array().into_iter().flatten() {
+        let own = raw["manager"] == manager && raw["operation"].as_str().unwrap_or("Update") == "Update";
+        let takes = own && !extended && !changed.is_empty();
+        // An entry with nothing where the object changed is kept as written (read and
+        // written again, a large one cost more than the change).
+        let fields = &raw["fieldsV1"];
+        if !takes && fields.as_object().is_some_and(|m| !m.is_empty()) && !roots.iter().any(|r| reaches(fields, r)) {
+            entries.push(raw.clone());
+            continue;
+        }
+        let mut e = Managed::from_value(raw);
         // Fields gone from the object are nobody's.
-        e.fields.retain(|p| after.contains(p));
+        e.fields.retain(|p| after.contains(p) || !roots.iter().any(|r| p.starts_with(r)));
         if e.manager != manager {
             e.fields.retain(|p| !changed.contains(p) || matches!(p.last(), Some(Step::Itself)));
         }
-    }
-    if !changed.is_empty() {
-        match entries.iter_mut().find(|e| e.manager == manager && e.operation == "Update") {
-            Some(e) => {
-                e.fields.extend(changed);
-                e.time = now.to_string();
-            }
-            None => entries.push(Managed {
-                manager: manager.to_string(),
-                operation: "Update".into(),
-                api_version: new["apiVersion"].as_str().unwrap_or_default().to_string(),
-                time: now.to_string(),
-                fields: changed,
-                subresource: None,
-            }),
+        if takes {
+            e.fields.extend(changed.iter().cloned());
+            e.time = now.to_string();
+            extended = true;
+        }
+        if !e.fields.is_empty() {
+            entries.push(e.to_value());
         }
     }
-    Managed::write(&entries)
+    if !extended && !changed.is_empty() {
+        let e = Managed {
+            manager: manager.to_string(),
+            operation: "Update".into(),
+            api_version: new["apiVersion"].as_str().unwrap_or_default().to_string(),
+            time: now.to_string(),
+            fields: changed,
+            subresource: None,
+        };
+        entries.push(e.to_value());
+    }
+    Value::Array(entries)
+}
+
+/// Whether `FieldsV1` holds anything at or under `path` (of fields only).
+fn reaches(fields: &Value, path: &[Step]) -> bool {
+    let mut node = fields;
+    for step in path {
+        let Step::Field(f) = step else { return true }; // not a path `Touched` makes; read it whole
+        match node.as_object().and_then(|m| m.get(&format!("f:{f}"))) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Where an update's new object differs from the old: the outermost paths that differ
+/// (`roots`), the new object's fields under them (`after`), and which of those it
+/// changed. Parts equal in both are passed over without listing their fields: most
+/// updates change a few fields of a large object (a pod's status, its node), and
+/// listing every field of both (the whole spec, each container) cost a tenth of the
+/// API server's time under a scheduling burst.
+struct Touched<'a> {
+    old: &'a Value,
+    new: &'a Value,
+    changed: FieldSet,
+    roots: Vec<Path>,
+    after: FieldSet,
+}
+
+impl<'a> Touched<'a> {
+    fn between(old: &'a Value, new: &'a Value, ty: &str) -> Self {
+        let mut t = Self { old, new, changed: FieldSet::new(), roots: Vec::new(), after: FieldSet::new() };
+        let empty = Map::new();
+        let Some(n) = new.as_object() else {
+            t.roots.push(Vec::new()); // nothing is set: every field is gone
+            return t;
+        };
+        let o = old.as_object().unwrap_or(&empty);
+        for k in o.keys().chain(n.keys().filter(|k| !o.contains_key(*k))) {
+            if IDENTITY.contains(&k.as_str()) {
+                continue;
+            }
+            let path = vec![Step::Field(k.clone())];
+            if k == "metadata" {
+                // Only what `fields_of` reads: an object, without what the server owns.
+                let meta = |v: &'a Value| v.get("metadata").and_then(Value::as_object);
+                if meta(old).is_some() || meta(new).is_some() {
+                    t.members(meta(old), meta(new), Some("ObjectMeta"), SERVER_METADATA, &path);
+                }
+                continue;
+            }
+            t.field(o.get(k), n.get(k), field_meta(ty, k), path);
+        }
+        t
+    }
+
+    /// An object's members, as `walk` lists them (none if it is not there).
+    fn members(
+        &mut self,
+        old: Option<&Map<String, Value>>,
+        new: Option<&Map<String, Value>>,
+        ty: Option<&str>,
+        skip: &[&str],
+        path: &Path,
+    ) {
+        let empty = Map::new();
+        let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+        for k in o.keys().chain(n.keys().filter(|k| !o.contains_key(*k))) {
+            if skip.contains(&k.as_str()) || o.get(k) == n.get(k) {
+                continue;
+            }
+            let mut p = path.clone();
+            p.push(Step::Field(k.clone()));
+            self.field(o.get(k), n.get(k), ty.and_then(|t| field_meta(t, k)), p);
+        }
+    }
+
+    /// A field that may differ, as `walk_field` lists it.
+    fn field(&mut self, old: Option<&Value>, new: Option<&Value>, meta: Option<FieldMeta>, path: Path) {
+        if old == new {
+            return;
+        }
+        if let (Some(Value::Object(o)), Some(Value::Object(n))) = (old, new) {
+            if !o.is_empty() && !n.is_empty() {
+                return self.members(Some(o), Some(n), meta.and_then(|m| m.ty), &[], &path);
+            }
+        }
+        let (mut before, mut after) = (FieldSet::new(), FieldSet::new());
+        if let Some(o) = old {
+            walk_field(o, meta, path.clone(), &mut before);
+        }
+        if let Some(n) = new {
+            walk_field(n, meta, path.clone(), &mut after);
+        }
+        for p in &after {
+            if !before.contains(p) || value_at(self.old, p) != value_at(self.new, p) {
+                self.changed.insert(p.clone());
+            }
+        }
+        self.after.extend(after);
+        self.roots.push(path);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tracking as it was first written, from both objects' whole field sets: the walk
+    /// over what differs must come to the same entries.
+    fn track_update_by_whole_sets(old: &Value, new: &Value, ty: &str, manager: &str, now: &str) -> Value {
+        let before = fields_of(old, ty);
+        let after = fields_of(new, ty);
+        let changed: FieldSet =
+            after.iter().filter(|p| !before.contains(*p) || value_at(old, p) != value_at(new, p)).cloned().collect();
+        let mut entries = Managed::read(old);
+        for e in entries.iter_mut() {
+            e.fields.retain(|p| after.contains(p));
+            if e.manager != manager {
+                e.fields.retain(|p| !changed.contains(p) || matches!(p.last(), Some(Step::Itself)));
+            }
+        }
+        if !changed.is_empty() {
+            match entries.iter_mut().find(|e| e.manager == manager && e.operation == "Update") {
+                Some(e) => {
+                    e.fields.extend(changed);
+                    e.time = now.to_string();
+                }
+                None => entries.push(Managed {
+                    manager: manager.to_string(),
+                    operation: "Update".into(),
+                    api_version: new["apiVersion"].as_str().unwrap_or_default().to_string(),
+                    time: now.to_string(),
+                    fields: changed,
+                    subresource: None,
+                }),
+            }
+        }
+        Managed::write(&entries)
+    }
+
+    #[test]
+    fn updates_are_tracked_as_the_whole_field_sets_track_them() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d", "uid": "u", "labels": {"app": "web", "tier": "f"},
+                         "annotations": {"a": "1"}, "finalizers": ["x", "y"],
+                         "ownerReferences": [{"uid": "o1", "kind": "ReplicaSet", "name": "rs", "apiVersion": "apps/v1"}]},
+            "spec": {"containers": [
+                        {"name": "main", "image": "i:1", "env": [{"name": "A", "value": "1"}],
+                         "ports": [{"containerPort": 80, "protocol": "TCP"}]},
+                        {"name": "side", "image": "s:1", "args": ["a", "b"]}],
+                     "tolerations": [{"key": "k", "operator": "Exists"}], "nodeSelector": {"disk": "ssd"},
+                     "securityContext": {}},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}});
+        type Change = fn(&mut Value);
+        let changes: Vec<(&str, Change)> = vec![
+            ("bind", |p| p["spec"]["nodeName"] = "n1".into()),
+            ("run", |p| {
+                p["status"]["phase"] = "Running".into();
+                p["status"]["conditions"] =
+                    json!([{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]);
+                p["status"]["podIP"] = "10.0.0.1".into();
+            }),
+            ("image", |p| p["spec"]["containers"][0]["image"] = "i:2".into()),
+            ("add a container", |p| {
+                p["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "c3", "image": "x"}))
+            }),
+            ("drop a container", |p| {
+                if let Some(c) = p["spec"]["containers"].as_array_mut().filter(|c| c.len() > 1) {
+                    c.remove(1);
+                }
+            }),
+            ("env", |p| p["spec"]["containers"][0]["env"][0]["value"] = "2".into()),
+            ("no labels", |p| {
+                if let Some(m) = p["metadata"].as_object_mut() {
+                    m.remove("labels");
+                }
+            }),
+            ("a label", |p| p["metadata"]["labels"]["new"] = "v".into()),
+            ("a finalizer more", |p| p["metadata"]["finalizers"] = json!(["x", "y", "z"])),
+            ("a finalizer less", |p| p["metadata"]["finalizers"] = json!(["y"])),
+            ("empty annotations", |p| p["metadata"]["annotations"] = json!({})),
+            ("filled security context", |p| p["spec"]["securityContext"] = json!({"runAsUser": 1})),
+            ("a list made a scalar", |p| p["spec"]["tolerations"] = json!("none")),
+            ("no status", |p| {
+                p.as_object_mut().unwrap().remove("status");
+            }),
+            ("server fields only", |p| {
+                p["metadata"]["uid"] = "other".into();
+                p["metadata"]["resourceVersion"] = "9".into();
+            }),
+            ("no metadata", |p| {
+                p.as_object_mut().unwrap().remove("metadata");
+            }),
+            ("nothing", |_| {}),
+        ];
+        let now = "2026-12-01T00:00:00Z";
+        let mut created = pod.clone();
+        let tracked = track_update(&Value::Null, &pod, "Pod", "client", now);
+        assert_eq!(tracked, track_update_by_whole_sets(&Value::Null, &pod, "Pod", "client", now));
+        created["metadata"]["managedFields"] = tracked;
+        // Every change after the create, and every pair of changes by two managers.
+        for (first, a) in &changes {
+            let mut one = created.clone();
+            a(&mut one);
+            let by_sets = track_update_by_whole_sets(&created, &one, "Pod", "scheduler", now);
+            assert_eq!(track_update(&created, &one, "Pod", "scheduler", now), by_sets, "{first}");
+            if one.get("metadata").is_some() {
+                one["metadata"]["managedFields"] = by_sets;
+            }
+            for (second, b) in &changes {
+                let mut two = one.clone();
+                b(&mut two);
+                for manager in ["kubelet", "scheduler", "client"] {
+                    assert_eq!(
+                        track_update(&one, &two, "Pod", manager, now),
+                        track_update_by_whole_sets(&one, &two, "Pod", manager, now),
+                        "{first}, then {second} by {manager}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            track_update(&pod, &json!("x"), "Pod", "m", now),
+            track_update_by_whole_sets(&pod, &json!("x"), "Pod", "m", now)
+        );
+    }
 
     fn deployment(replicas: i64, image: &str) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},

@@ -245,7 +245,7 @@ fn event(answer: ApiResponse) -> Result<WatchEvent, ApiError> {
     }
     let (kind, object) = match answer.event {
         // From this member's own API: the event as it is.
-        Some(e) => (e.kind.to_string(), e.object),
+        Some(e) => (e.kind.to_string(), e.into_object().map_err(|e| ApiError::Decode(e.to_string()))?),
         None => {
             let mut v: Value = serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
             (v["type"].as_str().unwrap_or_default().to_string(), v["object"].take())
@@ -280,11 +280,19 @@ mod tests {
     #[test]
     fn a_local_event_arrives_unprinted_and_reads_as_its_printed_form_does() {
         use super::super::watch::WatchItem;
-        let item = WatchItem { kind: "MODIFIED", object: serde_json::json!({"metadata": {"name": "p"}}) };
+        let item = WatchItem::new("MODIFIED", serde_json::json!({"metadata": {"name": "p"}}));
         let local = ApiResponse { code: 200, body: Vec::new(), event: Some(item.clone()) };
-        let printed = ApiResponse::new(200, item.to_json());
+        let printed = ApiResponse::new(200, item.clone().to_json());
         assert_eq!(event(local).unwrap(), event(printed).unwrap());
-        let expired = WatchItem { kind: "ERROR", object: serde_json::json!({"code": 410, "reason": "Expired"}) };
+        // As the stored bytes, spliced: the same event.
+        let raw = WatchItem::json("MODIFIED", br#"{"metadata":{"name":"p"}}"#.to_vec());
+        let local = ApiResponse { code: 200, body: Vec::new(), event: Some(raw.clone()) };
+        assert_eq!(event(local).unwrap(), event(ApiResponse::new(200, raw.clone().to_json())).unwrap());
+        assert_eq!(
+            event(ApiResponse::new(200, raw.to_json())).unwrap(),
+            event(ApiResponse::new(200, item.to_json())).unwrap()
+        );
+        let expired = WatchItem::new("ERROR", serde_json::json!({"code": 410, "reason": "Expired"}));
         let local = ApiResponse { code: 200, body: Vec::new(), event: Some(expired) };
         assert_eq!(event(local).unwrap_err().code(), Some(410));
         // The event never crosses a wire: a remote caller gets the printed body only.

@@ -13,6 +13,7 @@
 //! - `apply.rs`: server-side apply and managed fields;
 //! - `protobuf.rs`: protobuf request bodies (kubectl 1.32+'s generators) read into JSON;
 //! - `watch.rs`: watches (chunked events from this member's replicas, resumable);
+//! - `skim.rs`: a stored object's bytes read in part (a watch's selectors, its resourceVersion);
 //! - `table.rs`: server-side printing (the Table kubectl prints, with Kubernetes' columns);
 //! - `status.rs`: every error as a Kubernetes `Status`;
 //! - `auth.rs`: who is asking (tokens), and whether they may (roles);
@@ -53,6 +54,7 @@ pub mod recorder;
 pub mod resources;
 mod selector;
 pub mod services;
+mod skim;
 mod status;
 mod strategic;
 mod table;

@@ -114,6 +114,11 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// The dotted paths it reads.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(path, _, _)| path.as_str())
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, want)| {
             let mut v = obj;

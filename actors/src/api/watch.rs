@@ -16,9 +16,10 @@ use serde_json::{json, Value};
 
 use super::objects::{ListOptions, Objects};
 use super::resources::Resource;
+use super::skim;
 use super::status::Failure;
 use crate::store::pages::{cursor_text, parse_cursor};
-use crate::store::state::EventKind;
+use crate::store::state::{Event, EventKind};
 use crate::store::{any_changed, shard_of, Watch, WatchSource};
 
 struct Watching {
@@ -33,6 +34,8 @@ struct Watching {
     bookmarks: bool,
     /// Objects as one-row Tables (`kubectl get -w`).
     as_table: bool,
+    /// What the selectors read of an object (none without selectors: nothing is read).
+    selected_paths: Option<skim::Paths>,
     until: tokio::time::Instant,
     done: bool,
 }
@@ -44,12 +47,33 @@ struct Watching {
 pub struct WatchItem {
     /// `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` or `ERROR`.
     pub kind: &'static str,
-    pub object: Value,
+    object: Object,
+}
+
+/// An event's object: built, or the stored bytes with the resourceVersion spliced in
+/// (most events: a remote watcher gets them copied out, never parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Object {
+    Value(Value),
+    Json(Vec<u8>),
 }
 
 impl WatchItem {
     pub fn new(kind: &'static str, object: Value) -> Self {
-        Self { kind, object }
+        Self { kind, object: Object::Value(object) }
+    }
+
+    /// An event whose object is JSON already (an object's stored bytes).
+    pub fn json(kind: &'static str, object: Vec<u8>) -> Self {
+        Self { kind, object: Object::Json(object) }
+    }
+
+    /// The event's object, parsed if it came as JSON.
+    pub fn into_object(self) -> Result<Value, serde_json::Error> {
+        match self.object {
+            Object::Value(v) => Ok(v),
+            Object::Json(b) => serde_json::from_slice(&b),
+        }
     }
 
     /// The event as one line of a watch's body (newline included).
@@ -61,17 +85,65 @@ impl WatchItem {
 
     /// The event as JSON: `{"type":…,"object":…}`.
     pub fn to_json(self) -> Vec<u8> {
-        // Moved in, not through `json!` (which would copy the object by serializing it).
-        let mut event = serde_json::Map::new();
-        event.insert("type".into(), self.kind.into());
-        event.insert("object".into(), self.object);
-        Value::Object(event).to_string().into_bytes()
+        let head = format!("{{\"type\":\"{}\",\"object\":", self.kind);
+        let mut out = match self.object {
+            Object::Json(object) => {
+                let mut out = Vec::with_capacity(head.len() + object.len() + 2);
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(&object);
+                out
+            }
+            Object::Value(object) => {
+                let mut out = head.into_bytes();
+                // Written in place, not through `json!` (which would copy the object).
+                serde_json::to_writer(&mut out, &object).expect("a Value always prints");
+                out
+            }
+        };
+        out.push(b'}');
+        out
     }
 }
 
 impl Watching {
     fn selected(&self, obj: &Value) -> bool {
         self.opts.labels.matches(&obj["metadata"]["labels"]) && self.opts.fields.matches(obj)
+    }
+
+    /// Whether the object stored as `json` is one this watch selects: read in part (the
+    /// fields its selectors name), or not at all when it has none.
+    fn selects(&self, json: &[u8]) -> bool {
+        match &self.selected_paths {
+            None => true,
+            Some(paths) => paths.read(json).is_some_and(|o| self.selected(&o)),
+        }
+    }
+
+    /// What change `e` is to this watch, if any: ADDED, MODIFIED or DELETED as its
+    /// selectors saw the object before and after. The object goes as its stored bytes
+    /// with the resourceVersion spliced in; it is parsed only for a Table (or bytes the
+    /// splice does not take).
+    fn event(&self, e: &Event, rv: &str) -> Option<WatchItem> {
+        let after = e.value.as_deref().filter(|b| self.selects(b));
+        // Without selectors, neither state is read: an object there before is one the
+        // watch saw.
+        let before = e.prev.as_ref().map(|p| &p.data[..]).filter(|b| self.selects(b));
+        let (kind, json) = match (&e.kind, before, after) {
+            (EventKind::Put, None, Some(now)) => ("ADDED", now),
+            (EventKind::Put, Some(_), Some(now)) => ("MODIFIED", now),
+            (EventKind::Put, Some(was), None) => ("DELETED", was),
+            (EventKind::Delete, Some(was), _) => ("DELETED", was),
+            _ => return None,
+        };
+        if !self.as_table {
+            if let Some(spliced) = skim::with_resource_version(json, rv) {
+                return Some(WatchItem::json(kind, spliced));
+            }
+        }
+        let mut object: Value = serde_json::from_slice(json).ok()?;
+        object["metadata"]["resourceVersion"] = rv.into();
+        let object = if self.as_table { super::table::table(self.res, &[object], rv) } else { object };
+        Some(WatchItem::new(kind, object))
     }
 
     fn collect(&mut self) {
@@ -81,32 +153,8 @@ impl Watching {
                     for e in events {
                         self.cursor[shard] = e.revision;
                         let rv = cursor_text(&self.cursor);
-                        let parse = |b: &[u8]| -> Option<Value> {
-                            let mut v: Value = serde_json::from_slice(b).ok()?;
-                            v["metadata"]["resourceVersion"] = rv.clone().into();
-                            Some(v)
-                        };
-                        let after = e.value.as_deref().and_then(parse).filter(|o| self.selected(o));
-                        // The previous state is read only when it matters: to know whether a
-                        // selected watch saw it before, or to send it as DELETED. (Parsing it
-                        // for every event of every watch cost a fair share of the server.)
-                        let everything = self.opts.labels.is_empty() && self.opts.fields.is_empty();
-                        let before = match &e.prev {
-                            Some(_) if everything && after.is_some() => Some(Value::Null),
-                            Some(p) => parse(&p.data).filter(|o| self.selected(o)),
-                            None => None,
-                        };
-                        let event = match (e.kind, before, after) {
-                            (EventKind::Put, None, Some(now)) => Some(("ADDED", now)),
-                            (EventKind::Put, Some(_), Some(now)) => Some(("MODIFIED", now)),
-                            (EventKind::Put, Some(was), None) => Some(("DELETED", was)),
-                            (EventKind::Delete, Some(was), _) => Some(("DELETED", was)),
-                            _ => None,
-                        };
-                        if let Some((kind, object)) = event {
-                            let object =
-                                if self.as_table { super::table::table(self.res, &[object], &rv) } else { object };
-                            self.pending.push_back(WatchItem::new(kind, object));
+                        if let Some(item) = self.event(&e, &rv) {
+                            self.pending.push_back(item);
                         }
                     }
                     self.cursor[shard] = self.cursor[shard].max(revision);
@@ -190,6 +238,16 @@ pub async fn watch(
             parse_cursor(&list_rv, n, None).unwrap_or_else(|| vec![0; n])
         }
     };
+    let selected_paths = (!opts.labels.is_empty() || !opts.fields.is_empty()).then(|| {
+        let mut paths = skim::Paths::default();
+        if !opts.labels.is_empty() {
+            paths.keep("metadata.labels");
+        }
+        for path in opts.fields.paths() {
+            paths.keep(path);
+        }
+        paths
+    });
     let watching = Watching {
         res,
         prefix,
@@ -200,6 +258,7 @@ pub async fn watch(
         pending,
         bookmarks,
         as_table,
+        selected_paths,
         until: tokio::time::Instant::now() + timeout,
         done,
     };

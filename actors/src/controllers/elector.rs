@@ -2,7 +2,8 @@
 //!
 //! Every server member campaigns for one store key, `/keelson/leader/controllers`,
 //! attached to a lease of its own (the store's leader expires leases on its clock, never
-//! a follower's). The member whose transaction creates the key leads; the key's
+//! a follower's); the member leading the store goes first, the others after the key has
+//! been free for a TTL. The member whose transaction creates the key leads; the key's
 //! revision is its **fencing epoch**, raised on every shard before it acts, and carried
 //! by each of its writes (`ApiClient::with_epoch`), so once another member has taken
 //! over, nothing the old leader still sends is written (409 `Fenced`). The leader keeps
@@ -140,11 +141,26 @@ impl Store {
         }
     }
 
-    /// One try: the term won, or `None` while another member leads.
-    async fn campaign(&self, member: &str, ttl: Duration) -> Result<Option<Term>, String> {
+    /// One try: the term won, or `None` while another member leads or goes first.
+    ///
+    /// The member whose replica leads the store goes first: its controllers' writes then
+    /// need no forwarding. With the two apart, a scheduling benchmark spent about half
+    /// again as much CPU per pod. Another member waits until the key has been free for a
+    /// whole TTL (`free_since`), so one is always chosen.
+    async fn campaign(
+        &self,
+        member: &str,
+        ttl: Duration,
+        free_since: &mut Option<Instant>,
+    ) -> Result<Option<Term>, String> {
         if let ClientReply::Item { item: Some(_), .. } =
             self.run(LEADER_KEY, ClientOp::Get { key: LEADER_KEY.into() }).await?
         {
+            *free_since = None;
+            return Ok(None);
+        }
+        let free_for = free_since.get_or_insert_with(Instant::now).elapsed();
+        if free_for < ttl && !self.leads_store(member).await {
             return Ok(None);
         }
         let lease = fastrand::u64(1..);
@@ -176,6 +192,12 @@ impl Store {
         }
     }
 
+    /// Whether this member's replica of the leader key's shard leads that shard.
+    async fn leads_store(&self, member: &str) -> bool {
+        matches!(self.run(LEADER_KEY, ClientOp::Status).await,
+                 Ok(ClientReply::Status(s)) if s.leader.as_deref() == Some(member))
+    }
+
     /// Whether the term's lease is still alive (renewed for a full TTL).
     async fn keep_alive(&self, term: Term) -> Result<bool, String> {
         match self.run(LEADER_KEY, ClientOp::KeepAlive { lease: term.lease }).await? {
@@ -193,8 +215,9 @@ impl Actor for Elector {
         let task = async move {
             // Whatever an earlier incarnation started is not ours to keep.
             stop_controllers(&controllers).await;
+            let mut free_since = None;
             let term = loop {
-                match store.campaign(&member, election.ttl).await {
+                match store.campaign(&member, election.ttl, &mut free_since).await {
                     Ok(Some(term)) => break term,
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "campaign failed; trying again"),

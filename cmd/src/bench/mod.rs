@@ -2,6 +2,7 @@
 
 mod actors;
 mod api;
+mod cpu;
 mod pods;
 mod proxy;
 mod scheduler;

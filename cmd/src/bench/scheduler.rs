@@ -155,16 +155,30 @@ impl Api {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         actix_rt::spawn(async move {
             let mut buf = Vec::new();
-            while let Some(Ok(chunk)) = resp.next().await {
-                buf.extend_from_slice(&chunk);
-                while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=end).collect();
-                    let mut v: Value = serde_json::from_slice(&line).unwrap_or_default();
+            let mut events = 0usize;
+            let ended = loop {
+                match resp.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "the server closed it".into(),
+                }
+                // Each line read where it lies; what is read leaves the buffer once per chunk.
+                let mut start = 0;
+                while let Some(end) = buf[start..].iter().position(|b| *b == b'\n') {
+                    let mut v: Value = serde_json::from_slice(&buf[start..start + end]).unwrap_or_default();
+                    start += end + 1;
+                    events += 1;
+                    if v["type"] == "ERROR" {
+                        eprintln!("the bench's watch ended after {events} events: {}", v["object"]["message"]);
+                        return;
+                    }
                     if tx.send((v["object"].take(), Instant::now())).is_err() {
                         return;
                     }
                 }
-            }
+                buf.drain(..start);
+            };
+            eprintln!("the bench's watch ended after {events} events: {ended}");
         });
         Ok(rx)
     }
@@ -309,7 +323,22 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
         let mut bound_rx = api.bindings("sched").await?;
         let next = std::sync::atomic::AtomicUsize::new(0);
         let created: std::sync::Mutex<HashMap<String, Instant>> = std::sync::Mutex::default();
+        // Who spends the CPU: each server, the hollow agent, this bench (its clients).
+        let mut processes: Vec<(String, u32)> = keelson
+            .members()
+            .into_iter()
+            .filter_map(|(pid, cmd)| {
+                let name = cmd.split(' ').skip_while(|a| *a != "--name").nth(1)?.to_string();
+                Some((name, pid))
+            })
+            .collect();
+        processes.sort();
+        processes.push(("hollow agent".into(), hollow.0.id()));
+        processes.push(("bench".into(), std::process::id()));
+        let cpu_before = super::cpu::Sample::take(&processes);
         let began = Instant::now();
+        // Why creates failed: each cause (a status code, or the client's error) counted.
+        let failed: std::sync::Mutex<std::collections::BTreeMap<String, usize>> = std::sync::Mutex::default();
         let workers = (0..args.clients).map(|_| async {
             let mut errors = 0usize;
             loop {
@@ -317,20 +346,27 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
                 if i >= args.pods {
                     return errors;
                 }
+                if i % 10_000 == 9_999 {
+                    eprintln!("  … {} pods asked for", i + 1);
+                }
                 let name = format!("p{i}");
-                match api.post("/api/v1/namespaces/sched/pods", &pod(&name)).await {
+                let cause = match api.post("/api/v1/namespaces/sched/pods", &pod(&name)).await {
                     Ok(201) => {
                         created.lock().unwrap().insert(name, Instant::now());
+                        continue;
                     }
-                    _ => errors += 1,
-                }
-                if i % 10_000 == 9_999 {
-                    eprintln!("  … {} pods created", i + 1);
-                }
+                    Ok(code) => format!("HTTP {code}"),
+                    Err(e) => e.to_string(),
+                };
+                errors += 1;
+                *failed.lock().unwrap().entry(cause).or_default() += 1;
             }
         });
         let errors: usize = futures_util::future::join_all(workers).await.into_iter().sum();
         let create_secs = began.elapsed().as_secs_f64();
+        for (cause, n) in failed.into_inner().unwrap() {
+            eprintln!("  {n} creates failed: {cause}");
+        }
         let made = args.pods - errors;
         let mut bound_at: HashMap<String, Instant> = HashMap::new();
         while bound_at.len() < made {
@@ -341,6 +377,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
                 _ => bail!("only {} of {made} pods were bound", bound_at.len()),
             }
         }
+        let cpu_after = super::cpu::Sample::take(&processes);
         let first = bound_at.values().min().copied().unwrap_or(began);
         let last = bound_at.values().max().copied().unwrap_or(began);
         let created = created.into_inner().unwrap();
@@ -365,6 +402,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
             pct(&lat, 0.99),
             lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
         );
+        println!("CPU per pod created and bound: {}", cpu_after.per_unit_since(&cpu_before, made));
         // The servers' own record, independent of how fast this process reads its watch:
         // each pod's creationTimestamp and PodScheduled time (whole seconds, as Kubernetes
         // writes them).

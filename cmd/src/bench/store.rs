@@ -58,6 +58,12 @@ pub(super) struct Keelson {
 const MEMBERS: [&str; 3] = ["server-1", "server-2", "server-3"];
 
 impl Keelson {
+    /// The `keelson up` process's children (its servers and agents), with their
+    /// command lines.
+    pub(super) fn members(&self) -> Vec<(u32, String)> {
+        super::cpu::children(self.up.id())
+    }
+
     /// `keelson up` with its servers only (the store, API and scheduling benchmarks).
     pub(super) fn start(dir: &Path) -> Result<Self> {
         Self::start_with(dir, &["--agents", "0"])
