@@ -61,6 +61,24 @@ struct State {
     queue: WorkQueue,
 }
 
+/// What the collector keeps of a changed object.
+struct Seen {
+    id: String,
+    owners: Vec<String>,
+    /// Marked for deletion and held for its dependents (orphan or foreground).
+    held: bool,
+}
+
+impl Seen {
+    fn of(obj: &Value) -> Self {
+        Self {
+            id: uid(obj).to_string(),
+            owners: owner_uids(obj),
+            held: deleting(obj) && (has_finalizer(obj, "orphan") || has_finalizer(obj, "foregroundDeletion")),
+        }
+    }
+}
+
 fn owner_uids(obj: &Value) -> Vec<String> {
     obj["metadata"]["ownerReferences"]
         .as_array()
@@ -98,15 +116,16 @@ impl State {
     }
 
     fn on_change(&mut self, kind: usize, change: Change) {
-        let (key, obj, gone) = match change {
+        // Read in place: copying each changed object whole (every pod, at each of its
+        // writes) cost more than the rest of the collector.
+        let (key, Seen { id, owners, held }, gone) = match change {
             Change::Upserted(k) => {
-                let Some(o) = self.kinds[kind].1.read().unwrap().objects.get(&k).cloned() else { return };
-                (k, o, false)
+                let Some(seen) = self.kinds[kind].1.read().unwrap().objects.get(&k).map(Seen::of) else { return };
+                (k, seen, false)
             }
-            Change::Deleted(k, o) => (k, o, true),
+            Change::Deleted(k, o) => (k, Seen::of(&o), true),
         };
         let node = (kind, key);
-        let id = uid(&obj).to_string();
         for old in self.owners.remove(&node).unwrap_or_default() {
             if let Some(d) = self.dependents.get_mut(&old) {
                 d.remove(&node);
@@ -125,15 +144,14 @@ impl State {
             for d in self.dependents.get(&id).cloned().unwrap_or_default() {
                 self.queue.push(item(&d));
             }
-            for o in owner_uids(&obj) {
-                if let Some(n) = self.objects.get(&o) {
+            for o in &owners {
+                if let Some(n) = self.objects.get(o) {
                     self.queue.push(item(n));
                 }
             }
             return;
         }
         self.objects.insert(id.clone(), node.clone());
-        let owners = owner_uids(&obj);
         for o in &owners {
             self.dependents.entry(o.clone()).or_default().insert(node.clone());
             if let Some(n) = self.objects.get(o) {
@@ -146,7 +164,7 @@ impl State {
             self.queue.push_after(item(&node), Duration::from_millis(500));
         }
         self.owners.insert(node.clone(), owners);
-        if deleting(&obj) && (has_finalizer(&obj, "orphan") || has_finalizer(&obj, "foregroundDeletion")) {
+        if held {
             self.queue.push(item(&node));
         }
     }
