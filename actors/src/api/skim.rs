@@ -52,7 +52,7 @@ struct Scan<'a> {
     i: usize,
 }
 
-impl Scan<'_> {
+impl<'a> Scan<'a> {
     fn ws(&mut self) {
         while self.b.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
             self.i += 1;
@@ -69,7 +69,7 @@ impl Scan<'_> {
     }
 
     /// A string's raw bytes (escapes left as they are); the cursor after its quote.
-    fn string(&mut self) -> Option<&[u8]> {
+    fn string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
@@ -129,10 +129,10 @@ impl Scan<'_> {
             return Some(());
         }
         loop {
-            let key = self.string()?.to_vec();
+            let key = self.string()?;
             self.eat(b':')?;
             self.ws();
-            each(self, &key)?;
+            each(self, key)?;
             self.ws();
             match self.peek()? {
                 b',' => self.i += 1,

@@ -4,14 +4,19 @@
 
 use std::time::Duration;
 
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses and
+/// may hold spaces): the state first, then the parent's pid; user and system time are
+/// the 12th and 13th.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// User and system CPU time of process `pid` (all its threads) so far.
 pub fn used(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces) in parentheses: utime is the 14th
-    // field of the line, stime the 15th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ').skip(11);
-    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    let fields = stat_fields(pid)?;
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf only reads a system constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Some(Duration::from_micros(ticks * 1_000_000 / per_second))
@@ -22,11 +27,7 @@ pub fn children(pid: u32) -> Vec<(u32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat")).ok().is_some_and(|s| {
-                s.rfind(')').and_then(|i| s[i + 2..].split(' ').nth(1)?.parse::<u32>().ok()) == Some(pid)
-            })
-        })
+        .filter(|child| stat_fields(*child).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(pid))
         .map(|child| {
             let cmd = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
             (child, String::from_utf8_lossy(&cmd).replace('\0', " ").trim().to_string())
@@ -42,7 +43,7 @@ impl Sample {
         Self(processes.iter().map(|(name, pid)| (name.clone(), *pid, used(*pid).unwrap_or_default())).collect())
     }
 
-    /// What each process used since `before`, per `units` of work, as `name 1.23 ms` parts.
+    /// What each process used since `before`, per `units` of work: the total, then `name 123 µs` parts.
     pub fn per_unit_since(&self, before: &Sample, units: usize) -> String {
         let mut total = Duration::ZERO;
         let mut parts = Vec::new();
@@ -61,7 +62,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_uses_cpu_and_has_no_children_named_after_it() {
+    fn this_process_uses_cpu_and_its_child_is_found() {
         let me = std::process::id();
         let before = used(me).expect("this process's stat");
         let began = std::time::Instant::now();
@@ -71,9 +72,8 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(used(me).unwrap() > before, "300 ms of spinning shows in the counters");
-        let child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let found = children(me);
-        let mut child = child;
         let _ = child.kill();
         let _ = child.wait();
         assert!(found.iter().any(|(pid, cmd)| *pid == child.id() && cmd == "sleep 5"), "{found:?}");

@@ -220,14 +220,9 @@ impl Drop for Etcd {
     }
 }
 
-fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum()
+/// The CPU time `pids` have used so far, together.
+fn cpu_used(pids: &[u32]) -> Duration {
+    pids.iter().filter_map(|p| super::cpu::used(*p)).sum()
 }
 
 struct Cell {
@@ -248,7 +243,7 @@ pub(super) fn pct(sorted: &[Duration], p: f64) -> f64 {
 async fn load(t: &impl Target, clients: usize, secs: u64, round: usize) -> Cell {
     let endpoints = t.endpoints();
     let pids = t.pids();
-    let ticks_before = cpu_ticks(&pids);
+    let cpu_before = cpu_used(&pids);
     let until = Instant::now() + Duration::from_secs(secs);
     let began = Instant::now();
     let workers = (0..clients).map(|c| {
@@ -273,8 +268,7 @@ async fn load(t: &impl Target, clients: usize, secs: u64, round: usize) -> Cell 
     });
     let results = futures_util::future::join_all(workers).await;
     let secs = began.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(&pids).saturating_sub(ticks_before);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = cpu_used(&pids).saturating_sub(cpu_before);
     let mut all: Vec<Duration> = results.iter().flat_map(|(l, _)| l.iter().copied()).collect();
     let errors = results.iter().map(|(_, e)| e).sum();
     all.sort();
@@ -283,7 +277,7 @@ async fn load(t: &impl Target, clients: usize, secs: u64, round: usize) -> Cell 
         p50: pct(&all, 0.5),
         p99: pct(&all, 0.99),
         p999: pct(&all, 0.999),
-        cpu_us_per_put: ticks as f64 / hz * 1e6 / all.len().max(1) as f64,
+        cpu_us_per_put: cpu.as_secs_f64() * 1e6 / all.len().max(1) as f64,
         errors,
     }
 }
