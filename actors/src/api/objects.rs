@@ -803,13 +803,16 @@ pub fn admit(res: &Resource, ns: Option<&str>, mut obj: Value, strict: bool) -> 
     if !problems.is_empty() {
         return Err(Failure::invalid(res, &name, &problems));
     }
-    let known = validate::decode(res, &obj).map_err(|e| {
+    let undecodable = |e: String| {
         Failure::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             res.kind, res.version, res.kind
         ))
-    })?;
-    if strict {
+    };
+    if !strict {
+        validate::check(res, &obj).map_err(undecodable)?;
+    } else {
+        let known = validate::decode(res, &obj).map_err(undecodable)?;
         if let Some(field) = validate::unknown_field(&obj, &known) {
             return Err(Failure::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: strict decoding error: unknown field \"{field}\"",
