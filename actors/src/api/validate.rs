@@ -181,32 +181,30 @@ pub fn spec_problems(res: &Resource, obj: &Value) -> Vec<(String, String)> {
     out
 }
 
-/// Whether `obj` decodes as its kind's type: read from the value where it lies, with
-/// no copy and nothing printed back (every create and patch pays this; only strict
-/// validation needs the round trip of [`decode`]).
-pub fn check(res: &Resource, obj: &Value) -> Result<(), String> {
-    struct Read<'a>(&'a Value);
+/// `obj` decoded as the `k8s-openapi` type of its kind, read where it lies (no copy),
+/// and printed back to JSON only when `back` (what the type knows, for strict checks).
+fn read_as_type(res: &Resource, obj: &Value, back: bool) -> Result<Option<Value>, String> {
+    struct Read<'a>(&'a Value, bool);
     impl KindVisitor for Read<'_> {
-        type Out = Result<(), String>;
-        fn visit<T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema>(self) -> Self::Out {
-            T::deserialize(self.0).map(drop).map_err(|e| e.to_string())
-        }
-    }
-    visit(res.kind, Read(obj)).unwrap_or_else(|| Err(format!("no type for kind {}", res.kind)))
-}
-
-/// Decodes `obj` into the `k8s-openapi` type of its kind and back: a shape error is a
-/// decode error (400), and the round trip is what the type knows (for strict checks).
-pub fn decode(res: &Resource, obj: &Value) -> Result<Value, String> {
-    struct Round<'a>(&'a Value);
-    impl KindVisitor for Round<'_> {
-        type Out = Result<Value, String>;
+        type Out = Result<Option<Value>, String>;
         fn visit<T: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema>(self) -> Self::Out {
             let typed = T::deserialize(self.0).map_err(|e| e.to_string())?;
-            serde_json::to_value(typed).map_err(|e| e.to_string())
+            self.1.then(|| serde_json::to_value(typed).map_err(|e| e.to_string())).transpose()
         }
     }
-    visit(res.kind, Round(obj)).unwrap_or_else(|| Err(format!("no type for kind {}", res.kind)))
+    visit(res.kind, Read(obj, back)).unwrap_or_else(|| Err(format!("no type for kind {}", res.kind)))
+}
+
+/// Whether `obj` decodes as its kind's type (a shape error is a decode error, 400):
+/// every create and patch pays this, so nothing is printed back.
+pub fn check(res: &Resource, obj: &Value) -> Result<(), String> {
+    read_as_type(res, obj, false).map(drop)
+}
+
+/// Decodes `obj` into the `k8s-openapi` type of its kind and back: the round trip is
+/// what the type knows (for strict checks).
+pub fn decode(res: &Resource, obj: &Value) -> Result<Value, String> {
+    read_as_type(res, obj, true).map(Option::unwrap_or_default)
 }
 
 /// The first field of `given` that `known` (its decoded round trip) lacks, as a path

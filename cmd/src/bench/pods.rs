@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::api::{client, Api};
 use super::store::{pct, Keelson};
@@ -65,7 +65,8 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
         let parts: Vec<String> = each.iter().map(|(m, r)| format!("{m} {:.0}", mb(*r))).collect();
         println!("idle memory (RSS, 3 servers + 2 agents + launcher): {:.0} MB ({})", mb(idle), parts.join(", "));
 
-        let mut events = api.watch::<serde_json::Value>("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dstartup").await?;
+        let startup = "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dstartup";
+        let mut events = api.watch::<Value>(startup).await?;
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "startup"},
             "spec": {"replicas": args.pods, "selector": {"matchLabels": {"app": "startup"}},
                      "template": {"metadata": {"labels": {"app": "startup"}},
