@@ -15,7 +15,10 @@
 //! Two of mimalloc's defaults are changed the same way, unless the environment sets
 //! them (`MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`): arenas committed
 //! eagerly are never purged (an idle `keelson up` held twice the memory), and freed
-//! pages went back to the OS only after a delay.
+//! pages go back to the OS half a second after they were freed, long enough to cover a
+//! burst (with no delay a scheduling burst faulted the same pages in again within
+//! milliseconds: page faults and `madvise` were an eighth of the busiest member), short
+//! enough that an idle cluster keeps no more than 2–3 MB of it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::{c_char, c_int, c_long, CStr};
@@ -95,8 +98,9 @@ extern "C" {
     fn mi_option_get(option: c_int) -> c_long;
 }
 
+/// Option, its environment variable (which wins), and the value set otherwise.
 const OPTIONS: [(c_int, &CStr, c_long); 2] =
-    [(ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0), (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 0)];
+    [(ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0), (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 500)];
 
 #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 extern "C" fn choose(argc: c_int, argv: *const *const c_char, _envp: *const *const c_char) {

@@ -6,12 +6,13 @@ use serde_json::{json, Value};
 
 use super::resources::{find, Resource};
 use super::selector::{FieldSelector, LabelSelector};
+use super::skim::Paths;
 use super::status::Failure;
 use super::validate;
 use crate::runtime::Ref;
 use crate::store::pages::{cursor_text, parse_cursor, read_page, PageError};
 use crate::store::state::{Command, Outcome, WriteOp};
-use crate::store::{execute, shard_of, ClientOp, ClientReply, ReadLocal, Replica};
+use crate::store::{execute, shard_of, ClientOp, ClientReply, Item, ReadLocal, Replica};
 
 /// The store as the API uses it: this member's replica of every shard.
 #[derive(Clone)]
@@ -241,18 +242,29 @@ fn prepare(
                 }
             },
             Part::Status => {
-                let status = obj.get("status").cloned();
+                // Everything but the status as it is now: what differs is put back from
+                // `current` (a status patch changes nothing else, so nothing is copied).
                 let rv = obj["metadata"]["resourceVersion"].clone();
-                obj = current.clone();
-                obj["metadata"]["resourceVersion"] = rv;
-                match status {
-                    Some(s) => obj["status"] = s,
-                    None => {
-                        if let Some(o) = obj.as_object_mut() {
-                            o.remove("status");
+                match (obj.as_object_mut(), current.as_object()) {
+                    (Some(o), Some(c)) => {
+                        o.retain(|k, _| k == "status" || c.contains_key(k));
+                        for (k, v) in c.iter().filter(|(k, _)| *k != "status") {
+                            if o.get(k) != Some(v) {
+                                o.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    _ => {
+                        let status = obj.get("status").cloned();
+                        obj = current.clone();
+                        match (status, obj.as_object_mut()) {
+                            (Some(s), _) => obj["status"] = s,
+                            (None, Some(o)) => drop(o.remove("status")),
+                            (None, None) => {}
                         }
                     }
                 }
+                obj["metadata"]["resourceVersion"] = rv;
             }
             Part::Whole => {}
         }
@@ -363,19 +375,33 @@ impl Objects {
     /// The stored object as this member's replica has applied it (maybe behind the
     /// leader); `None` when the replica does not have it (only a linearizable read tells).
     async fn read_local(&self, key: &str) -> Option<(Value, u64)> {
-        let replica = self.replicas.get(shard_of(key, self.shards()) as usize)?;
-        let item = replica.send(ReadLocal(key.to_string())).await.ok()??;
+        let item = self.local_item(key).await?;
         with_version(&item.value, item.mod_revision).map(|v| (v, item.mod_revision))
     }
 
-    /// `get` for the server's own checks (authorization, admission): this member's copy
-    /// when it has one, which may be a moment old, as the informer-fed checks of
-    /// Kubernetes' API server are; a linearizable read when it has none.
-    pub async fn get_cached(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Value, Failure> {
-        match self.read_local(&res.key(ns, name)).await {
-            Some((v, _)) => Ok(v),
-            None => self.get(res, ns, name).await,
-        }
+    async fn local_item(&self, key: &str) -> Option<Item> {
+        let replica = self.replicas.get(shard_of(key, self.shards()) as usize)?;
+        replica.send(ReadLocal(key.to_string())).await.ok()?
+    }
+
+    /// The parts `paths` names of an object, for the server's own checks (authorization):
+    /// this member's copy when it has one, which may be a moment old, as the
+    /// informer-fed checks of Kubernetes' API server are; a linearizable read when it has
+    /// none. The rest of the object is skipped unbuilt (a kubelet's every status write
+    /// asks which node its pod is on).
+    pub async fn get_cached_part(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        paths: &Paths,
+    ) -> Result<Value, Failure> {
+        let key = res.key(ns, name);
+        let bytes = match self.local_item(&key).await {
+            Some(item) => item.value,
+            None => self.read_raw(&key).await?.ok_or_else(|| Failure::not_found(res, name))?,
+        };
+        paths.read(&bytes).ok_or_else(|| Failure::unavailable(format!("{key} is not JSON in the store")))
     }
 
     pub(super) async fn cas(&self, key: &str, expected: u64, value: Option<&Value>) -> Result<Outcome, Failure> {

@@ -13,6 +13,7 @@ use super::auth::{authorize, Request as AuthzRequest, Role, User, Verb};
 use super::discovery;
 use super::http::ApiState;
 use super::resources::{find, Resource};
+use super::skim::Paths;
 use super::status::Failure;
 use super::verbs;
 
@@ -242,12 +243,12 @@ async fn authorized(state: &ApiState, user: &User, t: &Target, verb: Verb, body:
         return authorize(user, &request);
     };
     let bound_to = match (t.res.plural, &t.name) {
-        ("pods", Some(name)) if verb != Verb::Get => state
-            .objects
-            .get_cached(t.res, t.namespace.as_deref(), name)
-            .await
-            .ok()
-            .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string)),
+        ("pods", Some(name)) if verb != Verb::Get => {
+            let mut node = Paths::default();
+            node.keep("spec.nodeName");
+            let pod = state.objects.get_cached_part(t.res, t.namespace.as_deref(), name, &node).await;
+            pod.ok().and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+        }
         _ => None,
     };
     let created: Option<String> = match verb {

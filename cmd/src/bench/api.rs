@@ -259,6 +259,5 @@ pub fn api(args: ApiBenchArgs) -> Result<()> {
         );
         Ok::<_, anyhow::Error>(())
     });
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    super::finish(&dir, result)
 }

@@ -133,6 +133,5 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
         let _ = api.client.delete(url).bearer_auth(&api.token).send().await;
         Ok(())
     });
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    super::finish(&dir, result)
 }

@@ -460,8 +460,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
         drop(hollow);
         Ok::<_, anyhow::Error>(())
     });
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    super::finish(&dir, result)
 }
 
 #[cfg(test)]

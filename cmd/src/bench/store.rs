@@ -413,6 +413,5 @@ pub fn store(args: StoreBenchArgs) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     });
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    super::finish(&dir, result)
 }

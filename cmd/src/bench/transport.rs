@@ -186,6 +186,5 @@ pub fn transport(args: TransportBenchArgs) -> Result<()> {
     drop(peer.stdin.take());
     let _ = peer.wait();
     drop(runtime);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    super::finish(&dir, result)
 }
