@@ -354,7 +354,7 @@ impl Objects {
     }
 
     /// A key's raw value (for records that are not Kubernetes objects).
-    pub async fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+    pub async fn read_raw(&self, key: &str) -> Result<Option<bytes::Bytes>, Failure> {
         match self.run(key, ClientOp::Get { key: key.to_string() }).await? {
             ClientReply::Item { item, .. } => Ok(item.map(|i| i.value)),
             other => Err(Failure::unavailable(format!("unexpected store answer {other:?}"))),

@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use keelson_transport::frame::{from_payload, to_payload};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::types::{NodeId, TypeConfig};
@@ -184,28 +184,75 @@ fn write_batch(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
     Ok(())
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
+/// About the most bytes of entries one AppendEntries carries (one entry goes whatever its
+/// size). openraft gives an AppendEntries the heartbeat interval (100 ms) to be answered.
+/// Under a scheduling burst, messages of 64 batches reached 1–3 MB, beyond a QUIC
+/// stream's initial receive window (1.25 MB): on a busy machine they missed that
+/// deadline, were dropped and sent again whole, and missed it again, so the followers
+/// heard no heartbeat and elected another leader, which then failed the same way
+/// (BENCHMARKS.md, scheduling, session 17). A quarter of a megabyte goes in one flight.
+const MAX_APPEND_BYTES: usize = 256 << 10;
+
+impl LogStore {
+    /// The entries in `range`, in order, stopping before the one that would take their
+    /// bytes past `budget` (the first always comes).
+    fn entries<RB: RangeBounds<u64> + Clone>(
+        &self,
         range: RB,
+        budget: usize,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         // Take the in-memory entries first: one written meanwhile is then found on disk.
         let queued: BTreeMap<u64, Entry<TypeConfig>> =
             self.shared.pending.lock().unwrap().range(range.clone()).map(|(k, v)| (*k, v.clone())).collect();
         let tx = self.shared.db.begin_read().map_err(read_err)?;
         let t = tx.open_table(LOGS).map_err(read_err)?;
-        let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut fits = |size: usize, taken: usize| {
+            bytes += size;
+            taken == 0 || bytes <= budget
+        };
         let upper = match (range.end_bound(), queued.keys().next()) {
             // Entries from the first queued index on are the queued ones.
             (_, Some(first)) => Bound::Excluded(*first),
             (b, None) => b.cloned(),
         };
         for row in t.range((range.start_bound().cloned(), upper)).map_err(read_err)? {
-            let (k, v) = row.map_err(read_err)?;
-            out.insert(k.value(), from_payload(v.value()).map_err(read_err)?);
+            let (_, v) = row.map_err(read_err)?;
+            if !fits(v.value().len(), out.len()) {
+                return Ok(out);
+            }
+            out.push(from_payload(v.value()).map_err(read_err)?);
         }
-        out.extend(queued);
-        Ok(out.into_values().collect())
+        for entry in queued.into_values() {
+            let size = match &entry.payload {
+                EntryPayload::Normal(command) => command.weight(),
+                _ => 0,
+            };
+            if !fits(size, out.len()) {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        self.entries(range, usize::MAX)
+    }
+
+    /// What replication sends: a bounded message (`MAX_APPEND_BYTES`).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        self.entries(start..end, MAX_APPEND_BYTES)
     }
 }
 
@@ -308,6 +355,41 @@ mod tests {
             let sm = StateMachine::open(dir.join("sm"), Default::default()).map_err(write_err)?;
             Ok((Scratch(dir), log, sm))
         }
+    }
+
+    #[test]
+    fn replication_reads_a_bounded_message_and_never_an_empty_one() {
+        use crate::store::state::{Command, WriteOp};
+        let scratch = Scratch(std::env::temp_dir().join(format!("keelson-log-bounded-{}", std::process::id())));
+        std::fs::create_dir_all(&scratch.0).unwrap();
+        let db = Database::create(scratch.0.join("raft.redb")).unwrap();
+        let log = LogStore::new(Arc::new(db), "bounded").unwrap();
+        let entry = |i: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), i),
+            payload: EntryPayload::Normal(Command {
+                epoch: None,
+                op: WriteOp::Put { key: format!("k{i}"), value: vec![7; 100_000], lease: 0 },
+            }),
+        };
+        // 1–4 durable, 5–8 still queued for the writer.
+        let tx = log.shared.db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(LOGS).unwrap();
+            for i in 1..=4 {
+                t.insert(i, to_payload(&entry(i)).unwrap().as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        log.shared.pending.lock().unwrap().extend((5..=8).map(|i| (i, entry(i))));
+        let read = |start: u64, budget: usize| -> Vec<u64> {
+            log.entries(start..9, budget).unwrap().iter().map(|e| e.log_id.index).collect()
+        };
+        assert_eq!(read(1, usize::MAX), (1..=8).collect::<Vec<_>>());
+        assert_eq!(read(1, 250_000), [1, 2], "from disk");
+        assert_eq!(read(5, 250_000), [5, 6], "from the queue");
+        assert_eq!(read(4, 250_000), [4, 5], "across both");
+        assert_eq!(read(3, 1), [3], "one entry larger than the budget still goes");
+        assert!(to_payload(&entry(1)).unwrap().len() * 2 < MAX_APPEND_BYTES, "the budget holds two such entries");
     }
 
     /// openraft's own conformance suite for log and state-machine storage: reads see

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
+use bytes::Bytes;
 use keelson_config::EventWindow;
 use serde::{Deserialize, Serialize};
 
@@ -155,8 +156,9 @@ pub enum Outcome {
 /// A stored value and its revisions (as etcd keeps them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Value {
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    /// Shared, never changed: the window's events, a snapshot's copy and a read hold
+    /// the same bytes, not copies of them.
+    pub data: Bytes,
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
@@ -176,8 +178,7 @@ pub struct Event {
     pub revision: u64,
     pub key: String,
     pub kind: EventKind,
-    #[serde(with = "serde_bytes")]
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// The key before this change (Kubernetes' delete events carry the last object;
     /// a read at an older revision undoes changes with it).
     pub prev: Option<Value>,
@@ -238,7 +239,7 @@ impl Compare {
             Target::CreateRevision(r) => v.map_or(0, |v| v.create_revision).cmp(r),
             Target::Version(n) => v.map_or(0, |v| v.version).cmp(n),
             Target::Value(x) => match v {
-                Some(v) => v.data.as_slice().cmp(x.as_slice()),
+                Some(v) => v.data[..].cmp(x.as_slice()),
                 // etcd: a value compare on an absent key fails whatever the operator.
                 None => return false,
             },
@@ -260,15 +261,7 @@ impl Data {
             }
         }
         match &cmd.op {
-            WriteOp::Put { key, value, lease } => {
-                if *lease != 0 && !self.leases.contains_key(lease) {
-                    return Outcome::NoLease { id: *lease };
-                }
-                let existed = self.kv.contains_key(key);
-                self.revision += 1;
-                self.put_at(key, value.clone(), *lease, self.revision);
-                Outcome::Done { revision: self.revision, existed }
-            }
+            WriteOp::Put { key, value, lease } => self.put(key, Bytes::copy_from_slice(value), *lease),
             WriteOp::Delete { key } => {
                 if !self.kv.contains_key(key) {
                     return Outcome::Done { revision: self.revision, existed: false };
@@ -282,11 +275,10 @@ impl Data {
                 if current != *expected {
                     return Outcome::Conflict { current };
                 }
-                let op = match value {
-                    Some(v) => WriteOp::Put { key: key.clone(), value: v.clone(), lease: 0 },
-                    None => WriteOp::Delete { key: key.clone() },
-                };
-                self.apply(&Command { epoch: None, op })
+                match value {
+                    Some(v) => self.put(key, Bytes::copy_from_slice(v), 0),
+                    None => self.apply(&Command { epoch: None, op: WriteOp::Delete { key: key.clone() } }),
+                }
             }
             WriteOp::Txn { compares, success, failure } => {
                 let succeeded = compares.iter().all(|c| c.holds(self.kv.get(&c.key)));
@@ -305,7 +297,9 @@ impl Data {
                     self.revision += 1;
                     for op in ops {
                         match op {
-                            TxnOp::Put { key, value, lease } => self.put_at(key, value.clone(), *lease, self.revision),
+                            TxnOp::Put { key, value, lease } => {
+                                self.put_at(key, Bytes::copy_from_slice(value), *lease, self.revision)
+                            }
                             TxnOp::Delete { key } => self.delete_at(key, self.revision),
                         }
                     }
@@ -339,8 +333,19 @@ impl Data {
         }
     }
 
+    /// Puts `key` at the next revision, with `lease` (which must exist, or 0).
+    fn put(&mut self, key: &str, data: Bytes, lease: u64) -> Outcome {
+        if lease != 0 && !self.leases.contains_key(&lease) {
+            return Outcome::NoLease { id: lease };
+        }
+        let existed = self.kv.contains_key(key);
+        self.revision += 1;
+        self.put_at(key, data, lease, self.revision);
+        Outcome::Done { revision: self.revision, existed }
+    }
+
     /// Writes `key` at `rev` (already counted), moving it between leases as asked.
-    fn put_at(&mut self, key: &str, data: Vec<u8>, lease: u64, rev: u64) {
+    fn put_at(&mut self, key: &str, data: Bytes, lease: u64, rev: u64) {
         let prev = self.kv.get(key).cloned();
         if let Some(old) = prev.as_ref().map(|p| p.lease).filter(|l| *l != 0 && *l != lease) {
             if let Some(l) = self.leases.get_mut(&old) {
@@ -351,7 +356,7 @@ impl Data {
             l.keys.insert(key.to_string());
         }
         let entry = self.kv.entry(key.to_string()).or_insert(Value {
-            data: Vec::new(),
+            data: Bytes::new(),
             create_revision: rev,
             mod_revision: rev,
             version: 0,
@@ -539,7 +544,7 @@ mod tests {
     }
 
     fn keys(items: &[(String, Value)]) -> Vec<(&str, &[u8])> {
-        items.iter().map(|(k, v)| (k.as_str(), v.data.as_slice())).collect()
+        items.iter().map(|(k, v)| (k.as_str(), &v.data[..])).collect()
     }
 
     #[test]
@@ -605,12 +610,30 @@ mod tests {
             d.apply(&txn(on_a(Target::Value(b"9".to_vec()), Cmp::Equal), "x")),
             Outcome::Txn { succeeded: false, revision: 3 }
         );
-        assert!(!d.kv.contains_key("a") && d.kv["b"].data == b"2");
+        assert!(!d.kv.contains_key("a") && d.kv["b"].data == b"2"[..]);
         // A branch that changes nothing does not use a revision.
         assert_eq!(
             d.apply(&txn(on_a(Target::Version(5), Cmp::Equal), "x")),
             Outcome::Txn { succeeded: false, revision: 3 }
         );
+    }
+
+    #[test]
+    fn a_value_is_shared_by_the_map_its_events_and_snapshot_copies() {
+        let mut d = Data::default();
+        let cas = |expected, value: &[u8]| op(WriteOp::Cas { key: "a".into(), expected, value: Some(value.to_vec()) });
+        d.apply(&cas(0, b"one"));
+        d.apply(&cas(1, b"two"));
+        let stored = d.kv["a"].data.as_ptr();
+        let (first, last) = (&d.events[0], d.events.back().unwrap());
+        assert_eq!(last.value.as_ref().unwrap().as_ptr(), stored, "the event holds the stored bytes");
+        assert_eq!(
+            last.prev.as_ref().unwrap().data.as_ptr(),
+            first.value.as_ref().unwrap().as_ptr(),
+            "and so does prev"
+        );
+        assert_eq!(d.snapshot_copy().kv["a"].data.as_ptr(), stored, "a snapshot's copy copies no value");
+        assert_eq!(&d.kv["a"].data[..], b"two");
     }
 
     #[test]

@@ -67,8 +67,8 @@ pub enum ClientOp {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Item {
     pub key: String,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// The stored bytes themselves, shared (a read copies nothing).
+    pub value: bytes::Bytes,
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
