@@ -5,7 +5,7 @@
 //! - [`process`]: an OS child process as a supervised actor (`keelson up`'s members).
 //! - [`transport`]: the member's side of QUIC: routing inbound messages, remote
 //!   references, and the actors that keep links up.
-//! - [`store`]: the replicated, sharded configuration store (openraft + redb).
+//! - [`store`]: the replicated, sharded configuration store (openraft on an append-only log).
 //! - [`api`]: the Kubernetes API gateway, its actor door and client, informers.
 //! - [`cloud`]: the cloud provider seam (load balancers, machines) and its controller.
 //! - [`controllers`]: the leader election, the scheduler and the controllers.

@@ -49,25 +49,37 @@ const SERVER_METADATA: &[&str] = &[
     "selfLink",
 ];
 
+/// Calls `each` with every field of `obj` (of schema type `ty`) a manager can own, below
+/// which it owns what is set: the top-level fields but `apiVersion` and `kind`, and the
+/// metadata's (`in_metadata`) but those the server owns.
+fn ownable<'a>(obj: &'a Value, ty: &str, mut each: impl FnMut(bool, &'a str, &'a Value, Option<FieldMeta>)) {
+    let Value::Object(m) = obj else { return };
+    for (k, v) in m {
+        if IDENTITY.contains(&k.as_str()) {
+            continue;
+        }
+        if k == "metadata" {
+            let Value::Object(meta) = v else { continue };
+            for (k, v) in meta.iter().filter(|(k, _)| !SERVER_METADATA.contains(&k.as_str())) {
+                each(true, k, v, field_meta("ObjectMeta", k));
+            }
+            continue;
+        }
+        each(false, k, v, field_meta(ty, k));
+    }
+}
+
 /// The fields `obj` sets, for an object of schema type `ty`.
 pub fn fields_of(obj: &Value, ty: &str) -> FieldSet {
     let mut out = FieldSet::new();
-    if let Value::Object(m) = obj {
-        for (k, v) in m {
-            if IDENTITY.contains(&k.as_str()) {
-                continue;
-            }
-            if k == "metadata" {
-                let Value::Object(meta) = v else { continue };
-                let mut kept = meta.clone();
-                kept.retain(|k, _| !SERVER_METADATA.contains(&k.as_str()));
-                walk(&Value::Object(kept), Some("ObjectMeta"), vec![Step::Field(k.clone())], &mut out);
-                continue;
-            }
-            let child = field_meta(ty, k);
-            walk_field(v, child, vec![Step::Field(k.clone())], &mut out);
+    ownable(obj, ty, |in_metadata, k, v, meta| {
+        let mut path = Vec::with_capacity(2);
+        if in_metadata {
+            path.push(Step::Field("metadata".into()));
         }
-    }
+        path.push(Step::Field(k.to_string()));
+        walk_field(v, meta, path, &mut out);
+    });
     out
 }
 
@@ -179,6 +191,69 @@ fn remove_at(obj: &mut Value, path: &[Step]) {
         }
         Step::Itself => {}
     }
+}
+
+/// The managed fields of an object `manager` creates: one entry owning every field it
+/// sets — `track_update(&Value::Null, obj, …)`, with the `FieldsV1` tree built as the
+/// object is walked rather than from a set of paths (every leaf's path cloned, sorted
+/// and taken apart again; 4% of the API leader's time under a scheduling burst).
+pub fn track_create(obj: &Value, ty: &str, manager: &str, now: &str) -> Value {
+    let (mut tree, mut metadata) = (Map::new(), Map::new());
+    ownable(obj, ty, |in_metadata, k, v, meta| {
+        tree_field(v, meta, if in_metadata { &mut metadata } else { &mut tree }, format!("f:{k}"));
+    });
+    if !metadata.is_empty() {
+        tree.insert("f:metadata".into(), Value::Object(metadata));
+    }
+    if tree.is_empty() {
+        return json!([]);
+    }
+    json!([{
+        "manager": manager, "operation": "Update", "apiVersion": obj["apiVersion"].as_str().unwrap_or_default(),
+        "time": now, "fieldsType": "FieldsV1", "fieldsV1": tree,
+    }])
+}
+
+/// `walk_field`, adding to a `FieldsV1` tree under `name` in `parent`.
+fn tree_field(v: &Value, meta: Option<FieldMeta>, parent: &mut Map<String, Value>, name: String) {
+    let ty = meta.and_then(|m| m.ty);
+    match (v, meta.map_or(ListMerge::Replace, |m| m.list)) {
+        (Value::Array(items), ListMerge::ByKey(key)) if !items.is_empty() => {
+            let node = tree_node(parent, name);
+            for item in items {
+                let element = tree_node(node, format!("k:{}", key_text(item, key)));
+                element.entry(".").or_insert_with(|| json!({}));
+                if let Value::Object(m) = item {
+                    for (k, child) in m {
+                        tree_field(child, ty.and_then(|t| field_meta(t, k)), element, format!("f:{k}"));
+                    }
+                }
+            }
+        }
+        (Value::Array(items), ListMerge::Primitives) if !items.is_empty() => {
+            let node = tree_node(parent, name);
+            for item in items {
+                tree_node(node, format!("v:{item}"));
+            }
+        }
+        (Value::Array(_), ListMerge::ByKey(_) | ListMerge::Primitives) => {}
+        (Value::Object(m), _) if !m.is_empty() => {
+            let mut node = Map::new();
+            for (k, child) in m {
+                tree_field(child, ty.and_then(|t| field_meta(t, k)), &mut node, format!("f:{k}"));
+            }
+            if !node.is_empty() {
+                tree_node(parent, name).extend(node);
+            }
+        }
+        _ => {
+            tree_node(parent, name);
+        }
+    }
+}
+
+fn tree_node(parent: &mut Map<String, Value>, name: String) -> &mut Map<String, Value> {
+    parent.entry(name).or_insert_with(|| json!({})).as_object_mut().expect("FieldsV1 nodes are objects")
 }
 
 /// A field set as `FieldsV1` (`{"f:spec":{"f:replicas":{}}}`).
@@ -680,6 +755,7 @@ mod tests {
         let mut created = pod.clone();
         let tracked = track_update(&Value::Null, &pod, "Pod", "client", now);
         assert_eq!(tracked, track_update_by_whole_sets(&Value::Null, &pod, "Pod", "client", now));
+        assert_eq!(track_create(&pod, "Pod", "client", now), tracked, "a create's own walk");
         created["metadata"]["managedFields"] = tracked;
         // Every change after the create, and every pair of changes by two managers.
         for (first, a) in &changes {
@@ -726,6 +802,37 @@ mod tests {
         assert_eq!(from_fields_v1(&v1), set);
         let finalizers = fields_of(&json!({"metadata": {"finalizers": ["a"]}}), "ConfigMap");
         assert_eq!(to_fields_v1(&finalizers), json!({"f:metadata": {"f:finalizers": {"v:\"a\"": {}}}}));
+    }
+
+    #[test]
+    fn a_create_is_tracked_as_an_update_from_nothing() {
+        let now = "2026-12-02T00:00:00Z";
+        let objects = [
+            (deployment(3, "nginx"), "Deployment"),
+            (
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "uid": "u", "labels": {}},
+                       "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080},
+                                {"port": 443, "name": "tls"}], "clusterIPs": ["10.0.0.1"], "type": "ClusterIP"}}),
+                "Service",
+            ),
+            (
+                json!({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": "p", "finalizers": ["a", "a"], "ownerReferences": []},
+                       "spec": {"containers": [{"name": "c", "env": []}, {"name": "c", "args": ["x"]}],
+                                "volumes": [], "affinity": {"nodeAffinity": {}}, "dnsConfig": {"options": []}},
+                       "status": {}}),
+                "Pod",
+            ),
+            (json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "only-server-fields"}}), "ConfigMap"),
+            (
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": "not an object", "data": {"k": "v"}}),
+                "ConfigMap",
+            ),
+        ];
+        for (obj, ty) in &objects {
+            assert_eq!(track_create(obj, ty, "m", now), track_update(&Value::Null, obj, ty, "m", now), "{obj}");
+        }
+        assert_eq!(track_create(&objects[3].0, "ConfigMap", "m", now), json!([]));
     }
 
     #[test]

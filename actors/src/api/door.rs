@@ -133,6 +133,9 @@ pub fn serve(
             Answer::Value(code, v) => {
                 let _caller_gone = tx.send(ApiResponse::new(code, v.to_string().into_bytes())).await;
             }
+            Answer::Json(code, bytes) => {
+                let _caller_gone = tx.send(ApiResponse::new(code, bytes)).await;
+            }
             Answer::Text(mut bytes) => {
                 let mut body = Vec::new();
                 while let Some(b) = bytes.next().await {

@@ -106,6 +106,11 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<ApiState>
         Answer::Value(code, v) => {
             HttpResponse::build(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)).json(v)
         }
+        Answer::Json(code, bytes) => {
+            HttpResponse::build(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                .content_type("application/json")
+                .body(bytes)
+        }
         Answer::Watch(events) => {
             let lines = events.map(|e| Ok::<_, actix_web::Error>(e.line()));
             HttpResponse::Ok().content_type("application/json").streaming(lines)

@@ -405,7 +405,11 @@ impl Objects {
     }
 
     pub(super) async fn cas(&self, key: &str, expected: u64, value: Option<&Value>) -> Result<Outcome, Failure> {
-        let value = value.map(|v| serde_json::to_vec(v).unwrap_or_default());
+        self.cas_bytes(key, expected, value.map(|v| serde_json::to_vec(v).unwrap_or_default())).await
+    }
+
+    /// As `cas`, with the object already serialized.
+    async fn cas_bytes(&self, key: &str, expected: u64, value: Option<Vec<u8>>) -> Result<Outcome, Failure> {
         let op = WriteOp::Cas { key: key.to_string(), expected, value };
         match self.run(key, ClientOp::Write(Command { epoch: self.epoch, op })).await? {
             ClientReply::Written(Outcome::Fenced { current }) => Err(Failure::new(
@@ -486,7 +490,34 @@ impl Objects {
     }
 
     /// Creates `obj` (already checked) in `ns`: server fields set, refused if the name is taken.
-    pub async fn create(&self, res: &Resource, ns: Option<&str>, mut obj: Value) -> Result<Value, Failure> {
+    pub async fn create(&self, res: &Resource, ns: Option<&str>, obj: Value) -> Result<Value, Failure> {
+        let (mut obj, _, revision) = self.create_inner(res, ns, obj).await?;
+        obj["metadata"]["resourceVersion"] = revision.to_string().into();
+        Ok(obj)
+    }
+
+    /// As `create`, answering with the created object as JSON: the bytes written to the
+    /// store with the resourceVersion spliced in, rather than the object printed again.
+    pub async fn create_json(&self, res: &Resource, ns: Option<&str>, obj: Value) -> Result<Vec<u8>, Failure> {
+        let (mut obj, written, revision) = self.create_inner(res, ns, obj).await?;
+        let rv = revision.to_string();
+        Ok(match super::skim::with_resource_version(&written, &rv) {
+            Some(bytes) => bytes,
+            None => {
+                obj["metadata"]["resourceVersion"] = rv.into();
+                serde_json::to_vec(&obj).unwrap_or_default()
+            }
+        })
+    }
+
+    /// Creates `obj`; gives it back as written (without its resourceVersion), with the
+    /// bytes written and the revision it was written at.
+    async fn create_inner(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        mut obj: Value,
+    ) -> Result<(Value, Vec<u8>, u64), Failure> {
         if res.namespaced {
             let namespaces = find("", "v1", "namespaces").expect("namespaces are served");
             let ns = ns.unwrap_or("default");
@@ -547,17 +578,15 @@ impl Objects {
             }
             _ => Vec::new(),
         };
-        let written = self.cas(&res.key(ns, &name), 0, Some(&obj)).await;
+        let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+        let written = self.cas_bytes(&res.key(ns, &name), 0, Some(bytes.clone())).await;
         // Freed only when the write surely did not land (an error may follow a write
         // that did: then the keys stay, and a leak is taken over later).
         if !taken.is_empty() && matches!(written, Ok(Outcome::Conflict { .. })) {
             self.release_keys(&format!("{}/{name}", ns.unwrap_or("default")), &taken).await;
         }
         match written? {
-            Outcome::Done { revision, .. } => {
-                obj["metadata"]["resourceVersion"] = revision.to_string().into();
-                Ok(obj)
-            }
+            Outcome::Done { revision, .. } => Ok((obj, bytes, revision)),
             Outcome::Conflict { .. } => Err(Failure::already_exists(res, &name)),
             other => Err(Failure::unavailable(format!("unexpected store outcome {other:?}"))),
         }

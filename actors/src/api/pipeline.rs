@@ -61,6 +61,8 @@ pub struct Call {
 /// What the pipeline answers: an object (or Status) with its code, or a watch's events.
 pub enum Answer {
     Value(u16, Value),
+    /// An object already printed as JSON (a created one: the bytes the store holds).
+    Json(u16, Vec<u8>),
     /// One event per item, until the watch ends.
     Watch(LocalBoxStream<'static, super::watch::WatchItem>),
     /// Plain text as it comes (a container's log).
@@ -187,7 +189,12 @@ async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, versio
     let result = match (call.method, &t.name, t.sub.as_deref()) {
         (Method::Get, None, _) => verbs::list(state, &t, q, as_table).await.map(ok200),
         (Method::Get, Some(name), None | Some("status")) => verbs::get(state, &t, name, as_table).await.map(ok200),
-        (Method::Post, None, _) => verbs::create(state, &t, q, &body, manager).await.map(|v| (201, v)),
+        (Method::Post, None, _) => {
+            return match verbs::create(state, &t, q, &body, manager).await {
+                Ok(json) => Answer::Json(201, json),
+                Err(f) => f.into(),
+            }
+        }
         (Method::Put, Some(name), None | Some("status")) => {
             verbs::update(state, &t, name, q, &body, manager).await.map(ok200)
         }

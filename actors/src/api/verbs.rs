@@ -118,14 +118,13 @@ pub(super) async fn create(
     q: &[(String, String)],
     body: &[u8],
     manager: &str,
-) -> Result<Value, Failure> {
+) -> Result<Vec<u8>, Failure> {
     let mut obj = admit(t.res, t.namespace.as_deref(), parse_body(body)?, strict(q))?;
-    obj["metadata"]["managedFields"] =
-        super::apply::track_update(&Value::Null, &obj, t.res.kind, manager, &rfc3339_now());
+    obj["metadata"]["managedFields"] = super::apply::track_create(&obj, t.res.kind, manager, &rfc3339_now());
     if dry_run(q) {
-        return Ok(obj);
+        return Ok(serde_json::to_vec(&obj).unwrap_or_default());
     }
-    state.objects.create(t.res, t.namespace.as_deref(), obj).await
+    state.objects.create_json(t.res, t.namespace.as_deref(), obj).await
 }
 
 pub(super) async fn update(

@@ -1,14 +1,9 @@
-//! The raft log and vote of one shard replica, on disk (redb), fsync'd before raft
+//! The raft log and vote of one shard replica, on disk (`wal.rs`), fsync'd before raft
 //! hears that an entry is durable.
-//!
-//! redb: an embedded, pure-Rust, crash-safe B-tree with ACID transactions and a stable
-//! file format; each commit is durable (fsync) by default, which is what raft needs for
-//! appends and votes. One database file per shard replica, so shards do not serialize
-//! on one writer.
 //!
 //! Group commit: `append` only queues its entries (they are readable at once, from
 //! memory) and returns; one writer thread per replica takes everything queued, writes
-//! it in one transaction with one fsync, and then tells raft, for each append, that its
+//! it with one `write` and one fsync, and then tells raft, for each append, that its
 //! entries are durable. Under load many appends share an fsync, and raft never waits
 //! for the disk while it handles messages. Votes, truncations and purges go through the
 //! same queue, in order, and their callers wait for the fsync.
@@ -16,17 +11,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
 use keelson_transport::frame::{from_payload, to_payload};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::types::{NodeId, TypeConfig};
-
-const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+use super::wal::{MetaKey, Record, Wal, WalReader};
 
 /// One queued change, applied by the writer in queue order.
 enum Op {
@@ -34,9 +27,9 @@ enum Op {
         rows: Vec<(LogId<NodeId>, Vec<u8>)>,
         done: LogFlushed<TypeConfig>,
     },
-    /// A metadata row (vote, committed, purged).
+    /// A metadata value (vote, committed, purged).
     Meta {
-        key: &'static str,
+        key: MetaKey,
         bytes: Vec<u8>,
         done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     },
@@ -49,7 +42,7 @@ enum Op {
 }
 
 struct Shared {
-    db: Arc<Database>,
+    disk: WalReader,
     /// Entries queued but not yet written: readable before they are durable, as raft
     /// expects once `append` returns.
     pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
@@ -70,23 +63,18 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>, name: &str) -> Result<Self, redb::Error> {
-        let tx = db.begin_write()?;
-        tx.open_table(LOGS)?;
-        tx.open_table(META)?;
-        tx.commit()?;
+    /// Opens the log in `dir` (replaying it) and starts its writer thread.
+    pub fn open(dir: &Path, name: &str) -> std::io::Result<Self> {
+        let (wal, disk) = Wal::open(dir)?;
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared { db, pending: Mutex::default(), queue: Mutex::new(tx) });
+        let shared = Arc::new(Shared { disk, pending: Mutex::default(), queue: Mutex::new(tx) });
         let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new().name(format!("raft-log-{name}")).spawn(move || writer(weak, rx))?;
+        std::thread::Builder::new().name(format!("raft-log-{name}")).spawn(move || writer(wal, weak, rx))?;
         Ok(Self { shared })
     }
 
-    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
-        let tx = self.shared.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(META).map_err(read_err)?;
-        let v = t.get(key).map_err(read_err)?;
-        v.map(|v| from_payload(v.value()).map_err(read_err)).transpose()
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: MetaKey) -> Result<Option<T>, StorageError<NodeId>> {
+        self.shared.disk.meta(key).map(|v| from_payload(&v).map_err(read_err)).transpose()
     }
 
     fn enqueue(&self, op: Op) -> Result<(), StorageError<NodeId>> {
@@ -94,7 +82,7 @@ impl LogStore {
     }
 
     /// Queues a metadata row and waits until it is durable.
-    async fn set_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StorageError<NodeId>> {
+    async fn set_meta<T: serde::Serialize>(&self, key: MetaKey, value: &T) -> Result<(), StorageError<NodeId>> {
         let bytes = to_payload(value).map_err(write_err)?;
         let (done, wait) = tokio::sync::oneshot::channel();
         self.enqueue(Op::Meta { key, bytes, done: Some(done) })?;
@@ -116,15 +104,19 @@ async fn finished(wait: tokio::sync::oneshot::Receiver<Result<(), String>>) -> R
     }
 }
 
-/// The writer thread: everything queued at once goes into one transaction, one fsync.
-fn writer(shared: std::sync::Weak<Shared>, rx: mpsc::Receiver<Op>) {
+/// The writer thread: everything queued at once goes into one write, one fsync.
+fn writer(mut wal: Wal, shared: std::sync::Weak<Shared>, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let Some(shared) = shared.upgrade() else { return };
-        let result = write_batch(&shared.db, &batch).map_err(|e| e.to_string());
-        // Written: the entries are read from the database now (unless a later append
-        // replaced them in memory meanwhile).
+        let records: Vec<Record> = batch.iter().flat_map(records_of).collect();
+        // Only the committed index alone needs no fsync (it rides along with the next one).
+        let sync = !batch.iter().all(|op| matches!(op, Op::Meta { done: None, .. }));
+        let result = wal.write(&records, sync).map_err(|e| e.to_string());
+        drop(records);
+        // Written: the entries are read from disk now (unless a later append replaced
+        // them in memory meanwhile).
         {
             let mut pending = shared.pending.lock().unwrap();
             for op in &batch {
@@ -151,37 +143,15 @@ fn writer(shared: std::sync::Weak<Shared>, rx: mpsc::Receiver<Op>) {
     }
 }
 
-fn write_batch(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
-    let mut tx = db.begin_write()?;
-    // Only the committed index alone needs no fsync (it rides along with the next one).
-    if batch.iter().all(|op| matches!(op, Op::Meta { done: None, .. })) {
-        tx.set_durability(redb::Durability::None)?;
+/// The log records of one queued change.
+fn records_of(op: &Op) -> Vec<Record<'_>> {
+    match op {
+        Op::Append { rows, .. } => rows.iter().map(|(id, bytes)| Record::Entry { index: id.index, bytes }).collect(),
+        Op::Meta { key, bytes, .. } => vec![Record::Meta { key: *key, bytes }],
+        Op::Delete { since: Some(since), .. } => vec![Record::Truncate { since: *since }],
+        Op::Delete { upto: Some(upto), .. } => vec![Record::Purge { upto: *upto }],
+        Op::Delete { .. } => vec![],
     }
-    {
-        let mut logs = tx.open_table(LOGS)?;
-        let mut meta = tx.open_table(META)?;
-        for op in batch {
-            match op {
-                Op::Append { rows, .. } => {
-                    for (id, bytes) in rows {
-                        logs.insert(id.index, bytes.as_slice())?;
-                    }
-                }
-                Op::Meta { key, bytes, .. } => {
-                    meta.insert(*key, bytes.as_slice())?;
-                }
-                Op::Delete { since: Some(since), .. } => {
-                    logs.retain_in(*since.., |_, _| false)?;
-                }
-                Op::Delete { upto: Some(upto), .. } => {
-                    logs.retain_in(..=*upto, |_, _| false)?;
-                }
-                Op::Delete { .. } => {}
-            }
-        }
-    }
-    tx.commit()?;
-    Ok(())
 }
 
 /// About the most bytes of entries one AppendEntries carries (one entry goes whatever its
@@ -204,25 +174,31 @@ impl LogStore {
         // Take the in-memory entries first: one written meanwhile is then found on disk.
         let queued: BTreeMap<u64, Entry<TypeConfig>> =
             self.shared.pending.lock().unwrap().range(range.clone()).map(|(k, v)| (*k, v.clone())).collect();
-        let tx = self.shared.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(LOGS).map_err(read_err)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut fits = |size: usize, taken: usize| {
-            bytes += size;
-            taken == 0 || bytes <= budget
-        };
         let upper = match (range.end_bound(), queued.keys().next()) {
             // Entries from the first queued index on are the queued ones.
             (_, Some(first)) => Bound::Excluded(*first),
             (b, None) => b.cloned(),
         };
-        for row in t.range((range.start_bound().cloned(), upper)).map_err(read_err)? {
-            let (_, v) = row.map_err(read_err)?;
-            if !fits(v.value().len(), out.len()) {
-                return Ok(out);
-            }
-            out.push(from_payload(v.value()).map_err(read_err)?);
+        let mut bytes = 0;
+        let mut fits = |size: usize, taken: usize| {
+            bytes += size;
+            taken == 0 || bytes <= budget
+        };
+        let mut out = Vec::new();
+        let mut taken = 0;
+        let stored = self
+            .shared
+            .disk
+            .entries((range.start_bound().cloned(), upper), |size| {
+                taken += 1;
+                fits(size, taken - 1)
+            })
+            .map_err(read_err)?;
+        for (_, v) in &stored {
+            out.push(from_payload(v).map_err(read_err)?);
+        }
+        if out.len() < taken {
+            return Ok(out);
         }
         for entry in queued.into_values() {
             let size = match &entry.payload {
@@ -260,14 +236,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let last_purged: Option<LogId<NodeId>> = self.meta("purged")?;
+        let last_purged: Option<LogId<NodeId>> = self.meta(MetaKey::Purged)?;
         if let Some((_, e)) = self.shared.pending.lock().unwrap().last_key_value() {
             return Ok(LogState { last_purged_log_id: last_purged, last_log_id: Some(e.log_id) });
         }
-        let tx = self.shared.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(LOGS).map_err(read_err)?;
-        let last = match t.last().map_err(read_err)? {
-            Some((_, v)) => Some(from_payload::<Entry<TypeConfig>>(v.value()).map_err(read_err)?.log_id),
+        let last = match self.shared.disk.last_index() {
+            Some(i) => match self.shared.disk.entries((Bound::Included(i), Bound::Included(i)), |_| true) {
+                Ok(found) => match found.first() {
+                    Some((_, v)) => Some(from_payload::<Entry<TypeConfig>>(v).map_err(read_err)?.log_id),
+                    None => last_purged,
+                },
+                Err(e) => return Err(read_err(e)),
+            },
             None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
@@ -278,22 +258,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.set_meta("vote", vote).await
+        self.set_meta(MetaKey::Vote, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.meta("vote")
+        self.meta(MetaKey::Vote)
     }
 
     /// Queued, not waited for: the committed index only spares re-applying on restart
     /// (a lost one is learned from the leader again); it rides along with the next fsync.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
         let bytes = to_payload(&committed).map_err(write_err)?;
-        self.enqueue(Op::Meta { key: "committed", bytes, done: None })
+        self.enqueue(Op::Meta { key: MetaKey::Committed, bytes, done: None })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+        Ok(self.meta::<Option<LogId<NodeId>>>(MetaKey::Committed)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
@@ -320,7 +300,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.shared.pending.lock().unwrap().retain(|i, _| *i > log_id.index);
         let bytes = to_payload(&log_id).map_err(write_err)?;
-        self.enqueue(Op::Meta { key: "purged", bytes, done: None })?;
+        self.enqueue(Op::Meta { key: MetaKey::Purged, bytes, done: None })?;
         self.delete(None, Some(log_id.index)).await
     }
 }
@@ -350,8 +330,7 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("keelson-log-suite-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(write_err)?;
-            let db = Database::create(dir.join("raft.redb")).map_err(write_err)?;
-            let log = LogStore::new(Arc::new(db), "suite").map_err(write_err)?;
+            let log = LogStore::open(&dir.join("log"), "suite").map_err(write_err)?;
             let sm = StateMachine::open(dir.join("sm"), Default::default()).map_err(write_err)?;
             Ok((Scratch(dir), log, sm))
         }
@@ -362,8 +341,6 @@ mod tests {
         use crate::store::state::{Command, WriteOp};
         let scratch = Scratch(std::env::temp_dir().join(format!("keelson-log-bounded-{}", std::process::id())));
         std::fs::create_dir_all(&scratch.0).unwrap();
-        let db = Database::create(scratch.0.join("raft.redb")).unwrap();
-        let log = LogStore::new(Arc::new(db), "bounded").unwrap();
         let entry = |i: u64| Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 0), i),
             payload: EntryPayload::Normal(Command {
@@ -372,14 +349,14 @@ mod tests {
             }),
         };
         // 1–4 durable, 5–8 still queued for the writer.
-        let tx = log.shared.db.begin_write().unwrap();
+        let dir = scratch.0.join("log");
         {
-            let mut t = tx.open_table(LOGS).unwrap();
-            for i in 1..=4 {
-                t.insert(i, to_payload(&entry(i)).unwrap().as_slice()).unwrap();
-            }
+            let rows: Vec<Vec<u8>> = (1..=4).map(|i| to_payload(&entry(i)).unwrap()).collect();
+            let records: Vec<Record> =
+                (1..=4).zip(&rows).map(|(index, bytes)| Record::Entry { index, bytes }).collect();
+            Wal::open(&dir).unwrap().0.write(&records, true).unwrap();
         }
-        tx.commit().unwrap();
+        let log = LogStore::open(&dir, "bounded").unwrap();
         log.shared.pending.lock().unwrap().extend((5..=8).map(|i| (i, entry(i))));
         let read = |start: u64, budget: usize| -> Vec<u64> {
             log.entries(start..9, budget).unwrap().iter().map(|e| e.log_id.index).collect()

@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! /<member>/store              supervisor, one_for_one
-//!   /shard-0 … /shard-<S-1>    one Replica per shard (raft + redb log + snapshots)
+//!   /shard-0 … /shard-<S-1>    one Replica per shard (raft + log + snapshots)
 //! ```
 //!
 //! - `state.rs`: the data (ordered map, revisions, fencing epoch, event window), pure;
 //! - `leases.rs`: when leases expire (the leader's clock);
-//! - `log.rs`: the raft log and vote in redb, fsync'd before raft hears "durable";
+//! - `log.rs`: the raft log and vote, fsync'd before raft hears "durable";
+//! - `wal.rs`: the append-only segment files under the log;
 //! - `sm.rs`: the state machine in memory, snapshots on disk;
 //! - `pages.rs`: cursors and consistent pages across shards;
 //! - `network.rs`: raft RPCs over the member transport;
@@ -31,6 +32,7 @@ mod replica;
 mod sm;
 pub mod state;
 mod types;
+mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -184,14 +184,21 @@ async fn open(
 ) -> Result<Open, String> {
     let guard = lock.lock_owned().await;
     let dir = cfg.dir.clone();
-    let db = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        redb::Database::create(dir.join("raft.redb")).map_err(std::io::Error::other)
+    let name = format!("shard-{}", cfg.shard);
+    let log = tokio::task::spawn_blocking(move || {
+        // Before the log was a write-ahead log it was a redb database; nothing reads that.
+        if dir.join("raft.redb").exists() && !dir.join("log").exists() {
+            return Err(std::io::Error::other(format!(
+                "{} holds a raft log of an older keelson (raft.redb), which this one cannot read: \
+                 start the cluster from a new data folder",
+                dir.display()
+            )));
+        }
+        LogStore::open(&dir.join("log"), &name)
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot open the raft log: {e}"))?;
-    let log = LogStore::new(Arc::new(db), &format!("shard-{}", cfg.shard)).map_err(|e| e.to_string())?;
     let sm =
         StateMachine::open(cfg.dir.clone(), cfg.event_window).map_err(|e| format!("cannot open the snapshot: {e}"))?;
     let (applied, revision) = (sm.applied.clone(), sm.revision.clone());
