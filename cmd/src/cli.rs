@@ -144,6 +144,9 @@ pub struct UpArgs {
     /// The agents' first restart back-off (see `keelson agent --help`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub restart_backoff: Duration,
+    /// Pod network namespaces each agent keeps made ahead (see `keelson agent --help`).
+    #[arg(long, default_value_t = 32)]
+    pub netns_pool: usize,
 }
 
 #[derive(Args)]
@@ -192,6 +195,10 @@ pub struct AgentArgs {
     pub restart_backoff: Duration,
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub restart_backoff_max: Duration,
+    /// Pod network namespaces (netns mode) kept made ahead, so that pods starting together
+    /// need not each wait for the kernel to make theirs; 0 makes each when its pod starts.
+    #[arg(long, default_value_t = 32)]
+    pub netns_pool: usize,
     /// How often each node renews its heartbeat Lease.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub heartbeat: Duration,

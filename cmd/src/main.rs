@@ -360,6 +360,7 @@ fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) 
         restart_backoff_base: args.restart_backoff,
         restart_backoff_max: args.restart_backoff_max.max(args.restart_backoff),
         sync_every: Duration::from_secs(1),
+        netns_pool: args.netns_pool,
     }
     .validate()?;
     let runtime: Arc<dyn ContainerRuntime> = match args.runtime {

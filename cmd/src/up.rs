@@ -86,6 +86,8 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
             args.network.as_str().into(),
             "--restart-backoff".into(),
             format!("{}ms", args.restart_backoff.as_millis()),
+            "--netns-pool".into(),
+            args.netns_pool.to_string(),
             "--quic-listen".into(),
             agent_quic[name].to_string(),
         ];

@@ -527,6 +527,10 @@ pub struct KubeletConfig {
     pub restart_backoff_max: Duration,
     /// How often a pod worker looks at its containers (exits, probes due).
     pub sync_every: Duration,
+    /// Pod network namespaces kept made ahead (netns mode): a burst of pod starts takes
+    /// them instead of queueing on the kernel's routing lock for new ones. Each costs
+    /// the kernel about half a megabyte while it waits.
+    pub netns_pool: usize,
 }
 
 impl KubeletConfig {

@@ -22,6 +22,8 @@ const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELNEIGH: u16 = 29;
+const NDA_DST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -243,6 +245,20 @@ impl Netlink {
     /// Takes `ip/prefix` off link `index`.
     pub fn remove_address(&mut self, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
         self.call(address_message(RTM_DELADDR, 0, index, ip, prefix)).map(|_| ())
+    }
+
+    /// Forgets what link `index` knew of `ip`'s hardware address (its neighbour entry),
+    /// if anything: an address given to a new pod has a new MAC, and until a cached
+    /// entry for the old one aged out (15–45 s, then probes) the host's packets to the
+    /// address went nowhere.
+    pub fn forget_neighbour(&mut self, index: i32, ip: Ipv4Addr) -> io::Result<()> {
+        let mut nd = [0u8; 12];
+        nd[0] = libc::AF_INET as u8;
+        nd[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
+        match self.call(Message::new(RTM_DELNEIGH, 0).raw(&nd).attr(NDA_DST, &ip.octets())) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// The default route, through `gateway`.

@@ -148,6 +148,7 @@ impl Actor for Kubelet {
                 actix_rt::time::sleep(Duration::from_millis(500)).await;
             }
             actix_rt::spawn(heartbeat(client.clone(), name.clone(), cfg.clone(), network.clone(), runtime.clone()));
+            actix_rt::spawn(keep_pool(network.clone(), cfg.netns_pool));
             let pods =
                 Informer::new(client.clone(), "/api/v1/pods", &[("fieldSelector", &format!("spec.nodeName={name}"))]);
             let services = Informer::new(client.clone(), "/api/v1/services", &[]);
@@ -308,6 +309,34 @@ impl Handler<Delivered> for Kubelet {
 
     fn handle(&mut self, Delivered(inbound): Delivered, _: &mut Ctx<Self>) {
         actix_rt::spawn(super::serve::serve(self.runtime.clone(), inbound));
+    }
+}
+
+/// Keeps `target` pod network namespaces made ahead, filling the pool again only after
+/// a second without a pod start (making them meanwhile would queue the starting pods
+/// behind them on the kernel's routing lock).
+async fn keep_pool(network: Arc<PodNetwork>, target: usize) {
+    const QUIET: Duration = Duration::from_secs(1);
+    if network.mode != keelson_config::PodNetworkMode::Netns || target == 0 {
+        return;
+    }
+    let mut failing = false;
+    loop {
+        let net = network.clone();
+        match tokio::task::spawn_blocking(move || net.refill(target, QUIET)).await {
+            Ok(Ok(made)) => {
+                if made > 0 {
+                    tracing::debug!(made, ready = network.pooled_count(), "pod network pool refilled");
+                }
+                failing = false;
+            }
+            Ok(Err(e)) if !failing => {
+                tracing::warn!(error = %e, "cannot make pod networks ahead; pods will make their own");
+                failing = true;
+            }
+            _ => {}
+        }
+        actix_rt::time::sleep(QUIET).await;
     }
 }
 

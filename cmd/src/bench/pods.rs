@@ -26,6 +26,9 @@ pub struct PodsBenchArgs {
     /// How the agents give pods addresses (auto: namespaces as root).
     #[arg(long, default_value = "auto")]
     pub network: String,
+    /// Pod network namespaces each agent keeps made ahead (netns mode).
+    #[arg(long, default_value_t = 32)]
+    pub netns_pool: usize,
 }
 
 /// Resident memory of `pid`, in bytes.
@@ -54,7 +57,8 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("keelson-bench-pods-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = actix_rt::System::new().block_on(async {
-        let keelson = Keelson::start_with(&dir, &["--network", &args.network])?;
+        let pool = args.netns_pool.to_string();
+        let keelson = Keelson::start_with(&dir, &["--network", &args.network, "--netns-pool", &pool])?;
         let addr = std::fs::read_to_string(keelson.data.root().join("server-1/api-addr"))?;
         let api =
             Api { url: format!("https://{}", addr.trim()), token: keelson.token.clone(), client: client(&keelson.data, 16)? };

@@ -888,6 +888,7 @@ mod tests {
             restart_backoff_base: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(300),
             sync_every: Duration::from_secs(1),
+            netns_pool: 0,
         };
         let secs: Vec<u64> = (0..8).map(|l| restart_delay(&cfg, l).as_secs()).collect();
         assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
