@@ -16,14 +16,23 @@
 //!
 //! Each new segment starts with the metadata then current (vote, committed, purged)
 //! and the purge point, so older segments can be deleted without losing them.
+//!
+//! One writer at a time: the log holds an exclusive `flock` on `LOCK` in its folder for
+//! as long as it is open, so a second member started on the same data folder is refused,
+//! and a replica reopening after a restart waits for the last writes of its previous
+//! incarnation's writer thread to finish rather than interleave with them.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
+/// How long opening waits for the log's previous writer to let go of it.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// A segment is closed and a new one begun once it holds this many bytes.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// The frame around each record's body: its length and its CRC-32.
@@ -203,6 +212,8 @@ pub struct Wal {
     buf: Vec<u8>,
     /// `SEGMENT_BYTES`, smaller in tests.
     segment_bytes: u64,
+    /// Holds the folder's lock while open.
+    _lock: File,
 }
 
 fn corrupt(what: impl Into<String>) -> io::Error {
@@ -225,6 +236,29 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     }
     found.sort_unstable();
     Ok(found)
+}
+
+/// Takes the exclusive lock on `dir`'s `LOCK` file, waiting up to `wait` for whoever holds it.
+fn lock(dir: &Path, wait: Duration) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("LOCK"))?;
+    let since = Instant::now();
+    loop {
+        // SAFETY: flock(2) on a descriptor this function holds open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        if since.elapsed() >= wait {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("the raft log in {} is in use (another member on this data folder?)", dir.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Creates segment `n`, empty, and makes its name durable.
@@ -267,7 +301,12 @@ fn replay_segment(bytes: &[u8], mut each: impl FnMut(Record, u64)) -> Result<u64
 impl Wal {
     /// Opens (creating) the log in `dir`, replaying what is there.
     pub fn open(dir: &Path) -> io::Result<(Self, WalReader)> {
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    fn open_waiting(dir: &Path, wait: Duration) -> io::Result<(Self, WalReader)> {
         std::fs::create_dir_all(dir)?;
+        let lock = lock(dir, wait)?;
         let mut index = Index::default();
         let mut highest = BTreeMap::new();
         let found = segments(dir)?;
@@ -316,8 +355,15 @@ impl Wal {
         let purged = index.purged;
         let index = Arc::new(RwLock::new(index));
         let reader = WalReader { index: index.clone() };
-        let mut wal =
-            Wal { dir: dir.to_path_buf(), current, highest, index, buf: Vec::new(), segment_bytes: SEGMENT_BYTES };
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            current,
+            highest,
+            index,
+            buf: Vec::new(),
+            segment_bytes: SEGMENT_BYTES,
+            _lock: lock,
+        };
         // Segments a purge left behind when the process stopped before deleting them.
         if let Some(upto) = purged {
             wal.drop_segments(upto)?;
@@ -500,6 +546,16 @@ mod tests {
         let err = Wal::open(&scratch.0).err().expect("a corrupt segment is refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn one_writer_at_a_time() {
+        let scratch = Scratch::new("lock");
+        let (first, _) = Wal::open(&scratch.0).unwrap();
+        let err = Wal::open_waiting(&scratch.0, Duration::from_millis(50)).err().expect("a second writer is refused");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(first);
+        Wal::open_waiting(&scratch.0, Duration::from_millis(50)).expect("free once the first is closed");
     }
 
     #[test]
