@@ -259,7 +259,7 @@ impl PodNetwork {
         if let Err(e) = Self::unmake(&Self::veth(ip), &Self::ns_path(ip)) {
             tracing::warn!(%ip, error = %e, "cannot undo a pooled pod network");
         }
-        let _ = std::fs::remove_file(self.claims.join(ip.to_string()));
+        self.release(ip);
     }
 
     /// Makes pool entries until the pool holds `target`, while no pod has taken an
@@ -275,7 +275,7 @@ impl PodNetwork {
             }
             let ip = self.claim_free(POOL)?;
             if let Err(e) = self.make(ip) {
-                let _ = std::fs::remove_file(self.claims.join(ip.to_string()));
+                self.release(ip);
                 return Err(e);
             }
             self.pool.lock().unwrap().push(ip);
@@ -312,10 +312,12 @@ impl PodNetwork {
 
     /// The address claimed for pod `uid`, if any.
     fn claimed(&self, uid: &str) -> Option<Ipv4Addr> {
-        std::fs::read_dir(&self.claims).ok()?.filter_map(|e| e.ok()).find_map(|e| {
-            let owner = std::fs::read_to_string(e.path()).ok()?;
-            (owner.trim() == uid).then(|| e.file_name().to_str()?.parse().ok())?
-        })
+        self.owners().into_iter().find(|(_, owner)| owner == uid).map(|(ip, _)| ip)
+    }
+
+    /// Gives `ip` up: its claim is removed.
+    fn release(&self, ip: Ipv4Addr) {
+        let _ = std::fs::remove_file(self.claims.join(ip.to_string()));
     }
 
     /// Claims the first free address for `owner`.
@@ -447,7 +449,7 @@ impl PodNetwork {
             }
         }
         if let Some(ip) = ip {
-            let _ = std::fs::remove_file(self.claims.join(ip.to_string()));
+            self.release(ip);
         }
         Ok(())
     }

@@ -110,7 +110,10 @@ fn writer(mut wal: Wal, shared: std::sync::Weak<Shared>, rx: mpsc::Receiver<Op>)
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let Some(shared) = shared.upgrade() else { return };
-        let records: Vec<Record> = batch.iter().flat_map(records_of).collect();
+        let mut records = Vec::new();
+        for op in &batch {
+            add_records(op, &mut records);
+        }
         // Only the committed index alone needs no fsync (it rides along with the next one).
         let sync = !batch.iter().all(|op| matches!(op, Op::Meta { done: None, .. }));
         let result = wal.write(&records, sync).map_err(|e| e.to_string());
@@ -143,14 +146,35 @@ fn writer(mut wal: Wal, shared: std::sync::Weak<Shared>, rx: mpsc::Receiver<Op>)
     }
 }
 
-/// The log records of one queued change.
-fn records_of(op: &Op) -> Vec<Record<'_>> {
+/// Adds the log records of one queued change to `out`.
+fn add_records<'a>(op: &'a Op, out: &mut Vec<Record<'a>>) {
     match op {
-        Op::Append { rows, .. } => rows.iter().map(|(id, bytes)| Record::Entry { index: id.index, bytes }).collect(),
-        Op::Meta { key, bytes, .. } => vec![Record::Meta { key: *key, bytes }],
-        Op::Delete { since: Some(since), .. } => vec![Record::Truncate { since: *since }],
-        Op::Delete { upto: Some(upto), .. } => vec![Record::Purge { upto: *upto }],
-        Op::Delete { .. } => vec![],
+        Op::Append { rows, .. } => out.extend(rows.iter().map(|(id, bytes)| Record::Entry { index: id.index, bytes })),
+        Op::Meta { key, bytes, .. } => out.push(Record::Meta { key: *key, bytes }),
+        Op::Delete { since: Some(since), .. } => out.push(Record::Truncate { since: *since }),
+        Op::Delete { upto: Some(upto), .. } => out.push(Record::Purge { upto: *upto }),
+        Op::Delete { .. } => {}
+    }
+}
+
+/// What one read may still take: entries while their bytes stay within the budget, and
+/// always the first.
+struct Budget {
+    left: usize,
+    taken: usize,
+    /// Whether an entry was refused: the read ends there.
+    full: bool,
+}
+
+impl Budget {
+    fn take(&mut self, size: usize) -> bool {
+        if self.taken > 0 && size > self.left {
+            self.full = true;
+            return false;
+        }
+        self.left = self.left.saturating_sub(size);
+        self.taken += 1;
+        true
     }
 }
 
@@ -179,25 +203,17 @@ impl LogStore {
             (_, Some(first)) => Bound::Excluded(*first),
             (b, None) => b.cloned(),
         };
-        let mut bytes = 0;
-        let mut fits = |size: usize, taken: usize| {
-            bytes += size;
-            taken == 0 || bytes <= budget
-        };
-        let mut out = Vec::new();
-        let mut taken = 0;
+        let mut budget = Budget { left: budget, taken: 0, full: false };
         let stored = self
             .shared
             .disk
-            .entries((range.start_bound().cloned(), upper), |size| {
-                taken += 1;
-                fits(size, taken - 1)
-            })
+            .entries((range.start_bound().cloned(), upper), |size| budget.take(size))
             .map_err(read_err)?;
+        let mut out = Vec::with_capacity(stored.len());
         for (_, v) in &stored {
             out.push(from_payload(v).map_err(read_err)?);
         }
-        if out.len() < taken {
+        if budget.full {
             return Ok(out);
         }
         for entry in queued.into_values() {
@@ -205,7 +221,7 @@ impl LogStore {
                 EntryPayload::Normal(command) => command.weight(),
                 _ => 0,
             };
-            if !fits(size, out.len()) {
+            if !budget.take(size) {
                 break;
             }
             out.push(entry);
@@ -241,13 +257,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(LogState { last_purged_log_id: last_purged, last_log_id: Some(e.log_id) });
         }
         let last = match self.shared.disk.last_index() {
-            Some(i) => match self.shared.disk.entries((Bound::Included(i), Bound::Included(i)), |_| true) {
-                Ok(found) => match found.first() {
-                    Some((_, v)) => Some(from_payload::<Entry<TypeConfig>>(v).map_err(read_err)?.log_id),
-                    None => last_purged,
-                },
-                Err(e) => return Err(read_err(e)),
-            },
+            Some(i) => self.entries(i..=i, usize::MAX)?.first().map(|e| e.log_id).or(last_purged),
             None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })

@@ -136,10 +136,14 @@ struct Index {
 }
 
 impl Index {
-    fn apply(&mut self, record: &Record, loc: Option<Loc>) {
+    /// Applies `record`, whose frame starts at byte `at` of segment `segment`; gives the
+    /// index of the entry it adds, if it is one.
+    fn apply(&mut self, segment: u64, record: &Record, at: u64) -> Option<u64> {
         match record {
-            Record::Entry { index, .. } => {
-                self.entries.insert(*index, loc.expect("an entry has a place"));
+            Record::Entry { index, bytes } => {
+                let offset = at + Record::ENTRY_BYTES_AT as u64;
+                self.entries.insert(*index, Loc { segment, offset, len: bytes.len() as u32 });
+                return Some(*index);
             }
             Record::Meta { key, bytes } => {
                 self.meta.insert(*key, bytes.to_vec());
@@ -152,6 +156,7 @@ impl Index {
                 self.purged = self.purged.max(Some(*upto));
             }
         }
+        None
     }
 }
 
@@ -317,13 +322,7 @@ impl Wal {
             let bytes = std::fs::read(&path)?;
             let mut high = None;
             let replayed = replay_segment(&bytes, |record, at| {
-                let loc = Loc { segment: n, offset: at + Record::ENTRY_BYTES_AT as u64, len: 0 };
-                if let Record::Entry { index: e, bytes } = &record {
-                    high = high.max(Some(*e));
-                    index.apply(&record, Some(Loc { len: bytes.len() as u32, ..loc }));
-                } else {
-                    index.apply(&record, None);
-                }
+                high = high.max(index.apply(n, &record, at));
             });
             let end = match replayed {
                 Ok(end) => end,
@@ -420,20 +419,12 @@ impl Wal {
         let mut purged = None;
         {
             let mut index = self.index.write().unwrap();
+            let high = self.highest.entry(n).or_default();
             for (record, at) in records.iter().zip(places) {
-                let loc = match record {
-                    Record::Entry { index: e, bytes } => {
-                        let high = self.highest.entry(n).or_default();
-                        *high = (*high).max(Some(*e));
-                        Some(Loc { segment: n, offset: at + Record::ENTRY_BYTES_AT as u64, len: bytes.len() as u32 })
-                    }
-                    Record::Purge { upto } => {
-                        purged = Some(*upto);
-                        None
-                    }
-                    _ => None,
-                };
-                index.apply(record, loc);
+                *high = (*high).max(index.apply(n, record, at));
+                if let Record::Purge { upto } = record {
+                    purged = Some(*upto);
+                }
             }
         }
         if let Some(upto) = purged {
