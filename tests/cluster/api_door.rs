@@ -146,6 +146,18 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
         let (code, pb) = curl("GET", "/api/v1/namespaces/default/pods/pb", "");
         assert_eq!((code, pb["status"]["phase"].as_str()), (200, Some("Pending")), "{pb}");
 
+        // A quiet client's write: done, answered without the object; a refusal still says why.
+        let quiet = client.clone().quiet();
+        let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let answer = quiet.merge_patch("/api/v1/namespaces/default/pods/pa/status", &ready).await.unwrap();
+        assert_eq!(answer, Value::Null, "a quiet write is answered without the object");
+        let next = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(next.object["status"]["conditions"][0]["type"], "Ready", "the quiet write happened");
+        let read = quiet.get("/api/v1/namespaces/default/pods/pa").await.unwrap();
+        assert_eq!(read["status"]["phase"], "Running", "a quiet client's reads still answer");
+        let refused = quiet.merge_patch("/api/v1/namespaces/default/pods/pb/status", &ready).await.unwrap_err();
+        assert_eq!(refused.code(), Some(403), "{refused}");
+
         // What the door wrote is what HTTPS serves.
         let (code, node) = curl("GET", "/api/v1/nodes/node-a", "");
         assert_eq!((code, node["metadata"]["labels"]["zone"].as_str()), (200, Some("a")));

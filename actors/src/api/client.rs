@@ -91,12 +91,14 @@ pub struct ApiClient {
     deadline: Duration,
     /// The fencing epoch every request carries (a controller leader's).
     epoch: Option<u64>,
+    /// Writes are answered without their object (see [`ApiClient::quiet`]).
+    quiet: bool,
 }
 
 impl ApiClient {
     /// Through this member's own API actor.
     pub fn local(api: Ref<ApiServer>) -> Self {
-        Self { door: Arc::new(Door::Local(api)), deadline: Duration::from_secs(10), epoch: None }
+        Self { door: Arc::new(Door::Local(api)), deadline: Duration::from_secs(10), epoch: None, quiet: false }
     }
 
     /// Through the `/api` of `servers` (member names `transport` can reach); `from` is the
@@ -110,6 +112,7 @@ impl ApiClient {
             door: Arc::new(Door::Remote { servers, preferred: AtomicUsize::new(0) }),
             deadline: Duration::from_secs(10),
             epoch: None,
+            quiet: false,
         }
     }
 
@@ -126,9 +129,20 @@ impl ApiClient {
         self
     }
 
+    /// For callers that read only whether a write succeeded: the server answers a
+    /// successful write (anything but a GET) without its object, so it is neither
+    /// printed nor parsed, and the call gives `Value::Null`. Failures still carry their
+    /// Status. Per pod, a kubelet's status write, its event and the scheduler's binding
+    /// each returned the whole pod to a caller that dropped it.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
     /// The raw answer (any code); only reaching no server at all is an error.
     pub async fn send(&self, mut request: ApiRequest) -> Result<ApiResponse, ApiError> {
         request.epoch = request.epoch.or(self.epoch);
+        request.quiet |= self.quiet && request.method != Method::Get;
         match &*self.door {
             Door::Local(api) => {
                 let mut answers = local_answers(api, request).await?;
@@ -146,6 +160,9 @@ impl ApiClient {
         let answer = self.send(request).await?;
         if !(200..300).contains(&answer.code) {
             return Err(ApiError::from_answer(&answer));
+        }
+        if answer.body.is_empty() && self.quiet {
+            return Ok(Value::Null);
         }
         serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))
     }

@@ -34,6 +34,10 @@ pub struct ApiRequest {
     /// The controller leader's fencing epoch: its writes are refused (409 `Fenced`)
     /// once a newer leader raised the store's.
     pub epoch: Option<u64>,
+    /// The caller reads only whether a write succeeded (a kubelet's status, a binding,
+    /// an event): a success is answered without the object, which is then neither
+    /// printed here nor parsed there.
+    pub quiet: bool,
 }
 
 impl ApiRequest {
@@ -45,6 +49,7 @@ impl ApiRequest {
             content_type: "application/json".into(),
             body: Vec::new(),
             epoch: None,
+            quiet: false,
         }
     }
 
@@ -119,6 +124,7 @@ pub fn serve(
                 return;
             }
         };
+        let quiet = request.quiet;
         let call = Call {
             method: request.method,
             path: request.path,
@@ -130,6 +136,9 @@ pub fn serve(
             body: Bytes::from(request.body),
         };
         match pipeline::handle(&state, &user, call).await {
+            Answer::Value(code, _) | Answer::Json(code, _) if quiet && (200..300).contains(&code) => {
+                let _caller_gone = tx.send(ApiResponse::new(code, Vec::new())).await;
+            }
             Answer::Value(code, v) => {
                 let _caller_gone = tx.send(ApiResponse::new(code, v.to_string().into_bytes())).await;
             }

@@ -49,7 +49,8 @@ const MAX_SEEN: usize = 4_096;
 
 impl EventRecorder {
     pub fn new(client: ApiClient, component: &str, host: &str) -> Self {
-        Self { client, component: component.into(), host: host.into(), seen: Arc::default() }
+        // An event's answer is never read.
+        Self { client: client.quiet(), component: component.into(), host: host.into(), seen: Arc::default() }
     }
 
     /// Records that `reason` happened to `object` (a Kubernetes object as JSON); a repeat

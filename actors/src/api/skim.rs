@@ -20,12 +20,16 @@ pub fn with_resource_version(object: &[u8], rv: &str) -> Option<Vec<u8>> {
     debug_assert!(rv.bytes().all(|b| b.is_ascii_digit() || b == b'.'), "a cursor needs no escaping");
     let mut s = Scan { b: object, i: 0 };
     let mut open = None;
-    s.members(|s, key| {
+    // The walk stops at `metadata` (a stored object prints its keys in order: third,
+    // after apiVersion and kind); what follows is the store's own bytes, not read again
+    // for every watcher.
+    let _stopped_there = s.members(|s, key| {
         if key == b"metadata" && s.peek() == Some(b'{') {
             open = Some(s.i);
+            return None;
         }
         s.value()
-    })?;
+    });
     let open = open?;
     let mut meta = Scan { b: object, i: open };
     let mut members = 0;
@@ -73,14 +77,13 @@ impl<'a> Scan<'a> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
-            match *self.b.get(self.i)? {
-                b'"' => break,
-                b'\\' => self.i += 2,
-                _ => self.i += 1,
+            let at = self.i + memchr::memchr2(b'"', b'\\', self.b.get(self.i..)?)?;
+            if self.b[at] == b'"' {
+                self.i = at + 1;
+                return Some(&self.b[start..at]);
             }
+            self.i = at + 2;
         }
-        self.i += 1;
-        Some(&self.b[start..self.i - 1])
     }
 
     /// Past one value of any kind.

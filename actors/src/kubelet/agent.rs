@@ -165,7 +165,8 @@ impl Actor for Kubelet {
                 services: services_cache,
                 slices: slices_cache,
                 node: name.clone(),
-                client: client.clone(),
+                // The workers read objects (GETs) and write without reading the answer.
+                client: client.clone().quiet(),
                 runtime,
                 network,
                 cfg,

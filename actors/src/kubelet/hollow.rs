@@ -167,7 +167,8 @@ impl Actor for HollowKubelet {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let names = node_names(&self.agent, self.cfg.nodes);
         let mine: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
-        let (client, cfg) = (self.client.clone(), self.cfg.clone());
+        // Hollow pods' statuses and releases, node heartbeats: no answer is read.
+        let (client, cfg) = (self.client.clone().quiet(), self.cfg.clone());
 
         // Register, then heartbeat every node; a node the node lifecycle controller marked
         // not ready is reported ready again once its heartbeat is back.

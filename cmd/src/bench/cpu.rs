@@ -22,6 +22,17 @@ pub fn used(pid: u32) -> Option<Duration> {
     Some(Duration::from_micros(ticks * 1_000_000 / per_second))
 }
 
+/// CPU time the whole machine has spent busy so far (every CPU: all but idle and
+/// iowait, from the first line of `/proc/stat`).
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let busy: u64 = ticks.iter().enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, t)| t).sum();
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_micros(busy * 1_000_000 / per_second))
+}
+
 /// The processes whose parent is `pid`, with their command lines.
 pub fn children(pid: u32) -> Vec<(u32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -78,5 +89,7 @@ mod tests {
         let _ = child.wait();
         assert!(found.iter().any(|(pid, cmd)| *pid == child.id() && cmd == "sleep 5"), "{found:?}");
         assert_eq!(used(u32::MAX), None);
+        let machine = machine_busy().expect("/proc/stat");
+        assert!(machine >= used(me).unwrap(), "the machine has been busy at least as long as this process");
     }
 }

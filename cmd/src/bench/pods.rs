@@ -77,6 +77,11 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
                                   "spec": {"terminationGracePeriodSeconds": 1,
                                            "containers": [{"name": "c", "image": "busybox",
                                                            "command": ["sleep", "3600"]}]}}}});
+        let members: Vec<(String, u32)> = ["up", "server-1", "server-2", "server-3", "agent-1", "agent-2"]
+            .iter()
+            .filter_map(|m| keelson.data.door(m).ok().map(|d| (m.to_string(), d.pid)))
+            .collect();
+        let (cpu_before, machine_before) = (super::cpu::Sample::take(&members), super::cpu::machine_busy());
         let created = Instant::now();
         if api.post("/apis/apps/v1/namespaces/default/deployments", &deployment).await? != 201 {
             bail!("could not create the Deployment");
@@ -101,6 +106,7 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
                 _ => bail!("only {} of {} pods Running after 2 minutes", running.len(), args.pods),
             }
         }
+        let (cpu_after, machine_after) = (super::cpu::Sample::take(&members), super::cpu::machine_busy());
         let mut from_create: Vec<Duration> = running.values().map(|t| t.duration_since(created)).collect();
         let mut from_pod: Vec<Duration> = running.iter().map(|(n, t)| t.duration_since(seen[n])).collect();
         from_create.sort();
@@ -129,6 +135,26 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
             "pod startup (from each pod's creation to Running): p50 {:.0} ms, p99 {:.0} ms",
             pct(&from_pod, 0.50),
             pct(&from_pod, 0.99)
+        );
+        // The burst is bound by the machine's CPU: what it cost per pod, and where.
+        let wall = from_create.last().copied().unwrap_or_default();
+        let machine = machine_after.zip(machine_before).map_or(Duration::ZERO, |(a, b)| a.saturating_sub(b));
+        println!(
+            "CPU from the create to the last pod Running ({:.0} ms): the machine {:.0} ms busy of {} CPUs; per pod the \
+             members {}",
+            wall.as_secs_f64() * 1e3,
+            machine.as_secs_f64() * 1e3,
+            std::thread::available_parallelism().map_or(1, usize::from),
+            cpu_after.per_unit_since(&cpu_before, args.pods as usize)
+        );
+        let first = |m: &HashMap<String, Instant>| {
+            m.values().min().map_or(0.0, |t| t.saturating_duration_since(created).as_secs_f64() * 1e3)
+        };
+        println!(
+            "first pod created {:.0} ms, first bound {:.0} ms, first Running {:.0} ms after the create",
+            first(&seen),
+            first(&bound),
+            first(&running)
         );
         actix_rt::time::sleep(Duration::from_secs(5)).await;
         let (busy, _) = cluster_rss(&keelson);

@@ -183,7 +183,8 @@ impl Actor for Scheduler {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let (node_cache, mut nodes_rx) = self.informers.subscribe("/api/v1/nodes", &[]);
         let (pod_cache, mut pods_rx) = self.informers.subscribe("/api/v1/pods", &[]);
-        let client = self.client.clone();
+        // Bindings and Unschedulable statuses: their answers are not read.
+        let client = self.client.clone().quiet();
         let recorder = EventRecorder::new(client.clone(), "default-scheduler", "");
         ctx.spawn(actix::fut::wrap_future(async move {
             let mut q = Queue {
