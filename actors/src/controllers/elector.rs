@@ -234,9 +234,20 @@ impl Actor for Elector {
             let mut renewed = Instant::now();
             let why = loop {
                 actix_rt::time::sleep(election.renew).await;
-                match store.keep_alive(term).await {
+                let asked = Instant::now();
+                let kept = store.keep_alive(term).await;
+                // Under a write burst the lease has lapsed while this member still led
+                // (session 19, 100,000 pods): say how late each slow keep-alive came.
+                if asked.elapsed() > election.ttl / 3 {
+                    let (took, since) = (asked.elapsed(), renewed.elapsed());
+                    tracing::warn!(?took, ?since, ttl = ?election.ttl, "slow controller lease keep-alive");
+                }
+                match kept {
                     Ok(true) => renewed = Instant::now(),
-                    Ok(false) => break format!("lost the controller lease (epoch {})", term.epoch),
+                    Ok(false) => {
+                        let since = renewed.elapsed();
+                        break format!("lost the controller lease (epoch {}, last renewed {since:?} ago)", term.epoch);
+                    }
                     Err(e) if renewed.elapsed() >= election.ttl => {
                         break format!("could not renew the controller lease for {:?}: {e}", election.ttl);
                     }
