@@ -283,7 +283,8 @@ fn claim(pods: &Cache, rs: &Value, want: usize, met: bool) -> Claim {
         claim.victims = active.iter().map(|p| Victim::of(p)).collect();
         // The status describes this spec: pods about to be deleted no longer count (a
         // Deployment reads availability from it to decide how many more old pods may go).
-        owned.retain(|p| !claim.victims.iter().any(|v| v.key == key_of(p)));
+        let going: HashSet<&str> = claim.victims.iter().map(|v| v.key.as_str()).collect();
+        owned.retain(|p| !going.contains(key_of(p).as_str()));
     }
     (claim.status, claim.recheck) = status_of(rs, &owned);
     claim
