@@ -108,8 +108,10 @@ pub fn deletion_order(a: &Value, b: &Value) -> std::cmp::Ordering {
         };
         (assigned, phase, is_ready(p))
     };
-    let created = |p: &Value| p["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string();
-    rank(a).cmp(&rank(b)).then_with(|| created(b).cmp(&created(a)))
+    fn created(p: &Value) -> &str {
+        p["metadata"]["creationTimestamp"].as_str().unwrap_or_default()
+    }
+    rank(a).cmp(&rank(b)).then_with(|| created(b).cmp(created(a)))
 }
 
 #[cfg(test)]
