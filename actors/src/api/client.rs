@@ -139,10 +139,15 @@ impl ApiClient {
         self
     }
 
+    /// Whether `request` is answered without its object: marked so, or a write of a quiet client.
+    fn is_quiet(&self, request: &ApiRequest) -> bool {
+        request.quiet || (self.quiet && request.method != Method::Get)
+    }
+
     /// The raw answer (any code); only reaching no server at all is an error.
     pub async fn send(&self, mut request: ApiRequest) -> Result<ApiResponse, ApiError> {
         request.epoch = request.epoch.or(self.epoch);
-        request.quiet |= self.quiet && request.method != Method::Get;
+        request.quiet = self.is_quiet(&request);
         match &*self.door {
             Door::Local(api) => {
                 let mut answers = local_answers(api, request).await?;
@@ -157,11 +162,12 @@ impl ApiClient {
 
     /// The answer's object on success (2xx), its Status as an error otherwise.
     pub async fn call(&self, request: ApiRequest) -> Result<Value, ApiError> {
+        let quiet = self.is_quiet(&request);
         let answer = self.send(request).await?;
         if !(200..300).contains(&answer.code) {
             return Err(ApiError::from_answer(&answer));
         }
-        if answer.body.is_empty() && self.quiet {
+        if answer.body.is_empty() && quiet {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))

@@ -238,8 +238,9 @@ impl Actor for Elector {
                 let kept = store.keep_alive(term).await;
                 // Under a write burst the lease has lapsed while this member still led
                 // (session 19, 100,000 pods): say how late each slow keep-alive came.
-                if asked.elapsed() > election.ttl / 3 {
-                    let (took, since) = (asked.elapsed(), renewed.elapsed());
+                let took = asked.elapsed();
+                if took > election.ttl / 3 {
+                    let since = renewed.elapsed();
                     tracing::warn!(?took, ?since, ttl = ?election.ttl, "slow controller lease keep-alive");
                 }
                 match kept {

@@ -4,8 +4,9 @@
 //! whenever it or one of its pods changes. It claims pods as Kubernetes does — adopts
 //! orphans its selector matches, releases pods it owns that no longer match — then
 //! creates the missing pods in slow-start batches (16, 32, 64, …, or from 1 after a
-//! failure; stopping at the first failure) or deletes the surplus (unscheduled, pending, unready and newest first),
-//! and writes its status (replicas, ready, available, observedGeneration).
+//! failure; stopping at the first failure) or deletes the surplus (unscheduled,
+//! pending, unready and newest first), and writes its status (replicas, ready,
+//! available, observedGeneration).
 //!
 //! Expectations, as in Kubernetes: after creating or deleting, a ReplicaSet is not
 //! counted again until the informer has shown those changes (or 15 s pass), so pods in

@@ -17,9 +17,14 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 pub fn used(pid: u32) -> Option<Duration> {
     let fields = stat_fields(pid)?;
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(from_ticks(ticks))
+}
+
+/// `ticks` of the kernel's clock (`_SC_CLK_TCK` a second) as a duration.
+fn from_ticks(ticks: u64) -> Duration {
     // SAFETY: sysconf only reads a system constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_micros(ticks * 1_000_000 / per_second))
+    Duration::from_micros(ticks * 1_000_000 / per_second)
 }
 
 /// CPU time the whole machine has spent busy so far (every CPU: all but idle and
@@ -28,9 +33,7 @@ pub fn machine_busy() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
     let busy: u64 = ticks.iter().enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, t)| t).sum();
-    // SAFETY: sysconf only reads a system constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_micros(busy * 1_000_000 / per_second))
+    Some(from_ticks(busy))
 }
 
 /// The processes whose parent is `pid`, with their command lines.
