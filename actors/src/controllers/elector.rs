@@ -29,7 +29,7 @@ use crate::runtime::{
     exit, Actor, ChildContext, ChildSpec, Ctx, ExitReason, Incarnation, Ref, Restart, StartChild, StopChild, Supervisor,
 };
 use crate::store::state::{Cmp, Command, Compare, Outcome, Target, TxnOp, WriteOp};
-use crate::store::{execute, execute_on, ClientOp, ClientReply, Replica};
+use crate::store::{execute, execute_on, shard_of, ClientOp, ClientReply, Direct, DirectReplica, Replica};
 
 /// The key the members campaign for.
 pub const LEADER_KEY: &str = "/keelson/leader/controllers";
@@ -198,12 +198,62 @@ impl Store {
                  Ok(ClientReply::Status(s)) if s.leader.as_deref() == Some(member))
     }
 
-    /// Whether the term's lease is still alive (renewed for a full TTL).
-    async fn keep_alive(&self, term: Term) -> Result<bool, String> {
-        match self.run(LEADER_KEY, ClientOp::KeepAlive { lease: term.lease }).await? {
-            ClientReply::KeptAlive { ttl_ms, .. } => Ok(ttl_ms.is_some()),
-            other => Err(format!("unexpected answer {other:?}")),
+    /// The leader key's shard replica on this member, as a handle off this member's thread.
+    async fn direct(&self) -> Option<DirectReplica> {
+        let shard = shard_of(LEADER_KEY, self.replicas.len() as u32) as usize;
+        self.replicas.get(shard)?.send(Direct).await.ok().flatten()
+    }
+}
+
+/// Whether the term's lease is still alive (renewed for a full TTL).
+async fn keep_alive(direct: &DirectReplica, term: Term) -> Result<bool, String> {
+    match direct.execute(ClientOp::KeepAlive { lease: term.lease }).await {
+        ClientReply::KeptAlive { ttl_ms, .. } => Ok(ttl_ms.is_some()),
+        ClientReply::NoLeader => Err("the store has no leader right now".into()),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Keeps `term`'s lease alive until a keep-alive finds it gone or none succeeds for a
+/// whole TTL; why it stopped. Runs on the store's runtime.
+async fn keep_leading(store: Store, mut direct: DirectReplica, term: Term, election: Election) -> String {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(election.renew).await;
+        let asked = Instant::now();
+        let kept = keep_alive(&direct, term).await;
+        // Under a write burst the lease has lapsed while this member still led
+        // (session 19, 100,000 pods): say how late each slow keep-alive came.
+        let took = asked.elapsed();
+        if took > election.ttl / 3 {
+            let since = renewed.elapsed();
+            tracing::warn!(?took, ?since, ttl = ?election.ttl, "slow controller lease keep-alive");
         }
+        match kept {
+            Ok(true) => renewed = Instant::now(),
+            Ok(false) => {
+                let since = renewed.elapsed();
+                return format!("lost the controller lease (epoch {}, last renewed {since:?} ago)", term.epoch);
+            }
+            Err(e) => {
+                if renewed.elapsed() >= election.ttl {
+                    return format!("could not renew the controller lease for {:?}: {e}", election.ttl);
+                }
+                // The replica may have restarted: its new incarnation's handle, if open.
+                if let Some(again) = store.direct().await {
+                    direct = again;
+                }
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped: the keep-alives stop with the elector that started them.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -231,29 +281,17 @@ impl Actor for Elector {
                     tracing::warn!(error = %e, "cannot start a controller");
                 }
             }
-            let mut renewed = Instant::now();
-            let why = loop {
-                actix_rt::time::sleep(election.renew).await;
-                let asked = Instant::now();
-                let kept = store.keep_alive(term).await;
-                // Under a write burst the lease has lapsed while this member still led
-                // (session 19, 100,000 pods): say how late each slow keep-alive came.
-                let took = asked.elapsed();
-                if took > election.ttl / 3 {
-                    let since = renewed.elapsed();
-                    tracing::warn!(?took, ?since, ttl = ?election.ttl, "slow controller lease keep-alive");
+            // The keep-alives run on the store's runtime, not this member's thread: under a
+            // burst of pods that thread, which serves every actor's mailbox here, held one
+            // up past the TTL while the store itself answered in time (session 20).
+            let why = match store.direct().await {
+                Some(direct) => {
+                    let keep = keep_leading(store.clone(), direct.clone(), term, election);
+                    let task = direct.runtime().spawn(tracing::Instrument::in_current_span(keep));
+                    let _abort_if_killed = AbortOnDrop(task.abort_handle());
+                    task.await.unwrap_or_else(|e| format!("the controller lease's keep-alive stopped: {e}"))
                 }
-                match kept {
-                    Ok(true) => renewed = Instant::now(),
-                    Ok(false) => {
-                        let since = renewed.elapsed();
-                        break format!("lost the controller lease (epoch {}, last renewed {since:?} ago)", term.epoch);
-                    }
-                    Err(e) if renewed.elapsed() >= election.ttl => {
-                        break format!("could not renew the controller lease for {:?}: {e}", election.ttl);
-                    }
-                    Err(_) => {}
-                }
+                None => "the store replica is not open; cannot keep the controller lease".into(),
             };
             stop_controllers(&controllers).await;
             why

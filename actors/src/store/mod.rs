@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use network::replica_path;
-pub use replica::{any_changed, Execute, ReadLocal, Replica, ReplicaConfig, Watch, WatchSource};
+pub use replica::{any_changed, Direct, DirectReplica, Execute, ReadLocal, Replica, ReplicaConfig, Watch, WatchSource};
 pub use types::{node_id, ClientOp, ClientReply, Item, ShardStatus};
 
 pub use keelson_config::StoreConfig;

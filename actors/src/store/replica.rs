@@ -3,7 +3,7 @@
 //! Raft runs on the transport's multi-threaded runtime (its fsyncs and timers must not
 //! stall an actix arbiter); the actor holds the `Raft` handle, answers raft RPCs from
 //! the other replicas (through the router), and runs client operations: writes through
-//! the log, reads after a read-index check (`ensure_linearizable`), either here when
+//! the log, reads after a read-index check (`read_index`, then `wait_applied`), either here when
 //! this replica leads or forwarded to the leader.
 //!
 //! A replica's files are opened by one incarnation at a time: each incarnation takes the
@@ -41,6 +41,9 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 
 /// The pause before a leader retries a read-index it could not confirm.
 const READ_RETRY: Duration = Duration::from_millis(20);
+/// A keep-alive slower than this is logged with where its time went: leases this
+/// store holds live for seconds (the controllers' 3 s), so this is already late.
+const SLOW_KEEP_ALIVE: Duration = Duration::from_millis(500);
 
 /// How often a leader looks for leases past their deadline.
 const LEASE_TICK: Duration = Duration::from_millis(100);
@@ -73,6 +76,35 @@ pub struct Watch;
 #[derive(Message)]
 #[rtype(result = "Option<super::Item>")]
 pub struct ReadLocal(pub String);
+
+/// This incarnation's client operations as a handle that runs them on the transport's
+/// runtime without the actor's mailbox; `None` while the replica opens.
+#[derive(Message)]
+#[rtype(result = "Option<DirectReplica>")]
+pub struct Direct;
+
+/// A replica's client operations, run straight on the transport's runtime: for a caller
+/// that must not wait behind its member's busy thread, where every actor's mailbox is
+/// served (the controllers' lease keep-alive, which lapsed there under a burst of pods).
+/// It serves one incarnation: once that one is gone its operations fail, and the caller
+/// asks the replica for a new handle.
+#[derive(Clone)]
+pub struct DirectReplica(Handles);
+
+impl DirectReplica {
+    pub async fn execute(&self, op: ClientOp) -> ClientReply {
+        let h = self.0.clone();
+        match self.0.transport.runtime().spawn(async move { h.execute(op).await }).await {
+            Ok(reply) => reply,
+            Err(e) => ClientReply::Error(e.to_string()),
+        }
+    }
+
+    /// The runtime its operations run on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.0.transport.runtime()
+    }
+}
 
 /// What a watcher reads from: events come from `applied`'s window, wake-ups from `revision`.
 #[derive(Clone)]
@@ -334,13 +366,17 @@ impl Handles {
             read => {
                 // A leader that cannot hear from a quorum right now (a busy or lossy
                 // moment) tries again until the deadline before giving up.
-                let until = tokio::time::Instant::now() + self.cfg.deadline;
+                let asked = tokio::time::Instant::now();
+                let until = asked + self.cfg.deadline;
                 loop {
-                    match self.ensure_linearizable().await {
-                        Ok(_) => {
+                    match self.read_index().await {
+                        Ok(index) => {
                             return match read {
-                                ClientOp::KeepAlive { lease } => self.keep_alive(lease),
-                                read => self.read(&read),
+                                ClientOp::KeepAlive { lease } => self.keep_alive(lease, index, asked).await,
+                                read => match self.wait_applied(index).await {
+                                    Ok(()) => self.read(&read),
+                                    Err(e) => ClientReply::Error(e),
+                                },
                             }
                         }
                         Err(e) => match e.forward_to_leader::<BasicNode>() {
@@ -397,8 +433,8 @@ impl Handles {
         }
     }
 
-    /// Read-index: confirms this replica leads and has applied everything committed
-    /// before the read began.
+    /// Read-index: confirms this replica leads (a quorum answered its heartbeat) and
+    /// returns the index a linearizable read must see applied (`wait_applied`).
     ///
     /// openraft's read index is the larger of the commit index and the leader's first
     /// entry of its term. A leader restarted within its own term (openraft restores it
@@ -406,18 +442,17 @@ impl Handles {
     /// save that is not fsync'd, so it may not know of entries it acknowledged just
     /// before it died. Until it has committed an entry in this process, it commits a
     /// no-op first: that commits (and so applies) everything before it.
-    async fn ensure_linearizable(
-        &self,
-    ) -> Result<(), RaftError<u64, openraft::error::CheckIsLeaderError<u64, BasicNode>>> {
-        self.raft.ensure_linearizable().await?;
+    async fn read_index(&self) -> Result<u64, RaftError<u64, openraft::error::CheckIsLeaderError<u64, BasicNode>>> {
+        let (index, _) = self.raft.get_read_log_id().await?;
         if self.committed_here.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(());
+            return Ok(index.map_or(0, |l| l.index));
         }
         let noop = Command { epoch: None, op: WriteOp::RaiseEpoch { epoch: 0 } };
         match self.raft.client_write(noop).await {
             Ok(_) => {
                 self.committed_here.store(true, std::sync::atomic::Ordering::Release);
-                self.raft.ensure_linearizable().await.map(|_| ())
+                let (index, _) = self.raft.get_read_log_id().await?;
+                Ok(index.map_or(0, |l| l.index))
             }
             Err(e) => {
                 let leader = e.forward_to_leader::<BasicNode>().cloned();
@@ -426,6 +461,14 @@ impl Handles {
                 )))
             }
         }
+    }
+
+    /// Waits until this replica has applied the log up to `index`.
+    async fn wait_applied(&self, index: u64) -> Result<(), String> {
+        if self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index) >= index {
+            return Ok(());
+        }
+        self.raft.wait(None).applied_index_at_least(Some(index), "read").await.map(drop).map_err(|e| e.to_string())
     }
 
     /// Runs a membership change on this replica, the shard's leader.
@@ -498,9 +541,29 @@ impl Handles {
         }
     }
 
-    /// Renews `lease` on this replica, which has just confirmed that it leads.
-    fn keep_alive(&self, lease: u64) -> ClientReply {
-        let ttl_ms = self.applied.read().unwrap().data.leases.get(&lease).map(|l| l.ttl_ms);
+    /// Renews `lease` on this replica, which has just confirmed that it leads as of
+    /// log `index`.
+    ///
+    /// A keep-alive does not wait for the apply to reach `index` when the lease is
+    /// already in the applied data: under a burst of writes the apply runs behind, and
+    /// waiting for it made the controllers' lease lapse while its holder kept asking
+    /// (session 19, 100,000 pods). Renewing a lease whose revoke is committed but not yet
+    /// applied changes nothing: the revoke deletes its keys all the same, the holder's
+    /// next keep-alive finds it gone, and what it wrote meanwhile is fenced. Only a lease
+    /// not (yet) applied here waits, to tell "unknown" from "not applied yet".
+    async fn keep_alive(&self, lease: u64, index: u64, asked: tokio::time::Instant) -> ClientReply {
+        let confirmed = asked.elapsed();
+        let ttl = || self.applied.read().unwrap().data.leases.get(&lease).map(|l| l.ttl_ms);
+        let ttl_ms = match ttl() {
+            Some(ttl) => Some(ttl),
+            None => match self.wait_applied(index).await {
+                Ok(()) => ttl(),
+                Err(e) => return ClientReply::Error(e),
+            },
+        };
+        if asked.elapsed() > SLOW_KEEP_ALIVE {
+            tracing::warn!(?confirmed, took = ?asked.elapsed(), "slow lease keep-alive (leadership confirmed after `confirmed`)");
+        }
         if let Some(ttl) = ttl_ms {
             let term = self.raft.metrics().borrow().current_term;
             self.clock.lock().unwrap().keep_alive(term, lease, ttl, std::time::Instant::now());
@@ -614,6 +677,14 @@ impl Handler<Execute> for Replica {
         };
         let run = self.transport.runtime().spawn(async move { h.execute(op).await });
         Box::pin(actix::fut::wrap_future(run).map(|r, _, _| r.unwrap_or_else(|e| ClientReply::Error(e.to_string()))))
+    }
+}
+
+impl Handler<Direct> for Replica {
+    type Result = Option<DirectReplica>;
+
+    fn handle(&mut self, _: Direct, _: &mut Ctx<Self>) -> Self::Result {
+        self.handles().map(DirectReplica)
     }
 }
 

@@ -161,6 +161,7 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
         println!("memory with {} pods running (members only): {:.0} MB", args.pods, mb(busy));
         let url = format!("{}/apis/apps/v1/namespaces/default/deployments/startup", api.url);
         let _ = api.client.delete(url).bearer_auth(&api.token).send().await;
+        super::print_warnings(&dir);
         Ok(())
     });
     super::finish(&dir, result)

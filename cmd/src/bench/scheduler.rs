@@ -457,6 +457,7 @@ pub fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
             waits.get(waits.len() / 2).copied().unwrap_or(0),
             waits.get(waits.len() * 99 / 100).copied().unwrap_or(0),
         );
+        super::print_warnings(&dir);
         drop(hollow);
         Ok::<_, anyhow::Error>(())
     });
