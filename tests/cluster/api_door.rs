@@ -265,10 +265,38 @@ fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
     rt.block_on(async {
         let client = ApiClient::remote(transport.clone(), &servers, ActorPath::root("server-9").child("test"));
         door_ready(&client).await;
+        // More than two pages of the informer's list (500 each) before it starts.
+        let creators: Vec<_> = (0..8)
+            .map(|c| {
+                let api = api.clone();
+                std::thread::spawn(move || {
+                    for i in (c..1_100).step_by(8) {
+                        let cm =
+                            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("pre-{i}")}});
+                        let (code, _) = api.call(
+                            "POST",
+                            "/api/v1/namespaces/default/configmaps",
+                            "application/json",
+                            &cm.to_string(),
+                        );
+                        assert_eq!(code, 201);
+                    }
+                })
+            })
+            .collect();
+        for c in creators {
+            c.join().unwrap();
+        }
         let informer = Informer::new(client.clone(), "/api/v1/namespaces/default/configmaps", &[]);
         let cache = informer.cache();
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(informer.run(tx));
+        let listed = tokio::time::Instant::now();
+        while cache.read().unwrap().lists == 0 {
+            assert!(listed.elapsed() < Duration::from_secs(30), "the informer never listed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(cache.read().unwrap().objects.len() >= 1_100, "every page of the first list is in the cache");
         let seen = tokio::spawn(async move {
             let mut n = 0u64;
             while rx.recv().await.is_some() {
@@ -346,7 +374,7 @@ fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert!(same, "cache {:?}\n   != list {:?}", last.0, last.1);
-        assert_eq!(fresh().await.len(), 80, "120 made, 40 deleted");
+        assert_eq!(fresh().await.len(), 1_180, "1,100 before, 120 made, 40 deleted");
         assert!(cache.read().unwrap().lists >= 1);
         drop(cache);
         seen.abort();

@@ -20,6 +20,9 @@ use super::client::{ApiClient, ApiError};
 use super::door::ApiRequest;
 use super::pipeline::Method;
 
+/// Objects per page of a list (client-go's reflector asks for 500).
+const LIST_PAGE: usize = 500;
+
 /// What changed, by key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -85,7 +88,13 @@ impl Informer {
                 None => match self.relist(&changes).await {
                     Ok(rv) => rv,
                     Err(e) => {
-                        tracing::debug!(collection = %self.collection, error = %e, "list failed; retrying");
+                        // Early failures are a member still starting; a list that keeps
+                        // failing leaves its reader blind, so it is told.
+                        if backoff >= Duration::from_secs(5) {
+                            tracing::warn!(collection = %self.collection, error = %e, "list failed again; retrying");
+                        } else {
+                            tracing::debug!(collection = %self.collection, error = %e, "list failed; retrying");
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
@@ -99,8 +108,9 @@ impl Informer {
                     resume = Some(last);
                 }
                 Err((e, _)) if e.code() == Some(410) => {
-                    // Fell more than the store's event window behind: costly at scale, so told.
-                    tracing::info!(collection = %self.collection, "watch expired; listing again");
+                    // Fell more than the store's event window behind: costly at scale, so a
+                    // warning (as client-go's reflector gives for a too old resourceVersion).
+                    tracing::warn!(collection = %self.collection, "watch expired; listing again");
                 }
                 Err((e, last)) => {
                     tracing::debug!(collection = %self.collection, error = %e, "watch failed; resuming");
@@ -112,16 +122,37 @@ impl Informer {
         }
     }
 
+    /// Every object, a page at a time, as client-go's reflector lists: one answer for
+    /// 100,000 pods is about 100 MB, past what one transport frame may carry, and holds
+    /// the server that prints it for seconds. Every page reads the first one's snapshot;
+    /// one that left the store's window (410) fails the list, which starts again.
+    async fn list(&self) -> Result<(HashMap<String, Value>, String), ApiError> {
+        let mut objects = HashMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = ApiRequest::new(Method::Get, self.collection.clone());
+            request.query.clone_from(&self.query);
+            request.query.push(("limit".into(), LIST_PAGE.to_string()));
+            if let Some(token) = token.take() {
+                request.query.push(("continue".into(), token));
+            }
+            let mut page = self.client.call(request).await?;
+            if let Value::Array(items) = page["items"].take() {
+                objects.extend(items.into_iter().map(|o| (key_of(&o), o)));
+            }
+            match page["metadata"]["continue"].as_str().filter(|c| !c.is_empty()) {
+                Some(next) => token = Some(next.to_string()),
+                None => {
+                    let rv = page["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+                    return Ok((objects, rv));
+                }
+            }
+        }
+    }
+
     /// Lists, replaces the cache, reports what differs from before; the list's version.
     async fn relist(&self, changes: &mpsc::Sender<Change>) -> Result<String, ApiError> {
-        let mut request = ApiRequest::new(Method::Get, self.collection.clone());
-        request.query.clone_from(&self.query);
-        let list = self.client.call(request).await?;
-        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-        let fresh: HashMap<String, Value> = match list["items"].as_array() {
-            Some(items) => items.iter().map(|o| (key_of(o), o.clone())).collect(),
-            None => HashMap::new(),
-        };
+        let (fresh, rv) = self.list().await?;
         let mut reports = Vec::new();
         {
             let mut cache = self.cache.write().unwrap();

@@ -95,8 +95,8 @@ pub async fn handle(state: &ApiState, user: &User, call: Call) -> Answer {
         ["apis", g] => super::resources::groups().contains(g).then(|| discovery::group(g)),
         ["apis", g, v] => discovery::resource_list(g, v),
         ["openapi", "v3", rest @ ..] => state.openapi.lookup(rest),
-        ["api", "v1", rest @ ..] => return objects(state, user, &call, "", "v1", rest).await,
-        ["apis", g, v, rest @ ..] => return objects(state, user, &call, g, v, rest).await,
+        ["api", "v1", rest @ ..] => return timed(&call, objects(state, user, &call, "", "v1", rest)).await,
+        ["apis", g, v, rest @ ..] => return timed(&call, objects(state, user, &call, g, v, rest)).await,
         _ => None,
     };
     match found {
@@ -104,6 +104,24 @@ pub async fn handle(state: &ApiState, user: &User, call: Call) -> Answer {
         Some(_) => Failure::new(405, "MethodNotAllowed", "discovery is read-only").into(),
         None => Failure::new(404, "NotFound", "the server could not find the requested resource").into(),
     }
+}
+
+/// A request slower than this is logged with who made it (as kube-apiserver's traces
+/// do): a large list or a stalled write shows up in the members' logs by its caller.
+const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `answer`, warning when it took longer than [`SLOW_REQUEST`] (for a watch: until
+/// its first events are ready, which for a watch without a version includes its list).
+async fn timed(call: &Call, answer: impl std::future::Future<Output = Answer>) -> Answer {
+    let began = std::time::Instant::now();
+    let answer = answer.await;
+    let took = began.elapsed();
+    if took > SLOW_REQUEST {
+        let query: Vec<String> = call.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::warn!(method = ?call.method, path = %call.path, query = %query.join("&"), agent = %call.agent,
+            took = ?took, "slow API request");
+    }
+    answer
 }
 
 /// Which object (or collection) a path names.
@@ -187,6 +205,12 @@ async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, versio
         agent => agent,
     });
     let result = match (call.method, &t.name, t.sub.as_deref()) {
+        (Method::Get, None, _) if !as_table => {
+            return match verbs::list_json(state, &t, q).await {
+                Ok(json) => Answer::Json(200, json),
+                Err(f) => f.into(),
+            }
+        }
         (Method::Get, None, _) => verbs::list(state, &t, q, as_table).await.map(ok200),
         (Method::Get, Some(name), None | Some("status")) => verbs::get(state, &t, name, as_table).await.map(ok200),
         (Method::Post, None, _) => {

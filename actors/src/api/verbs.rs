@@ -26,6 +26,42 @@ fn strict(q: &[(String, String)]) -> bool {
     param(q, "fieldValidation") == Some("Strict")
 }
 
+/// A list as JSON (for every caller but one asking for a Table): the objects' stored
+/// bytes put together, never parsed (see `Objects::list_json`).
+pub(super) async fn list_json(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Vec<u8>, Failure> {
+    let opts = list_options(q)?;
+    let ns = t.namespace.as_deref();
+    let (items, rv, next) = match param(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+        Some(limit) => {
+            let continued = param(q, "continue").filter(|c| !c.is_empty());
+            let page = state.objects.page_json(t.res, ns, &opts, limit, continued).await?;
+            (page.items, page.resource_version, page.next)
+        }
+        None => {
+            let (items, rv) = state.objects.list_json(t.res, ns, &opts).await?;
+            (items, rv, None)
+        }
+    };
+    let mut metadata = json!({"resourceVersion": rv});
+    if let Some(next) = next {
+        metadata["continue"] = next.into();
+    }
+    let head = json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": metadata});
+    let mut out = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
+    serde_json::to_writer(&mut out, &head).map_err(|e| Failure::internal(e.to_string()))?;
+    out.pop(); // the head's closing brace: the items go in before it
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
+}
+
+/// A list as a Table (`kubectl get`), or as a list of parsed objects.
 pub(super) async fn list(
     state: &ApiState,
     t: &Target,

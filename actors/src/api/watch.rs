@@ -106,17 +106,10 @@ impl WatchItem {
 }
 
 impl Watching {
-    fn selected(&self, obj: &Value) -> bool {
-        self.opts.labels.matches(&obj["metadata"]["labels"]) && self.opts.fields.matches(obj)
-    }
-
     /// Whether the object stored as `json` is one this watch selects: read in part (the
     /// fields its selectors name), or not at all when it has none.
     fn selects(&self, json: &[u8]) -> bool {
-        match &self.selected_paths {
-            None => true,
-            Some(paths) => paths.read(json).is_some_and(|o| self.selected(&o)),
-        }
+        self.opts.selects_json(self.selected_paths.as_ref(), json)
     }
 
     /// What change `e` is to this watch, if any: ADDED, MODIFIED or DELETED as its
@@ -229,25 +222,21 @@ pub async fn watch(
         },
         None => {
             // The current objects first, then what changes after them.
-            let (items, list_rv) = objects.list(res, ns, &opts).await?;
-            for item in items {
-                let rv = list_rv.clone();
-                let object = if as_table { super::table::table(res, &[item], &rv) } else { item };
-                pending.push_back(WatchItem::new("ADDED", object));
-            }
+            let list_rv = if as_table {
+                let (items, list_rv) = objects.list(res, ns, &opts).await?;
+                for item in items {
+                    pending.push_back(WatchItem::new("ADDED", super::table::table(res, &[item], &list_rv)));
+                }
+                list_rv
+            } else {
+                let (items, list_rv) = objects.list_json(res, ns, &opts).await?;
+                pending.extend(items.into_iter().map(|json| WatchItem::json("ADDED", json)));
+                list_rv
+            };
             parse_cursor(&list_rv, n, None).unwrap_or_else(|| vec![0; n])
         }
     };
-    let selected_paths = (!opts.labels.is_empty() || !opts.fields.is_empty()).then(|| {
-        let mut paths = skim::Paths::default();
-        if !opts.labels.is_empty() {
-            paths.keep("metadata.labels");
-        }
-        for path in opts.fields.paths() {
-            paths.keep(path);
-        }
-        paths
-    });
+    let selected_paths = opts.paths();
     let watching = Watching {
         res,
         prefix,

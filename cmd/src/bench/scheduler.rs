@@ -98,7 +98,13 @@ fn agent(data: &Path, name: &str, nodes: u32, heartbeat: &str, lease: &str) -> R
         let addr = std::fs::read_to_string(data.join(s).join("quic-addr")).with_context(|| format!("{s}'s address"))?;
         cmd.args(["--peer", &format!("{s}={}", addr.trim())]);
     }
-    Ok(Agent(cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
+    // Its output beside the servers' (`<name>/keelson.log`), so its warnings are counted
+    // with theirs at the end of the run.
+    let folder = data.join(name);
+    std::fs::create_dir_all(&folder)?;
+    let log = std::fs::File::create(folder.join("keelson.log"))?;
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+    Ok(Agent(cmd.stdout(Stdio::null()).stderr(log).spawn()?))
 }
 
 impl Api {
