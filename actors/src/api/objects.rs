@@ -84,10 +84,10 @@ fn pod_grace(pod: &Value, asked: Option<i64>) -> i64 {
     asked.unwrap_or_else(|| spec["terminationGracePeriodSeconds"].as_i64().unwrap_or(30)).max(0)
 }
 
-/// One page of a list.
+/// One page of a list, or a whole list (then `next` is none); each object as a `T`.
 #[derive(Debug)]
-pub struct Page {
-    pub items: Vec<Value>,
+pub struct Page<T = Value> {
+    pub items: Vec<T>,
     /// The list's resourceVersion (one revision per shard).
     pub resource_version: String,
     /// The continue token of the next page, if there is one.
@@ -159,11 +159,25 @@ impl ListOptions {
     }
 }
 
-/// One page of a list as JSON: each object's bytes with its resourceVersion in place.
-pub struct JsonPage {
-    pub items: Vec<Vec<u8>>,
-    pub resource_version: String,
-    pub next: Option<String>,
+/// How a list reads each stored object: parsed, with its resourceVersion set, if the
+/// selectors take it.
+pub fn parsed(opts: &ListOptions) -> impl Fn(Item) -> Option<Value> + '_ {
+    move |i| with_version(&i.value, i.mod_revision).filter(|v| opts.selects(v))
+}
+
+/// How a list reads each stored object as JSON: its bytes with the resourceVersion
+/// spliced in, the selectors reading only the fields they name. Parsing and printing
+/// 100,000 pods again held the API leader's thread for seconds, long enough for the
+/// lister's watch to fall out of the event window.
+pub fn as_json(opts: &ListOptions) -> impl Fn(Item) -> Option<Vec<u8>> + '_ {
+    let paths = opts.paths();
+    move |i| {
+        if !opts.selects_json(paths.as_ref(), &i.value) {
+            return None;
+        }
+        super::skim::with_resource_version(&i.value, &i.mod_revision.to_string())
+            .or_else(|| with_version(&i.value, i.mod_revision).and_then(|v| serde_json::to_vec(&v).ok()))
+    }
 }
 
 /// Now, as Kubernetes writes times.
@@ -477,87 +491,55 @@ impl Objects {
         ns: Option<&str>,
         opts: &ListOptions,
     ) -> Result<(Vec<Value>, String), Failure> {
-        let mut page = self.page(res, ns, opts, 1_000, None).await?;
-        let mut items = std::mem::take(&mut page.items);
-        while let Some(token) = page.next.take() {
-            page = self.page(res, ns, opts, 1_000, Some(&token)).await?;
-            items.append(&mut page.items);
-        }
-        Ok((items, page.resource_version))
+        let all = self.pages(res, ns, None, None, &parsed(opts)).await?;
+        Ok((all.items, all.resource_version))
     }
 
-    /// One page of a list: at most `limit` objects (before the filters), after the
-    /// continue `token` of the page before; every page of one list reads the snapshot
-    /// the first read (410 once that left the store's window).
-    pub async fn page(
-        &self,
-        res: &Resource,
-        ns: Option<&str>,
-        opts: &ListOptions,
-        limit: usize,
-        token: Option<&str>,
-    ) -> Result<Page, Failure> {
-        let page = self.stored_page(res, ns, limit, token).await?;
-        let items = page
-            .items
-            .into_iter()
-            .filter_map(|i| with_version(&i.value, i.mod_revision))
-            .filter(|v| opts.selects(v))
-            .collect();
-        Ok(Page { items, resource_version: cursor_text(&page.cursor), next: page.next })
-    }
-
-    /// As [`Objects::list`], each object as JSON: the stored bytes with the
-    /// resourceVersion spliced in, filtered on only the fields the selectors read. A
-    /// list of 100,000 pods parsed and printed again held the API leader's thread for
-    /// seconds, long enough for the lister's watch to fall out of the event window.
+    /// As [`Objects::list`], each object as JSON (see [`as_json`]).
     pub async fn list_json(
         &self,
         res: &Resource,
         ns: Option<&str>,
         opts: &ListOptions,
     ) -> Result<(Vec<Vec<u8>>, String), Failure> {
-        let mut page = self.page_json(res, ns, opts, 1_000, None).await?;
-        let mut items = std::mem::take(&mut page.items);
-        while let Some(token) = page.next.take() {
-            page = self.page_json(res, ns, opts, 1_000, Some(&token)).await?;
-            items.append(&mut page.items);
+        let all = self.pages(res, ns, None, None, &as_json(opts)).await?;
+        Ok((all.items, all.resource_version))
+    }
+
+    /// With a `limit`, one page of a list: at most `limit` objects (before `keep`
+    /// filters them), after the continue `token` of the page before; every page of one
+    /// list reads the snapshot the first read (410 once that left the store's window).
+    /// Without, the whole list (`token` unused), read 1,000 at a time from one snapshot.
+    /// `keep` reads each stored object ([`parsed`], [`as_json`]).
+    pub async fn pages<T>(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        limit: Option<usize>,
+        token: Option<&str>,
+        keep: &impl Fn(Item) -> Option<T>,
+    ) -> Result<Page<T>, Failure> {
+        if let Some(limit) = limit {
+            return self.page(res, ns, limit, token, keep).await;
         }
-        Ok((items, page.resource_version))
+        let mut all = self.page(res, ns, 1_000, None, keep).await?;
+        while let Some(token) = all.next.take() {
+            let mut page = self.page(res, ns, 1_000, Some(&token), keep).await?;
+            all.items.append(&mut page.items);
+            all.next = page.next;
+        }
+        Ok(all)
     }
 
-    /// As [`Objects::page`], each object as JSON (see [`Objects::list_json`]).
-    pub async fn page_json(
-        &self,
-        res: &Resource,
-        ns: Option<&str>,
-        opts: &ListOptions,
-        limit: usize,
-        token: Option<&str>,
-    ) -> Result<JsonPage, Failure> {
-        let page = self.stored_page(res, ns, limit, token).await?;
-        let paths = opts.paths();
-        let items = page
-            .items
-            .into_iter()
-            .filter(|i| opts.selects_json(paths.as_ref(), &i.value))
-            .filter_map(|i| {
-                let rv = i.mod_revision.to_string();
-                super::skim::with_resource_version(&i.value, &rv)
-                    .or_else(|| with_version(&i.value, i.mod_revision).and_then(|v| serde_json::to_vec(&v).ok()))
-            })
-            .collect();
-        Ok(JsonPage { items, resource_version: cursor_text(&page.cursor), next: page.next })
-    }
-
-    /// One page as the store holds it, unfiltered.
-    async fn stored_page(
+    /// One page, each stored object read by `keep`.
+    async fn page<T>(
         &self,
         res: &Resource,
         ns: Option<&str>,
         limit: usize,
         token: Option<&str>,
-    ) -> Result<crate::store::pages::Page, Failure> {
+        keep: &impl Fn(Item) -> Option<T>,
+    ) -> Result<Page<T>, Failure> {
         let n = self.shards() as usize;
         let prefix = res.prefix(ns);
         let end = crate::store::state::prefix_end(&prefix);
@@ -567,7 +549,7 @@ impl Objects {
             _ => vec![shard_of(&format!("{prefix}x"), n as u32) as usize],
         };
         let limit = limit.clamp(1, 10_000);
-        read_page(&self.replicas, &shards, &prefix, &end, limit, token).await.map_err(|e| match e {
+        let page = read_page(&self.replicas, &shards, &prefix, &end, limit, token).await.map_err(|e| match e {
             PageError::BadToken => Failure::bad_request("invalid continue token"),
             PageError::Expired { .. } => Failure::new(
                 410,
@@ -577,7 +559,9 @@ impl Objects {
             ),
             PageError::Store(ClientReply::NoLeader) => Failure::unavailable("the store has no leader right now; retry"),
             PageError::Store(other) => Failure::unavailable(format!("the store: {other:?}")),
-        })
+        })?;
+        let items = page.items.into_iter().filter_map(keep).collect();
+        Ok(Page { items, resource_version: cursor_text(&page.cursor), next: page.next })
     }
 
     /// Creates `obj` (already checked) in `ns`: server fields set, refused if the name is taken.

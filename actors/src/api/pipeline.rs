@@ -211,7 +211,7 @@ async fn objects(state: &ApiState, user: &User, call: &Call, group: &str, versio
                 Err(f) => f.into(),
             }
         }
-        (Method::Get, None, _) => verbs::list(state, &t, q, as_table).await.map(ok200),
+        (Method::Get, None, _) => verbs::list_table(state, &t, q).await.map(ok200),
         (Method::Get, Some(name), None | Some("status")) => verbs::get(state, &t, name, as_table).await.map(ok200),
         (Method::Post, None, _) => {
             return match verbs::create(state, &t, q, &body, manager).await {

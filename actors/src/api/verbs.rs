@@ -7,11 +7,12 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::http::ApiState;
-use super::objects::{admit, rfc3339_now, DeleteOptions, ListOptions, Part, Write};
+use super::objects::{admit, as_json, parsed, rfc3339_now, DeleteOptions, ListOptions, Page, Part, Write};
 use super::patch;
 use super::pipeline::{param, Target};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::Failure;
+use crate::store::Item;
 
 fn parse_body(body: &[u8]) -> Result<Value, Failure> {
     serde_json::from_slice(body).map_err(|e| Failure::bad_request(format!("the body is not JSON: {e}")))
@@ -26,32 +27,34 @@ fn strict(q: &[(String, String)]) -> bool {
     param(q, "fieldValidation") == Some("Strict")
 }
 
+/// The objects a list asks for, each read by `keep`: one page (`limit`; kubectl asks
+/// for 500 at a time; `continue` reads on in the snapshot), or all of them.
+async fn listed<T>(
+    state: &ApiState,
+    t: &Target,
+    q: &[(String, String)],
+    keep: &impl Fn(Item) -> Option<T>,
+) -> Result<Page<T>, Failure> {
+    let limit = param(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let continued = param(q, "continue").filter(|c| !c.is_empty());
+    state.objects.pages(t.res, t.namespace.as_deref(), limit, continued, keep).await
+}
+
 /// A list as JSON (for every caller but one asking for a Table): the objects' stored
-/// bytes put together, never parsed (see `Objects::list_json`).
+/// bytes put together, never parsed (see `objects::as_json`).
 pub(super) async fn list_json(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Vec<u8>, Failure> {
     let opts = list_options(q)?;
-    let ns = t.namespace.as_deref();
-    let (items, rv, next) = match param(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
-        Some(limit) => {
-            let continued = param(q, "continue").filter(|c| !c.is_empty());
-            let page = state.objects.page_json(t.res, ns, &opts, limit, continued).await?;
-            (page.items, page.resource_version, page.next)
-        }
-        None => {
-            let (items, rv) = state.objects.list_json(t.res, ns, &opts).await?;
-            (items, rv, None)
-        }
-    };
-    let mut metadata = json!({"resourceVersion": rv});
-    if let Some(next) = next {
+    let page = listed(state, t, q, &as_json(&opts)).await?;
+    let mut metadata = json!({"resourceVersion": page.resource_version});
+    if let Some(next) = page.next {
         metadata["continue"] = next.into();
     }
     let head = json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": metadata});
-    let mut out = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
+    let mut out = Vec::with_capacity(page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
     serde_json::to_writer(&mut out, &head).map_err(|e| Failure::internal(e.to_string()))?;
     out.pop(); // the head's closing brace: the items go in before it
     out.extend_from_slice(b",\"items\":[");
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in page.items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -61,40 +64,12 @@ pub(super) async fn list_json(state: &ApiState, t: &Target, q: &[(String, String
     Ok(out)
 }
 
-/// A list as a Table (`kubectl get`), or as a list of parsed objects.
-pub(super) async fn list(
-    state: &ApiState,
-    t: &Target,
-    q: &[(String, String)],
-    as_table: bool,
-) -> Result<Value, Failure> {
+/// A list as a Table (`kubectl get`).
+pub(super) async fn list_table(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Value, Failure> {
     let opts = list_options(q)?;
-    let ns = t.namespace.as_deref();
-    // `limit` pages (kubectl asks for 500 at a time); `continue` reads on in the snapshot.
-    let (items, rv, next) = match param(q, "limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
-        Some(limit) => {
-            let page =
-                state.objects.page(t.res, ns, &opts, limit, param(q, "continue").filter(|c| !c.is_empty())).await?;
-            (page.items, page.resource_version, page.next)
-        }
-        None => {
-            let (items, rv) = state.objects.list(t.res, ns, &opts).await?;
-            (items, rv, None)
-        }
-    };
-    let mut out = if as_table {
-        super::table::table(t.res, &items, &rv)
-    } else {
-        let mut list = json!({
-            "kind": format!("{}List", t.res.kind),
-            "apiVersion": t.res.api_version(),
-            "metadata": {"resourceVersion": rv},
-        });
-        // Moved in, not through `json!` (which would copy every object by serializing it).
-        list["items"] = Value::Array(items);
-        list
-    };
-    if let Some(next) = next {
+    let page = listed(state, t, q, &parsed(&opts)).await?;
+    let mut out = super::table::table(t.res, &page.items, &page.resource_version);
+    if let Some(next) = page.next {
         out["metadata"]["continue"] = next.into();
     }
     Ok(out)
