@@ -29,16 +29,21 @@ pub(crate) fn leader(data: &Path, members: &[&str]) -> Option<String> {
     leader_and_term(data, members).map(|(l, _)| l)
 }
 
-/// Writes `key` through `member`, retrying for up to 3 s while the store answers 503
-/// (no leader known yet, as during an election), as a client would; true once the
-/// store acknowledged the write.
+/// Writes `key` through `member` as a careful client does: retrying for up to 3 s while
+/// the store answers 503 (nothing done: no leader known yet, as during an election), and
+/// after a 504 (the write's outcome unknown: its leader stopped before answering) reading
+/// the key first and retrying only if `value` is not there; `value` must be new to the
+/// key. True once the store acknowledged the write.
 pub(crate) fn put(data: &Path, member: &str, key: &str, value: &str) -> bool {
     let began = Instant::now();
     loop {
         match call(data, member, "PUT", &format!("/kv/key/{key}"), value.as_bytes()) {
             Some((200, _)) => return true,
-            Some((503, v)) if began.elapsed() < Duration::from_secs(3) => {
-                eprintln!("{member}: 503 {}", v["message"]);
+            Some((code @ (503 | 504), v)) if began.elapsed() < Duration::from_secs(3) => {
+                eprintln!("{member}: {code} {}", v["message"]);
+                if code == 504 && get(data, member, key).as_deref() == Some(value) {
+                    return true;
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => {

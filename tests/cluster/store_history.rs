@@ -50,8 +50,9 @@ fn read(data: &Path, rec: &Recorder, member: &str, k: usize) -> Option<(Option<S
     Some(seen)
 }
 
-fn client(data: &Path, rec: &Recorder, id: usize, stop: &AtomicBool) -> (usize, usize) {
-    let (mut answered, mut unknown) = (0, 0);
+/// One client's loop: (answered, without a clear answer, refused with 503).
+fn client(data: &Path, rec: &Recorder, id: usize, stop: &AtomicBool) -> (usize, usize, usize) {
+    let (mut answered, mut unknown, mut refused) = (0, 0, 0);
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
@@ -86,8 +87,14 @@ fn client(data: &Path, rec: &Recorder, id: usize, stop: &AtomicBool) -> (usize, 
                 (call, Kind::Cas { expected, new: value, ok }, a)
             }
         };
-        // A write without a clear answer (a timeout, a 503 from a leader that lost the
-        // lead mid-write) may or may not have happened: it gets no completion.
+        // A 503 says nothing was done: the write is left out of the history, so a read
+        // that ever saw its value would fail the check. A write without a clear answer
+        // (a timeout, a 504 from a leader that lost the lead mid-write) may or may not
+        // have happened: it gets no completion.
+        if matches!(answer, Some((503, _))) {
+            refused += 1;
+            continue;
+        }
         let clear =
             matches!((&kind, &answer), (Kind::Write(_), Some((200, _))) | (Kind::Cas { .. }, Some((200 | 409, _))));
         let ret = clear.then(|| rec.now());
@@ -103,7 +110,7 @@ fn client(data: &Path, rec: &Recorder, id: usize, stop: &AtomicBool) -> (usize, 
         rec.record(k, call, ret, kind, note);
         std::thread::sleep(Duration::from_millis(fastrand::u64(0..15)));
     }
-    (answered, unknown)
+    (answered, unknown, refused)
 }
 
 fn kill_leader(data: &Path, rec: &Recorder) {
@@ -157,18 +164,20 @@ fn the_store_is_linearizable_under_leader_kills_partitions_and_loss() {
     kill_leader(&data, &rec);
     at(32);
     stop.store(true, Ordering::Relaxed);
-    let (mut answered, mut unknown) = (0, 0);
+    let (mut answered, mut unknown, mut refused) = (0, 0, 0);
     for c in clients {
-        let (a, u) = c.join().unwrap();
+        let (a, u, r) = c.join().unwrap();
         answered += a;
         unknown += u;
+        refused += r;
     }
 
     let histories = std::mem::take(&mut *rec.ops.lock().unwrap());
     let cas_ok: usize =
         histories.values().flatten().filter(|o| matches!(o.kind, Kind::Cas { ok: Some(true), .. })).count();
     eprintln!(
-        "{answered} operations answered, {unknown} without a clear answer, {cas_ok} successful compare-and-swaps"
+        "{answered} operations answered, {unknown} without a clear answer, {refused} writes refused (503), \
+         {cas_ok} successful compare-and-swaps"
     );
     assert!(answered >= 300, "too few operations to say anything: {answered}");
     assert!(cas_ok >= 10, "too few successful compare-and-swaps: {cas_ok}");

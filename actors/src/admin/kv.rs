@@ -17,6 +17,10 @@
 //! | POST | `/kv/epoch` | `{"epoch":E}` raises the fencing epoch on every shard |
 //! | GET | `/kv/watch?prefix=P[&cursor=C]` | a `BOOKMARK` line with the cursor, then one line per change after it (`PUT`/`DELETE`, each with the cursor just past it); `ERROR` with code 410 when the cursor is older than the kept window |
 //!
+//! A failed write answers 503 when nothing was done (retry it) and 504 `Timeout` when
+//! its outcome is unknown (the leader it went to stopped or lost the lead before
+//! answering): it may still take effect, so read before retrying.
+//!
 //! A watch cursor is opaque to clients: one revision per shard (`r0.r1.…`), so a
 //! watch across shards resumes exactly after the last change it delivered.
 
@@ -115,6 +119,7 @@ pub(super) fn failure(reply: ClientReply) -> HttpResponse {
             "no leader right now (an election is on); retry",
         ),
         ClientReply::Error(e) => status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", &e),
+        ClientReply::Unknown(e) => status(StatusCode::GATEWAY_TIMEOUT, "Timeout", &e),
         other => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &format!("unexpected answer {other:?}")),
     }
 }

@@ -401,7 +401,7 @@ impl Objects {
     }
 
     async fn run(&self, key_or_prefix: &str, op: ClientOp) -> Result<ClientReply, Failure> {
-        execute(&self.replicas, key_or_prefix, op).await.map_err(Failure::unavailable)
+        execute(&self.replicas, key_or_prefix, op).await.map_err(Failure::from)
     }
 
     /// A key's raw value (for records that are not Kubernetes objects).

@@ -85,6 +85,12 @@ impl Failure {
         Self::new(503, "ServiceUnavailable", message)
     }
 
+    /// A write whose outcome is unknown: 504 Timeout, as kube-apiserver answers when
+    /// etcd times out, which clients (client-go, kubectl) do not retry blindly.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
+    }
+
     pub fn to_value(&self) -> Value {
         let mut v = json!({
             "kind": "Status",
@@ -104,6 +110,15 @@ impl Failure {
     pub fn response(&self) -> HttpResponse {
         HttpResponse::build(StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
             .json(self.to_value())
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Unavailable(m) => Self::unavailable(m),
+            crate::store::StoreError::Unknown(m) => Self::timeout(m),
+        }
     }
 }
 

@@ -131,7 +131,7 @@ struct Store {
 
 impl Store {
     async fn run(&self, key: &str, op: ClientOp) -> Result<ClientReply, String> {
-        execute(&self.replicas, key, op).await
+        execute(&self.replicas, key, op).await.map_err(|e| e.to_string())
     }
 
     async fn write(&self, key: &str, op: WriteOp) -> Result<Outcome, String> {
@@ -180,7 +180,7 @@ impl Store {
                 // Every shard refuses the previous leaders' writes from now on.
                 for replica in &self.replicas {
                     let raise = Command { epoch: None, op: WriteOp::RaiseEpoch { epoch: revision } };
-                    execute_on(replica, ClientOp::Write(raise)).await?;
+                    execute_on(replica, ClientOp::Write(raise)).await.map_err(|e| e.to_string())?;
                 }
                 Ok(Some(Term { lease, epoch: revision }))
             }

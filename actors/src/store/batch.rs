@@ -56,7 +56,7 @@ impl Batcher {
         if self.queue.send((cmd, tx)).is_err() {
             return ClientReply::Error("the replica is closing".into());
         }
-        rx.await.unwrap_or_else(|_| ClientReply::Error("the replica closed before the write was answered".into()))
+        rx.await.unwrap_or_else(|_| ClientReply::Unknown("the replica closed before the write was answered".into()))
     }
 }
 
@@ -113,10 +113,11 @@ fn replies(
                 outcome => vec![ClientReply::Written(outcome)],
             }
         }
+        // Raft had the proposal: whatever went wrong, it may still be committed.
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-            vec![ClientReply::Error("lost the lead while writing: the write may or may not take effect".into()); n]
+            vec![ClientReply::Unknown("lost the lead while writing: the write may or may not take effect".into()); n]
         }
-        Err(e) => vec![ClientReply::Error(e.to_string()); n],
+        Err(e) => vec![ClientReply::Unknown(format!("{e}: the write may or may not take effect")); n],
     }
 }
 
@@ -169,7 +170,7 @@ mod tests {
         let lost = RaftError::APIError(ClientWriteError::ForwardToLeader(openraft::error::ForwardToLeader::empty()));
         let failed = super::replies(Err(lost), false, 3, &AtomicBool::new(false));
         assert_eq!(failed.len(), 3);
-        assert!(failed.iter().all(|r| matches!(r, ClientReply::Error(e) if e.contains("lost the lead"))));
+        assert!(failed.iter().all(|r| matches!(r, ClientReply::Unknown(e) if e.contains("lost the lead"))));
     }
 
     #[test]

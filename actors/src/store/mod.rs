@@ -118,20 +118,37 @@ pub fn store_tree(
     (ChildSpec::supervisor("store", Restart::Permanent, spec).0, refs)
 }
 
+/// Why the store gave no answer, split by what a client may do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Nothing was done (no leader right now, the replica not running): retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A write that may or may not take effect: read before retrying.
+    #[error("{0}")]
+    Unknown(String),
+}
+
 /// Runs `op` on the shard of `key` through this member's replicas: the answer, or why
-/// there is none (no leader right now, the store's error, the replica not running).
-pub async fn execute(replicas: &[Ref<Replica>], key: &str, op: ClientOp) -> Result<ClientReply, String> {
+/// there is none.
+pub async fn execute(replicas: &[Ref<Replica>], key: &str, op: ClientOp) -> Result<ClientReply, StoreError> {
     let shard = shard_of(key, replicas.len() as u32) as usize;
-    execute_on(replicas.get(shard).ok_or("no store replica on this member")?, op).await
+    let replica =
+        replicas.get(shard).ok_or_else(|| StoreError::Unavailable("no store replica on this member".into()))?;
+    execute_on(replica, op).await
 }
 
 /// Runs `op` through one shard's replica (see [`execute`]).
-pub async fn execute_on(replica: &Ref<Replica>, op: ClientOp) -> Result<ClientReply, String> {
+pub async fn execute_on(replica: &Ref<Replica>, op: ClientOp) -> Result<ClientReply, StoreError> {
+    let write = matches!(op, ClientOp::Write(_));
     match replica.send(Execute(op)).await {
-        Ok(ClientReply::NoLeader) => Err("the store has no leader right now; retry".into()),
-        Ok(ClientReply::Error(e)) => Err(format!("the store: {e}")),
+        Ok(ClientReply::NoLeader) => Err(StoreError::Unavailable("the store has no leader right now; retry".into())),
+        Ok(ClientReply::Error(e)) => Err(StoreError::Unavailable(format!("the store: {e}"))),
+        Ok(ClientReply::Unknown(e)) => Err(StoreError::Unknown(format!("the store: {e}"))),
         Ok(reply) => Ok(reply),
-        Err(e) => Err(format!("the store replica: {e}")),
+        // The replica's mailbox closed: it stopped before or while running the write.
+        Err(e) if write => Err(StoreError::Unknown(format!("the store replica: {e}"))),
+        Err(e) => Err(StoreError::Unavailable(format!("the store replica: {e}"))),
     }
 }
 

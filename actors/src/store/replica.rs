@@ -93,11 +93,7 @@ pub struct DirectReplica(Handles);
 
 impl DirectReplica {
     pub async fn execute(&self, op: ClientOp) -> ClientReply {
-        let h = self.0.clone();
-        match self.0.transport.runtime().spawn(async move { h.execute(op).await }).await {
-            Ok(reply) => reply,
-            Err(e) => ClientReply::Error(e.to_string()),
-        }
+        self.0.clone().spawned(op).await
     }
 
     /// The runtime its operations run on.
@@ -342,6 +338,18 @@ struct Handles {
 }
 
 impl Handles {
+    /// Runs `op` on the transport's runtime, off the caller's thread. A write whose
+    /// task died (the runtime shutting down) may have been proposed: `Unknown`.
+    async fn spawned(self, op: ClientOp) -> ClientReply {
+        let write = matches!(op, ClientOp::Write(_));
+        let runtime = self.transport.runtime().clone();
+        match runtime.spawn(async move { self.execute(op).await }).await {
+            Ok(reply) => reply,
+            Err(e) if write => ClientReply::Unknown(format!("{e}: the write may or may not take effect")),
+            Err(e) => ClientReply::Error(e.to_string()),
+        }
+    }
+
     async fn execute(&self, op: ClientOp) -> ClientReply {
         match op {
             ClientOp::Status => ClientReply::Status(self.status()),
@@ -349,7 +357,7 @@ impl Handles {
                 // Forward only what this replica never proposed: a write it proposed as
                 // leader and then lost the lead over may still commit under the next
                 // leader, and forwarding it too could apply it twice. Such a write is
-                // indeterminate for the caller, who gets an error and may retry.
+                // `Unknown` to the caller, who reads before retrying.
                 let leader = self.status().leader;
                 if leader.as_deref() != Some(self.member.as_str()) {
                     return self.forward(leader, ClientOp::Write(cmd)).await;
@@ -627,7 +635,8 @@ impl Handles {
                     );
                     let retryable = undelivered || !matches!(op, ClientOp::Write(_));
                     if !retryable || tokio::time::Instant::now() + Duration::from_millis(50) >= until {
-                        return ClientReply::Error(format!("forwarding to the leader {target}: {e}"));
+                        let why = format!("forwarding to the leader {target}: {e}");
+                        return if retryable { ClientReply::Error(why) } else { ClientReply::Unknown(why) };
                     }
                     // Wait for the leader to change (or the same one to come back).
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -675,8 +684,7 @@ impl Handler<Execute> for Replica {
         let Some(h) = self.handles() else {
             return Box::pin(actix::fut::ready(ClientReply::Error("the replica is still opening".into())));
         };
-        let run = self.transport.runtime().spawn(async move { h.execute(op).await });
-        Box::pin(actix::fut::wrap_future(run).map(|r, _, _| r.unwrap_or_else(|e| ClientReply::Error(e.to_string()))))
+        Box::pin(actix::fut::wrap_future(h.spawned(op)))
     }
 }
 

@@ -133,7 +133,14 @@ pub enum ClientReply {
     Status(ShardStatus),
     /// This member is not the leader and does not know who is (an election is on).
     NoLeader,
+    /// Nothing was done (the replica is opening or closing, the leader unreachable):
+    /// safe to retry.
     Error(String),
+    /// A write handed to raft (or sent to the leader) got no answer: its leader lost
+    /// the lead, stopped or went silent. It may or may not take effect, so a client
+    /// reads before retrying (as etcd's "request timed out" and kube-apiserver's 504
+    /// Timeout say): a blind retry could apply it twice.
+    Unknown(String),
 }
 
 /// What replicas (and forwarding members) send a shard replica over the transport.
