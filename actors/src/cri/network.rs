@@ -20,6 +20,7 @@
 //! the host already had is refused. Addresses are claimed as files (`<dir>/<ip>` holding
 //! the pod's uid), so a restarted kubelet keeps every pod's address.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,6 +61,10 @@ pub struct PodNetwork {
     /// address is given again only after the rest of the range (as Kubernetes' host-local
     /// IPAM does), not to the very next pod.
     next: Arc<Mutex<u64>>,
+    /// The claims (address → owner) as the files say, read once and kept in step with
+    /// every change made here: finding a pod's address read every claim file, which
+    /// under a burst of 50 pods a node was 50 reads per pod on the agent's thread.
+    owners: Arc<Mutex<Option<BTreeMap<Ipv4Addr, String>>>>,
 }
 
 /// The loopback twin of an address: `127.b.c.d` for `a.b.c.d`.
@@ -144,6 +149,7 @@ impl PodNetwork {
             pool: Arc::default(),
             last_taken: Arc::default(),
             next: Arc::new(Mutex::new(2)),
+            owners: Arc::default(),
         }
     }
 
@@ -243,15 +249,33 @@ impl PodNetwork {
         self.owners().into_iter().filter(|(_, owner)| owner == POOL).map(|(ip, _)| ip).collect()
     }
 
+    /// The claims, read from their files the first time.
+    fn index(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<Ipv4Addr, String>>> {
+        let mut index = self.owners.lock().unwrap();
+        if index.is_none() {
+            let read = std::fs::read_dir(&self.claims).into_iter().flatten().filter_map(|e| {
+                let e = e.ok()?;
+                let ip = e.file_name().to_str()?.parse().ok()?;
+                Some((ip, std::fs::read_to_string(e.path()).ok()?.trim().to_string()))
+            });
+            *index = Some(read.collect());
+        }
+        index
+    }
+
+    /// Notes that `ip` is now `owner`'s (`None`: free), once its claim file says so.
+    fn note(&self, ip: Ipv4Addr, owner: Option<&str>) {
+        if let Some(index) = self.index().as_mut() {
+            match owner {
+                Some(o) => index.insert(ip, o.to_string()),
+                None => index.remove(&ip),
+            };
+        }
+    }
+
     /// Every claimed address and its owner.
     fn owners(&self) -> Vec<(Ipv4Addr, String)> {
-        let Ok(dir) = std::fs::read_dir(&self.claims) else { return Vec::new() };
-        dir.filter_map(|e| {
-            let e = e.ok()?;
-            let ip = e.file_name().to_str()?.parse().ok()?;
-            Some((ip, std::fs::read_to_string(e.path()).ok()?.trim().to_string()))
-        })
-        .collect()
+        self.index().iter().flatten().map(|(ip, owner)| (*ip, owner.clone())).collect()
     }
 
     /// Undoes a pool entry: its veth, namespace and claim.
@@ -312,12 +336,13 @@ impl PodNetwork {
 
     /// The address claimed for pod `uid`, if any.
     fn claimed(&self, uid: &str) -> Option<Ipv4Addr> {
-        self.owners().into_iter().find(|(_, owner)| owner == uid).map(|(ip, _)| ip)
+        self.index().iter().flatten().find(|(_, owner)| *owner == uid).map(|(ip, _)| *ip)
     }
 
     /// Gives `ip` up: its claim is removed.
     fn release(&self, ip: Ipv4Addr) {
         let _ = std::fs::remove_file(self.claims.join(ip.to_string()));
+        self.note(ip, None);
     }
 
     /// Claims the first free address for `owner`.
@@ -334,6 +359,7 @@ impl PodNetwork {
                     use std::io::Write;
                     f.write_all(owner.as_bytes()).map_err(RuntimeError::io(format!("{}", path.display())))?;
                     *next = i + 1;
+                    self.note(ip, Some(owner));
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -357,6 +383,7 @@ impl PodNetwork {
             std::fs::write(&tmp, uid)
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(RuntimeError::io(format!("{}", path.display())))?;
+            self.note(ip, Some(uid));
             return Ok(Some(ip));
         }
         Ok(None)
