@@ -16,7 +16,7 @@ mod namespace;
 mod nodeipam;
 pub mod nodelifecycle;
 pub mod quantity;
-mod queue;
+pub(crate) mod queue;
 mod replicaset;
 mod run;
 pub mod scheduler;

@@ -10,7 +10,7 @@
 //! watch feed it, rather than one per node, so 5,000 nodes cost the API two watches.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::AsyncContext;
@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::node::{is_ready, ready_condition, register, renew};
 use crate::api::informer::{Change, Informer};
 use crate::api::{rfc3339_now, ApiClient, ApiError};
+use crate::controllers::queue::WorkQueue;
 use crate::runtime::{Actor, ChildContext, Ctx};
 
 /// The label and taint every hollow node carries.
@@ -230,40 +231,83 @@ impl Actor for HollowKubelet {
         }));
 
         // Pods bound to these nodes: reported Running (or ended), or let go when deleted.
+        // The informer's changes go into a queue that holds each pod once and never makes
+        // the informer wait: status writes cannot keep up with a burst of bindings, and an
+        // informer waiting on its reader stops reading its watch, which then falls out of
+        // the store's event window and lists every pod again (100 MB at 100,000 pods).
         let pods = Informer::new(client.clone(), "/api/v1/pods", &[("fieldSelector", "spec.nodeName!=")]);
         let pod_cache = pods.cache();
-        let (tx, changes) = tokio::sync::mpsc::channel(4096);
+        let (tx, mut changes) = tokio::sync::mpsc::channel(4096);
         ctx.spawn(actix::fut::wrap_future(pods.run(tx)));
-        let keys = futures_util::stream::unfold(changes, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-        ctx.spawn(actix::fut::wrap_future(keys.for_each_concurrent(IN_FLIGHT, move |change| {
-            let (client, cache, mine) = (client.clone(), pod_cache.clone(), mine.clone());
-            async move {
-                let Change::Upserted(key) = change else { return };
-                // Level-triggered: what the pod needs is worked out from the cache again
-                // after a failure (an API server going away mid-request, say) until done.
+        let work = Pending::default();
+        let w = work.clone();
+        ctx.spawn(actix::fut::wrap_future(async move {
+            while let Some(change) = changes.recv().await {
+                if let Change::Upserted(key) = change {
+                    w.push(key);
+                }
+            }
+        }));
+        for _ in 0..IN_FLIGHT {
+            let (client, cache, mine, work) = (client.clone(), pod_cache.clone(), mine.clone(), work.clone());
+            ctx.spawn(actix::fut::wrap_future(async move {
                 loop {
-                    let Some(pod) = cache.read().unwrap().objects.get(&key).cloned() else { return };
-                    let Some(work) = work_for(&pod, &mine) else { return };
+                    let key = work.next().await;
+                    // Level-triggered: what the pod needs is worked out from the cache.
+                    let Some(pod) = cache.read().unwrap().objects.get(&key).cloned() else { continue };
+                    let Some(todo) = work_for(&pod, &mine) else { continue };
                     let path = format!(
                         "/api/v1/namespaces/{}/pods/{}",
                         pod["metadata"]["namespace"].as_str().unwrap_or("default"),
                         pod["metadata"]["name"].as_str().unwrap_or_default()
                     );
-                    let done = match work {
+                    let done = match todo {
                         PodWork::Report(status) => {
                             client.merge_patch(&format!("{path}/status"), &status).await.map(drop)
                         }
                         PodWork::Release => client.delete_with_grace(&path, 0).await.map(drop),
                     };
                     match done {
-                        Ok(()) => return,
-                        Err(e) if e.code() == Some(404) => return,
-                        Err(e) => tracing::debug!(pod = %key, error = %e, "hollow pod update failed; again in 1 s"),
+                        Ok(()) => {}
+                        Err(e) if e.code() == Some(404) => {}
+                        // An API server going away mid-request, say: again in 1 s.
+                        Err(e) => {
+                            tracing::debug!(pod = %key, error = %e, "hollow pod update failed; again in 1 s");
+                            let again = work.clone();
+                            actix_rt::spawn(async move {
+                                actix_rt::time::sleep(Duration::from_secs(1)).await;
+                                again.push(key);
+                            });
+                        }
                     }
-                    actix_rt::time::sleep(Duration::from_secs(1)).await;
                 }
+            }));
+        }
+    }
+}
+
+/// Pods with work to do, each queued once, for `IN_FLIGHT` workers to take.
+#[derive(Clone, Default)]
+struct Pending {
+    queue: Arc<Mutex<WorkQueue>>,
+    ready: Arc<tokio::sync::Notify>,
+}
+
+impl Pending {
+    fn push(&self, key: String) {
+        self.queue.lock().unwrap().push(key);
+        self.ready.notify_one();
+    }
+
+    /// The next key; waits for one. A key pushed while no worker waits leaves a permit,
+    /// and workers look at the queue before they wait, so none is left behind.
+    async fn next(&self) -> String {
+        loop {
+            if let Some(key) = self.queue.lock().unwrap().pop() {
+                return key;
             }
-        })));
+            self.ready.notified().await;
+        }
     }
 }
 
@@ -275,6 +319,26 @@ mod tests {
         json!({"metadata": {"name": "p", "namespace": "web", "uid": "u1", "annotations": annotations},
                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
                "status": {"phase": "Pending"}})
+    }
+
+    #[tokio::test]
+    async fn pending_pods_are_taken_once_each_and_wake_a_waiting_worker() {
+        let work = Pending::default();
+        let waiting = tokio::spawn({
+            let work = work.clone();
+            async move { work.next().await }
+        });
+        tokio::task::yield_now().await;
+        work.push("web/a".into());
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
+        assert_eq!(got, "web/a");
+        // A pod changed twice before a worker got to it is worked on once.
+        work.push("web/b".into());
+        work.push("web/b".into());
+        work.push("web/c".into());
+        assert_eq!(work.next().await, "web/b");
+        assert_eq!(work.next().await, "web/c");
+        assert!(tokio::time::timeout(Duration::from_millis(50), work.next()).await.is_err(), "nothing left");
     }
 
     #[test]
