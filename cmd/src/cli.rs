@@ -124,6 +124,11 @@ pub struct UpArgs {
     /// Snapshot the store (and compact its log) every this many entries.
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_every: u64,
+    /// The store's raft heartbeat. It also bounds each log replication round trip, so it
+    /// must exceed the round trip between servers (links slower than ~80 ms need more);
+    /// the election timeout is 3 to 6 heartbeats, so a lost leader is replaced in that.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub store_heartbeat: Duration,
     /// Events younger than this stay in each shard's watch window beyond its last 10,000
     /// (up to 50,000): how far behind a watcher may fall under a burst before it must list again.
     #[arg(long, default_value = "75s", value_parser = parse_duration)]
@@ -288,6 +293,11 @@ pub struct ServerArgs {
     /// Snapshot the store (and compact its log) every this many entries.
     #[arg(long, default_value_t = 5_000)]
     pub snapshot_every: u64,
+    /// The store's raft heartbeat. It also bounds each log replication round trip, so it
+    /// must exceed the round trip between servers (links slower than ~80 ms need more);
+    /// the election timeout is 3 to 6 heartbeats, so a lost leader is replaced in that.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub store_heartbeat: Duration,
     /// Events younger than this stay in each shard's watch window beyond its last 10,000
     /// (up to 50,000): how far behind a watcher may fall under a burst before it must list again.
     #[arg(long, default_value = "75s", value_parser = parse_duration)]

@@ -255,7 +255,7 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         shards: args.shards.max(1),
         snapshot_every: args.snapshot_every,
         event_window: EventWindow { age: args.event_window_age, ..EventWindow::default() },
-        ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members)
+        ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members).with_heartbeat(args.store_heartbeat)
     }
     .validate()?;
     let api = api_setup(&data, &args.name, args.api_listen)?;

@@ -205,6 +205,15 @@ impl StoreConfig {
         }
     }
 
+    /// The raft heartbeat `every`, with the election timeout at 3 to 6 of them (the
+    /// defaults' ratio). openraft 0.9 also bounds each AppendEntries by the heartbeat:
+    /// over a link whose round trip is longer, every replication times out and no write
+    /// commits, so a slow link needs a longer heartbeat (as etcd's tuning guide says to
+    /// set its heartbeat near the round trip).
+    pub fn with_heartbeat(self, every: Duration) -> Self {
+        Self { heartbeat: every, election_timeout: (every * 3, every * 6), ..self }
+    }
+
     pub fn validate(self) -> Result<Self> {
         if !(1..=64).contains(&self.shards) {
             return Err(invalid("store.shards", format!("{} is not 1 to 64", self.shards)));
@@ -214,6 +223,9 @@ impl StoreConfig {
         }
         if self.members.len() > 7 {
             return Err(invalid("store.members", "at most 7 voters (1, 3 or 5 is the usual)"));
+        }
+        if self.heartbeat < Duration::from_millis(10) || self.heartbeat > Duration::from_secs(10) {
+            return Err(invalid("store.heartbeat", "10 ms to 10 s"));
         }
         let (min, max) = self.election_timeout;
         if min >= max || min <= self.heartbeat * 2 {
@@ -297,6 +309,10 @@ mod tests {
         assert!(ok.clone().validate().is_ok());
         assert!(StoreConfig { shards: 0, ..ok.clone() }.validate().is_err());
         assert!(StoreConfig { snapshot_every: 3, ..ok.clone() }.validate().is_err());
+        let slow = ok.clone().with_heartbeat(Duration::from_millis(300)).validate().unwrap();
+        assert_eq!(slow.election_timeout, (Duration::from_millis(900), Duration::from_millis(1800)));
+        assert_eq!(ok.clone().with_heartbeat(Duration::from_millis(100)).election_timeout, ok.election_timeout);
+        assert!(ok.clone().with_heartbeat(Duration::from_millis(1)).validate().is_err());
         let window = |min, max| EventWindow { min, max, ..EventWindow::default() };
         assert!(StoreConfig { event_window: window(10, 50), ..ok.clone() }.validate().is_err());
         assert!(StoreConfig { event_window: window(2_000, 1_000), ..ok.clone() }.validate().is_err());

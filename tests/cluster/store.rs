@@ -438,3 +438,26 @@ fn a_member_that_fell_behind_a_compacted_log_catches_up_from_a_snapshot() {
     up.signal(libc::SIGINT);
     assert_eq!(up.wait(Duration::from_secs(60)), 0);
 }
+
+/// Over links whose round trip (120 ms) is longer than the default heartbeat (100 ms),
+/// a store started with a longer heartbeat keeps committing writes. openraft 0.9 bounds
+/// each AppendEntries by the heartbeat: with 100 ms here not one write commits.
+#[test]
+fn a_longer_heartbeat_keeps_writes_committing_over_slow_links() {
+    let _one = serial();
+    let scratch = Scratch::new("slowlinks");
+    let data = scratch.data();
+    let members = ["server-1", "server-2", "server-3"];
+    let mut up =
+        Running::start(&data, &["up", "--agents", "0", "--store-heartbeat", "300ms"], &scratch.0.join("up.log"));
+    up.wait_for_line("keelson: ready", START);
+    eventually("a leader", START, || leader(&data, &members).is_some());
+    run_ok(&data, &["chaos", "net", "--between", &members.join(","), "--delay", "60ms"]);
+    for i in 0..10 {
+        assert!(put(&data, "server-2", &format!("/slow/k{i}"), &format!("v{i}")), "write {i}, 120 ms round trips");
+    }
+    assert_eq!(get(&data, "server-3", "/slow/k9").as_deref(), Some("v9"));
+    run_ok(&data, &["chaos", "net", "--heal"]);
+    up.signal(libc::SIGINT);
+    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+}
