@@ -10,7 +10,7 @@
 //! shard's lock before opening and releases it only after its raft has shut down, so a
 //! replica that crashed is closed cleanly and then reopened by its restarted actor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -173,7 +173,13 @@ pub struct Replica {
     lock: Arc<tokio::sync::Mutex<()>>,
     router: Arc<Router>,
     open: Option<Open>,
+    /// When each voter whose round trip is near the heartbeat was last warned about.
+    slow_links: HashMap<String, std::time::Instant>,
 }
+
+/// How often shard 0's replica compares the round trips to the other voters with the
+/// heartbeat.
+const LINK_CHECK: Duration = Duration::from_secs(5);
 
 impl Replica {
     pub fn new(
@@ -184,7 +190,33 @@ impl Replica {
         router: Arc<Router>,
     ) -> Self {
         let (member, path) = (cx.path.member().to_string(), cx.path.clone());
-        Self { member, path, cfg, transport, lock, router, open: None }
+        Self { member, path, cfg, transport, lock, router, open: None, slow_links: HashMap::new() }
+    }
+
+    /// Warns when the round trip to another voter nears the heartbeat: openraft 0.9
+    /// gives each AppendEntries the heartbeat as its deadline, so writes stall near it
+    /// and stop past it. Once a minute per voter while it lasts; shard 0 only.
+    fn check_links(&mut self) {
+        let Some(open) = &self.open else { return };
+        let heartbeat = Duration::from_millis(self.cfg.raft.heartbeat_interval);
+        let voters: std::collections::HashSet<String> = {
+            let metrics = open.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().nodes().map(|(_, n)| n.addr.clone()).collect()
+        };
+        for peer in self.transport.stats() {
+            let rtt = Duration::from_micros(peer.rtt_us);
+            if !peer.connected || !voters.contains(&peer.peer) || rtt * 5 < heartbeat * 4 {
+                continue;
+            }
+            let due = self.slow_links.get(&peer.peer).is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+            if due {
+                tracing::warn!(peer = %peer.peer, ?rtt, ?heartbeat,
+                    "the round trip to a store member nears the store heartbeat, which bounds each replication: \
+                     writes stall, and stop past it; start the servers with --store-heartbeat above the round trip");
+                self.slow_links.insert(peer.peer, std::time::Instant::now());
+            }
+        }
     }
 
     fn handles(&self) -> Option<Handles> {
@@ -302,6 +334,9 @@ impl Actor for Replica {
     fn started(&mut self, ctx: &mut Ctx<Self>) {
         let (cfg, member, t, lock, from) =
             (self.cfg.clone(), self.member.clone(), self.transport.clone(), self.lock.clone(), self.path.clone());
+        if self.cfg.shard == 0 {
+            ctx.run_interval(LINK_CHECK, |me, _| me.check_links());
+        }
         let opening = self.transport.runtime().spawn(open(cfg, member, t, lock, from));
         ctx.wait(actix::fut::wrap_future(opening).map(|res, me: &mut Incarnation<Self>, ctx| match res {
             Ok(Ok(open)) => {
