@@ -197,6 +197,12 @@ impl PodNetwork {
     /// own routes. Idempotent.
     pub fn setup(&self) -> Result<()> {
         std::fs::create_dir_all(&self.claims).map_err(RuntimeError::io(format!("{}", self.claims.display())))?;
+        // A restarted agent goes on after the last address claimed, not from the range's
+        // start, where addresses its pods just gave up would be handed out first.
+        let offsets = self.owners().into_iter().filter(|(ip, _)| self.cidr.contains(*ip));
+        if let Some(last) = offsets.map(|(ip, _)| u64::from(u32::from(ip) - u32::from(self.cidr.base))).max() {
+            *self.next.lock().unwrap() = last + 1;
+        }
         if self.mode != PodNetworkMode::Netns {
             return Ok(()); // loopback needs nothing; Docker's network is the runtime's
         }
@@ -551,6 +557,23 @@ mod tests {
         }
         assert!(again.owners().is_empty(), "every claim is gone");
         assert!(!PodNetwork::link_exists(again.bridge()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_restarted_network_hands_out_addresses_after_the_last_claimed() {
+        let dir = std::env::temp_dir().join(format!("keelson-ipam-next-{}", std::process::id()));
+        let cidr: Cidr = "10.244.5.0/28".parse().unwrap();
+        let net = PodNetwork::new(PodNetworkMode::Loopback, "agent-1", cidr, dir.clone());
+        net.setup().unwrap();
+        let ips: Vec<u8> = ["a", "b", "c"].iter().map(|u| net.attach(u).unwrap().ip.octets()[3]).collect();
+        assert_eq!(ips, vec![2, 3, 4]);
+        net.detach("a").unwrap();
+        net.detach("b").unwrap();
+        // As if the agent restarted: .2 and .3 were just given up, so the next is .5.
+        let again = PodNetwork::new(PodNetworkMode::Loopback, "agent-1", cidr, dir.clone());
+        again.setup().unwrap();
+        assert_eq!(again.attach("d").unwrap().ip, Ipv4Addr::new(127, 244, 5, 5));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
