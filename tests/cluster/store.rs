@@ -448,31 +448,33 @@ fn a_longer_heartbeat_keeps_writes_committing_over_slow_links() {
     let scratch = Scratch::new("slowlinks");
     let data = scratch.data();
     let members = ["server-1", "server-2", "server-3"];
-    let slow = || run_ok(&data, &["chaos", "net", "--between", &members.join(","), "--delay", "60ms"]);
-    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up.log"));
-    up.wait_for_line("keelson: ready", START);
-    eventually("a leader", START, || leader(&data, &members).is_some());
-    slow();
+    // The cluster up with `flags`, a leader elected, then 60 ms added each way.
+    let slow_cluster = |flags: &[&str], log: &str| {
+        let mut up = Running::start(&data, &[&["up", "--agents", "0"], flags].concat(), &scratch.0.join(log));
+        up.wait_for_line("keelson: ready", START);
+        eventually("a leader", START, || leader(&data, &members).is_some());
+        run_ok(&data, &["chaos", "net", "--between", &members.join(","), "--delay", "60ms"]);
+        up
+    };
+    let stop = |mut up: Running| {
+        run_ok(&data, &["chaos", "net", "--heal"]);
+        up.signal(libc::SIGINT);
+        assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    };
+
+    let up = slow_cluster(&[], "up.log");
     eventually("a warning that the round trip nears the heartbeat", Duration::from_secs(30), || {
         members.iter().any(|m| {
             std::fs::read_to_string(data.join(m).join("keelson.log"))
                 .is_ok_and(|log| log.contains("nears the store heartbeat"))
         })
     });
-    run_ok(&data, &["chaos", "net", "--heal"]);
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    stop(up);
 
-    let mut up =
-        Running::start(&data, &["up", "--agents", "0", "--store-heartbeat", "300ms"], &scratch.0.join("up2.log"));
-    up.wait_for_line("keelson: ready", START);
-    eventually("a leader", START, || leader(&data, &members).is_some());
-    slow();
+    let up = slow_cluster(&["--store-heartbeat", "300ms"], "up2.log");
     for i in 0..10 {
         assert!(put(&data, "server-2", &format!("/slow/k{i}"), &format!("v{i}")), "write {i}, 120 ms round trips");
     }
     assert_eq!(get(&data, "server-3", "/slow/k9").as_deref(), Some("v9"));
-    run_ok(&data, &["chaos", "net", "--heal"]);
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    stop(up);
 }
