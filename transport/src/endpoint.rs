@@ -337,7 +337,9 @@ impl Transport {
         client.transport_config(transport);
 
         let bound = Arc::new(BoundRuntime(runtime.clone()));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std_socket);
         let inner_socket = quinn::Runtime::wrap_udp_socket(&*bound, std_socket).map_err(Error::Io)?;
+        crate::faults::receive_apart(&fd);
         let faults = Arc::new(FaultTable::new(cfg.fault_seed));
         let socket = Arc::new(FaultSocket::new(inner_socket, faults.clone(), runtime.clone()));
         let endpoint_cfg = match cfg.reset_secret {
