@@ -140,7 +140,7 @@ pub async fn execute(replicas: &[Ref<Replica>], key: &str, op: ClientOp) -> Resu
 
 /// Runs `op` through one shard's replica (see [`execute`]).
 pub async fn execute_on(replica: &Ref<Replica>, op: ClientOp) -> Result<ClientReply, StoreError> {
-    let write = matches!(op, ClientOp::Write(_));
+    let write = op.is_write();
     match replica.send(Execute(op)).await {
         Ok(ClientReply::NoLeader) => Err(StoreError::Unavailable("the store has no leader right now; retry".into())),
         Ok(ClientReply::Error(e)) => Err(StoreError::Unavailable(format!("the store: {e}"))),

@@ -376,7 +376,7 @@ impl Handles {
     /// Runs `op` on the transport's runtime, off the caller's thread. A write whose
     /// task died (the runtime shutting down) may have been proposed: `Unknown`.
     async fn spawned(self, op: ClientOp) -> ClientReply {
-        let write = matches!(op, ClientOp::Write(_));
+        let write = op.is_write();
         let runtime = self.transport.runtime().clone();
         match runtime.spawn(async move { self.execute(op).await }).await {
             Ok(reply) => reply,
@@ -668,7 +668,7 @@ impl Handles {
                         e,
                         crate::transport::RemoteError::Transport(keelson_transport::Error::Unreachable { .. })
                     );
-                    let retryable = undelivered || !matches!(op, ClientOp::Write(_));
+                    let retryable = undelivered || !op.is_write();
                     if !retryable || tokio::time::Instant::now() + Duration::from_millis(50) >= until {
                         let why = format!("forwarding to the leader {target}: {e}");
                         return if retryable { ClientReply::Error(why) } else { ClientReply::Unknown(why) };

@@ -63,6 +63,14 @@ pub enum ClientOp {
     Status,
 }
 
+impl ClientOp {
+    /// A write to the keyspace: once handed to raft it may commit even when its
+    /// answer is lost, so a failure after that point is `Unknown`, not `Unavailable`.
+    pub fn is_write(&self) -> bool {
+        matches!(self, ClientOp::Write(_))
+    }
+}
+
 /// A stored item as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Item {
