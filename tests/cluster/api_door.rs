@@ -245,8 +245,7 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
         transport.faults().heal();
     });
     transport.close();
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }
 
 /// An informer over the actor door keeps a cache equal to a fresh list while four
@@ -380,6 +379,5 @@ fn an_informer_keeps_its_cache_equal_to_the_store_through_a_server_restart() {
         seen.abort();
     });
     transport.close();
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

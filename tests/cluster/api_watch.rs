@@ -193,8 +193,7 @@ fn run(shards: &str) {
     }
     let unique: std::collections::BTreeSet<&String> = seen_names.iter().collect();
     assert_eq!((seen_names.len(), unique.len()), (100, 100), "every object once across the pages (shards {shards})");
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }
 
 #[test]
@@ -264,6 +263,5 @@ fn pod_status_is_a_subresource_a_pod_binds_once_and_eviction_deletes() {
     let eviction = r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p","namespace":"default"}}"#;
     assert_eq!(api.call("POST", &format!("{pods}/p/eviction"), "application/json", eviction).0, 201);
     assert_eq!(api.call("GET", &format!("{pods}/p"), "application/json", "").0, 404);
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

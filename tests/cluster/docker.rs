@@ -313,8 +313,7 @@ spec:
     });
 
     // Ctrl-C: nothing of this cluster's is left in Docker.
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0, "up stops cleanly");
+    up.stop(Duration::from_secs(60));
     let _ = docker(&["rmi", missing]);
     let (containers, networks) = leftovers("keelson_agent-");
     assert!(containers.is_empty(), "containers left: {containers}");

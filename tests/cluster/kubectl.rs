@@ -358,6 +358,5 @@ fn the_real_kubectl_creates_reads_changes_and_deletes_objects() {
     let err = fails(&kc, &["get", "ns", "web"]);
     assert!(err.contains("namespaces \"web\" not found"), "{err}");
 
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

@@ -244,8 +244,7 @@ fn kubectl_apply_again_and_again_changes_exactly_what_the_file_changed() {
     }
     assert!(strategy.contains("  rollingUpdate\t<RollingUpdateDeployment>"), "{strategy}");
 
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }
 
 /// `kubectl apply --server-side`: the same plan, applied and re-applied; a second field
@@ -312,6 +311,5 @@ fn server_side_apply_tracks_managers_and_their_conflicts() {
     let back = kubectl(&kc, &["apply", "--server-side", "-f", file]);
     assert!(String::from_utf8_lossy(&back.stderr).contains("conflict with \"ops\""));
 
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

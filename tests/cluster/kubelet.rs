@@ -525,8 +525,7 @@ spec:
     });
 
     // Ctrl-C: everything stops, and nothing is left behind.
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
     no_leftovers(&data);
     let marker = format!("keelson-kt-{}", std::process::id());
     for made in [format!("/etc/{marker}"), format!("/var/{marker}")] {

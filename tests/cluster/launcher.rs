@@ -78,8 +78,7 @@ fn up_tree_chaos_and_a_clean_stop() {
     // Ctrl-C: members stop in order, nothing is left behind.
     let pids: Vec<u32> =
         ["server-1", "server-2"].iter().map(|m| door(&data, m)["pid"].as_u64().unwrap() as u32).collect();
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(30)), 0);
+    up.stop(Duration::from_secs(30));
     for pid in pids {
         assert!(!alive(pid), "member pid {pid} outlived the launcher");
     }

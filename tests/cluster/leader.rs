@@ -134,8 +134,7 @@ fn a_new_controller_leader_fences_the_old_one() {
         }
     });
     transport.close();
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }
 
 /// The controllers running on `member`, from its tree.
@@ -217,6 +216,5 @@ fn a_partitioned_controller_leader_stops_and_is_fenced_off() {
         assert!(ok.is_ok(), "the new epoch writes through any member: {ok:?}");
     });
     transport.close();
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

@@ -39,6 +39,5 @@ fn the_official_python_client_creates_lists_watches_and_deletes() {
     ] {
         assert!(stdout.contains(step), "{step} missing:\n{stdout}");
     }
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

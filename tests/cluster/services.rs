@@ -556,8 +556,7 @@ spec:
     eventually("the deleted Service's address goes", Duration::from_secs(20), || !held());
 
     step(&began, "Ctrl-C");
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0, "up stops cleanly");
+    up.stop(Duration::from_secs(60));
     step(&began, "stopped");
     let links = std::process::Command::new("ip").args(["-br", "link"]).output().unwrap();
     let links = String::from_utf8_lossy(&links.stdout);

@@ -181,8 +181,7 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("older than the oldest kept"), "{out:?}");
 
     // Stop everything, start again on the same data: nothing acknowledged is lost.
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
     let mut again = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up2.log"));
     again.wait_for_line("keelson: ready", START);
     eventually("a leader after the restart", START, || leader(&data, &members).is_some());
@@ -194,8 +193,7 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
     assert_eq!(call(&data, "server-1", "GET", "/kv/range?limit=0", b"").unwrap().0, 400);
     assert_eq!(call(&data, "server-1", "POST", "/kv/cas", b"{not json").unwrap().0, 400);
     assert_eq!(call(&data, "server-1", "GET", "/kv/key/load/missing", b"").unwrap().0, 404);
-    again.signal(libc::SIGINT);
-    assert_eq!(again.wait(Duration::from_secs(60)), 0);
+    again.stop(Duration::from_secs(60));
 }
 
 /// Per-shard leaders, as `server-1` sees them.
@@ -322,8 +320,7 @@ fn four_shards_watches_fencing_and_a_partitioned_leader() {
         }
     }
 
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }
 
 /// Rounds of the kill-everything test: 3 in CI; `KEELSON_SLOW_ROUNDS=20` for the full run.
@@ -388,8 +385,7 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
         }
     }
     assert!(!acked.is_empty());
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }
 
 #[test]
@@ -435,8 +431,7 @@ fn a_member_that_fell_behind_a_compacted_log_catches_up_from_a_snapshot() {
     });
     assert!(status(behind).unwrap()["revision"].as_u64().unwrap() >= 400);
     assert_eq!(get(&data, behind, "/snap/k399").as_deref(), Some("v399"));
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }
 
 /// Over links whose round trip (120 ms) is longer than the default heartbeat (100 ms),
@@ -458,8 +453,7 @@ fn a_longer_heartbeat_keeps_writes_committing_over_slow_links() {
     };
     let stop = |mut up: Running| {
         run_ok(&data, &["chaos", "net", "--heal"]);
-        up.signal(libc::SIGINT);
-        assert_eq!(up.wait(Duration::from_secs(60)), 0);
+        up.stop(Duration::from_secs(60));
     };
 
     let up = slow_cluster(&[], "up.log");

@@ -143,6 +143,5 @@ fn transactions_leases_and_lists_that_read_one_snapshot() {
     }
     drop(watch);
 
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

@@ -187,6 +187,5 @@ fn the_store_is_linearizable_under_leader_kills_partitions_and_loss() {
         eprintln!("/lin/k{k}: {} operations, linearizable (checked in {:?})", history.len(), began.elapsed());
     }
 
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

@@ -87,6 +87,5 @@ fn a_joined_member_is_added_to_the_store_votes_and_is_removed() {
     // Removing what is not a member is refused, and changes nothing.
     let (code, _) = call(&data, alive[0], "POST", "/members/server-4/remove?shard=0", b"").unwrap();
     assert_eq!(code, 409);
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(60)), 0);
+    up.stop(Duration::from_secs(60));
 }

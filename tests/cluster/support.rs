@@ -172,6 +172,12 @@ impl Running {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// Ctrl-C, as a user stops `up`: asserts a clean exit (code 0) within `limit`.
+    pub fn stop(&mut self, limit: Duration) {
+        self.signal(libc::SIGINT);
+        assert_eq!(self.wait(limit), 0, "{} stops cleanly on SIGINT", self.child.id());
+    }
+
     /// Waits for the process to exit; returns its exit code.
     pub fn wait(&mut self, limit: Duration) -> i32 {
         let began = Instant::now();

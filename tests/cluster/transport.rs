@@ -84,8 +84,7 @@ fn three_members_exchange_messages_survive_kills_and_partitions() {
     assert!(drops > 0.0, "no injected drops counted:\n{metrics}");
     run_ok(&data, &["chaos", "net", "--heal"]);
 
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(30)), 0);
+    up.stop(Duration::from_secs(30));
 }
 
 #[test]
@@ -150,6 +149,5 @@ fn a_new_member_joins_with_a_token_and_a_revoked_one_is_refused() {
 
     joiner.signal(libc::SIGTERM);
     assert_eq!(joiner.wait(Duration::from_secs(30)), 0);
-    up.signal(libc::SIGINT);
-    assert_eq!(up.wait(Duration::from_secs(30)), 0);
+    up.stop(Duration::from_secs(30));
 }
