@@ -287,8 +287,12 @@ impl Transport {
         cfg: TransportConfig,
         socket: std::net::UdpSocket,
     ) -> Result<(Self, mpsc::Receiver<Inbound>, TransportRuntime)> {
+        // One worker: with two, each wake-up of a quiet runtime also woke the other to
+        // steal, and a 100-pod burst on `keelson up` (five members on two CPUs) spent a
+        // fifth more of the machine's CPU (ARCHITECTURE.md, Transport). Heavy work on it
+        // (snapshots) goes to the blocking pool.
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("keelson-quic")
             .enable_all()
             .build()
