@@ -1,6 +1,6 @@
 //! One QUIC endpoint per process, and the message patterns on top of it.
 //!
-//! quinn runs on a runtime of its own (two worker threads): actix arbiters are single
+//! quinn runs on a runtime of its own (one worker thread): actix arbiters are single
 //! threads, and a stalled arbiter must not stall the network (DEPENDENCIES.md traps 4
 //! and 10). Every operation is spawned onto that runtime and awaited through its join
 //! handle, so callers may await from any executor.
