@@ -97,24 +97,10 @@ pub fn wanted(accept: &str) -> bool {
     accept.split(',').any(|a| a.contains("as=Table"))
 }
 
-/// Seconds since the epoch of an RFC 3339 time (`2026-11-29T14:41:07Z`).
+/// Whole seconds since the epoch of a time Kubernetes wrote (`2026-11-29T14:41:07Z`),
+/// as the AGE and DURATION columns count them.
 pub fn parse_time(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+    super::objects::parse_time(s).and_then(|t| u64::try_from(t.floor() as i64).ok())
 }
 
 /// A duration as kubectl's AGE column writes it (apimachinery's `HumanDuration`).
