@@ -79,7 +79,7 @@ pub use pipeline::Method;
 pub use recorder::{EventRecorder, EventType};
 pub use watch::WatchItem;
 
-pub use objects::{micro_time_now, parse_time, rfc3339, rfc3339_now, unix_now, Objects};
+pub use objects::{condition, condition_is_true, micro_time_now, parse_time, rfc3339, rfc3339_now, unix_now, Objects};
 pub use protobuf::base64;
 
 use crate::runtime::{exit, Actor, ChildContext, Ctx, ExitReason, Handler, Ref, Serves, Serving};

@@ -192,6 +192,16 @@ pub fn micro_time_now() -> String {
     format!("{}.{:06}Z", secs.trim_end_matches('Z'), now.subsec_micros())
 }
 
+/// The condition of type `kind` in `obj.status.conditions`, if it has one.
+pub fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+/// Whether `obj` has the condition `kind` with status `True`.
+pub fn condition_is_true(obj: &Value, kind: &str) -> bool {
+    condition(obj, kind).is_some_and(|c| c["status"] == "True")
+}
+
 /// Seconds since the epoch of a time Kubernetes wrote (`Time` or `MicroTime`, UTC).
 pub fn parse_time(s: &str) -> Option<f64> {
     let b = s.as_bytes();

@@ -223,9 +223,7 @@ fn pod_status_column(o: &Value, now: u64) -> (String, usize, String) {
         };
         break;
     }
-    let initialized = status["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Initialized" && c["status"] == "True"));
+    let initialized = super::condition_is_true(o, "Initialized");
     let mut ready = 0;
     if !initializing || initialized {
         restarts = 0;
@@ -254,9 +252,7 @@ fn pod_status_column(o: &Value, now: u64) -> (String, usize, String) {
             }
         }
         if reason == "Completed" && has_running {
-            let pod_ready = status["conditions"]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            let pod_ready = super::condition_is_true(o, "Ready");
             reason = if pod_ready { "Running" } else { "NotReady" }.into();
         }
     }
@@ -424,10 +420,7 @@ fn cells(kind: &str, o: &Value, now: u64) -> Vec<Value> {
             vec![none_if_empty(shown).into(), age.into()]
         }
         "Node" => {
-            let ready = status["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                .map(|c| c["status"] == "True");
+            let ready = super::condition(o, "Ready").map(|c| c["status"] == "True");
             let mut state = match ready {
                 Some(true) => "Ready".to_string(),
                 Some(false) | None => "NotReady".to_string(),

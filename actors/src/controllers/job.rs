@@ -116,11 +116,7 @@ impl State {
             self.expect.remove(key);
             return Ok(());
         };
-        let finished = job["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True");
+        let finished = ["Complete", "Failed"].iter().any(|kind| crate::api::condition_is_true(&job, kind));
         let pods: Vec<Value> = {
             let pods = self.pods.read().unwrap();
             pods.objects.values().filter(|p| controller_uid(p) == Some(uid(&job))).cloned().collect()

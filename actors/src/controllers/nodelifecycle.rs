@@ -50,7 +50,7 @@ struct Heartbeat {
 }
 
 fn ready_status(node: &Value) -> Option<&str> {
-    node["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?["status"].as_str()
+    crate::api::condition(node, "Ready")?["status"].as_str()
 }
 
 fn has_taint(node: &Value, key: &str) -> bool {

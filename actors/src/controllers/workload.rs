@@ -78,7 +78,7 @@ pub fn is_active(pod: &Value) -> bool {
 }
 
 fn ready_condition(pod: &Value) -> Option<&Value> {
-    pod["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")
+    crate::api::condition(pod, "Ready")
 }
 
 pub fn is_ready(pod: &Value) -> bool {

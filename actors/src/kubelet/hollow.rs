@@ -126,11 +126,8 @@ fn pod_status(pod: &Value, node_ip: &str) -> Value {
     let ready = if ends.is_none() { "True" } else { "False" };
     let condition = |t: &str, s: &str| json!({"type": t, "status": s, "lastTransitionTime": now});
     // PodScheduled is the scheduler's (its time is the binding's), as a kubelet keeps it.
-    let scheduled = pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "PodScheduled" && c["status"] == "True")
+    let scheduled = crate::api::condition(pod, "PodScheduled")
+        .filter(|c| c["status"] == "True")
         .cloned()
         .unwrap_or_else(|| condition("PodScheduled", "True"));
     let key = format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap_or_default(), uid);

@@ -63,7 +63,7 @@ pub fn internal_ip(node: &Value) -> Option<std::net::Ipv4Addr> {
 
 /// Whether the node's Ready condition is True.
 pub fn is_ready(node: &Value) -> bool {
-    node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+    crate::api::condition_is_true(node, "Ready")
 }
 
 /// This machine's CPUs and memory, as Kubernetes quantities.

@@ -97,11 +97,7 @@ impl NodeInfo {
     pub fn from(node: &Value) -> Self {
         let status = &node["status"];
         let alloc = if status["allocatable"].is_object() { &status["allocatable"] } else { &status["capacity"] };
-        let ready = status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let ready = crate::api::condition_is_true(node, "Ready");
         let taints = node["spec"]["taints"]
             .as_array()
             .into_iter()
