@@ -107,18 +107,10 @@ pub enum Command {
     Bench(BenchCommand),
 }
 
+/// The store's tuning, the same on `up` (which hands it to each server) and `server`.
 #[derive(Args)]
-pub struct UpArgs {
-    /// How many server members to run.
-    #[arg(long, default_value_t = 3)]
-    pub servers: u32,
-    /// Do not restart a member process that dies.
-    #[arg(long)]
-    pub no_restart: bool,
-    /// Member restarts tolerated (N/DURATION) before the launcher gives up.
-    #[arg(long, default_value = "10/60s", value_parser = parse_intensity)]
-    pub intensity: Intensity,
-    /// Store shards.
+pub struct StoreArgs {
+    /// Store shards (each an independent raft group with a replica on every member).
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
     /// Snapshot the store (and compact its log) every this many entries.
@@ -133,6 +125,38 @@ pub struct UpArgs {
     /// (up to 50,000): how far behind a watcher may fall under a burst before it must list again.
     #[arg(long, default_value = "75s", value_parser = parse_duration)]
     pub event_window_age: Duration,
+}
+
+impl StoreArgs {
+    /// These flags as a server's command line takes them (how `up` passes them on).
+    pub fn to_args(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        vec![
+            "--shards".into(),
+            self.shards.to_string(),
+            "--snapshot-every".into(),
+            self.snapshot_every.to_string(),
+            "--store-heartbeat".into(),
+            ms(self.store_heartbeat),
+            "--event-window-age".into(),
+            ms(self.event_window_age),
+        ]
+    }
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// How many server members to run.
+    #[arg(long, default_value_t = 3)]
+    pub servers: u32,
+    /// Do not restart a member process that dies.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Member restarts tolerated (N/DURATION) before the launcher gives up.
+    #[arg(long, default_value = "10/60s", value_parser = parse_intensity)]
+    pub intensity: Intensity,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// How many node agents to run (`agent-1` …), each a node that runs pods.
     #[arg(long, default_value_t = 2)]
     pub agents: u32,
@@ -287,21 +311,8 @@ pub struct ServerArgs {
     /// the first proposes the membership). Default: this member alone.
     #[arg(long, value_delimiter = ',')]
     pub store_members: Vec<String>,
-    /// Store shards (each an independent raft group with a replica on every member).
-    #[arg(long, default_value_t = 1)]
-    pub shards: u32,
-    /// Snapshot the store (and compact its log) every this many entries.
-    #[arg(long, default_value_t = 5_000)]
-    pub snapshot_every: u64,
-    /// The store's raft heartbeat. It also bounds each log replication round trip, so it
-    /// must exceed the round trip between servers (links slower than ~80 ms need more);
-    /// the election timeout is 3 to 6 heartbeats, so a lost leader is replaced in that.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub store_heartbeat: Duration,
-    /// Events younger than this stay in each shard's watch window beyond its last 10,000
-    /// (up to 50,000): how far behind a watcher may fall under a burst before it must list again.
-    #[arg(long, default_value = "75s", value_parser = parse_duration)]
-    pub event_window_age: Duration,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// How long pods stay on a node found lost before they are evicted and replaced,
     /// unless they say otherwise (the not-ready/unreachable tolerations every pod gets).
     #[arg(long, default_value_t = 1)]
@@ -576,5 +587,28 @@ pub fn parse_share(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{s:?} is not between 0% and 100%"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// What `up` is given for the store reaches each server it starts unchanged.
+    #[test]
+    fn up_hands_its_store_flags_to_the_servers() {
+        let up = ["keelson", "up", "--shards", "2", "--snapshot-every", "100"];
+        let up = Cli::try_parse_from(
+            up.iter().copied().chain(["--store-heartbeat", "300ms"]).chain(["--event-window-age", "5s"]),
+        )
+        .unwrap();
+        let Command::Up(up) = up.command else { panic!("not up") };
+        let server = ["keelson", "server", "--name", "server-1"].map(String::from);
+        let server = Cli::try_parse_from(server.into_iter().chain(up.store.to_args())).unwrap();
+        let Command::Server(server) = server.command else { panic!("not server") };
+        let fields = |s: &StoreArgs| (s.shards, s.snapshot_every, s.store_heartbeat, s.event_window_age);
+        assert_eq!(fields(&server.store), (2, 100, Duration::from_millis(300), Duration::from_secs(5)));
+        assert_eq!(fields(&server.store), fields(&up.store));
     }
 }

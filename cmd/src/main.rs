@@ -252,10 +252,11 @@ fn server(args: cli::ServerArgs, data_dir: &std::path::Path) -> Result<i32> {
         anyhow::bail!("--store-members must include this member ({})", args.name);
     }
     let store = StoreConfig {
-        shards: args.shards.max(1),
-        snapshot_every: args.snapshot_every,
-        event_window: EventWindow { age: args.event_window_age, ..EventWindow::default() },
-        ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members).with_heartbeat(args.store_heartbeat)
+        shards: args.store.shards.max(1),
+        snapshot_every: args.store.snapshot_every,
+        event_window: EventWindow { age: args.store.event_window_age, ..EventWindow::default() },
+        ..StoreConfig::new(data.member_dir(&args.name)?.join("store"), members)
+            .with_heartbeat(args.store.store_heartbeat)
     }
     .validate()?;
     let api = api_setup(&data, &args.name, args.api_listen)?;

@@ -56,10 +56,8 @@ pub fn run(args: UpArgs, data_dir: &std::path::Path, log_format: &str) -> Result
         argv.extend(["--data-dir".into(), data.root().display().to_string()]);
         argv.extend(["--quic-listen".into(), quic[name].to_string()]);
         argv.extend(["--api-listen".into(), api[name].to_string()]);
-        argv.extend(["--store-members".into(), names.join(","), "--shards".into(), args.shards.to_string()]);
-        argv.extend(["--snapshot-every".into(), args.snapshot_every.to_string()]);
-        argv.extend(["--store-heartbeat".into(), format!("{}ms", args.store_heartbeat.as_millis())]);
-        argv.extend(["--event-window-age".into(), format!("{}ms", args.event_window_age.as_millis())]);
+        argv.extend(["--store-members".into(), names.join(",")]);
+        argv.extend(args.store.to_args());
         for (peer, addr) in quic.iter().filter(|(p, _)| *p != name) {
             argv.extend(["--peer".into(), format!("{peer}={addr}")]);
         }
