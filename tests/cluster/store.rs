@@ -29,6 +29,18 @@ pub(crate) fn leader(data: &Path, members: &[&str]) -> Option<String> {
     leader_and_term(data, members).map(|(l, _)| l)
 }
 
+/// `keelson up` of `SERVERS` and no agents, with `flags`, its output in `log`: returned
+/// once it is ready and its store has a leader.
+fn servers_up(scratch: &Scratch, flags: &[&str], log: &str) -> Running {
+    let data = scratch.data();
+    let mut up = Running::start(&data, &[&["up", "--agents", "0"], flags].concat(), &scratch.0.join(log));
+    up.wait_for_line("keelson: ready", START);
+    eventually("a leader", START, || leader(&data, &SERVERS).is_some());
+    up
+}
+
+const SERVERS: [&str; 3] = ["server-1", "server-2", "server-3"];
+
 /// Writes `key` through `member` as a careful client does: retrying for up to 3 s while
 /// the store answers 503 (nothing done: no leader known yet, as during an election), and
 /// after a 504 (the write's outcome unknown: its leader stopped before answering) reading
@@ -103,9 +115,7 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
     let members = ["server-1", "server-2", "server-3"];
     // No young events kept past each shard's last 10,000, so the 10,000 writes below
     // take revision 0 out of the window (asserted at the end).
-    let mut up = Running::start(&data, &["up", "--agents", "0", "--event-window-age", "0s"], &scratch.0.join("up.log"));
-    up.wait_for_line("keelson: ready", START);
-    eventually("a leader", START, || leader(&data, &members).is_some());
+    let mut up = servers_up(&scratch, &["--event-window-age", "0s"], "up.log");
 
     // 10,000 writes from 16 concurrent clients through every member (followers forward
     // to the leader); a client whose member does not answer tries the next one. Half-way
@@ -336,9 +346,7 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
     let members = ["server-1", "server-2", "server-3"];
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     for round in 0..rounds() {
-        let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join(format!("up-{round}.log")));
-        up.wait_for_line("keelson: ready", START);
-        eventually("a leader", START, || leader(&data, &members).is_some());
+        let mut up = servers_up(&scratch, &[], &format!("up-{round}.log"));
         // Everything acknowledged in earlier rounds is still there.
         for m in members {
             for (k, v) in &acked {
@@ -376,9 +384,7 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
         acked.extend(mine);
         // Members' door files survive a SIGKILL; they are stale, and `up` starts anyway.
     }
-    let mut up = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up-last.log"));
-    up.wait_for_line("keelson: ready", START);
-    eventually("a leader", START, || leader(&data, &members).is_some());
+    let mut up = servers_up(&scratch, &[], "up-last.log");
     for m in members {
         for (k, v) in &acked {
             assert_eq!(get(&data, m, k).as_deref(), Some(v.as_str()), "{m} lost {k}");
@@ -394,9 +400,7 @@ fn a_member_that_fell_behind_a_compacted_log_catches_up_from_a_snapshot() {
     let scratch = Scratch::new("snapshot");
     let data = scratch.data();
     let members = ["server-1", "server-2", "server-3"];
-    let mut up = Running::start(&data, &["up", "--agents", "0", "--snapshot-every", "100"], &scratch.0.join("up.log"));
-    up.wait_for_line("keelson: ready", START);
-    eventually("a leader", START, || leader(&data, &members).is_some());
+    let mut up = servers_up(&scratch, &["--snapshot-every", "100"], "up.log");
     let lead = leader(&data, &members).unwrap();
     let behind = members.iter().copied().find(|m| *m != lead).unwrap();
     let others: Vec<&str> = members.iter().copied().filter(|m| *m != behind).collect();
@@ -445,9 +449,7 @@ fn a_longer_heartbeat_keeps_writes_committing_over_slow_links() {
     let members = ["server-1", "server-2", "server-3"];
     // The cluster up with `flags`, a leader elected, then 60 ms added each way.
     let slow_cluster = |flags: &[&str], log: &str| {
-        let mut up = Running::start(&data, &[&["up", "--agents", "0"], flags].concat(), &scratch.0.join(log));
-        up.wait_for_line("keelson: ready", START);
-        eventually("a leader", START, || leader(&data, &members).is_some());
+        let up = servers_up(&scratch, flags, log);
         run_ok(&data, &["chaos", "net", "--between", &members.join(","), "--delay", "60ms"]);
         up
     };
