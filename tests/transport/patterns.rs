@@ -103,3 +103,29 @@ async fn a_restarted_peer_is_reached_again_through_the_same_name() {
     }
     assert_eq!(reply.as_deref(), Some(&b"again"[..]));
 }
+
+/// Path MTU discovery grows a loopback path past Ethernet's 1,452 bytes (up to the
+/// endpoint's bound), and messages bigger than a batch of such datagrams still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_paths_carry_datagrams_bigger_than_ethernet() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (Node::start(&ca, "a"), Node::start(&ca, "b"));
+    a.link(&b);
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut mtu = 0;
+    for _ in 0..100 {
+        let reply = a.transport.request("b", "/echo", "/test", big.clone(), SECOND).await.unwrap();
+        assert!(reply.iter().eq(big.iter().rev()), "a 200 kB echo came back whole");
+        mtu = a.transport.stats().iter().find(|s| s.peer == "b").unwrap().mtu;
+        if mtu > 1452 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(mtu > 1452 && mtu <= keelson_transport::MAX_DATAGRAM, "path MTU {mtu}");
+    // Once grown, full-size batches (ten datagrams in one send) carry it both ways.
+    for _ in 0..3 {
+        let reply = b.transport.request("a", "/echo", "/test", big.clone(), SECOND).await.unwrap();
+        assert!(reply.iter().eq(big.iter().rev()));
+    }
+}

@@ -34,6 +34,66 @@ use crate::frame::{self, Address, Envelope, Kind};
 use crate::tls::{certifies, Credentials, Identity, Role};
 use crate::{Error, Result};
 
+/// Largest UDP payload path MTU discovery may reach (quinn stops at 1,452 by default).
+/// On loopback and jumbo-frame links a pod object (2–4 kB) or a raft batch then goes
+/// in one to a few datagrams rather than two to forty, each of which costs a `sendmsg`
+/// share, an encryption and an ACK; on a 1,500-byte link discovery settles lower as it
+/// would anyway. Ten of these (quinn's most per batched send) stay within the 65,507
+/// bytes one GSO send can carry.
+pub const MAX_DATAGRAM: u16 = 6_500;
+
+/// Bytes of datagrams the kernel may hold for the endpoint before it drops them. Its
+/// default (208 kB) overflows on loopback under a burst (a batch of ten 6.5 kB
+/// datagrams from each of several peers): each drop is a loss QUIC must detect and
+/// resend, a delay of a few milliseconds on a raft round. A ceiling the kernel reaches
+/// only while the reader lags, not memory the process holds.
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Asks the kernel for a receive buffer of `bytes` (as far as `net.core.rmem_max`
+/// allows, or past it with CAP_NET_ADMIN, as quic-go does); the size granted.
+pub fn widen_receive_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) -> usize {
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: setsockopt on a descriptor the caller holds, with a pointer to a c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&want as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SO_RCVBUF);
+    if receive_buffer(socket) < bytes {
+        set(libc::SO_RCVBUFFORCE);
+    }
+    receive_buffer(socket)
+}
+
+/// The socket's receive buffer as the kernel reports it (twice what was asked: it
+/// counts its own bookkeeping in); 0 if it cannot be read.
+pub fn receive_buffer(socket: &impl std::os::fd::AsRawFd) -> usize {
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a c_int we own, its size passed alongside.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        usize::try_from(got).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// How the endpoint behaves; `Default` holds the documented defaults.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -107,6 +167,8 @@ pub struct PeerStats {
     pub injected_delays: u64,
     pub injected_duplicates: u64,
     pub rtt_us: u64,
+    /// The path's datagram size as MTU discovery left it (0 while not connected).
+    pub mtu: u16,
 }
 
 #[derive(Default)]
@@ -327,6 +389,9 @@ impl Transport {
                 transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
             }
         };
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_DATAGRAM);
+        transport.mtu_discovery_config(Some(mtu));
         let mut acks = quinn::AckFrequencyConfig::default();
         acks.max_ack_delay(Some(cfg.max_ack_delay));
         transport.ack_frequency_config(Some(acks));
@@ -342,11 +407,12 @@ impl Transport {
 
         let bound = Arc::new(BoundRuntime(runtime.clone()));
         let fd = std::os::fd::AsRawFd::as_raw_fd(&std_socket);
+        widen_receive_buffer(&std_socket, RECEIVE_BUFFER);
         let inner_socket = quinn::Runtime::wrap_udp_socket(&*bound, std_socket).map_err(Error::Io)?;
         crate::faults::receive_apart(&fd);
         let faults = Arc::new(FaultTable::new(cfg.fault_seed));
         let socket = Arc::new(FaultSocket::new(inner_socket, faults.clone(), runtime.clone()));
-        let endpoint_cfg = match cfg.reset_secret {
+        let mut endpoint_cfg = match cfg.reset_secret {
             Some(secret) => {
                 let mut c =
                     quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
@@ -358,6 +424,7 @@ impl Transport {
             }
             None => quinn::EndpointConfig::default(),
         };
+        endpoint_cfg.max_udp_payload_size(MAX_DATAGRAM).map_err(|e| Error::Config(e.to_string()))?;
         let endpoint =
             Endpoint::new_with_abstract_socket(endpoint_cfg, Some(server), socket, bound).map_err(Error::Io)?;
         let (inbox, rx) = mpsc::channel(cfg.inbox);
@@ -578,9 +645,9 @@ impl Transport {
                 let addr = *p.addr.read().unwrap();
                 let c = &p.counters;
                 let conn = p.conn.lock().unwrap().clone().filter(|c| c.close_reason().is_none());
-                let (lost, sent, rtt) = conn.as_ref().map_or((0, 0, 0), |c| {
+                let (lost, sent, rtt, mtu) = conn.as_ref().map_or((0, 0, 0, 0), |c| {
                     let s = c.stats();
-                    (s.path.lost_packets, s.path.sent_packets, s.path.rtt.as_micros() as u64)
+                    (s.path.lost_packets, s.path.sent_packets, s.path.rtt.as_micros() as u64, s.path.current_mtu)
                 });
                 let injected = self.inner.faults.counters(addr);
                 PeerStats {
@@ -600,6 +667,7 @@ impl Transport {
                     injected_delays: injected.delayed.load(Ordering::Relaxed),
                     injected_duplicates: injected.duplicated.load(Ordering::Relaxed),
                     rtt_us: rtt,
+                    mtu,
                 }
             })
             .collect();
@@ -907,4 +975,29 @@ async fn serve_stream(
         }
     };
     let _app_gone_means_shutting_down = inner.inbox.send(Inbound { from, envelope: env, reply }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer grows past the kernel's default where the machine lets it (root, or
+    /// `rmem_max` high enough); elsewhere it is left as the kernel allows.
+    #[test]
+    fn the_receive_buffer_is_widened() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = receive_buffer(&socket);
+        let after = widen_receive_buffer(&socket, RECEIVE_BUFFER);
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root || max >= RECEIVE_BUFFER {
+            assert!(after >= RECEIVE_BUFFER, "granted {after} bytes (from {before}), rmem_max {max}");
+        } else {
+            assert!(after >= before, "granted {after} bytes (from {before}), rmem_max {max}");
+        }
+    }
 }

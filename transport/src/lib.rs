@@ -30,7 +30,9 @@ pub mod tls;
 
 use std::time::Duration;
 
-pub use endpoint::{Congestion, Inbound, Link, PeerStats, Reply, Transport, TransportConfig, TransportRuntime};
+pub use endpoint::{
+    Congestion, Inbound, Link, PeerStats, Reply, Transport, TransportConfig, TransportRuntime, MAX_DATAGRAM,
+};
 pub use frame::{Address, Envelope, Kind};
 pub use quinn::{RecvStream, SendStream};
 

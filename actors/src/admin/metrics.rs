@@ -109,6 +109,12 @@ const PEERS: &[Family<PeerStats>] = &[
         help: "smoothed round-trip time",
         value: |s| s.rtt_us as f64 / 1e6,
     },
+    Family {
+        name: "keelson_transport_mtu_bytes",
+        kind: "gauge",
+        help: "datagram size path MTU discovery reached",
+        value: |s| s.mtu as f64,
+    },
 ];
 
 fn up(state: ActorState) -> f64 {
