@@ -42,58 +42,6 @@ use crate::{Error, Result};
 /// bytes one GSO send can carry.
 pub const MAX_DATAGRAM: u16 = 6_500;
 
-/// Bytes of datagrams the kernel may hold for the endpoint before it drops them. Its
-/// default (208 kB) overflows on loopback under a burst (a batch of ten 6.5 kB
-/// datagrams from each of several peers): each drop is a loss QUIC must detect and
-/// resend, a delay of a few milliseconds on a raft round. A ceiling the kernel reaches
-/// only while the reader lags, not memory the process holds.
-pub const RECEIVE_BUFFER: usize = 4 << 20;
-
-/// Asks the kernel for a receive buffer of `bytes` (as far as `net.core.rmem_max`
-/// allows, or past it with CAP_NET_ADMIN, as quic-go does); the size granted.
-pub fn widen_receive_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) -> usize {
-    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |option| {
-        // SAFETY: setsockopt on a descriptor the caller holds, with a pointer to a c_int and its size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&want as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    set(libc::SO_RCVBUF);
-    if receive_buffer(socket) < bytes {
-        set(libc::SO_RCVBUFFORCE);
-    }
-    receive_buffer(socket)
-}
-
-/// The socket's receive buffer as the kernel reports it (twice what was asked: it
-/// counts its own bookkeeping in); 0 if it cannot be read.
-pub fn receive_buffer(socket: &impl std::os::fd::AsRawFd) -> usize {
-    let mut got: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a c_int we own, its size passed alongside.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&mut got as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        usize::try_from(got).unwrap_or(0)
-    } else {
-        0
-    }
-}
-
 /// How the endpoint behaves; `Default` holds the documented defaults.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -407,9 +355,9 @@ impl Transport {
 
         let bound = Arc::new(BoundRuntime(runtime.clone()));
         let fd = std::os::fd::AsRawFd::as_raw_fd(&std_socket);
-        widen_receive_buffer(&std_socket, RECEIVE_BUFFER);
+        crate::socket::widen_receive_buffer(&std_socket, crate::socket::RECEIVE_BUFFER);
         let inner_socket = quinn::Runtime::wrap_udp_socket(&*bound, std_socket).map_err(Error::Io)?;
-        crate::faults::receive_apart(&fd);
+        crate::socket::receive_apart(&fd);
         let faults = Arc::new(FaultTable::new(cfg.fault_seed));
         let socket = Arc::new(FaultSocket::new(inner_socket, faults.clone(), runtime.clone()));
         let mut endpoint_cfg = match cfg.reset_secret {
@@ -975,29 +923,4 @@ async fn serve_stream(
         }
     };
     let _app_gone_means_shutting_down = inner.inbox.send(Inbound { from, envelope: env, reply }).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The buffer grows past the kernel's default where the machine lets it (root, or
-    /// `rmem_max` high enough); elsewhere it is left as the kernel allows.
-    #[test]
-    fn the_receive_buffer_is_widened() {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let before = receive_buffer(&socket);
-        let after = widen_receive_buffer(&socket, RECEIVE_BUFFER);
-        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        if root || max >= RECEIVE_BUFFER {
-            assert!(after >= RECEIVE_BUFFER, "granted {after} bytes (from {before}), rmem_max {max}");
-        } else {
-            assert!(after >= before, "granted {after} bytes (from {before}), rmem_max {max}");
-        }
-    }
 }

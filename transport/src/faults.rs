@@ -15,7 +15,8 @@
 //! kernel's network stack for up to 10 datagrams, where a burst of writes spent a
 //! tenth of a server's CPU in per-datagram `sendmsg`. quinn asks before each batch; a
 //! batch already made for a link that has since gained a fault is split, so faults
-//! still apply per datagram. Received batches are split by the kernel (`receive_apart`).
+//! still apply per datagram. Received batches are split by the kernel
+//! ([`crate::socket::receive_apart`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -227,25 +228,6 @@ impl FaultSocket {
     }
 }
 
-/// Has the kernel deliver each received datagram on its own (`UDP_GRO` off): quinn's
-/// socket switches coalescing on, and a coalesced read would not fit the one-datagram
-/// buffers quinn gives a socket that reports one segment per read. Best effort: a
-/// kernel without GRO coalesces nothing anyway.
-pub fn receive_apart(socket: &impl std::os::fd::AsRawFd) {
-    const UDP_GRO: libc::c_int = 104;
-    let off: libc::c_int = 0;
-    // SAFETY: setsockopt on a descriptor the caller holds, with a pointer to a c_int and its size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_GRO,
-            (&off as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 impl AsyncUdpSocket for FaultSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         self.inner.clone().create_io_poller()
@@ -306,9 +288,9 @@ impl AsyncUdpSocket for FaultSocket {
     }
 
     /// One datagram per read: the kernel's coalescing of received datagrams (GRO) is
-    /// switched off on the socket ([`receive_apart`]), so a batch a peer sent arrives as
-    /// its datagrams, each of which an inbound fault can drop. quinn sizes its receive
-    /// buffers by this once: at 64 (GRO's most) they take 3 MB a process, against 47 kB.
+    /// switched off on the socket ([`crate::socket::receive_apart`]), so a batch a peer
+    /// sent arrives as its datagrams, each of which an inbound fault can drop. quinn sizes
+    /// its receive buffers by this once: at 64 (GRO's most) they would take 13 MB a process.
     fn max_receive_segments(&self) -> usize {
         1
     }
@@ -396,7 +378,7 @@ mod tests {
         let receiving = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let (to, fd) = (receiving.local_addr().unwrap(), std::os::fd::AsRawFd::as_raw_fd(&receiving));
         let receiver = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, receiving).unwrap();
-        receive_apart(&fd);
+        crate::socket::receive_apart(&fd);
         let sender =
             quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
                 .unwrap();

@@ -19,6 +19,7 @@
 //! - [`tls`]: the cluster CA and members' identities (mutual TLS 1.3, ring only);
 //! - [`faults`]: loss, delay, duplication, reordering and partitions in the socket layer;
 //! - [`join`]: tokens, and joining a cluster with one;
+//! - [`socket`]: the UDP socket's options (datagrams apart, a wide receive buffer);
 //! - [`endpoint`]: one QUIC endpoint per process: request/response, one-way, streamed
 //!   replies and raw bidirectional streams, with reconnection and per-peer counters.
 
@@ -26,6 +27,7 @@ mod endpoint;
 pub mod faults;
 pub mod frame;
 pub mod join;
+pub mod socket;
 pub mod tls;
 
 use std::time::Duration;
