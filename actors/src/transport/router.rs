@@ -59,7 +59,11 @@ impl Router {
         let name = path.clone();
         let route: Route = Arc::new(move |inbound: Inbound| {
             if target.incarnation().is_none() {
-                tokio::spawn(fail(inbound.reply, 503, format!("{name} is not running (restarting)")));
+                tokio::spawn(fail(
+                    inbound.reply,
+                    503,
+                    format!("{name} is not running (not started yet, or restarting)"),
+                ));
                 return;
             }
             let target = target.clone();
