@@ -94,8 +94,10 @@ pub struct FaultCounters {
 /// The faults in force, shared by the socket and whoever switches them.
 pub struct FaultTable {
     rules: RwLock<HashMap<(SocketAddr, Direction), LinkFaults>>,
-    /// Whether any rule is outbound (kept with `rules`, read on every batch quinn makes).
+    /// Whether any rule is outbound / inbound (kept with `rules`: read on every batch
+    /// quinn makes and every read, where taking the lock would cost each datagram).
     outbound: AtomicBool,
+    inbound: AtomicBool,
     rng: Mutex<fastrand::Rng>,
     counters: RwLock<HashMap<SocketAddr, Arc<FaultCounters>>>,
 }
@@ -111,6 +113,7 @@ impl FaultTable {
         Self {
             rules: RwLock::default(),
             outbound: AtomicBool::new(false),
+            inbound: AtomicBool::new(false),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             counters: RwLock::default(),
         }
@@ -124,18 +127,29 @@ impl FaultTable {
         } else {
             rules.insert((peer, direction), faults);
         }
-        self.outbound.store(rules.keys().any(|(_, d)| *d == Direction::Out), Ordering::Release);
+        self.note_directions(&rules);
     }
 
     /// Clears every fault.
     pub fn heal(&self) {
         let mut rules = self.rules.write().unwrap();
         rules.clear();
-        self.outbound.store(false, Ordering::Release);
+        self.note_directions(&rules);
+    }
+
+    /// Keeps the two flags with `rules` (called with their write lock held).
+    fn note_directions(&self, rules: &HashMap<(SocketAddr, Direction), LinkFaults>) {
+        let any = |direction| rules.keys().any(|(_, d)| *d == direction);
+        self.outbound.store(any(Direction::Out), Ordering::Release);
+        self.inbound.store(any(Direction::In), Ordering::Release);
     }
 
     fn has_outbound(&self) -> bool {
         self.outbound.load(Ordering::Acquire)
+    }
+
+    fn has_inbound(&self) -> bool {
+        self.inbound.load(Ordering::Acquire)
     }
 
     pub fn get(&self, peer: SocketAddr, direction: Direction) -> Option<LinkFaults> {
@@ -151,10 +165,6 @@ impl FaultTable {
             return c.clone();
         }
         self.counters.write().unwrap().entry(peer).or_default().clone()
-    }
-
-    fn has_inbound(&self) -> bool {
-        self.rules.read().unwrap().keys().any(|(_, d)| *d == Direction::In)
     }
 
     fn chance(&self, share: f64) -> bool {
