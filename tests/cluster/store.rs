@@ -112,7 +112,7 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
     let _one = serial();
     let scratch = Scratch::new("store");
     let data = scratch.data();
-    let members = ["server-1", "server-2", "server-3"];
+    let members = SERVERS;
     // No young events kept past each shard's last 10,000, so the 10,000 writes below
     // take revision 0 out of the window (asserted at the end).
     let mut up = servers_up(&scratch, &["--event-window-age", "0s"], "up.log");
@@ -192,9 +192,7 @@ fn acknowledged_writes_survive_a_leader_kill_and_a_full_restart() {
 
     // Stop everything, start again on the same data: nothing acknowledged is lost.
     up.stop(Duration::from_secs(60));
-    let mut again = Running::start(&data, &["up", "--agents", "0"], &scratch.0.join("up2.log"));
-    again.wait_for_line("keelson: ready", START);
-    eventually("a leader after the restart", START, || leader(&data, &members).is_some());
+    let mut again = servers_up(&scratch, &[], "up2.log");
     let stored = list(&data, "server-2", "/load/");
     for (k, v) in &acked {
         assert_eq!(stored.get(k), Some(v), "{k} lost across the restart");
@@ -219,7 +217,7 @@ fn four_shards_watches_fencing_and_a_partitioned_leader() {
     let _one = serial();
     let scratch = Scratch::new("shards");
     let data = scratch.data();
-    let members = ["server-1", "server-2", "server-3"];
+    let members = SERVERS;
     // No restarts: at the end, one member is killed and stays down.
     let mut up =
         Running::start(&data, &["up", "--agents", "0", "--shards", "4", "--no-restart"], &scratch.0.join("up.log"));
@@ -343,7 +341,7 @@ fn sigkill_of_every_member_mid_load_loses_no_acknowledged_write() {
     let _one = serial();
     let scratch = Scratch::new("killall");
     let data = scratch.data();
-    let members = ["server-1", "server-2", "server-3"];
+    let members = SERVERS;
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     for round in 0..rounds() {
         let mut up = servers_up(&scratch, &[], &format!("up-{round}.log"));
@@ -399,7 +397,7 @@ fn a_member_that_fell_behind_a_compacted_log_catches_up_from_a_snapshot() {
     let _one = serial();
     let scratch = Scratch::new("snapshot");
     let data = scratch.data();
-    let members = ["server-1", "server-2", "server-3"];
+    let members = SERVERS;
     let mut up = servers_up(&scratch, &["--snapshot-every", "100"], "up.log");
     let lead = leader(&data, &members).unwrap();
     let behind = members.iter().copied().find(|m| *m != lead).unwrap();
@@ -446,7 +444,7 @@ fn a_longer_heartbeat_keeps_writes_committing_over_slow_links() {
     let _one = serial();
     let scratch = Scratch::new("slowlinks");
     let data = scratch.data();
-    let members = ["server-1", "server-2", "server-3"];
+    let members = SERVERS;
     // The cluster up with `flags`, a leader elected, then 60 ms added each way.
     let slow_cluster = |flags: &[&str], log: &str| {
         let up = servers_up(&scratch, flags, log);
