@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use keelson_transport::Transport;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -75,9 +76,9 @@ impl ApiError {
 /// One watch event: `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` (or `ERROR`, given as
 /// an [`ApiError`] instead, such as 410 Expired).
 #[derive(Debug, Clone, PartialEq)]
-pub struct WatchEvent {
+pub struct WatchEvent<T = Value> {
     pub kind: String,
-    pub object: Value,
+    pub object: T,
 }
 
 enum Door {
@@ -163,14 +164,25 @@ impl ApiClient {
     /// The answer's object on success (2xx), its Status as an error otherwise.
     pub async fn call(&self, request: ApiRequest) -> Result<Value, ApiError> {
         let quiet = self.is_quiet(&request);
-        let answer = self.send(request).await?;
-        if !(200..300).contains(&answer.code) {
-            return Err(ApiError::from_answer(&answer));
-        }
+        let answer = self.succeeded(request).await?;
         if answer.body.is_empty() && quiet {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))
+        decode(&answer.body)
+    }
+
+    /// As [`ApiClient::call`], the answer read as `T` (a read: nothing is left out of it).
+    pub async fn call_as<T: DeserializeOwned>(&self, request: ApiRequest) -> Result<T, ApiError> {
+        decode(&self.succeeded(request).await?.body)
+    }
+
+    /// The answer to `request`, or its Status as an error.
+    async fn succeeded(&self, request: ApiRequest) -> Result<ApiResponse, ApiError> {
+        let answer = self.send(request).await?;
+        match (200..300).contains(&answer.code) {
+            true => Ok(answer),
+            false => Err(ApiError::from_answer(&answer)),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
@@ -206,12 +218,12 @@ impl ApiClient {
     /// Events after `resource_version` (none: the current objects first, as ADDED).
     /// The stream ends when the watch does; an ERROR event (410 when the version is too
     /// old) comes as an error item, after which the caller lists again.
-    pub async fn watch(
+    pub async fn watch<T: DeserializeOwned + Send + 'static>(
         &self,
         collection: &str,
         resource_version: Option<&str>,
         query: &[(&str, &str)],
-    ) -> Result<BoxStream<'static, Result<WatchEvent, ApiError>>, ApiError> {
+    ) -> Result<BoxStream<'static, Result<WatchEvent<T>, ApiError>>, ApiError> {
         let mut request = ApiRequest::new(Method::Get, collection).query("watch", "true");
         if let Some(rv) = resource_version {
             request = request.query("resourceVersion", rv);
@@ -262,22 +274,43 @@ where
     Err(ApiError::Unreachable(last))
 }
 
-fn event(answer: ApiResponse) -> Result<WatchEvent, ApiError> {
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+/// One line of a watch's body.
+#[derive(serde::Deserialize)]
+struct Line<T> {
+    #[serde(rename = "type")]
+    kind: String,
+    object: T,
+}
+
+/// A watch's answer as an event, its object read as `T`; an `ERROR` event's Status as
+/// an error (read as a value, since a `T` may not hold one).
+fn event<T: DeserializeOwned>(answer: ApiResponse) -> Result<WatchEvent<T>, ApiError> {
     if answer.code != 200 {
         return Err(ApiError::from_answer(&answer));
     }
-    let (kind, object) = match answer.event {
+    let failed = |status: &Value| ApiError::from_status(status["code"].as_u64().unwrap_or(500) as u16, status);
+    match answer.event {
         // From this member's own API: the event as it is.
-        Some(e) => (e.kind.to_string(), e.into_object().map_err(|e| ApiError::Decode(e.to_string()))?),
-        None => {
-            let mut v: Value = serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode(e.to_string()))?;
-            (v["type"].as_str().unwrap_or_default().to_string(), v["object"].take())
-        }
-    };
-    if kind == "ERROR" {
-        return Err(ApiError::from_status(object["code"].as_u64().unwrap_or(500) as u16, &object));
+        Some(e) if e.kind == "ERROR" => Err(failed(&e.into_object().map_err(|e| ApiError::Decode(e.to_string()))?)),
+        Some(e) => Ok(WatchEvent {
+            kind: e.kind.to_string(),
+            object: e.decode().map_err(|e| ApiError::Decode(e.to_string()))?,
+        }),
+        None => match decode::<Line<T>>(&answer.body) {
+            Ok(line) if line.kind != "ERROR" => Ok(WatchEvent { kind: line.kind, object: line.object }),
+            read => {
+                let line: Line<Value> = decode(&answer.body)?;
+                match line.kind == "ERROR" {
+                    true => Err(failed(&line.object)),
+                    false => Err(read.err().unwrap_or_else(|| ApiError::Decode("an unreadable event".into()))),
+                }
+            }
+        },
     }
-    Ok(WatchEvent { kind, object })
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! actor door, listing again when the watch's version is too old (410) — so the
 //! scheduler and controllers read from memory and are told what changed.
 //!
+//! Objects are kept without `metadata.managedFields` ([`Trimmed`]): nothing that reads
+//! a cache needs them, and an update built from a cached object keeps the stored ones.
+//!
 //! Each change is reported by key (`namespace/name`, or `name`), not as an event to
 //! act on: the reader looks the object up in the cache when it gets to the key, so
 //! it always works from the latest state (level-triggered), and a relist reports
@@ -19,9 +22,27 @@ use tokio::sync::mpsc;
 use super::client::{ApiClient, ApiError};
 use super::door::ApiRequest;
 use super::pipeline::Method;
+use super::skim::Trimmed;
 
 /// Objects per page of a list (client-go's reflector asks for 500).
 const LIST_PAGE: usize = 500;
+
+/// One page of a list, its objects trimmed.
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    items: Option<Vec<Trimmed>>,
+    #[serde(default)]
+    metadata: PageMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PageMeta {
+    #[serde(default, rename = "continue")]
+    next: Option<String>,
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: String,
+}
 
 /// What changed, by key.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,16 +157,11 @@ impl Informer {
             if let Some(token) = token.take() {
                 request.query.push(("continue".into(), token));
             }
-            let mut page = self.client.call(request).await?;
-            if let Value::Array(items) = page["items"].take() {
-                objects.extend(items.into_iter().map(|o| (key_of(&o), o)));
-            }
-            match page["metadata"]["continue"].as_str().filter(|c| !c.is_empty()) {
-                Some(next) => token = Some(next.to_string()),
-                None => {
-                    let rv = page["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-                    return Ok((objects, rv));
-                }
+            let page: Page = self.client.call_as(request).await?;
+            objects.extend(page.items.into_iter().flatten().map(|Trimmed(o)| (key_of(&o), o)));
+            match page.metadata.next.filter(|c| !c.is_empty()) {
+                Some(next) => token = Some(next),
+                None => return Ok((objects, page.metadata.resource_version)),
             }
         }
     }
@@ -182,24 +198,26 @@ impl Informer {
         let mut query: Vec<(&str, &str)> = self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         query.push(("allowWatchBookmarks", "true"));
         let mut last = rv.to_string();
-        let mut events = self.client.watch(&self.collection, Some(rv), &query).await.map_err(|e| (e, last.clone()))?;
+        let mut events =
+            self.client.watch::<Trimmed>(&self.collection, Some(rv), &query).await.map_err(|e| (e, last.clone()))?;
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| (e, last.clone()))?;
-            if let Some(v) = event.object["metadata"]["resourceVersion"].as_str() {
+            let Trimmed(object) = event.object;
+            if let Some(v) = object["metadata"]["resourceVersion"].as_str() {
                 last = v.to_string();
             }
-            let key = key_of(&event.object);
+            let key = key_of(&object);
             let report = {
                 let mut cache = self.cache.write().unwrap();
                 cache.resource_version.clone_from(&last);
                 match event.kind.as_str() {
                     "ADDED" | "MODIFIED" => {
-                        cache.objects.insert(key.clone(), event.object);
+                        cache.objects.insert(key.clone(), object);
                         Some(Change::Upserted(key))
                     }
                     "DELETED" => {
                         cache.objects.remove(&key);
-                        Some(Change::Deleted(key, event.object))
+                        Some(Change::Deleted(key, object))
                     }
                     _ => None, // BOOKMARK: only the version moves
                 }

@@ -254,6 +254,97 @@ impl<'de> Visitor<'de> for &Paths {
     }
 }
 
+/// An object as the cluster's own readers keep it (informers): everything but
+/// `metadata.managedFields`, which no controller, scheduler or kubelet reads — as
+/// client-go's informers drop it for kube-scheduler and the controller manager. Skipped
+/// while parsing rather than removed after: it is about 40% of a pod's bytes and most
+/// of its small maps, so building it was much of the parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trimmed(pub Value);
+
+/// `metadata.managedFields`, as the path [`Without`] skips.
+const MANAGED_FIELDS: &[&str] = &["metadata", "managedFields"];
+
+impl<'de> serde::Deserialize<'de> for Trimmed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Without(MANAGED_FIELDS).deserialize(d).map(Trimmed)
+    }
+}
+
+/// A value with the member at this path of keys (through objects) left out.
+struct Without(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for Without {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Without {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match self.0 {
+                [first] if *first == key => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                [first, rest @ ..] if *first == key => {
+                    out.insert(key, map.next_value_seed(Without(rest))?);
+                }
+                _ => {
+                    out.insert(key, map.next_value::<Value>()?);
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    // Anything but an object is kept whole.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element::<Value>()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
 /// An object's key looked up among the kept paths without allocating it.
 struct Lookup<'a>(&'a Paths);
 
@@ -315,6 +406,22 @@ mod tests {
         assert_eq!(with_resource_version(br#"{"metadata":{"name":"p""#, "1"), None);
         assert_eq!(with_resource_version(br#"{"metadata":{"name":"p}"#, "1"), None);
         assert_eq!(with_resource_version(b"", "1"), None);
+    }
+
+    #[test]
+    fn trimmed_objects_are_whole_but_for_their_managed_fields() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"managedFields": "a label, kept"},
+                         "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"managedFields": [1], "containers": [{"name": "c", "args": ["-1", 2.5, true, null]}]}});
+        let Trimmed(read) = serde_json::from_slice(pod.to_string().as_bytes()).unwrap();
+        let mut want = pod.clone();
+        want["metadata"].as_object_mut().unwrap().remove("managedFields");
+        assert_eq!(read, want);
+        // From a value as from bytes; anything but an object is itself.
+        assert_eq!(serde_json::from_value::<Trimmed>(pod).unwrap().0, want);
+        assert_eq!(serde_json::from_str::<Trimmed>("[1,\"x\"]").unwrap().0, json!([1, "x"]));
+        assert_eq!(serde_json::from_str::<Trimmed>(r#"{"metadata":7}"#).unwrap().0, json!({"metadata": 7}));
     }
 
     #[test]

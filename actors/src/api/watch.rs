@@ -76,6 +76,14 @@ impl WatchItem {
         }
     }
 
+    /// The event's object read as `T` (from its bytes, when it came as JSON).
+    pub fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, serde_json::Error> {
+        match self.object {
+            Object::Value(v) => serde_json::from_value(v),
+            Object::Json(b) => serde_json::from_slice(&b),
+        }
+    }
+
     /// The event as one line of a watch's body (newline included).
     pub fn line(self) -> web::Bytes {
         let mut json = self.to_json();
