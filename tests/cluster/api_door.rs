@@ -129,7 +129,7 @@ fn components_reach_the_same_pipeline_through_the_actor_door() {
 
         // The node's watch of its own pods: the current one first, then its change.
         let mut events = client
-            .watch("/api/v1/pods", None, &[("fieldSelector", "spec.nodeName=node-a")])
+            .watch::<serde_json::Value>("/api/v1/pods", None, &[("fieldSelector", "spec.nodeName=node-a")])
             .await
             .expect("the watch opens");
         let first = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();

@@ -92,6 +92,20 @@ pub fn from_payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(value)
 }
 
+/// Encodes `value` as [`to_payload`] does, into `w` (a file: no buffer of the whole
+/// payload's size is built); the bytes written.
+pub fn write_payload<T: Serialize, W: std::io::Write>(value: &T, w: &mut W) -> Result<usize> {
+    bincode::serde::encode_into_std_write(value, w, config()).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Decodes a value [`write_payload`] or [`to_payload`] wrote from `r` — the first one
+/// there, if more follows (a record's leading field alone, say). Without the 64 MiB
+/// bound of payloads off the wire (which counts every byte read, not only what is
+/// allocated): for what this member saved itself, a store snapshot that outgrew it.
+pub fn read_payload<T: serde::de::DeserializeOwned, R: std::io::Read>(r: &mut R) -> Result<T> {
+    bincode::serde::decode_from_std_read(r, bincode::config::standard()).map_err(|e| Error::Malformed(e.to_string()))
+}
+
 /// Encodes one envelope as a frame.
 pub fn encode(env: &Envelope, max: usize) -> Result<Vec<u8>> {
     let body = bincode::serde::encode_to_vec(env, config()).map_err(|e| Error::Encode(e.to_string()))?;
@@ -135,6 +149,23 @@ pub fn decode(buf: &[u8], max: usize) -> Result<(Envelope, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_past_the_wire_bound_stream_to_and_from_files() {
+        // 70 MiB in all: more than a payload off the wire may be.
+        let big: Vec<serde_bytes::ByteBuf> =
+            (0..70).map(|i| serde_bytes::ByteBuf::from(vec![i as u8; 1 << 20])).collect();
+        let mut file = Vec::new();
+        let written = write_payload(&("meta", &big), &mut file).unwrap();
+        assert_eq!(written, file.len());
+        assert!(from_payload::<(String, Vec<serde_bytes::ByteBuf>)>(&file).is_err(), "the wire's bound holds");
+        let (meta, back): (String, Vec<serde_bytes::ByteBuf>) = read_payload(&mut &file[..]).unwrap();
+        assert_eq!((meta.as_str(), &back), ("meta", &big));
+        // The leading field alone, the rest unread.
+        let mut r = &file[..];
+        assert_eq!(read_payload::<String, _>(&mut r).unwrap(), "meta");
+        assert!(r.len() > 70 << 20);
+    }
 
     #[test]
     fn byte_runs_encode_as_sequences_of_u8_did() {

@@ -315,42 +315,57 @@ fn event<T: DeserializeOwned>(answer: ApiResponse) -> Result<WatchEvent<T>, ApiE
 
 #[cfg(test)]
 mod tests {
+    use super::super::watch::WatchItem;
     use super::*;
 
     #[test]
     fn watch_events_and_errors_are_told_apart() {
         let line = |s: &str| ApiResponse::new(200, s.as_bytes().to_vec());
-        let e = event(line(r#"{"type":"ADDED","object":{"metadata":{"name":"p"}}}"#)).unwrap();
+        let e = event::<Value>(line(r#"{"type":"ADDED","object":{"metadata":{"name":"p"}}}"#)).unwrap();
         assert_eq!((e.kind.as_str(), e.object["metadata"]["name"].as_str()), ("ADDED", Some("p")));
         let expired =
             r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#;
-        assert_eq!(event(line(expired)).unwrap_err().code(), Some(410));
-        assert_eq!(event(line(expired)).unwrap_err().reason(), Some("Expired"));
+        assert_eq!(event::<Value>(line(expired)).unwrap_err().code(), Some(410));
+        assert_eq!(event::<Value>(line(expired)).unwrap_err().reason(), Some("Expired"));
         let forbidden = ApiResponse::new(403, br#"{"reason":"Forbidden","message":"no"}"#.to_vec());
         assert_eq!(
-            event(forbidden).unwrap_err(),
+            event::<Value>(forbidden).unwrap_err(),
             ApiError::Status { code: 403, reason: "Forbidden".into(), message: "no".into() }
         );
+        // Read as an informer reads them: the same, but for managed fields; errors alike.
+        use crate::api::skim::Trimmed;
+        let managed = r#"{"type":"ADDED","object":{"metadata":{"name":"p","managedFields":[{"manager":"m"}]}}}"#;
+        let e = event::<Trimmed>(line(managed)).unwrap();
+        assert_eq!(e.object.0, serde_json::json!({"metadata": {"name": "p"}}));
+        assert_eq!(event::<Trimmed>(line(expired)).unwrap_err().code(), Some(410));
+        let local = |kind, o: Value| ApiResponse { code: 200, body: Vec::new(), event: Some(WatchItem::new(kind, o)) };
+        let status = serde_json::json!({"kind": "Status", "code": 410, "reason": "Expired"});
+        assert_eq!(event::<Trimmed>(local("ERROR", status)).unwrap_err().code(), Some(410));
+        let e = event::<Trimmed>(local("MODIFIED", serde_json::from_str::<Value>(managed).unwrap()["object"].take()));
+        assert_eq!(e.unwrap().object.0, serde_json::json!({"metadata": {"name": "p"}}));
+        assert!(matches!(event::<Trimmed>(line(r#"{"type":"ADDED"}"#)), Err(ApiError::Decode(_))));
     }
 
     #[test]
     fn a_local_event_arrives_unprinted_and_reads_as_its_printed_form_does() {
-        use super::super::watch::WatchItem;
         let item = WatchItem::new("MODIFIED", serde_json::json!({"metadata": {"name": "p"}}));
         let local = ApiResponse { code: 200, body: Vec::new(), event: Some(item.clone()) };
         let printed = ApiResponse::new(200, item.clone().to_json());
-        assert_eq!(event(local).unwrap(), event(printed).unwrap());
+        assert_eq!(event::<Value>(local).unwrap(), event::<Value>(printed).unwrap());
         // As the stored bytes, spliced: the same event.
         let raw = WatchItem::json("MODIFIED", br#"{"metadata":{"name":"p"}}"#.to_vec());
         let local = ApiResponse { code: 200, body: Vec::new(), event: Some(raw.clone()) };
-        assert_eq!(event(local).unwrap(), event(ApiResponse::new(200, raw.clone().to_json())).unwrap());
         assert_eq!(
-            event(ApiResponse::new(200, raw.to_json())).unwrap(),
-            event(ApiResponse::new(200, item.to_json())).unwrap()
+            event::<Value>(local).unwrap(),
+            event::<Value>(ApiResponse::new(200, raw.clone().to_json())).unwrap()
+        );
+        assert_eq!(
+            event::<Value>(ApiResponse::new(200, raw.to_json())).unwrap(),
+            event::<Value>(ApiResponse::new(200, item.to_json())).unwrap()
         );
         let expired = WatchItem::new("ERROR", serde_json::json!({"code": 410, "reason": "Expired"}));
         let local = ApiResponse { code: 200, body: Vec::new(), event: Some(expired) };
-        assert_eq!(event(local).unwrap_err().code(), Some(410));
+        assert_eq!(event::<Value>(local).unwrap_err().code(), Some(410));
         // The event never crosses a wire: a remote caller gets the printed body only.
         let sent = ApiResponse { code: 200, body: b"{}".to_vec(), event: None };
         let bytes = keelson_transport::frame::to_payload(&sent).unwrap();

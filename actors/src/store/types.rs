@@ -1,7 +1,5 @@
 //! The raft type configuration of a shard, and the messages replicas exchange.
 
-use std::io::Cursor;
-
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -19,7 +17,7 @@ openraft::declare_raft_types!(
         R = Outcome,
         NodeId = u64,
         Node = openraft::BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
