@@ -80,6 +80,8 @@ impl StateMachine {
         let mut file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
+        // The rename itself made durable: raft purges the log the snapshot replaces.
+        File::open(&self.dir)?.sync_all()?;
         file.seek(SeekFrom::Start(0))?;
         Ok((file, bytes))
     }
