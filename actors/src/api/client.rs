@@ -171,7 +171,8 @@ impl ApiClient {
         decode(&answer.body)
     }
 
-    /// As [`ApiClient::call`], the answer read as `T` (a read: nothing is left out of it).
+    /// As [`ApiClient::call`], the answer read as `T` (an informer's list page, say);
+    /// for reads, since a quiet write's empty answer is no `T`.
     pub async fn call_as<T: DeserializeOwned>(&self, request: ApiRequest) -> Result<T, ApiError> {
         decode(&self.succeeded(request).await?.body)
     }
@@ -215,7 +216,8 @@ impl ApiClient {
         self.call(ApiRequest::new(Method::Delete, path).query("gracePeriodSeconds", seconds.to_string())).await
     }
 
-    /// Events after `resource_version` (none: the current objects first, as ADDED).
+    /// Events after `resource_version` (none: the current objects first, as ADDED), each
+    /// object read as `T` (`Value`, or an informer's `Trimmed`).
     /// The stream ends when the watch does; an ERROR event (410 when the version is too
     /// old) comes as an error item, after which the caller lists again.
     pub async fn watch<T: DeserializeOwned + Send + 'static>(
