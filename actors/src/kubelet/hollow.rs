@@ -250,14 +250,17 @@ impl Actor for HollowKubelet {
             ctx.spawn(actix::fut::wrap_future(async move {
                 loop {
                     let key = work.next().await;
-                    // Level-triggered: what the pod needs is worked out from the cache.
-                    let Some(pod) = cache.read().unwrap().objects.get(&key).cloned() else { continue };
-                    let Some(todo) = work_for(&pod, &mine) else { continue };
-                    let path = format!(
-                        "/api/v1/namespaces/{}/pods/{}",
-                        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
-                        pod["metadata"]["name"].as_str().unwrap_or_default()
-                    );
+                    // Level-triggered: what the pod needs is worked out from the cache, in
+                    // place (a copy of each pod was a fifteenth of this agent's time).
+                    let found = cache.read().unwrap().objects.get(&key).and_then(|pod| {
+                        let path = format!(
+                            "/api/v1/namespaces/{}/pods/{}",
+                            pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+                            pod["metadata"]["name"].as_str().unwrap_or_default()
+                        );
+                        Some((work_for(pod, &mine)?, path))
+                    });
+                    let Some((todo, path)) = found else { continue };
                     let done = match todo {
                         PodWork::Report(status) => {
                             client.merge_patch(&format!("{path}/status"), &status).await.map(drop)
