@@ -77,17 +77,13 @@ pub fn is_active(pod: &Value) -> bool {
     !deleting(pod) && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
 }
 
-fn ready_condition(pod: &Value) -> Option<&Value> {
-    crate::api::condition(pod, "Ready")
-}
-
 pub fn is_ready(pod: &Value) -> bool {
-    ready_condition(pod).is_some_and(|c| c["status"] == "True")
+    crate::api::condition(pod, "Ready").is_some_and(|c| c["status"] == "True")
 }
 
 /// Ready for at least `min_ready_seconds`: available, as Deployments count it.
 pub fn is_available(pod: &Value, min_ready_seconds: i64) -> bool {
-    let Some(c) = ready_condition(pod).filter(|c| c["status"] == "True") else { return false };
+    let Some(c) = crate::api::condition(pod, "Ready").filter(|c| c["status"] == "True") else { return false };
     if min_ready_seconds <= 0 {
         return true;
     }
