@@ -277,7 +277,11 @@ where
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::Decode(e.to_string()))
+    serde_json::from_slice(body).map_err(undecodable)
+}
+
+fn undecodable(e: serde_json::Error) -> ApiError {
+    ApiError::Decode(e.to_string())
 }
 
 /// One line of a watch's body.
@@ -297,11 +301,8 @@ fn event<T: DeserializeOwned>(answer: ApiResponse) -> Result<WatchEvent<T>, ApiE
     let failed = |status: &Value| ApiError::from_status(status["code"].as_u64().unwrap_or(500) as u16, status);
     match answer.event {
         // From this member's own API: the event as it is.
-        Some(e) if e.kind == "ERROR" => Err(failed(&e.into_object().map_err(|e| ApiError::Decode(e.to_string()))?)),
-        Some(e) => Ok(WatchEvent {
-            kind: e.kind.to_string(),
-            object: e.decode().map_err(|e| ApiError::Decode(e.to_string()))?,
-        }),
+        Some(e) if e.kind == "ERROR" => Err(failed(&e.into_object().map_err(undecodable)?)),
+        Some(e) => Ok(WatchEvent { kind: e.kind.to_string(), object: e.decode().map_err(undecodable)? }),
         None => match decode::<Line<T>>(&answer.body) {
             Ok(line) if line.kind != "ERROR" => Ok(WatchEvent { kind: line.kind, object: line.object }),
             read => {

@@ -59,10 +59,11 @@ impl StateMachine {
     /// Opens the replica's state at `dir`, starting from its last snapshot if any.
     pub fn open(dir: PathBuf, window: EventWindow) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        let mut applied = match File::open(dir.join(SNAPSHOT)) {
-            Ok(f) => read_payload::<StoredSnapshot, _>(&mut BufReader::new(f)).map_err(std::io::Error::other)?.applied,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::default(),
-            Err(e) => return Err(e),
+        let mut applied = match saved(&dir)? {
+            Some(f) => {
+                read_payload::<StoredSnapshot, _>(&mut BufReader::new(f)).map_err(std::io::Error::other)?.applied
+            }
+            None => Applied::default(),
         };
         applied.data.set_window(window);
         let revision = Arc::new(tokio::sync::watch::Sender::new(applied.data.revision));
@@ -74,7 +75,7 @@ impl StateMachine {
     /// builds one of its own.
     fn persist(&self, snap: &StoredSnapshot, how: &str) -> std::io::Result<(File, usize)> {
         let tmp = self.dir.join(format!("{SNAPSHOT}.{how}.tmp"));
-        let file = read_write(&tmp, true)?;
+        let file = emptied(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let bytes = write_payload(snap, &mut w).map_err(std::io::Error::other)?;
         let mut file = w.into_inner().map_err(|e| e.into_error())?;
@@ -89,11 +90,7 @@ impl StateMachine {
     /// The saved snapshot's meta (read alone: it leads the file) and the file, open at
     /// its start; None if there is none.
     fn current(&self) -> std::io::Result<Option<(SnapshotMeta<NodeId, BasicNode>, File)>> {
-        let mut file = match File::open(self.dir.join(SNAPSHOT)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let Some(mut file) = saved(&self.dir)? else { return Ok(None) };
         let meta = read_payload(&mut BufReader::new(&file)).map_err(std::io::Error::other)?;
         file.seek(SeekFrom::Start(0))?;
         Ok(Some((meta, file)))
@@ -105,9 +102,18 @@ const SNAPSHOT: &str = "snapshot.bin";
 /// Where a snapshot sent by the leader is received before it is installed.
 const INCOMING: &str = "snapshot.bin.incoming";
 
-/// `path` opened to read and write (emptied first if `truncate`), created if missing.
-fn read_write(path: &Path, truncate: bool) -> std::io::Result<File> {
-    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(truncate).open(path)
+/// The snapshot saved in `dir`, open to read; None if there is none.
+fn saved(dir: &Path) -> std::io::Result<Option<File>> {
+    match File::open(dir.join(SNAPSHOT)) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `path` created, or emptied if it was there, open to write and read back.
+fn emptied(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -177,7 +183,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
-        let file = read_write(&self.dir.join(INCOMING), true).map_err(sm_err)?;
+        let file = emptied(&self.dir.join(INCOMING)).map_err(sm_err)?;
         Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
