@@ -122,9 +122,17 @@ struct Bounds {
 }
 
 impl Bounds {
-    fn follow(api: &Api) -> (std::process::Child, Self) {
+    /// Starts the watch and takes in its opening events (one per pod already there, at
+    /// least `present`) unmeasured: on a slow machine they can come after a short lull,
+    /// and measured one by one they would read as pods going away.
+    fn follow(api: &Api, present: usize) -> (std::process::Child, Self) {
         let (child, events) = api.watch("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb");
-        (child, Self { events, pods: HashMap::new(), lowest: usize::MAX, highest: 0 })
+        let mut bounds = Self { events, pods: HashMap::new(), lowest: usize::MAX, highest: 0 };
+        eventually(&format!("the watch's opening {present} pods"), Duration::from_secs(30), || {
+            bounds.drain(false);
+            bounds.pods.len() >= present
+        });
+        (child, bounds)
     }
 
     /// Takes in every event that arrived, measuring after each.
@@ -196,8 +204,7 @@ fn deployments_place_scale_roll_out_and_roll_back_with_kubectl() {
     ok(&kc, &["rollout", "status", "deploy/web", "--timeout=60s"]);
 
     // A rolling update, bounded at every event of the pods' watch.
-    let (mut watch, mut bounds) = Bounds::follow(&api);
-    bounds.drain(false);
+    let (mut watch, mut bounds) = Bounds::follow(&api, 10);
     ok(&kc, &["set", "image", "deploy/web", "c=nginx:2"]);
     let status = ok(&kc, &["rollout", "status", "deploy/web", "--timeout=90s"]);
     assert!(status.contains("successfully rolled out"), "{status}");
@@ -439,8 +446,7 @@ fn lost_nodes_and_a_lost_leader_are_replaced() {
     // The controllers' leader dies while the Deployment grows: another member finishes
     // the job, and no ReplicaSet ever owns more pods than it may.
     let api = Api::of(&data);
-    let (mut watch, mut bounds) = Bounds::follow(&api);
-    bounds.drain(false);
+    let (mut watch, mut bounds) = Bounds::follow(&api, 6);
     let leader = ok_leader(&data);
     ok(&kc, &["scale", "deploy/web", "--replicas=30"]);
     run_ok(&data, &["chaos", "kill", &format!("/up/{}", leader.0), "--mode", "panic"]);
