@@ -178,6 +178,14 @@ impl Budget {
     }
 }
 
+/// What a queued entry counts against a read's budget.
+fn weight(entry: &Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(command) => command.weight(),
+        _ => 0,
+    }
+}
+
 /// About the most bytes of entries one AppendEntries carries (one entry goes whatever its
 /// size). openraft gives an AppendEntries the heartbeat interval (100 ms) to be answered.
 /// Under a scheduling burst, messages of 64 batches reached 1–3 MB, beyond a QUIC
@@ -196,11 +204,16 @@ impl LogStore {
         budget: usize,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         // Take the in-memory entries first: one written meanwhile is then found on disk.
-        let queued: BTreeMap<u64, Entry<TypeConfig>> =
-            self.shared.pending.lock().unwrap().range(range.clone()).map(|(k, v)| (*k, v.clone())).collect();
-        let upper = match (range.end_bound(), queued.keys().next()) {
+        // No more of them are copied than the budget could take were the disk to give
+        // none (a follower far behind reads from the disk, and stops there).
+        let queued: Vec<Entry<TypeConfig>> = {
+            let pending = self.shared.pending.lock().unwrap();
+            let mut most = Budget { left: budget, taken: 0, full: false };
+            pending.range(range.clone()).take_while(|(_, e)| most.take(weight(e))).map(|(_, e)| e.clone()).collect()
+        };
+        let upper = match (range.end_bound(), queued.first()) {
             // Entries from the first queued index on are the queued ones.
-            (_, Some(first)) => Bound::Excluded(*first),
+            (_, Some(first)) => Bound::Excluded(first.log_id.index),
             (b, None) => b.cloned(),
         };
         let mut budget = Budget { left: budget, taken: 0, full: false };
@@ -216,12 +229,8 @@ impl LogStore {
         if budget.full {
             return Ok(out);
         }
-        for entry in queued.into_values() {
-            let size = match &entry.payload {
-                EntryPayload::Normal(command) => command.weight(),
-                _ => 0,
-            };
-            if !budget.take(size) {
+        for entry in queued {
+            if !budget.take(weight(&entry)) {
                 break;
             }
             out.push(entry);
@@ -376,6 +385,7 @@ mod tests {
         assert_eq!(read(5, 250_000), [5, 6], "from the queue");
         assert_eq!(read(4, 250_000), [4, 5], "across both");
         assert_eq!(read(3, 1), [3], "one entry larger than the budget still goes");
+        assert_eq!(read(6, 1), [6], "from the queue too");
         assert!(to_payload(&entry(1)).unwrap().len() * 2 < MAX_APPEND_BYTES, "the budget holds two such entries");
     }
 

@@ -96,16 +96,17 @@ impl StateMachine {
         Ok(Some((meta, file)))
     }
 
-    /// Makes the leader's snapshot, received into `INCOMING`, this replica's own; what
-    /// it holds. A leader sends its saved file, whose meta is the one raft passes: that
+    /// Makes the leader's snapshot this replica's own; what it holds. A leader sends its
+    /// saved file, whose meta is the one raft passes: received into `INCOMING`, that
     /// file is kept as it came (synced and renamed), instead of the state being encoded
     /// and written again (a 100,000-pod store is about 200 MB). A file with another
-    /// meta is saved anew under raft's.
+    /// meta, or not the one received here (raft's API also takes any open snapshot), is
+    /// saved anew under raft's meta.
     fn install(&self, mut received: File, meta: SnapshotMeta<NodeId, BasicNode>) -> std::io::Result<Applied> {
         received.seek(SeekFrom::Start(0))?;
         let stored =
             read_payload::<StoredSnapshot, _>(&mut BufReader::new(&received)).map_err(std::io::Error::other)?;
-        if stored.meta == meta {
+        if stored.meta == meta && is_incoming(&received, &self.dir) {
             received.sync_all()?;
             std::fs::rename(self.dir.join(INCOMING), self.dir.join(SNAPSHOT))?;
             File::open(&self.dir)?.sync_all()?;
@@ -130,6 +131,15 @@ fn saved(dir: &Path) -> std::io::Result<Option<File>> {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether `file` is the snapshot being received in `dir` (not another open file).
+fn is_incoming(file: &File, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(dir.join(INCOMING))) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -310,6 +320,16 @@ mod tests {
             assert_eq!(a.last_applied.map(|l| l.index), Some(100), "{name}");
             assert_eq!(a.data.kv["/k/042"].data[..], 42u32.to_le_bytes()[..], "{name}");
         }
+        // raft's API also installs any open snapshot (its own suite does): one that is
+        // not the file received here is saved anew, and the leader's is left as it was.
+        let dir = root.join("elsewhere");
+        let mut follower = StateMachine::open(dir.clone(), EventWindow::default()).unwrap();
+        let _unused = follower.begin_receiving_snapshot().await.unwrap();
+        let leaders = File::open(root.join("leader").join(SNAPSHOT)).unwrap();
+        follower.install_snapshot(&built.meta, Box::new(tokio::fs::File::from_std(leaders))).await.unwrap();
+        assert_eq!(std::fs::read(root.join("leader").join(SNAPSHOT)).unwrap(), bytes);
+        let again = StateMachine::open(dir, EventWindow::default()).unwrap();
+        assert_eq!(again.applied.read().unwrap().data.kv.len(), 100);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
