@@ -149,7 +149,7 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn from(key: &str, pod: &Value) -> Self {
-        let containers = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+        let containers = pod["spec"]["containers"].as_array().map_or(&[][..], Vec::as_slice);
         let sum = |f: fn(&Value) -> u64, what: &str| -> u64 {
             let main: u64 = containers.iter().map(|c| f(&c["resources"]["requests"][what])).sum();
             // An init container runs alone, before the others: the larger of the two counts.
