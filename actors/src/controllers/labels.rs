@@ -39,8 +39,8 @@ pub fn node_selector_matches(selector: &Value, node: &Value) -> bool {
     let labels = &node["metadata"]["labels"];
     let name = node["metadata"]["name"].as_str();
     selector["nodeSelectorTerms"].as_array().into_iter().flatten().any(|term| {
-        let exprs = term["matchExpressions"].as_array().cloned().unwrap_or_default();
-        let fields = term["matchFields"].as_array().cloned().unwrap_or_default();
+        let exprs = term["matchExpressions"].as_array().map_or(&[][..], Vec::as_slice);
+        let fields = term["matchFields"].as_array().map_or(&[][..], Vec::as_slice);
         (!exprs.is_empty() || !fields.is_empty())
             && exprs.iter().all(|e| {
                 let key = e["key"].as_str().unwrap_or_default();

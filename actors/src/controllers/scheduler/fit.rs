@@ -73,6 +73,9 @@ impl Toleration {
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub name: String,
+    /// The node's name and labels, as `{"metadata": {…}}`: all that selectors and
+    /// topology keys read (a whole hollow node's copy was kept and made again at
+    /// each of its updates).
     pub node: Value,
     pub taints: Vec<Taint>,
     /// Which of the cluster's distinct taint lists this node has: nodes mostly share a
@@ -110,7 +113,7 @@ impl NodeInfo {
             .collect();
         Self {
             name: node["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-            node: node.clone(),
+            node: serde_json::json!({"metadata": {"name": node["metadata"]["name"], "labels": node["metadata"]["labels"]}}),
             taints,
             schedulable: node["spec"]["unschedulable"] != true,
             ready,
