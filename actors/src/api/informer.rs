@@ -5,6 +5,8 @@
 //!
 //! Objects are kept without `metadata.managedFields` ([`Trimmed`]): nothing that reads
 //! a cache needs them, and an update built from a cached object keeps the stored ones.
+//! A reader that needs a few fields of very many objects keeps a struct of them
+//! instead ([`Cached`]; the hollow agent's pods).
 //!
 //! Each change is reported by key (`namespace/name`, or `name`), not as an event to
 //! act on: the reader looks the object up in the cache when it gets to the key, so
@@ -16,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -27,11 +30,12 @@ use super::skim::Trimmed;
 /// Objects per page of a list (client-go's reflector asks for 500).
 const LIST_PAGE: usize = 500;
 
-/// One page of a list, its objects trimmed.
+/// One page of a list, its objects as the cache reads them.
 #[derive(serde::Deserialize)]
-struct Page {
+#[serde(bound = "W: DeserializeOwned")]
+struct Page<W> {
     #[serde(default)]
-    items: Option<Vec<Trimmed>>,
+    items: Option<Vec<W>>,
     #[serde(default)]
     metadata: PageMeta,
 }
@@ -44,22 +48,52 @@ struct PageMeta {
     resource_version: String,
 }
 
+/// What an informer keeps of each object: read off the wire as `Wire`, keyed and
+/// versioned by its metadata.
+pub trait Cached: std::fmt::Debug + Clone + PartialEq + Send + Sync + 'static {
+    type Wire: DeserializeOwned + Send + 'static;
+    fn from_wire(wire: Self::Wire) -> Self;
+    /// `namespace/name`, or `name` if cluster-scoped.
+    fn key(&self) -> String;
+    fn resource_version(&self) -> Option<&str>;
+}
+
+/// Whole objects, without their managed fields.
+impl Cached for Value {
+    type Wire = Trimmed;
+    fn from_wire(Trimmed(object): Trimmed) -> Self {
+        object
+    }
+    fn key(&self) -> String {
+        key_of(self)
+    }
+    fn resource_version(&self) -> Option<&str> {
+        self["metadata"]["resourceVersion"].as_str()
+    }
+}
+
 /// What changed, by key.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Change {
+pub enum Change<T = Value> {
     /// Added or modified: read the cache for its state now.
     Upserted(String),
     /// Gone; its last known state.
-    Deleted(String, Value),
+    Deleted(String, T),
 }
 
 /// The cached objects, by key, and the resourceVersion they are current at.
-#[derive(Debug, Default)]
-pub struct Cache {
-    pub objects: HashMap<String, Value>,
+#[derive(Debug)]
+pub struct Cache<T = Value> {
+    pub objects: HashMap<String, T>,
     pub resource_version: String,
     /// Lists made so far (the first, and one per expired watch).
     pub lists: u64,
+}
+
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Self { objects: HashMap::new(), resource_version: String::new(), lists: 0 }
+    }
 }
 
 /// The cache key of an object: `namespace/name`, or `name` if cluster-scoped.
@@ -71,17 +105,25 @@ pub fn key_of(obj: &Value) -> String {
     }
 }
 
-pub struct Informer {
+pub struct Informer<T = Value> {
     client: ApiClient,
     /// `/api/v1/pods`, `/apis/apps/v1/namespaces/web/deployments`, …
     collection: String,
     /// Selectors (`labelSelector`, `fieldSelector`).
     query: Vec<(String, String)>,
-    cache: Arc<RwLock<Cache>>,
+    cache: Arc<RwLock<Cache<T>>>,
 }
 
 impl Informer {
+    /// An informer of whole objects (without managed fields).
     pub fn new(client: ApiClient, collection: &str, query: &[(&str, &str)]) -> Self {
+        Self::of(client, collection, query)
+    }
+}
+
+impl<T: Cached> Informer<T> {
+    /// An informer keeping `T` of each object.
+    pub fn of(client: ApiClient, collection: &str, query: &[(&str, &str)]) -> Self {
         Self {
             client,
             collection: collection.to_string(),
@@ -91,13 +133,13 @@ impl Informer {
     }
 
     /// The cache this informer keeps (shared: read it any time).
-    pub fn cache(&self) -> Arc<RwLock<Cache>> {
+    pub fn cache(&self) -> Arc<RwLock<Cache<T>>> {
         self.cache.clone()
     }
 
     /// Keeps the cache current for as long as `changes` has a receiver, reporting every
     /// change on it; API errors are retried with back-off (200 ms doubling to 5 s).
-    pub async fn run(self, changes: mpsc::Sender<Change>) {
+    pub async fn run(self, changes: mpsc::Sender<Change<T>>) {
         let mut backoff = Duration::from_millis(200);
         let mut resume: Option<String> = None;
         loop {
@@ -147,7 +189,7 @@ impl Informer {
     /// 100,000 pods is about 100 MB, past what one transport frame may carry, and holds
     /// the server that prints it for seconds. Every page reads the first one's snapshot;
     /// one that left the store's window (410) fails the list, which starts again.
-    async fn list(&self) -> Result<(HashMap<String, Value>, String), ApiError> {
+    async fn list(&self) -> Result<(HashMap<String, T>, String), ApiError> {
         let mut objects = HashMap::new();
         let mut token: Option<String> = None;
         loop {
@@ -157,8 +199,8 @@ impl Informer {
             if let Some(token) = token.take() {
                 request.query.push(("continue".into(), token));
             }
-            let page: Page = self.client.call_as(request).await?;
-            objects.extend(page.items.into_iter().flatten().map(|Trimmed(o)| (key_of(&o), o)));
+            let page: Page<T::Wire> = self.client.call_as(request).await?;
+            objects.extend(page.items.into_iter().flatten().map(T::from_wire).map(|o| (o.key(), o)));
             match page.metadata.next.filter(|c| !c.is_empty()) {
                 Some(next) => token = Some(next),
                 None => return Ok((objects, page.metadata.resource_version)),
@@ -167,7 +209,7 @@ impl Informer {
     }
 
     /// Lists, replaces the cache, reports what differs from before; the list's version.
-    async fn relist(&self, changes: &mpsc::Sender<Change>) -> Result<String, ApiError> {
+    async fn relist(&self, changes: &mpsc::Sender<Change<T>>) -> Result<String, ApiError> {
         let (fresh, rv) = self.list().await?;
         let mut reports = Vec::new();
         {
@@ -194,19 +236,19 @@ impl Informer {
 
     /// Follows the watch from `rv`; the last version seen when it ends, or the error
     /// with the last version seen (to resume from, unless it is a 410).
-    async fn watch(&self, rv: &str, changes: &mpsc::Sender<Change>) -> Result<String, (ApiError, String)> {
+    async fn watch(&self, rv: &str, changes: &mpsc::Sender<Change<T>>) -> Result<String, (ApiError, String)> {
         let mut query: Vec<(&str, &str)> = self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         query.push(("allowWatchBookmarks", "true"));
         let mut last = rv.to_string();
         let mut events =
-            self.client.watch::<Trimmed>(&self.collection, Some(rv), &query).await.map_err(|e| (e, last.clone()))?;
+            self.client.watch::<T::Wire>(&self.collection, Some(rv), &query).await.map_err(|e| (e, last.clone()))?;
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| (e, last.clone()))?;
-            let Trimmed(object) = event.object;
-            if let Some(v) = object["metadata"]["resourceVersion"].as_str() {
+            let object = T::from_wire(event.object);
+            if let Some(v) = object.resource_version() {
                 last = v.to_string();
             }
-            let key = key_of(&object);
+            let key = object.key();
             let report = {
                 let mut cache = self.cache.write().unwrap();
                 cache.resource_version.clone_from(&last);
