@@ -61,6 +61,8 @@ struct PodMeta {
     annotations: Option<Annotations>,
 }
 
+/// The one annotation a hollow node reads (serde names it by the literal of
+/// `PHASE_ANNOTATION`; the tests below read it through that constant).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 struct Annotations {
     #[serde(rename = "keelson.dev/hollow-phase")]
