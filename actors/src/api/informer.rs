@@ -13,7 +13,7 @@
 //! it always works from the latest state (level-triggered), and a relist reports
 //! exactly what differs from what was cached before.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -81,10 +81,12 @@ pub enum Change<T = Value> {
     Deleted(String, T),
 }
 
-/// The cached objects, by key, and the resourceVersion they are current at.
+/// The cached objects, by key, and the resourceVersion they are current at. Kept in
+/// key order, so one namespace's objects are a range ([`Cache::in_namespace`]): a
+/// controller's pass over its namespace does not walk every namespace's pods.
 #[derive(Debug)]
 pub struct Cache<T = Value> {
-    pub objects: HashMap<String, T>,
+    pub objects: BTreeMap<String, T>,
     pub resource_version: String,
     /// Lists made so far (the first, and one per expired watch).
     pub lists: u64,
@@ -92,7 +94,15 @@ pub struct Cache<T = Value> {
 
 impl<T> Default for Cache<T> {
     fn default() -> Self {
-        Self { objects: HashMap::new(), resource_version: String::new(), lists: 0 }
+        Self { objects: BTreeMap::new(), resource_version: String::new(), lists: 0 }
+    }
+}
+
+impl<T> Cache<T> {
+    /// The objects of namespace `ns`, by key (`ns/name`; names hold no `/`).
+    pub fn in_namespace<'a>(&'a self, ns: &str) -> impl Iterator<Item = (&'a String, &'a T)> + 'a {
+        let prefix = format!("{ns}/");
+        self.objects.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix))
     }
 }
 
@@ -189,8 +199,8 @@ impl<T: Cached> Informer<T> {
     /// 100,000 pods is about 100 MB, past what one transport frame may carry, and holds
     /// the server that prints it for seconds. Every page reads the first one's snapshot;
     /// one that left the store's window (410) fails the list, which starts again.
-    async fn list(&self) -> Result<(HashMap<String, T>, String), ApiError> {
-        let mut objects = HashMap::new();
+    async fn list(&self) -> Result<(BTreeMap<String, T>, String), ApiError> {
+        let mut objects = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
             let mut request = ApiRequest::new(Method::Get, self.collection.clone());
@@ -278,6 +288,18 @@ impl<T: Cached> Informer<T> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_namespace_is_a_range_of_the_cache() {
+        let mut cache = Cache::default();
+        for key in ["a/x", "ab/y", "a/z", "b/w", "node-a", "a"] {
+            cache.objects.insert(key.to_string(), json!(key));
+        }
+        let keys = |ns: &str| cache.in_namespace(ns).map(|(k, _)| k.as_str()).collect::<Vec<_>>();
+        assert_eq!(keys("a"), ["a/x", "a/z"]);
+        assert_eq!(keys("ab"), ["ab/y"]);
+        assert!(keys("c").is_empty());
+    }
 
     #[test]
     fn keys_name_namespaced_and_cluster_objects() {

@@ -125,7 +125,8 @@ impl State {
         let nodes: Vec<Value> = self.nodes.read().unwrap().objects.values().cloned().collect();
         let pods: Vec<Value> = {
             let pods = self.pods.read().unwrap();
-            pods.objects.values().filter(|p| controller_uid(p) == Some(uid(&ds)) && is_active(p)).cloned().collect()
+            let mine = |p: &&Value| controller_uid(p) == Some(uid(&ds)) && is_active(p);
+            pods.in_namespace(namespace(&ds)).map(|(_, p)| p).filter(mine).cloned().collect()
         };
         let mut by_node: HashMap<String, Vec<&Value>> = HashMap::new();
         for p in &pods {

@@ -276,7 +276,7 @@ impl State {
         let ns = namespace(d);
         let candidates: Vec<Value> = {
             let sets = self.sets.read().unwrap();
-            sets.objects.iter().filter(|(k, _)| k.starts_with(&format!("{ns}/"))).map(|(_, v)| v.clone()).collect()
+            sets.in_namespace(ns).map(|(_, v)| v.clone()).collect()
         };
         let mut owned = Vec::new();
         for rs in candidates {
@@ -418,10 +418,11 @@ impl State {
                 let old_uids: Vec<&str> = olds.iter().map(uid).collect();
                 let old_pods = {
                     let pods = self.pods.read().unwrap();
-                    pods.objects.values().any(|p| {
+                    let running = pods.in_namespace(namespace(&d)).any(|(_, p)| {
                         controller_uid(p).is_some_and(|u| old_uids.contains(&u))
                             && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-                    })
+                    });
+                    running
                 };
                 if !scaled && !old_pods {
                     scaled |= self.scale(&new, want, &d, surge).await?;

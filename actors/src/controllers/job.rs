@@ -119,7 +119,11 @@ impl State {
         let finished = ["Complete", "Failed"].iter().any(|kind| crate::api::condition_is_true(&job, kind));
         let pods: Vec<Value> = {
             let pods = self.pods.read().unwrap();
-            pods.objects.values().filter(|p| controller_uid(p) == Some(uid(&job))).cloned().collect()
+            pods.in_namespace(namespace(&job))
+                .map(|(_, p)| p)
+                .filter(|p| controller_uid(p) == Some(uid(&job)))
+                .cloned()
+                .collect()
         };
         let active: Vec<&Value> = pods.iter().filter(|p| is_active(p)).collect();
         let phase = |ph: &str| pods.iter().filter(|p| p["status"]["phase"] == ph).count() as i64;

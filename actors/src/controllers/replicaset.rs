@@ -258,10 +258,9 @@ impl State {
 /// a Deployment's pods started.
 fn claim(pods: &Cache, rs: &Value, want: usize, met: bool) -> Claim {
     let (ns, rs_uid, selector) = (namespace(rs), uid(rs), &rs["spec"]["selector"]);
-    let prefix = format!("{ns}/");
     let mut claim = Claim::default();
     let mut owned: Vec<&Value> = Vec::new();
-    for (_, pod) in pods.objects.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+    for (_, pod) in pods.in_namespace(ns) {
         let mine = controller_uid(pod) == Some(rs_uid);
         if !mine && (controller_ref(pod).is_some() || deleting(pod)) {
             continue;

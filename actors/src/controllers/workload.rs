@@ -28,12 +28,10 @@ pub fn concerned(obj: &Value, kind: &str, owners: &super::SharedCache) -> Vec<St
             vec![]
         };
     }
-    let prefix = format!("{ns}/");
     let owners = owners.read().unwrap();
     owners
-        .objects
-        .iter()
-        .filter(|(k, o)| k.starts_with(&prefix) && matches(&o["spec"]["selector"], &obj["metadata"]["labels"]))
+        .in_namespace(ns)
+        .filter(|(_, o)| matches(&o["spec"]["selector"], &obj["metadata"]["labels"]))
         .map(|(k, _)| k.clone())
         .collect()
 }

@@ -12,7 +12,7 @@
 
 pub mod fit;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,7 +113,7 @@ impl Queue {
         }
     }
 
-    fn on_node(&mut self, change: Change, nodes: &HashMap<String, Value>) {
+    fn on_node(&mut self, change: Change, nodes: &BTreeMap<String, Value>) {
         match change {
             Change::Upserted(name) => {
                 if let Some(n) = nodes.get(&name) {
@@ -143,7 +143,7 @@ impl Queue {
         }
     }
 
-    fn on_pod(&mut self, change: Change, pods: &HashMap<String, Value>) {
+    fn on_pod(&mut self, change: Change, pods: &BTreeMap<String, Value>) {
         match change {
             Change::Upserted(key) => {
                 let Some(pod) = pods.get(&key) else { return };
