@@ -109,9 +109,14 @@ impl<T> Cache<T> {
 /// The cache key of an object: `namespace/name`, or `name` if cluster-scoped.
 pub fn key_of(obj: &Value) -> String {
     let m = &obj["metadata"];
-    match m["namespace"].as_str() {
-        Some(ns) if !ns.is_empty() => format!("{ns}/{}", m["name"].as_str().unwrap_or_default()),
-        _ => m["name"].as_str().unwrap_or_default().to_string(),
+    cache_key(m["namespace"].as_str(), m["name"].as_str().unwrap_or_default())
+}
+
+/// The cache key of the object `name` in `namespace` (none or empty: cluster-scoped).
+pub fn cache_key(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
     }
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::node::{is_ready, ready_condition, register, renew};
-use crate::api::informer::{Cached, Change, Informer};
+use crate::api::informer::{cache_key, Cached, Change, Informer};
 use crate::api::{rfc3339_now, ApiClient, ApiError};
 use crate::controllers::queue::WorkQueue;
 use crate::runtime::{Actor, ChildContext, Ctx};
@@ -119,10 +119,7 @@ impl Cached for HollowPod {
         wire
     }
     fn key(&self) -> String {
-        match self.metadata.namespace.as_deref() {
-            Some(ns) if !ns.is_empty() => format!("{ns}/{}", self.metadata.name),
-            _ => self.metadata.name.clone(),
-        }
+        cache_key(self.metadata.namespace.as_deref(), &self.metadata.name)
     }
     fn resource_version(&self) -> Option<&str> {
         self.metadata.resource_version.as_deref()

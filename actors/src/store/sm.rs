@@ -79,12 +79,18 @@ impl StateMachine {
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let bytes = write_payload(snap, &mut w).map_err(std::io::Error::other)?;
         let mut file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
-        // The rename itself made durable: raft purges the log the snapshot replaces.
-        File::open(&self.dir)?.sync_all()?;
+        self.keep(&file, &tmp)?;
         file.seek(SeekFrom::Start(0))?;
         Ok((file, bytes))
+    }
+
+    /// Makes `file`, written at `path`, the replica's snapshot, durably: the file synced,
+    /// renamed over the old one, and the rename itself synced (raft purges the log the
+    /// snapshot replaces).
+    fn keep(&self, file: &File, path: &Path) -> std::io::Result<()> {
+        file.sync_all()?;
+        std::fs::rename(path, self.dir.join(SNAPSHOT))?;
+        File::open(&self.dir)?.sync_all()
     }
 
     /// The saved snapshot's meta (read alone: it leads the file) and the file, open at
@@ -107,9 +113,7 @@ impl StateMachine {
         let stored =
             read_payload::<StoredSnapshot, _>(&mut BufReader::new(&received)).map_err(std::io::Error::other)?;
         if stored.meta == meta && is_incoming(&received, &self.dir) {
-            received.sync_all()?;
-            std::fs::rename(self.dir.join(INCOMING), self.dir.join(SNAPSHOT))?;
-            File::open(&self.dir)?.sync_all()?;
+            self.keep(&received, &self.dir.join(INCOMING))?;
             tracing::info!(snapshot = %meta.snapshot_id, keys = stored.applied.data.kv.len(), "snapshot installed as received");
             return Ok(stored.applied);
         }
