@@ -364,11 +364,14 @@ fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) 
         netns_pool: args.netns_pool,
     }
     .validate()?;
+    use keelson_actors::cri::volatile;
+    volatile::link(&dir, &volatile::KUBELET, &volatile::TMPFS)
+        .with_context(|| format!("cannot make the node's state folders in {}", dir.display()))?;
     let runtime: Arc<dyn ContainerRuntime> = match args.runtime {
         cli::RuntimeKind::Process => {
             keelson_actors::cri::process::become_subreaper().context("cannot become the containers' subreaper")?;
             let shim = std::env::current_exe().context("cannot find this program's own path (the shim)")?;
-            Arc::new(ProcessRuntime::new(dir.join("containers"), shim)?)
+            Arc::new(ProcessRuntime::new(dir.join("containers"), dir.join("logs"), shim)?)
         }
         cli::RuntimeKind::Docker => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

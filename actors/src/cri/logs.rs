@@ -119,14 +119,23 @@ pub fn select(data: &[u8], opts: &LogOptions) -> (Vec<u8>, usize) {
 }
 
 /// Writes the log at `path` to `out` as `opts` asks; when following, keeps writing new
-/// entries until `ended()` is true and the file has nothing more.
+/// entries until `ended()` is true and the file has nothing more. A log not made yet
+/// (its container has written nothing) is empty, and followed once it is made.
 pub async fn copy<W: AsyncWrite + Unpin>(
     path: &Path,
     opts: &LogOptions,
     ended: impl Fn() -> bool,
     out: &mut W,
 ) -> std::io::Result<()> {
-    let mut file = tokio::fs::File::open(path).await?;
+    let mut file = loop {
+        let finished = ended();
+        match tokio::fs::File::open(path).await {
+            Ok(f) => break f,
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(_) if !opts.follow || finished => return Ok(()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let mut data = Vec::new();
     file.read_to_end(&mut data).await?;
     let (first, mut offset) = select(&data, opts);
@@ -234,6 +243,30 @@ mod tests {
         copy(&path, &opts, || ended.load(std::sync::atomic::Ordering::SeqCst), &mut out).await.unwrap();
         writer.await.unwrap();
         assert_eq!(out, b"first\nsecond\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_not_made_yet_is_empty_and_followed_once_made() {
+        let dir = std::env::temp_dir().join(format!("keelson-logs-late-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let mut out = Vec::new();
+        copy(&path, &LogOptions::default(), || false, &mut out).await.unwrap();
+        assert!(out.is_empty(), "no log yet: nothing, at once");
+
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, e) = (path.clone(), ended.clone());
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            std::fs::write(&p, cri_line("2026-11-29T10:00:00Z", "stdout", true, b"late")).unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            e.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let opts = LogOptions { follow: true, ..Default::default() };
+        copy(&path, &opts, || ended.load(std::sync::atomic::Ordering::SeqCst), &mut out).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(out, b"late\n", "followed from the moment it was made");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,6 +12,7 @@
 //! - `mounts.rs`: volumes bound into a container's own mount namespace (as root);
 //! - `network.rs`: pod addresses: a network namespace per pod on a bridge of the
 //!   node's (as root), or a loopback address per pod.
+//! - `volatile.rs`: where the runtime's state and the address claims live (a tmpfs).
 
 pub mod cgroups;
 pub mod docker;
@@ -22,6 +23,7 @@ pub mod network;
 pub mod process;
 pub mod shim;
 pub mod spawner;
+pub mod volatile;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -437,8 +437,11 @@ impl PodNetwork {
         netlink::in_namespace(&path, move || {
             let ns = netlink::this_namespace()?;
             host.veth(&veth, bridge, "eth0", &ns)?;
+            host.no_ipv6_address(&veth)?;
+            host.up(&veth)?;
             let mut inside = Netlink::open()?;
             inside.up("lo")?;
+            inside.no_ipv6_address("eth0")?;
             let eth0 = inside.index("eth0")?;
             inside.address(eth0, ip, prefix)?;
             inside.up("eth0")?;

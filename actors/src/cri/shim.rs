@@ -10,7 +10,8 @@
 //! - `shim.pid`: the shim's pid;
 //! - `started.json`: the container's pid, its start time in clock ticks since boot (so
 //!   a reused pid is told apart) and when it started;
-//! - `log`: its stdout and stderr, line by line in the CRI format (`logs.rs`);
+//! - `log`: its stdout and stderr, line by line in the CRI format (`logs.rs`), made at
+//!   the first line (it may be a link to where the runtime keeps logs);
 //! - `exit.json`: how it ended, written once (by rename) when it has.
 
 use std::fs::{File, OpenOptions};
@@ -94,7 +95,7 @@ fn serve(dir: &Path) -> std::io::Result<()> {
     // not to the agent, and are reaped here.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let log = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(dir.join("log"))?));
+    let log = Arc::new(Mutex::new(Log { path: dir.join("log"), file: None, failed: false }));
     let fail = |message: String| {
         let exit = Exit {
             code: 128,
@@ -243,8 +244,35 @@ fn reap_orphans() {
     while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
 }
 
+/// The container's log, made at the first line written: most containers write nothing
+/// while they start, and a file less is a disk inode less per start.
+struct Log {
+    path: std::path::PathBuf,
+    file: Option<File>,
+    /// It could not be made (told once, in `shim.err` beside it).
+    failed: bool,
+}
+
+impl Log {
+    fn write(&mut self, entry: &[u8]) {
+        if self.file.is_none() && !self.failed {
+            match OpenOptions::new().create(true).append(true).open(&self.path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.failed = true;
+                    let err = self.path.with_file_name("shim.err");
+                    let _ = std::fs::write(err, format!("cannot write the log {}: {e}", self.path.display()));
+                }
+            }
+        }
+        if let Some(f) = &mut self.file {
+            let _ = f.write_all(entry);
+        }
+    }
+}
+
 /// Copies `pipe` to `log` a line at a time, each line stamped and tagged.
-fn copy_lines(stream: &str, pipe: Box<dyn Read + Send>, log: &Mutex<File>) {
+fn copy_lines(stream: &str, pipe: Box<dyn Read + Send>, log: &Mutex<Log>) {
     let mut reader = BufReader::with_capacity(MAX_LINE, pipe);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -256,8 +284,8 @@ fn copy_lines(stream: &str, pipe: Box<dyn Read + Send>, log: &Mutex<File>) {
         let full = line[n - 1] == b'\n';
         let text = if full { &line[..n - 1] } else { &line[..] };
         let entry = cri_line(&timestamp_now(), stream, full, text);
-        if let Ok(mut f) = log.lock() {
-            let _ = f.write_all(&entry);
+        if let Ok(mut log) = log.lock() {
+            log.write(&entry);
         }
     }
 }

@@ -369,4 +369,5 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
         let _ = net.detach(uid);
     }
     net.teardown();
+    crate::cri::volatile::remove(&cfg.root_dir, &crate::cri::volatile::KUBELET);
 }

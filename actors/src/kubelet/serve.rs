@@ -113,13 +113,9 @@ pub async fn serve(runtime: Arc<dyn ContainerRuntime>, inbound: Inbound) {
             // The gateway closes its side when its client goes away: stop following then.
             let mut recv = recv;
             let mut probe = [0u8; 1];
-            let copied = if path.exists() {
-                tokio::select! {
-                    r = logs::copy(&path, &opts, || ended.load(Ordering::SeqCst), &mut send) => r,
-                    _ = recv.read(&mut probe) => Ok(()),
-                }
-            } else {
-                Ok(())
+            let copied = tokio::select! {
+                r = logs::copy(&path, &opts, || ended.load(Ordering::SeqCst), &mut send) => r,
+                _ = recv.read(&mut probe) => Ok(()),
             };
             if let Err(e) = copied {
                 tracing::debug!(container = %run.id, error = %e, "log stream ended early");
