@@ -207,8 +207,10 @@ spec:
         }
     }
     let out_at = out_at.expect("the EndpointSlice never dropped the pod from the ready set");
-    eventually("the container got SIGTERM", Duration::from_secs(20), || stamp.exists());
-    let term_at: f64 = std::fs::read_to_string(&stamp).unwrap().trim().parse().unwrap();
+    // The stamp exists once opened, before its time is written: read until it holds one.
+    let stamped = || std::fs::read_to_string(&stamp).ok().and_then(|t| t.trim().parse::<f64>().ok());
+    eventually("the container got SIGTERM", Duration::from_secs(20), || stamped().is_some());
+    let term_at = stamped().expect("the SIGTERM's time");
     let _ = watch.kill();
     let _ = watch.wait();
     assert!(out_at < term_at, "the pod left the endpoints {:.0} ms after its SIGTERM", (out_at - term_at) * 1000.0);
