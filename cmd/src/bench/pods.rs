@@ -71,6 +71,8 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
 
         let startup = "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dstartup";
         let mut events = api.watch::<Value>(startup).await?;
+        // Events (best effort) are written at a low priority: how many came before the last pod ran.
+        let mut recorded = api.watch::<Value>("/api/v1/namespaces/default/events?watch=true").await?;
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "startup"},
             "spec": {"replicas": args.pods, "selector": {"matchLabels": {"app": "startup"}},
                      "template": {"metadata": {"labels": {"app": "startup"}},
@@ -157,6 +159,12 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
             first(&running)
         );
         actix_rt::time::sleep(Duration::from_secs(5)).await;
+        let (mut before, mut all) = (0, 0);
+        while let Ok((_, at)) = recorded.try_recv() {
+            all += 1;
+            before += usize::from(at <= created + wall);
+        }
+        println!("Events: {before} of {all} written by the time the last pod was Running");
         let (busy, _) = cluster_rss(&keelson);
         println!("memory with {} pods running (members only): {:.0} MB", args.pods, mb(busy));
         let url = format!("{}/apis/apps/v1/namespaces/default/deployments/startup", api.url);
