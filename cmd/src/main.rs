@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use keelson_actors::api::HttpsSetup;
-use keelson_actors::cri::{ContainerRuntime, DockerRuntime, ProcessRuntime};
+use keelson_actors::cri::{volatile, ContainerRuntime, DockerRuntime, ProcessRuntime};
 use keelson_actors::kubelet::HollowConfig;
 use keelson_actors::member::{agent_tree, server_tree, AgentNode, ServerParts};
 use keelson_actors::store::StoreConfig;
@@ -364,7 +364,6 @@ fn real_node(args: &cli::AgentArgs, data: &DataDir, heartbeat: HeartbeatConfig) 
         netns_pool: args.netns_pool,
     }
     .validate()?;
-    use keelson_actors::cri::volatile;
     volatile::link(&dir, &volatile::KUBELET, &volatile::TMPFS)
         .with_context(|| format!("cannot make the node's state folders in {}", dir.display()))?;
     let runtime: Arc<dyn ContainerRuntime> = match args.runtime {

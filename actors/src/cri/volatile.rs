@@ -14,7 +14,9 @@
 //! link, and a folder an older version made there (a real one) is used as it is. With
 //! no writable tmpfs the folders are made on disk, as before.
 
+use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::hash::fnv1a;
@@ -31,7 +33,6 @@ const OWNER: &str = "owner";
 
 /// Whether `path` is on a tmpfs.
 fn is_tmpfs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
     // SAFETY: statfs writes into the struct we own; the path is NUL-terminated.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
@@ -62,9 +63,9 @@ pub fn link(dir: &Path, names: &[&str], candidates: &[&str]) -> io::Result<()> {
     };
     prune(&base);
     let dir = dir.canonicalize()?;
-    let mine = base.join(format!("{:016x}", fnv1a(dir.as_os_str().as_encoded_bytes())));
+    let mine = base.join(format!("{:016x}", fnv1a(dir.as_os_str().as_bytes())));
     std::fs::create_dir_all(&mine)?;
-    std::fs::write(mine.join(OWNER), dir.as_os_str().as_encoded_bytes())?;
+    std::fs::write(mine.join(OWNER), dir.as_os_str().as_bytes())?;
     for name in names {
         let (at, target) = (dir.join(name), mine.join(name));
         std::fs::create_dir_all(&target)?;
@@ -100,7 +101,8 @@ pub fn remove(dir: &Path, names: &[&str]) {
 fn prune(base: &Path) {
     for entry in std::fs::read_dir(base).into_iter().flatten().filter_map(|e| e.ok()) {
         let Ok(owner) = std::fs::read(entry.path().join(OWNER)) else { continue };
-        let owner = PathBuf::from(std::ffi::OsString::from(String::from_utf8_lossy(&owner).into_owned()));
+        // The path as written, byte for byte (a folder's name need not be UTF-8).
+        let owner = Path::new(OsStr::from_bytes(&owner));
         if !owner.exists() {
             tracing::info!(folder = %entry.path().display(), owner = %owner.display(), "removing the volatile state of a node folder that is gone");
             let _ = std::fs::remove_dir_all(entry.path());

@@ -71,7 +71,7 @@ pub fn pods(args: PodsBenchArgs) -> Result<()> {
 
         let startup = "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dstartup";
         let mut events = api.watch::<Value>(startup).await?;
-        // Events (best effort) are written at a low priority: how many came before the last pod ran.
+        // Events are best effort: how many were written before the last pod ran (work on the burst's path).
         let mut recorded = api.watch::<Value>("/api/v1/namespaces/default/events?watch=true").await?;
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "startup"},
             "spec": {"replicas": args.pods, "selector": {"matchLabels": {"app": "startup"}},
