@@ -15,12 +15,12 @@
 //! - `exit.json`: how it ended, written once (by rename) when it has.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -86,8 +86,50 @@ pub(super) fn ignore_signals() {
     }
 }
 
+/// The shim outlives a terminal's Ctrl-C and signals sent to the agent's group, as
+/// `ignore_signals` does, but by catching them in a handler that does nothing: a
+/// caught signal is back at its default after exec, an ignored one would stay ignored
+/// in the container (its SIGTERM with it). So the container starts with nothing to
+/// undo between fork and exec, which lets it be spawned without copying the shim.
+fn shrug_off_signals() {
+    extern "C" fn nothing(_: libc::c_int) {}
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is a valid one; the handler touches nothing.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
+    // Ignored here; std sets SIGPIPE back to its default in the child it starts.
+    // SAFETY: as in `ignore_signals`.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Where `program` is, found as `execvp` would find it but in the container's `PATH`
+/// (relative entries from its working folder): std starts a program named by its path
+/// with `posix_spawn` (a vfork: nothing of the shim is copied), while a bare name under
+/// an environment with a `PATH` of its own takes fork and exec. Not found: the name as
+/// given, whose start then fails as before.
+fn resolve(program: &str, env: &[(String, String)], cwd: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') || program.is_empty() {
+        return program.into();
+    }
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    path.split(':')
+        .map(|dir| cwd.join(dir).join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .unwrap_or_else(|| program.into())
+}
+
+/// `PATH` for a container whose environment has none (the kubelet always gives one).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 fn serve(dir: &Path) -> std::io::Result<()> {
-    ignore_signals();
+    shrug_off_signals();
     let spec: ContainerSpec = serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
     let me = std::process::id();
     std::fs::write(dir.join("shim.pid"), format!("{me} {}", start_ticks(me).unwrap_or(0)))?;
@@ -95,7 +137,7 @@ fn serve(dir: &Path) -> std::io::Result<()> {
     // not to the agent, and are reaped here.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let log = Arc::new(Mutex::new(Log { path: dir.join("log"), file: None, failed: false }));
+    let log = Log { path: dir.join("log"), file: None, failed: false };
     let fail = |message: String| {
         let exit = Exit {
             code: 128,
@@ -129,29 +171,30 @@ fn serve(dir: &Path) -> std::io::Result<()> {
         Err(e) => return fail(format!("cannot hold the container to its limits: {e}")),
     };
     let joins: Vec<i32> = groups.iter().flat_map(|g| &g.procs).map(|f| f.as_raw_fd()).collect();
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    let cwd = Path::new(spec.working_dir.as_deref().unwrap_or("/"));
+    let mut cmd = Command::new(resolve(program, &spec.env, cwd));
+    cmd.arg0(program)
+        .args(args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(spec.working_dir.as_deref().unwrap_or("/"))
+        .current_dir(cwd)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (setpgid, signal, write) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::setpgid(0, 0);
-            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE] {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            // Into the container's cgroups ("0": the writer itself), before the program runs.
-            for &fd in &joins {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
+    if !joins.is_empty() {
+        // SAFETY: only async-signal-safe calls (write) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Into the container's cgroups ("0": the writer itself), before the program runs.
+                for &fd in &joins {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -163,17 +206,14 @@ fn serve(dir: &Path) -> std::io::Result<()> {
         Started { pid: child.id(), start_ticks: start_ticks(child.id()).unwrap_or(0), started_at: timestamp_now() };
     write_json(dir, "started.json", &started)?;
     let (done_tx, done_rx) = mpsc::channel();
-    let streams: Vec<(&'static str, Box<dyn Read + Send>)> = vec![
-        ("stdout", Box::new(child.stdout.take().expect("piped"))),
-        ("stderr", Box::new(child.stderr.take().expect("piped"))),
+    let pipes = [
+        Pipe::new("stdout", child.stdout.take().expect("piped").into()),
+        Pipe::new("stderr", child.stderr.take().expect("piped").into()),
     ];
-    for (stream, pipe) in streams {
-        let (log, done) = (log.clone(), done_tx.clone());
-        std::thread::spawn(move || {
-            copy_lines(stream, pipe, &log);
-            let _ = done.send(());
-        });
-    }
+    std::thread::spawn(move || {
+        copy_lines(pipes, log);
+        let _ = done_tx.send(());
+    });
     let main = child.id() as i32;
     let status = reap_until(main);
     // What the main process left in its group goes with it (a container is all of it).
@@ -181,9 +221,7 @@ fn serve(dir: &Path) -> std::io::Result<()> {
     unsafe { libc::kill(-main, libc::SIGKILL) };
     // Output still buffered in the pipes is written before the exit is; a grandchild
     // that kept the pipes open does not hold the exit back for long.
-    for _ in 0..2 {
-        let _ = done_rx.recv_timeout(Duration::from_secs(1));
-    }
+    let _ = done_rx.recv_timeout(Duration::from_secs(2));
     reap_orphans();
     drop(child);
     let oom = groups.as_ref().is_some_and(Cgroups::oom_killed);
@@ -271,21 +309,164 @@ impl Log {
     }
 }
 
-/// Copies `pipe` to `log` a line at a time, each line stamped and tagged.
-fn copy_lines(stream: &str, pipe: Box<dyn Read + Send>, log: &Mutex<Log>) {
-    let mut reader = BufReader::with_capacity(MAX_LINE, pipe);
-    let mut line = Vec::with_capacity(256);
-    loop {
-        line.clear();
-        let n = match reader.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let full = line[n - 1] == b'\n';
-        let text = if full { &line[..n - 1] } else { &line[..] };
-        let entry = cri_line(&timestamp_now(), stream, full, text);
-        if let Ok(mut log) = log.lock() {
-            log.write(&entry);
+/// One of the container's output pipes and what was read of it past its last whole line.
+struct Pipe {
+    stream: &'static str,
+    fd: OwnedFd,
+    pending: Vec<u8>,
+    open: bool,
+}
+
+impl Pipe {
+    fn new(stream: &'static str, fd: OwnedFd) -> Self {
+        Self { stream, fd, pending: Vec::new(), open: true }
+    }
+
+    /// Writes each whole line read (a longer one in parts of `MAX_LINE`), and at the
+    /// pipe's end what is left, as a partial line.
+    fn write_lines(&mut self, log: &mut Log) {
+        let mut from = 0;
+        loop {
+            let rest = &self.pending[from..];
+            let window = &rest[..rest.len().min(MAX_LINE)];
+            let (text, full, took) = match memchr::memchr(b'\n', window) {
+                Some(i) => (&window[..i], true, i + 1),
+                None if window.len() == MAX_LINE || (!self.open && !window.is_empty()) => (window, false, window.len()),
+                None => break,
+            };
+            log.write(&cri_line(&timestamp_now(), self.stream, full, text));
+            from += took;
         }
+        self.pending.drain(..from);
+    }
+}
+
+/// Copies both pipes to `log` a line at a time, each line stamped and tagged with its
+/// stream, until both are closed: one thread for the two (a thread each cost its
+/// creation and stack at every container start).
+fn copy_lines(mut pipes: [Pipe; 2], mut log: Log) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while pipes.iter().any(|p| p.open) {
+        let mut polled: Vec<libc::pollfd> = pipes
+            .iter()
+            .map(|p| libc::pollfd { fd: if p.open { p.fd.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 })
+            .collect();
+        // SAFETY: poll on descriptors we own, with their count.
+        if unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) } < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        for (pipe, p) in pipes.iter_mut().zip(&polled) {
+            if p.revents == 0 {
+                continue;
+            }
+            // SAFETY: reading into our buffer from a descriptor we own, poll said it would not block.
+            let n = unsafe { libc::read(pipe.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            match n {
+                n if n > 0 => pipe.pending.extend_from_slice(&buf[..n as usize]),
+                n if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+                _ => pipe.open = false,
+            }
+            pipe.write_lines(&mut log);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("keelson-shim-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The log's entries as (stream, full, text).
+    fn entries(path: &Path) -> Vec<(String, bool, Vec<u8>)> {
+        let mut all = Vec::new();
+        std::fs::File::open(path).unwrap().read_to_end(&mut all).unwrap();
+        all.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let e = super::super::logs::parse(l).expect("an entry");
+                (e.stream.to_string(), e.full, e.text.to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_streams_are_copied_a_line_at_a_time_long_lines_in_parts() {
+        let dir = scratch("copy");
+        let (out_r, mut out_w) = std::io::pipe().unwrap();
+        let (err_r, mut err_w) = std::io::pipe().unwrap();
+        let log = Log { path: dir.join("log"), file: None, failed: false };
+        let pipes = [Pipe::new("stdout", out_r.into()), Pipe::new("stderr", err_r.into())];
+        let copier = std::thread::spawn(move || copy_lines(pipes, log));
+        out_w.write_all(b"one\ntw").unwrap();
+        err_w.write_all(b"oops\n").unwrap();
+        out_w.write_all(b"o\n").unwrap();
+        let long = vec![b'x'; MAX_LINE + 3];
+        out_w.write_all(&long).unwrap();
+        out_w.write_all(b"\nlast, unended").unwrap();
+        drop((out_w, err_w));
+        copier.join().unwrap();
+        let mut got = entries(&dir.join("log"));
+        // The streams' order between them is the pipes'; within each it is kept.
+        let err: Vec<_> = got.iter().filter(|e| e.0 == "stderr").cloned().collect();
+        got.retain(|e| e.0 == "stdout");
+        assert_eq!(err, vec![("stderr".into(), true, b"oops".to_vec())]);
+        let texts: Vec<(bool, Vec<u8>)> = got.into_iter().map(|e| (e.1, e.2)).collect();
+        assert_eq!(
+            texts,
+            vec![
+                (true, b"one".to_vec()),
+                (true, b"two".to_vec()),
+                (false, vec![b'x'; MAX_LINE]),
+                (true, b"xxx".to_vec()),
+                (false, b"last, unended".to_vec()),
+            ]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn silent_streams_make_no_log() {
+        let dir = scratch("silent");
+        let (out_r, out_w) = std::io::pipe().unwrap();
+        let (err_r, err_w) = std::io::pipe().unwrap();
+        let log = Log { path: dir.join("log"), file: None, failed: false };
+        drop((out_w, err_w));
+        copy_lines([Pipe::new("stdout", out_r.into()), Pipe::new("stderr", err_r.into())], log);
+        assert!(!dir.join("log").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn programs_are_found_in_the_containers_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("path");
+        for (name, mode) in [("bin/tool", 0o755), ("data/tool", 0o644), ("data/other", 0o755)] {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let path = |v: &str| vec![("PATH".to_string(), v.to_string())];
+        let d = dir.display();
+        // Not executable: passed over, as execvp does.
+        assert_eq!(resolve("tool", &path(&format!("{d}/data:{d}/bin")), &dir), dir.join("bin/tool"));
+        // A relative entry is from the working folder.
+        assert_eq!(resolve("other", &path("data"), &dir), dir.join("data/other"));
+        // Named by a path, or found nowhere: as given.
+        assert_eq!(resolve("./bin/tool", &path("/nowhere"), &dir), Path::new("./bin/tool"));
+        assert_eq!(resolve("tool", &path("/nowhere"), &dir), Path::new("tool"));
+        // No PATH: the kubelet's default.
+        assert_eq!(resolve("sh", &[], &dir).parent().map(|p| p.is_absolute()), Some(true));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
