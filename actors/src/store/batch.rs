@@ -6,7 +6,8 @@
 //!
 //! At most `IN_FLIGHT` batches are proposed at a time; while they are, new writes queue,
 //! and the next batch takes what has queued (up to `MAX_OPS` writes and about
-//! `MAX_BYTES`). Writes in different batches were all in flight together, so their order
+//! `MAX_BYTES`). One at a time is classic group commit: a write that finds a batch in
+//! flight waits for it, but so do its neighbours, and they go together. Writes in different batches were all in flight together, so their order
 //! is the log's; writes in one batch are applied in arrival order, each as if it were
 //! an entry of its own (its fencing check, its revision, its outcome).
 
@@ -19,8 +20,13 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use super::state::{Command, Outcome, WriteOp};
 use super::types::{ClientReply, Raft};
 
-/// How many batches may be proposed and not yet committed at once.
-const IN_FLIGHT: usize = 4;
+/// How many batches may be proposed and not yet committed at once. One: with four, most
+/// batches held a single write (a 100-pod burst made about as many entries, and so
+/// AppendEntries and fsyncs on each member, as it made writes); with one, the burst took a
+/// tenth less CPU and the store bench's puts at 16 and 64 clients were as fast or faster
+/// at less CPU each (BENCHMARKS.md, session 28). openraft appends and replicates a
+/// leader's entries one after the other anyway, so more in flight bought no overlap.
+const IN_FLIGHT: usize = 1;
 /// The most writes in one batch.
 const MAX_OPS: usize = 256;
 /// About the most bytes (keys and values) in one batch: with openraft sending up to
