@@ -104,6 +104,31 @@ async fn a_restarted_peer_is_reached_again_through_the_same_name() {
     assert_eq!(reply.as_deref(), Some(&b"again"[..]));
 }
 
+/// A request, its reply and a one-way message each end their stream with their one
+/// frame, and the receiver takes that end: no side asks the other to stop sending (a
+/// frame, a packet and its acknowledgement more for every message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_leave_no_stream_half_read() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let (a, b) = (Node::start(&ca, "a"), Node::start(&ca, "b"));
+    a.link(&b);
+    for i in 0..20u8 {
+        let reply = a.transport.request("b", "/echo", "/test", vec![i, 1, 2], SECOND).await.unwrap();
+        assert_eq!(reply, vec![2, 1, i]);
+        a.transport.tell("b", "/log", "/test", vec![i], SECOND).await.unwrap();
+    }
+    for _ in 0..200 {
+        if b.seen.one_way.lock().unwrap().len() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.seen.one_way.lock().unwrap().len(), 20);
+    let to_b = a.transport.stats().into_iter().find(|s| s.peer == "b").unwrap();
+    assert!(to_b.connected && to_b.requests == 20 && to_b.one_way == 20, "{to_b:?}");
+    assert_eq!((to_b.stops_sent, to_b.stops_received), (0, 0), "{to_b:?}");
+}
+
 /// Path MTU discovery grows a loopback path past Ethernet's 1,452 bytes (up to the
 /// endpoint's bound), and messages bigger than a batch of such datagrams still arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,6 +117,13 @@ pub struct PeerStats {
     pub rtt_us: u64,
     /// The path's datagram size as MTU discovery left it (0 while not connected).
     pub mtu: u16,
+    /// STOP_SENDING frames sent and received on the live connection: a receive stream
+    /// dropped before its end. None in request, reply and one-way traffic; each would
+    /// cost a packet that carries nothing else, and its acknowledgement.
+    #[serde(default)]
+    pub stops_sent: u64,
+    #[serde(default)]
+    pub stops_received: u64,
 }
 
 #[derive(Default)]
@@ -258,6 +265,18 @@ async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<(Envelop
     recv.read_exact(&mut buf[frame::HEADER_LEN..]).await.map_err(|e| Error::Closed(e.to_string()))?;
     let (env, used) = frame::decode(&buf, max)?;
     Ok(Some((env, used)))
+}
+
+/// Takes the end of `recv` if it is already here (a peer finishes its stream with its
+/// one message, so the end usually comes in the same packet), without waiting for it.
+/// A receive stream dropped before its end was read makes quinn ask the peer to stop
+/// sending (STOP_SENDING): a frame more, which the peer must acknowledge, for every
+/// request, reply and one-way message — a packet each way that carried nothing.
+fn take_end(recv: &mut RecvStream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let read = std::pin::pin!(recv.read(&mut byte));
+    matches!(std::future::Future::poll(read, &mut cx), std::task::Poll::Ready(Ok(None)))
 }
 
 /// The quinn runtime bound to our own tokio runtime, whoever polls quinn's futures.
@@ -593,9 +612,10 @@ impl Transport {
                 let addr = *p.addr.read().unwrap();
                 let c = &p.counters;
                 let conn = p.conn.lock().unwrap().clone().filter(|c| c.close_reason().is_none());
-                let (lost, sent, rtt, mtu) = conn.as_ref().map_or((0, 0, 0, 0), |c| {
+                let (lost, sent, rtt, mtu, stops) = conn.as_ref().map_or((0, 0, 0, 0, (0, 0)), |c| {
                     let s = c.stats();
-                    (s.path.lost_packets, s.path.sent_packets, s.path.rtt.as_micros() as u64, s.path.current_mtu)
+                    let stops = (s.frame_tx.stop_sending, s.frame_rx.stop_sending);
+                    (s.path.lost_packets, s.path.sent_packets, s.path.rtt.as_micros() as u64, s.path.current_mtu, stops)
                 });
                 let injected = self.inner.faults.counters(addr);
                 PeerStats {
@@ -616,6 +636,8 @@ impl Transport {
                     injected_duplicates: injected.duplicated.load(Ordering::Relaxed),
                     rtt_us: rtt,
                     mtu,
+                    stops_sent: stops.0,
+                    stops_received: stops.1,
                 }
             })
             .collect();
@@ -764,6 +786,7 @@ async fn exchange(inner: &Arc<Inner>, p: &Arc<Peer>, env: Envelope, until: Insta
         return Err(Error::Closed(format!("{} ended the stream without a reply", p.identity.name)));
     };
     p.counters.bytes_received.fetch_add(used as u64, Ordering::Relaxed);
+    take_end(&mut recv);
     match reply.kind {
         Kind::Response if reply.correlation == env.correlation => Ok(reply.payload),
         Kind::Failure { code } => {
@@ -780,7 +803,10 @@ async fn recv_items(inner: Arc<Inner>, p: Arc<Peer>, mut recv: RecvStream, tx: m
                 p.counters.bytes_received.fetch_add(used as u64, Ordering::Relaxed);
                 match env.kind {
                     Kind::StreamItem { .. } | Kind::Response => Ok(env.payload),
-                    Kind::StreamEnd => return,
+                    Kind::StreamEnd => {
+                        take_end(&mut recv);
+                        return;
+                    }
                     Kind::Failure { code } => {
                         Err(Error::Remote { code, message: String::from_utf8_lossy(&env.payload).into_owned() })
                     }
@@ -907,6 +933,9 @@ async fn serve_stream(
         }
         Some(id)
     };
+    if !matches!(env.kind, Kind::Open) {
+        take_end(&mut recv);
+    }
     let reply = match (env.kind.clone(), send) {
         (Kind::OneWay, _) => Reply::None,
         (Kind::Request { .. }, Some(send)) => Reply::Stream {
