@@ -125,8 +125,9 @@ fn resolve(program: &str, env: &[(String, String)], cwd: &Path) -> std::path::Pa
         .unwrap_or_else(|| program.into())
 }
 
-/// `PATH` for a container whose environment has none (the kubelet always gives one).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `PATH` for a container whose environment has none: what the kubelet gives every
+/// container first, as an image's configuration would.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn serve(dir: &Path) -> std::io::Result<()> {
     shrug_off_signals();

@@ -205,7 +205,7 @@ fn set(env: &mut Vec<(String, String)>, name: &str, value: String) {
 /// from an empty environment, as a container image would).
 pub fn base_env(pod: &Value, facts: &PodFacts<'_>) -> Vec<(String, String)> {
     vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        ("PATH".into(), crate::cri::shim::DEFAULT_PATH.into()),
         ("HOSTNAME".into(), pod["metadata"]["name"].as_str().unwrap_or_default().to_string()),
         ("POD_IP".into(), facts.pod_ip.to_string()),
     ]
