@@ -37,6 +37,36 @@ use super::{Result, RuntimeError};
 /// Where named network namespaces live (as `ip netns` keeps them).
 const NETNS_DIR: &str = "/run/netns";
 
+/// The CPU priority (nice) a pod makes its own network at, when the pool had none ready.
+/// Making one takes the kernel's routing lock (rtnl) for each of a dozen steps; on a node
+/// whose CPUs are busy starting other pods, a maker preempted while it holds the lock
+/// stalls every other maker, and the pods beyond the pool queue there: they were the
+/// tail of a 100-pod burst (BENCHMARKS.md, session 28). Raising needs root, as this mode
+/// does; refused, the network is made at the thread's own priority.
+const MAKE_NICE: i32 = -10;
+
+/// Runs `f` on this thread at priority `nice`, then gives the thread its own back (it is
+/// a pooled blocking thread; the namespace's own thread, spawned meanwhile, inherits it
+/// and ends with `f`).
+fn at_priority<T>(nice: i32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: gettid, getpriority and setpriority on this thread alone; errno is this
+    // thread's, cleared first because -1 is also a priority.
+    let (tid, before) = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let before = libc::getpriority(libc::PRIO_PROCESS, tid);
+        (tid, (*libc::__errno_location() == 0).then_some(before))
+    };
+    // SAFETY: as above.
+    let raised = before.is_some_and(|b| b > nice && unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0);
+    let out = f();
+    if let (true, Some(before)) = (raised, before) {
+        // SAFETY: as above; lowering a priority is always allowed.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, before) };
+    }
+    out
+}
+
 /// The owner written in the claim of an address held ready in the node's pool.
 const POOL: &str = "pool";
 
@@ -415,7 +445,7 @@ impl PodNetwork {
         if legacy.exists() {
             return Ok(PodAddress { ip, netns: Some(legacy) });
         }
-        self.make(ip)?;
+        at_priority(MAKE_NICE, || self.make(ip))?;
         Ok(PodAddress { ip, netns: Some(Self::ns_path(ip)) })
     }
 
@@ -516,6 +546,21 @@ mod tests {
         assert_eq!(again.attach("uid-b").unwrap().ip, Ipv4Addr::new(127, 244, 3, 2));
         assert_eq!(again.attached(), vec!["uid-b".to_string()]);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_network_is_made_at_a_raised_priority_and_the_thread_gets_its_own_back() {
+        // SAFETY: reading and setting this test thread's own priority.
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let before = nice();
+        let inside = at_priority(MAKE_NICE, || (nice(), std::thread::spawn(nice).join().unwrap()));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(inside, (MAKE_NICE, MAKE_NICE), "raised, and a thread it starts inherits it");
+        } else {
+            assert_eq!(inside, (before, before), "without root it runs at its own priority");
+        }
+        assert_eq!(nice(), before);
     }
 
     /// Needs root (a bridge, namespaces): skipped, and says so, without it; CI runs as root.
