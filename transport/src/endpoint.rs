@@ -118,7 +118,7 @@ pub struct PeerStats {
     /// The path's datagram size as MTU discovery left it (0 while not connected).
     pub mtu: u16,
     /// STOP_SENDING frames sent and received on the live connection: a receive stream
-    /// dropped before its end. None in request, reply and one-way traffic; each would
+    /// dropped before its end. Rare in request, reply and one-way traffic; each would
     /// cost a packet that carries nothing else, and its acknowledgement.
     #[serde(default)]
     pub stops_sent: u64,
