@@ -57,10 +57,11 @@ fn at_priority<T>(nice: i32, f: impl FnOnce() -> T) -> T {
         let before = libc::getpriority(libc::PRIO_PROCESS, tid);
         (tid, (*libc::__errno_location() == 0).then_some(before))
     };
+    // The priority to give back, if it was raised.
     // SAFETY: as above.
-    let raised = before.is_some_and(|b| b > nice && unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0);
+    let raised_from = before.filter(|&b| b > nice && unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0);
     let out = f();
-    if let (true, Some(before)) = (raised, before) {
+    if let Some(before) = raised_from {
         // SAFETY: as above; lowering a priority is always allowed.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, before) };
     }

@@ -348,10 +348,11 @@ impl Pipe {
 fn copy_lines(mut pipes: [Pipe; 2], mut log: Log) {
     let mut buf = vec![0u8; 64 * 1024];
     while pipes.iter().any(|p| p.open) {
-        let mut polled: Vec<libc::pollfd> = pipes
-            .iter()
-            .map(|p| libc::pollfd { fd: if p.open { p.fd.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 })
-            .collect();
+        let mut polled = pipes.each_ref().map(|p| libc::pollfd {
+            fd: if p.open { p.fd.as_raw_fd() } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        });
         // SAFETY: poll on descriptors we own, with their count.
         if unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) } < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {

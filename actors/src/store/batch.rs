@@ -7,9 +7,10 @@
 //! At most `IN_FLIGHT` batches are proposed at a time; while they are, new writes queue,
 //! and the next batch takes what has queued (up to `MAX_OPS` writes and about
 //! `MAX_BYTES`). One at a time is classic group commit: a write that finds a batch in
-//! flight waits for it, but so do its neighbours, and they go together. Writes in different batches were all in flight together, so their order
-//! is the log's; writes in one batch are applied in arrival order, each as if it were
-//! an entry of its own (its fencing check, its revision, its outcome).
+//! flight waits for it, but so do its neighbours, and they go together. Writes in
+//! different batches were all in flight together, so their order is the log's; writes
+//! in one batch are applied in arrival order, each as if it were an entry of its own
+//! (its fencing check, its revision, its outcome).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
