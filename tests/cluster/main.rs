@@ -23,6 +23,8 @@
 //!   workloads on hollow nodes, and replace what lost nodes and a lost leader held;
 //! - real agents run pods as processes: addresses, logs, restarts and back-off, probes,
 //!   graceful deletion, adoption after kill -9, rollouts, and a clean stop;
+//! - the process runtime's shim logs a container's output, records how it ended, and
+//!   ends its process group with it (stragglers' output drained for a bounded time);
 //! - Services reach ready pods at cluster IPs and node ports, through rollouts.
 
 mod support;
@@ -39,6 +41,7 @@ mod linearizability;
 mod member;
 mod python_client;
 mod services;
+mod shim;
 mod store;
 mod store_api;
 mod store_history;

@@ -16,11 +16,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -197,6 +196,12 @@ fn serve(dir: &Path) -> std::io::Result<()> {
             });
         }
     }
+    // Before the spawn, so no end is missed: the shim learns of its children's ends from
+    // a descriptor it polls with their output (std clears the container's signal mask).
+    let ended = match ChildEnds::watch() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("cannot watch for the container's end: {e}")),
+    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -206,23 +211,11 @@ fn serve(dir: &Path) -> std::io::Result<()> {
     let started =
         Started { pid: child.id(), start_ticks: start_ticks(child.id()).unwrap_or(0), started_at: timestamp_now() };
     write_json(dir, "started.json", &started)?;
-    let (done_tx, done_rx) = mpsc::channel();
     let pipes = [
         Pipe::new("stdout", child.stdout.take().expect("piped").into()),
         Pipe::new("stderr", child.stderr.take().expect("piped").into()),
     ];
-    std::thread::spawn(move || {
-        copy_lines(pipes, log);
-        let _ = done_tx.send(());
-    });
-    let main = child.id() as i32;
-    let status = reap_until(main);
-    // What the main process left in its group goes with it (a container is all of it).
-    // SAFETY: signalling the container's process group.
-    unsafe { libc::kill(-main, libc::SIGKILL) };
-    // Output still buffered in the pipes is written before the exit is; a grandchild
-    // that kept the pipes open does not hold the exit back for long.
-    let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    let status = pump(pipes, log, Some((&ended, child.id() as i32))).unwrap_or(255 << 8);
     reap_orphans();
     drop(child);
     let oom = groups.as_ref().is_some_and(Cgroups::oom_killed);
@@ -259,21 +252,6 @@ fn limit(spec: &ContainerSpec) -> Result<Option<Cgroups>, String> {
     }
     let layout = Layout::detect(Path::new(cgroups::ROOT))?;
     Cgroups::make(&layout, &spec.id(), &spec.limits).map(Some).map_err(|e| e.to_string())
-}
-
-/// Waits for `main` to end, reaping any orphan that ends meanwhile; its wait status.
-fn reap_until(main: i32) -> i32 {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid for any child, writing into our integer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid == main {
-            return status;
-        }
-        if pid < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return 255 << 8;
-        }
-    }
 }
 
 /// Reaps the orphans that have ended (without waiting for the others).
@@ -342,23 +320,96 @@ impl Pipe {
     }
 }
 
+/// How long the container's output may still come after its main process ended: a
+/// grandchild that kept the pipes open does not hold the exit back for long.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Where the shim hears of its children's ends: SIGCHLD blocked and read from a signalfd,
+/// so one thread polls for them and for the container's output together (a thread to
+/// wait beside the copier cost its creation, stack and allocator arena at every start).
+struct ChildEnds(OwnedFd);
+
+impl ChildEnds {
+    fn watch() -> std::io::Result<Self> {
+        // SAFETY: a signal set built in place; the mask of this single-threaded process.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Self(OwnedFd::from_raw_fd(fd)))
+        }
+    }
+
+    /// Reaps every child that has ended (the container's orphans come to the shim too);
+    /// `main`'s wait status if it was one of them.
+    fn reap(&self, main: i32) -> Option<i32> {
+        let mut info = [0u8; 128 * 8];
+        // SAFETY: reading the pending notices into our buffer; they only say "look".
+        while unsafe { libc::read(self.0.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
+        let mut main_status = None;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid for any child, without blocking, into our integer.
+            match unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } {
+                pid if pid == main => main_status = Some(status),
+                pid if pid > 0 => {}
+                _ => return main_status,
+            }
+        }
+    }
+}
+
 /// Copies both pipes to `log` a line at a time, each line stamped and tagged with its
-/// stream, until both are closed: one thread for the two (a thread each cost its
-/// creation and stack at every container start).
-fn copy_lines(mut pipes: [Pipe; 2], mut log: Log) {
+/// stream, until both are closed; with `(ends, main)`, also until `main` has ended, then
+/// at most `DRAIN` longer. What `main` left in its process group is killed at its end (a
+/// container is all of it). Returns `main`'s wait status.
+fn pump(mut pipes: [Pipe; 2], mut log: Log, children: Option<(&ChildEnds, i32)>) -> Option<i32> {
     let mut buf = vec![0u8; 64 * 1024];
-    while pipes.iter().any(|p| p.open) {
-        let mut polled = pipes.each_ref().map(|p| libc::pollfd {
-            fd: if p.open { p.fd.as_raw_fd() } else { -1 },
+    let mut ended: Option<(i32, std::time::Instant)> = None;
+    loop {
+        let open = pipes.iter().any(|p| p.open);
+        let wait = match (children, ended) {
+            (Some(_), None) => -1,
+            (_, Some((_, at))) if open => at.saturating_duration_since(std::time::Instant::now()).as_millis() as i32,
+            _ if open => -1,
+            _ => break,
+        };
+        if wait == 0 {
+            break;
+        }
+        let mut polled = [pipes[0].fd.as_raw_fd(), pipes[1].fd.as_raw_fd(), -1].map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         });
+        for (p, pipe) in polled.iter_mut().zip(&pipes) {
+            if !pipe.open {
+                p.fd = -1;
+            }
+        }
+        if let (Some((ends, _)), None) = (children, ended) {
+            polled[2].fd = ends.0.as_raw_fd();
+        }
         // SAFETY: poll on descriptors we own, with their count.
-        if unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) } < 0 {
+        if unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, wait) } < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return;
+            break;
+        }
+        if let (Some((ends, main)), true) = (children, polled[2].revents != 0) {
+            if let Some(status) = ends.reap(main) {
+                // SAFETY: signalling the container's process group.
+                unsafe { libc::kill(-main, libc::SIGKILL) };
+                ended = Some((status, std::time::Instant::now() + DRAIN));
+            }
         }
         for (pipe, p) in pipes.iter_mut().zip(&polled) {
             if p.revents == 0 {
@@ -374,6 +425,7 @@ fn copy_lines(mut pipes: [Pipe; 2], mut log: Log) {
             pipe.write_lines(&mut log);
         }
     }
+    ended.map(|(status, _)| status)
 }
 
 #[cfg(test)]
@@ -408,7 +460,7 @@ mod tests {
         let (err_r, mut err_w) = std::io::pipe().unwrap();
         let log = Log { path: dir.join("log"), file: None, failed: false };
         let pipes = [Pipe::new("stdout", out_r.into()), Pipe::new("stderr", err_r.into())];
-        let copier = std::thread::spawn(move || copy_lines(pipes, log));
+        let copier = std::thread::spawn(move || pump(pipes, log, None));
         out_w.write_all(b"one\ntw").unwrap();
         err_w.write_all(b"oops\n").unwrap();
         out_w.write_all(b"o\n").unwrap();
@@ -443,7 +495,7 @@ mod tests {
         let (err_r, err_w) = std::io::pipe().unwrap();
         let log = Log { path: dir.join("log"), file: None, failed: false };
         drop((out_w, err_w));
-        copy_lines([Pipe::new("stdout", out_r.into()), Pipe::new("stderr", err_r.into())], log);
+        pump([Pipe::new("stdout", out_r.into()), Pipe::new("stderr", err_r.into())], log, None);
         assert!(!dir.join("log").exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
