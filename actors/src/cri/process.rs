@@ -59,6 +59,43 @@ fn shim_pid(dir: &Path) -> Option<(u32, Option<u64>)> {
     Some((it.next()?.parse().ok()?, it.next().and_then(|t| t.parse().ok())))
 }
 
+/// Waits (blocking) until the shim in `dir` has started its container or failed to
+/// (`started.json` or `exit.json`, each renamed into place), at most `limit`; whether it
+/// has. Woken by the rename (inotify) rather than looking every few milliseconds: under a
+/// burst of starts, each look was a wake-up of the kubelet and most found nothing yet.
+fn await_start(dir: &Path, limit: Duration) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let done = || dir.join("started.json").exists() || dir.join("exit.json").exists();
+    let until = std::time::Instant::now() + limit;
+    // SAFETY: inotify_init1 with flags only.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    // SAFETY: a descriptor inotify_init1 just gave us, owned from here on.
+    let watch = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }).filter(|fd| {
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
+        // SAFETY: a watch on a NUL-ended path, on our descriptor.
+        unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_MOVED_TO | libc::IN_CREATE) >= 0 }
+    });
+    // Looked at after the watch is set, so a rename in between is not missed.
+    while !done() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match &watch {
+            Some(fd) => {
+                super::spawner::readable(fd.as_raw_fd(), left);
+                let mut events = [0u8; 4096];
+                // SAFETY: reading pending events into our buffer; they only say "look".
+                while unsafe { libc::read(fd.as_raw_fd(), events.as_mut_ptr().cast(), events.len()) } > 0 {}
+            }
+            // No inotify here (its limits reached): look every few milliseconds.
+            None => std::thread::sleep(Duration::from_millis(5).min(left)),
+        }
+    }
+    true
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -203,11 +240,11 @@ impl ProcessRuntime {
                 return Err(RuntimeError::CreateContainer(format!("workingDir {wd:?} is not a folder on this node")));
             }
         }
-        // Off the kubelet's thread: the files, and the spawner's fork and answer, would
-        // hold up every other pod's worker (under a burst of starts they queued there
-        // for tens of milliseconds each).
+        // Off the kubelet's thread: the files, the spawner's fork and answer, and the wait
+        // for the shim to start the container would hold up every other pod's worker
+        // (under a burst of starts they queued there for tens of milliseconds each).
         let (spawner, at, log) = (self.spawner.clone(), dir.clone(), self.logs.join(format!("{id}.log")));
-        let made = tokio::task::spawn_blocking(move || -> Result<()> {
+        let made = tokio::task::spawn_blocking(move || -> Result<bool> {
             std::fs::create_dir_all(&at).map_err(RuntimeError::io(format!("cannot make {}", at.display())))?;
             match std::os::unix::fs::symlink(&log, at.join("log")) {
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
@@ -217,20 +254,17 @@ impl ProcessRuntime {
             }
             write_json(&at, "spec.json", &spec).map_err(RuntimeError::io("cannot write the container's spec"))?;
             let spawned = spawner.lock().unwrap_or_else(|e| e.into_inner()).spawn(&at);
-            spawned.map(drop).map_err(RuntimeError::io("cannot start the container's shim"))
+            spawned.map_err(RuntimeError::io("cannot start the container's shim"))?;
+            Ok(await_start(&at, START_WAIT))
         });
-        made.await.map_err(|e| RuntimeError::io("starting the container")(std::io::Error::other(e.to_string())))??;
-        let until = tokio::time::Instant::now() + START_WAIT;
-        loop {
-            if dir.join("started.json").exists() || dir.join("exit.json").exists() {
-                return self.inspect(&id);
-            }
-            if tokio::time::Instant::now() > until {
-                self.kill(&id, libc::SIGKILL)?;
-                return Err(RuntimeError::CreateContainer("the container did not start within 10 s".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let started = made
+            .await
+            .map_err(|e| RuntimeError::io("starting the container")(std::io::Error::other(e.to_string())))??;
+        if !started {
+            self.kill(&id, libc::SIGKILL)?;
+            return Err(RuntimeError::CreateContainer("the container did not start within 10 s".into()));
         }
+        self.inspect(&id)
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<ContainerStatus> {
@@ -408,5 +442,39 @@ impl ContainerRuntime for ProcessRuntime {
     ) -> BoxFuture<'_, Result<ExecSession>> {
         let r = self.command(id, &argv).map(ExecSession::Command);
         async move { r }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_is_seen_when_the_shim_renames_its_file_into_place_and_not_before() {
+        let dir = std::env::temp_dir().join(format!("keelson-await-start-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Nothing comes: false once the limit has passed.
+        let began = std::time::Instant::now();
+        assert!(!await_start(&dir, Duration::from_millis(150)));
+        assert!(began.elapsed() >= Duration::from_millis(150));
+        // The shim's way: a file written aside, then renamed in while the runtime waits.
+        let writer = {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::fs::write(dir.join(".started.json.tmp"), "{}").unwrap();
+                std::fs::rename(dir.join(".started.json.tmp"), dir.join("started.json")).unwrap();
+            })
+        };
+        let began = std::time::Instant::now();
+        assert!(await_start(&dir, Duration::from_secs(30)), "the rename is seen");
+        assert!(began.elapsed() < Duration::from_secs(20), "woken by the rename, not by the limit");
+        writer.join().unwrap();
+        // A container that failed to start is done waiting for too.
+        std::fs::remove_file(dir.join("started.json")).unwrap();
+        std::fs::write(dir.join("exit.json"), "{}").unwrap();
+        assert!(await_start(&dir, Duration::from_millis(10)));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

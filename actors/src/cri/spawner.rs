@@ -47,7 +47,7 @@ fn invalid(reason: String) -> std::io::Error {
 }
 
 /// Whether `fd` becomes readable (or closed) within `wait`.
-fn readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
+pub(super) fn readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     let until = std::time::Instant::now() + wait;
     loop {
