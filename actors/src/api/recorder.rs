@@ -123,6 +123,17 @@ impl EventRecorder {
         self.write(object, kind, reason, message).await
     }
 
+    /// What of `object` an event about it reads (its kind, names, uid and version): a
+    /// caller that records in the background keeps this, not a copy of the whole object.
+    pub fn reference(object: &Value) -> Value {
+        let m = &object["metadata"];
+        json!({
+            "apiVersion": object["apiVersion"], "kind": object["kind"],
+            "metadata": {"namespace": m["namespace"], "name": m["name"], "uid": m["uid"],
+                         "resourceVersion": m["resourceVersion"]},
+        })
+    }
+
     async fn write(&self, object: &Value, kind: EventType, reason: &str, message: &str) -> Result<(), ApiError> {
         let m = &object["metadata"];
         let namespace = m["namespace"].as_str().unwrap_or("default").to_string();
@@ -172,6 +183,19 @@ impl EventRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_keeps_what_an_event_reads_and_nothing_else() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "resourceVersion": "7", "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running"}});
+        let r = EventRecorder::reference(&pod);
+        assert_eq!(
+            r,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "resourceVersion": "7"}})
+        );
+    }
 
     #[actix_rt::test]
     async fn turns_go_one_at_a_time_in_order_and_none_past_the_cap() {

@@ -629,8 +629,9 @@ impl Run {
 
     /// Records an event in the background: the pod's work does not wait for it.
     async fn event(&self, pod: &Value, kind: EventType, reason: &str, message: &str) {
-        let (events, pod, reason, message, key) =
-            (self.shared.events.clone(), pod.clone(), reason.to_string(), message.to_string(), self.key.clone());
+        let pod = crate::api::recorder::EventRecorder::reference(pod);
+        let (events, reason, message, key) =
+            (self.shared.events.clone(), reason.to_string(), message.to_string(), self.key.clone());
         actix_rt::spawn(async move {
             if let Err(e) = events.record(&pod, kind, &reason, &message).await {
                 tracing::debug!(pod = %key, error = %e, "cannot record an event");
