@@ -96,6 +96,70 @@ fn await_start(dir: &Path, limit: Duration) -> bool {
     true
 }
 
+/// The container `<root>/<id>` as its files tell it. A container whose shim is gone
+/// without writing its exit is ended here (its processes killed, the exit written).
+fn inspect_at(root: &Path, id: &str) -> Result<ContainerStatus> {
+    let dir = root.join(id);
+    let spec: ContainerSpec =
+        read_json(&dir.join("spec.json")).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
+    let started: Option<Started> = read_json(&dir.join("started.json"));
+    let mut exit: Option<Exit> = read_json(&dir.join("exit.json"));
+    if exit.is_none() {
+        let shim_alive = shim_pid(&dir).is_some_and(|(pid, ticks)| match ticks {
+            Some(ticks) => start_ticks(pid) == Some(ticks),
+            None => start_ticks(pid).is_some(),
+        });
+        // The shim may have written the exit just before it ended: read it again.
+        if !shim_alive {
+            exit = read_json(&dir.join("exit.json"));
+        }
+        let created_long_ago = std::fs::metadata(dir.join("spec.json"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > START_WAIT);
+        if exit.is_none() && !shim_alive && (started.is_some() || created_long_ago) {
+            // The shim died (killed from outside): its container goes with it.
+            if let Some(s) = &started {
+                if start_ticks(s.pid) == Some(s.start_ticks) {
+                    // SAFETY: signalling the container's own process group.
+                    unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
+                }
+                reap(s.pid);
+            }
+            let lost = Exit {
+                code: 137,
+                signal: Some(libc::SIGKILL),
+                reason: "Error".into(),
+                message: Some("the container's shim was lost".into()),
+                finished_at: super::logs::timestamp_now(),
+            };
+            // Written only if the shim wrote none meanwhile (a link fails if it exists).
+            let tmp = dir.join(".lost.tmp");
+            let _ = std::fs::write(&tmp, serde_json::to_vec(&lost).unwrap_or_default());
+            let _ = std::fs::hard_link(&tmp, dir.join("exit.json"));
+            let _ = std::fs::remove_file(&tmp);
+            exit = read_json(&dir.join("exit.json")).or(Some(lost));
+        }
+    } else {
+        if let Some(s) = &started {
+            reap(s.pid);
+        }
+        // A shim whose spawner ended before it was re-parented to the agent.
+        if let Some((pid, _)) = shim_pid(&dir) {
+            reap(pid);
+        }
+    }
+    Ok(ContainerStatus {
+        id: id.to_string(),
+        pod_uid: spec.pod_uid,
+        name: spec.name,
+        attempt: spec.attempt,
+        image: spec.image,
+        started_at: started.as_ref().map(|s| s.started_at.clone()),
+        pid: started.as_ref().filter(|_| exit.is_none()).map(|s| s.pid),
+        exit,
+    })
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -114,68 +178,8 @@ impl ProcessRuntime {
         self.root.join(id)
     }
 
-    /// The container in `dir` as its files tell it. A container whose shim is gone
-    /// without writing its exit is ended here (its processes killed, the exit written).
     fn inspect(&self, id: &str) -> Result<ContainerStatus> {
-        let dir = self.dir(id);
-        let spec: ContainerSpec =
-            read_json(&dir.join("spec.json")).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
-        let started: Option<Started> = read_json(&dir.join("started.json"));
-        let mut exit: Option<Exit> = read_json(&dir.join("exit.json"));
-        if exit.is_none() {
-            let shim_alive = shim_pid(&dir).is_some_and(|(pid, ticks)| match ticks {
-                Some(ticks) => start_ticks(pid) == Some(ticks),
-                None => start_ticks(pid).is_some(),
-            });
-            // The shim may have written the exit just before it ended: read it again.
-            if !shim_alive {
-                exit = read_json(&dir.join("exit.json"));
-            }
-            let created_long_ago = std::fs::metadata(dir.join("spec.json"))
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().unwrap_or_default() > START_WAIT);
-            if exit.is_none() && !shim_alive && (started.is_some() || created_long_ago) {
-                // The shim died (killed from outside): its container goes with it.
-                if let Some(s) = &started {
-                    if start_ticks(s.pid) == Some(s.start_ticks) {
-                        // SAFETY: signalling the container's own process group.
-                        unsafe { libc::kill(-(s.pid as i32), libc::SIGKILL) };
-                    }
-                    reap(s.pid);
-                }
-                let lost = Exit {
-                    code: 137,
-                    signal: Some(libc::SIGKILL),
-                    reason: "Error".into(),
-                    message: Some("the container's shim was lost".into()),
-                    finished_at: super::logs::timestamp_now(),
-                };
-                // Written only if the shim wrote none meanwhile (a link fails if it exists).
-                let tmp = dir.join(".lost.tmp");
-                let _ = std::fs::write(&tmp, serde_json::to_vec(&lost).unwrap_or_default());
-                let _ = std::fs::hard_link(&tmp, dir.join("exit.json"));
-                let _ = std::fs::remove_file(&tmp);
-                exit = read_json(&dir.join("exit.json")).or(Some(lost));
-            }
-        } else {
-            if let Some(s) = &started {
-                reap(s.pid);
-            }
-            // A shim whose spawner ended before it was re-parented to the agent.
-            if let Some((pid, _)) = shim_pid(&dir) {
-                reap(pid);
-            }
-        }
-        Ok(ContainerStatus {
-            id: id.to_string(),
-            pod_uid: spec.pod_uid,
-            name: spec.name,
-            attempt: spec.attempt,
-            image: spec.image,
-            started_at: started.as_ref().map(|s| s.started_at.clone()),
-            pid: started.as_ref().filter(|_| exit.is_none()).map(|s| s.pid),
-            exit,
-        })
+        inspect_at(&self.root, id)
     }
 
     /// The containers whose ids `wanted` picks.
@@ -240,11 +244,12 @@ impl ProcessRuntime {
                 return Err(RuntimeError::CreateContainer(format!("workingDir {wd:?} is not a folder on this node")));
             }
         }
-        // Off the kubelet's thread: the files, the spawner's fork and answer, and the wait
-        // for the shim to start the container would hold up every other pod's worker
+        // Off the kubelet's thread: the files, the spawner's fork and answer, the wait for
+        // the shim to start the container and the look at it would hold up every other pod's worker
         // (under a burst of starts they queued there for tens of milliseconds each).
         let (spawner, at, log) = (self.spawner.clone(), dir.clone(), self.logs.join(format!("{id}.log")));
-        let made = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let (root, cid) = (self.root.clone(), id.clone());
+        let made = tokio::task::spawn_blocking(move || -> Result<Option<ContainerStatus>> {
             std::fs::create_dir_all(&at).map_err(RuntimeError::io(format!("cannot make {}", at.display())))?;
             match std::os::unix::fs::symlink(&log, at.join("log")) {
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
@@ -255,16 +260,21 @@ impl ProcessRuntime {
             write_json(&at, "spec.json", &spec).map_err(RuntimeError::io("cannot write the container's spec"))?;
             let spawned = spawner.lock().unwrap_or_else(|e| e.into_inner()).spawn(&at);
             spawned.map_err(RuntimeError::io("cannot start the container's shim"))?;
-            Ok(await_start(&at, START_WAIT))
+            match await_start(&at, START_WAIT) {
+                true => inspect_at(&root, &cid).map(Some),
+                false => Ok(None),
+            }
         });
         let started = made
             .await
             .map_err(|e| RuntimeError::io("starting the container")(std::io::Error::other(e.to_string())))??;
-        if !started {
-            self.kill(&id, libc::SIGKILL)?;
-            return Err(RuntimeError::CreateContainer("the container did not start within 10 s".into()));
+        match started {
+            Some(status) => Ok(status),
+            None => {
+                self.kill(&id, libc::SIGKILL)?;
+                Err(RuntimeError::CreateContainer("the container did not start within 10 s".into()))
+            }
         }
-        self.inspect(&id)
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<ContainerStatus> {
