@@ -49,7 +49,10 @@ fn the_shim_writes_a_containers_output_and_exit_and_ends_its_group_with_it() {
     // Output on both streams, then exit 3 while a child in the group sleeps on.
     let dir = scratch.0.join("exits");
     std::fs::create_dir_all(&dir).unwrap();
-    let (ok, took) = run_container(&dir, "echo out; echo err >&2; sleep 30 & echo $! > straggler; exit 3");
+    let (ok, took) = run_container(
+        &dir,
+        "echo out; echo err >&2; grep SigBlk /proc/self/status; sleep 30 & echo $! > straggler; exit 3",
+    );
     assert!(ok, "the shim itself succeeds whatever the container did");
     let exit = read_json(dir.join("exit.json"));
     assert_eq!((exit["code"].as_i64(), exit["reason"].as_str()), (Some(3), Some("Error")), "{exit}");
@@ -57,7 +60,9 @@ fn the_shim_writes_a_containers_output_and_exit_and_ends_its_group_with_it() {
     assert!(started["pid"].as_u64().is_some_and(|p| p > 0), "{started}");
     let mut lines = log_lines(&dir);
     lines.sort();
-    assert_eq!(lines, vec![("stderr".into(), "err".into()), ("stdout".into(), "out".into())]);
+    // The container blocks no signal, though the shim blocks SIGCHLD to hear of its end.
+    let expected = [("stderr", "err"), ("stdout", "SigBlk:\t0000000000000000"), ("stdout", "out")];
+    assert_eq!(lines, expected.map(|(s, t)| (s.to_string(), t.to_string())).to_vec());
     let straggler: u32 = std::fs::read_to_string(dir.join("straggler")).unwrap().trim().parse().unwrap();
     eventually("the container's group is killed at its main process's end", Duration::from_secs(5), || {
         ended(straggler)
