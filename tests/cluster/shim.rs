@@ -29,14 +29,14 @@ fn read_json(path: std::path::PathBuf) -> Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
-/// The log's lines as (stream, text).
+/// The log's lines as (stream, text), read as the kubelet reads them.
 fn log_lines(dir: &std::path::Path) -> Vec<(String, String)> {
-    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    log.lines()
+    let log = std::fs::read(dir.join("log")).unwrap_or_default();
+    log.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
         .map(|l| {
-            let mut parts = l.splitn(4, ' ');
-            let (_, stream, _, text) = (parts.next(), parts.next(), parts.next(), parts.next());
-            (stream.unwrap_or_default().to_string(), text.unwrap_or_default().to_string())
+            let e = keelson_actors::cri::logs::parse(l).unwrap_or_else(|| panic!("a CRI log line: {l:?}"));
+            (e.stream.to_string(), String::from_utf8_lossy(e.text).into_owned())
         })
         .collect()
 }

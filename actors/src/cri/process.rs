@@ -96,10 +96,9 @@ fn await_start(dir: &Path, limit: Duration) -> bool {
     true
 }
 
-/// The container `<root>/<id>` as its files tell it. A container whose shim is gone
-/// without writing its exit is ended here (its processes killed, the exit written).
-fn inspect_at(root: &Path, id: &str) -> Result<ContainerStatus> {
-    let dir = root.join(id);
+/// Container `id`, in its folder `dir`, as its files tell it. A container whose shim is
+/// gone without writing its exit is ended here (its processes killed, the exit written).
+fn inspect_at(dir: &Path, id: &str) -> Result<ContainerStatus> {
     let spec: ContainerSpec =
         read_json(&dir.join("spec.json")).ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
     let started: Option<Started> = read_json(&dir.join("started.json"));
@@ -179,7 +178,7 @@ impl ProcessRuntime {
     }
 
     fn inspect(&self, id: &str) -> Result<ContainerStatus> {
-        inspect_at(&self.root, id)
+        inspect_at(&self.dir(id), id)
     }
 
     /// The containers whose ids `wanted` picks.
@@ -245,10 +244,10 @@ impl ProcessRuntime {
             }
         }
         // Off the kubelet's thread: the files, the spawner's fork and answer, the wait for
-        // the shim to start the container and the look at it would hold up every other pod's worker
-        // (under a burst of starts they queued there for tens of milliseconds each).
+        // the shim to start the container and the look at it would hold up every other
+        // pod's worker (under a burst of starts they queued there for tens of ms each).
         let (spawner, at, log) = (self.spawner.clone(), dir.clone(), self.logs.join(format!("{id}.log")));
-        let (root, cid) = (self.root.clone(), id.clone());
+        let cid = id.clone();
         let made = tokio::task::spawn_blocking(move || -> Result<Option<ContainerStatus>> {
             std::fs::create_dir_all(&at).map_err(RuntimeError::io(format!("cannot make {}", at.display())))?;
             match std::os::unix::fs::symlink(&log, at.join("log")) {
@@ -261,7 +260,7 @@ impl ProcessRuntime {
             let spawned = spawner.lock().unwrap_or_else(|e| e.into_inner()).spawn(&at);
             spawned.map_err(RuntimeError::io("cannot start the container's shim"))?;
             match await_start(&at, START_WAIT) {
-                true => inspect_at(&root, &cid).map(Some),
+                true => inspect_at(&at, &cid).map(Some),
                 false => Ok(None),
             }
         });

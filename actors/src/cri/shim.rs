@@ -215,8 +215,10 @@ fn serve(dir: &Path) -> std::io::Result<()> {
         Pipe::new("stdout", child.stdout.take().expect("piped").into()),
         Pipe::new("stderr", child.stderr.take().expect("piped").into()),
     ];
-    let status = pump(pipes, log, Some((&ended, child.id() as i32))).unwrap_or(255 << 8);
-    reap_orphans();
+    let main = child.id() as i32;
+    let status = pump(pipes, log, Some((&ended, main))).unwrap_or(255 << 8);
+    // The orphans that ended during the drain (the signalfd is not watched after main's end).
+    ended.reap(main);
     drop(child);
     let oom = groups.as_ref().is_some_and(Cgroups::oom_killed);
     if let Some(g) = groups {
@@ -252,13 +254,6 @@ fn limit(spec: &ContainerSpec) -> Result<Option<Cgroups>, String> {
     }
     let layout = Layout::detect(Path::new(cgroups::ROOT))?;
     Cgroups::make(&layout, &spec.id(), &spec.limits).map(Some).map_err(|e| e.to_string())
-}
-
-/// Reaps the orphans that have ended (without waiting for the others).
-fn reap_orphans() {
-    let mut status = 0;
-    // SAFETY: as above, without blocking.
-    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
 }
 
 /// The container's log, made at the first line written: most containers write nothing
@@ -384,19 +379,17 @@ fn pump(mut pipes: [Pipe; 2], mut log: Log, children: Option<(&ChildEnds, i32)>)
         if wait == 0 {
             break;
         }
-        let mut polled = [pipes[0].fd.as_raw_fd(), pipes[1].fd.as_raw_fd(), -1].map(|fd| libc::pollfd {
+        // Closed pipes, and the children's ends once main's is known, are left out (-1).
+        let pipe_fd = |p: &Pipe| if p.open { p.fd.as_raw_fd() } else { -1 };
+        let ends_fd = match (children, ended) {
+            (Some((ends, _)), None) => ends.0.as_raw_fd(),
+            _ => -1,
+        };
+        let mut polled = [pipe_fd(&pipes[0]), pipe_fd(&pipes[1]), ends_fd].map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         });
-        for (p, pipe) in polled.iter_mut().zip(&pipes) {
-            if !pipe.open {
-                p.fd = -1;
-            }
-        }
-        if let (Some((ends, _)), None) = (children, ended) {
-            polled[2].fd = ends.0.as_raw_fd();
-        }
         // SAFETY: poll on descriptors we own, with their count.
         if unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, wait) } < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
