@@ -104,7 +104,7 @@ fn inspect_at(dir: &Path, id: &str) -> Result<ContainerStatus> {
     let started: Option<Started> = read_json(&dir.join("started.json"));
     let mut exit: Option<Exit> = read_json(&dir.join("exit.json"));
     if exit.is_none() {
-        let shim_alive = shim_pid(&dir).is_some_and(|(pid, ticks)| match ticks {
+        let shim_alive = shim_pid(dir).is_some_and(|(pid, ticks)| match ticks {
             Some(ticks) => start_ticks(pid) == Some(ticks),
             None => start_ticks(pid).is_some(),
         });
@@ -143,7 +143,7 @@ fn inspect_at(dir: &Path, id: &str) -> Result<ContainerStatus> {
             reap(s.pid);
         }
         // A shim whose spawner ended before it was re-parented to the agent.
-        if let Some((pid, _)) = shim_pid(&dir) {
+        if let Some((pid, _)) = shim_pid(dir) {
             reap(pid);
         }
     }
