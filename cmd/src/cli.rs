@@ -174,7 +174,7 @@ pub struct UpArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub restart_backoff: Duration,
     /// Pod network namespaces each agent keeps made ahead (see `keelson agent --help`).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = keelson_config::DEFAULT_NETNS_POOL)]
     pub netns_pool: usize,
 }
 
@@ -226,7 +226,7 @@ pub struct AgentArgs {
     pub restart_backoff_max: Duration,
     /// Pod network namespaces (netns mode) kept made ahead, so that pods starting together
     /// need not each wait for the kernel to make theirs; 0 makes each when its pod starts.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = keelson_config::DEFAULT_NETNS_POOL)]
     pub netns_pool: usize,
     /// How often each node renews its heartbeat Lease.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]

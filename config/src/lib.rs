@@ -545,9 +545,16 @@ pub struct KubeletConfig {
     pub sync_every: Duration,
     /// Pod network namespaces kept made ahead (netns mode): a burst of pod starts takes
     /// them instead of queueing on the kernel's routing lock for new ones. Each costs
-    /// the kernel about half a megabyte while it waits.
+    /// the kernel about a quarter of a megabyte while it waits; never more are kept
+    /// than the node takes pods.
     pub netns_pool: usize,
 }
+
+/// The default `netns_pool`: a Deployment of 100 spread over two nodes starts with no
+/// namespace made in its burst. Each one made in a burst cost about 1.4 ms of CPU and
+/// was on the burst's tail (BENCHMARKS.md, session 30); 64 ready cost the kernel about
+/// 15 MB per node.
+pub const DEFAULT_NETNS_POOL: usize = 64;
 
 impl KubeletConfig {
     pub fn validate(self) -> Result<Self> {

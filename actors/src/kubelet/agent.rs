@@ -148,7 +148,7 @@ impl Actor for Kubelet {
                 actix_rt::time::sleep(Duration::from_millis(500)).await;
             }
             actix_rt::spawn(heartbeat(client.clone(), name.clone(), cfg.clone(), network.clone(), runtime.clone()));
-            actix_rt::spawn(keep_pool(network.clone(), cfg.netns_pool));
+            actix_rt::spawn(keep_pool(network.clone(), cfg.netns_pool.min(cfg.pods as usize)));
             let pods =
                 Informer::new(client.clone(), "/api/v1/pods", &[("fieldSelector", &format!("spec.nodeName={name}"))]);
             let services = Informer::new(client.clone(), "/api/v1/services", &[]);

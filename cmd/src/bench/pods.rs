@@ -27,7 +27,7 @@ pub struct PodsBenchArgs {
     #[arg(long, default_value = "auto")]
     pub network: String,
     /// Pod network namespaces each agent keeps made ahead (netns mode).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = keelson_config::DEFAULT_NETNS_POOL)]
     pub netns_pool: usize,
 }
 
