@@ -350,8 +350,9 @@ impl PodNetwork {
         self.pool.lock().unwrap().len()
     }
 
-    /// Removes every pod's and pool entry's network, the bridge and its rules (netns
-    /// mode): the agent stopping for good, its containers stopped.
+    /// Gives every address back, the pods' and the pool's, and in netns mode removes
+    /// their networks, the bridge and its rules: the agent stopping for good, its
+    /// containers stopped.
     ///
     /// No address will be given again by this agent, so each namespace is only
     /// unmounted: the kernel destroys the namespaces, and their veths with them, in one
@@ -360,22 +361,23 @@ impl PodNetwork {
     /// each of two nodes made a stop 3 s longer). The kernel's batch is awaited, so
     /// nothing is left when the agent is gone.
     pub fn teardown(&self) {
-        if self.mode != PodNetworkMode::Netns {
-            return;
-        }
+        let netns = self.mode == PodNetworkMode::Netns;
         self.pool.lock().unwrap().clear();
         let claims = self.owners();
         for (ip, owner) in &claims {
-            if owner != POOL {
-                let (path, veth) = Self::legacy(owner);
-                if path.exists() {
+            if netns {
+                if owner != POOL {
+                    let (path, veth) = Self::legacy(owner);
                     let _ = Self::unmake(&veth, &path);
                 }
-            }
-            if let Err(e) = netlink::remove_namespace(&Self::ns_path(*ip)) {
-                tracing::warn!(%ip, error = %e, "cannot remove a pod network's namespace");
+                if let Err(e) = netlink::remove_namespace(&Self::ns_path(*ip)) {
+                    tracing::warn!(%ip, error = %e, "cannot remove a pod network's namespace");
+                }
             }
             self.release(*ip);
+        }
+        if !netns {
+            return;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let left = || claims.iter().map(|(ip, _)| Self::veth(*ip)).filter(|v| Self::link_exists(v)).collect::<Vec<_>>();
@@ -580,6 +582,9 @@ mod tests {
         let again = PodNetwork::new(PodNetworkMode::Loopback, "agent-1", cidr, dir.clone());
         assert_eq!(again.attach("uid-b").unwrap().ip, Ipv4Addr::new(127, 244, 3, 2));
         assert_eq!(again.attached(), vec!["uid-b".to_string()]);
+        // A stop for good gives every address back.
+        again.teardown();
+        assert!(again.owners().is_empty() && again.attached().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

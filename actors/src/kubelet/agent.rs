@@ -365,12 +365,6 @@ pub fn stop_everything(runtime: &dyn ContainerRuntime, cfg: &KubeletConfig, node
     });
     runtime.tidy();
     let _ = std::fs::remove_dir_all(cfg.root_dir.join("pods"));
-    if cfg.network == keelson_config::PodNetworkMode::Netns {
-        net.teardown(); // every claim, the pods' and the pool's, at once
-    } else {
-        for uid in &attached {
-            let _ = net.detach(uid);
-        }
-    }
+    net.teardown();
     crate::cri::volatile::remove(&cfg.root_dir, &crate::cri::volatile::KUBELET);
 }
