@@ -248,8 +248,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keelson-spawner-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("spawner");
-        std::fs::write(&script, format!("#!/bin/bash\n{body}\n")).unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // Written here, made executable by another process: a program this (threaded)
+        // process had open for writing could be exec'd while a fork of a parallel test
+        // still held that descriptor, and fail with ETXTBSY ("Text file busy").
+        std::fs::write(dir.join("spawner.txt"), format!("#!/bin/bash\n{body}\n")).unwrap();
+        let installed =
+            Command::new("install").arg("-m").arg("0755").arg(dir.join("spawner.txt")).arg(&script).status();
+        assert!(installed.unwrap().success(), "install the script");
         let mut s = Spawner::new(script, dir.join("containers"));
         s.answer_wait = Duration::from_millis(300);
         (s, dir)
